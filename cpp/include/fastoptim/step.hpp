@@ -1,0 +1,68 @@
+// The one driver: apply an update rule to a list of contiguous buffers in one fused pass.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "fastoptim/options.hpp"
+
+namespace fastoptim {
+
+enum class DType : std::uint8_t { float32, float64 };
+
+// One parameter tensor and its optimizer state, all `size` elements of `dtype`, contiguous.
+// State slots per rule (a slot the options do not use may be null):
+//   SGD       state[0] = momentum_buffer (momentum != 0)
+//   Adagrad   state[0] = sum
+//   Adadelta  state[0] = square_avg, state[1] = acc_delta
+//   RMSprop   state[0] = square_avg, state[1] = momentum_buffer (momentum > 0),
+//             state[2] = grad_avg (centered)
+//   Adam(W)   state[0] = exp_avg, state[1] = exp_avg_sq, state[2] = max_exp_avg_sq (amsgrad)
+// `step` is this tensor's step count including the update being made (1 on its first update).
+// For SGD, step == 1 means the momentum buffer is new: it is set to the gradient, as torch does.
+struct ParamBuffers {
+  void* param = nullptr;
+  const void* grad = nullptr;
+  void* state[3] = {nullptr, nullptr, nullptr};
+  std::size_t size = 0;
+  std::int64_t step = 1;
+};
+
+// Each call validates everything (std::invalid_argument) before writing anything, then updates
+// every buffer in place. num_threads <= 0 means get_num_threads().
+void step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads = 0);
+void step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads = 0);
+void step(const AdadeltaOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads = 0);
+void step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads = 0);
+void step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads = 0);
+
+// Same traffic as a rule, minimal arithmetic: reads param, grad and `state_count` state buffers,
+// writes param and the state buffers back. The benchmark's roofline.
+void roofline_step(int state_count, DType dtype, std::span<const ParamBuffers> buffers,
+                   int num_threads = 0);
+
+// SIMD level in use ("scalar", "sse2", "avx2", "avx512", "neon"), the levels this CPU and build
+// can run (lowest first), and a way to force one (tests, benchmarks). FASTOPTIM_SIMD=<level>
+// caps the level chosen at first use.
+std::string simd_level();
+std::vector<std::string> available_simd_levels();
+void set_simd_level(const std::string& level);  // std::invalid_argument if not available
+
+// Threads used by step(); defaults to omp_get_max_threads() (1 without OpenMP).
+void set_num_threads(int num_threads);
+int get_num_threads();
+bool openmp_enabled();
+std::string openmp_runtime();
+
+// Below this many elements in one call a step runs on one thread: fork/join costs more.
+inline constexpr std::size_t kSerialThreshold = 32768;
+
+}  // namespace fastoptim

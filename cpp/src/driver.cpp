@@ -1,0 +1,298 @@
+// The one driver: validates a call, computes each rule's per-step scalars in double, splits the
+// total element count of all buffers over the threads, and runs the dispatched kernel.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if defined(FASTOPTIM_OPENMP)
+#include <omp.h>
+#if defined(__linux__) || defined(__APPLE__)
+#include <dlfcn.h>
+#endif
+#endif
+
+#include "fastoptim/step.hpp"
+#include "kernels/dispatch.hpp"
+#include "kernels/scalars.hpp"
+
+namespace fastoptim {
+namespace {
+
+using kernels::Kernel;
+using kernels::Streams;
+
+std::atomic<int> g_num_threads{0};  // 0: whatever OpenMP says
+
+// Chunk boundaries fall on multiples of this many elements, so that threads do not share
+// cache lines and each chunk runs whole vectors.
+constexpr std::size_t kChunkAlign = 64;
+
+template <class T>
+kernels::Lerp<T> make_lerp(double weight) {
+  const T w = static_cast<T>(weight);
+  return {w, static_cast<T>(T(1) - w), (w < T(0) ? -w : w) < T(0.5)};
+}
+
+template <class T>
+kernels::SgdScalars<T> make_scalars(const SgdOptions& o, std::int64_t step) {
+  return {static_cast<T>(-o.lr),
+          static_cast<T>(o.weight_decay),
+          static_cast<T>(o.momentum),
+          static_cast<T>(1.0 - o.dampening),
+          o.maximize,
+          o.weight_decay != 0.0,
+          o.momentum != 0.0,
+          o.nesterov,
+          step == 1};
+}
+
+template <class T>
+kernels::AdagradScalars<T> make_scalars(const AdagradOptions& o, std::int64_t step) {
+  const double clr = o.lr / (1.0 + static_cast<double>(step - 1) * o.lr_decay);
+  return {static_cast<T>(-clr), static_cast<T>(o.weight_decay), static_cast<T>(o.eps),
+          o.maximize, o.weight_decay != 0.0};
+}
+
+template <class T>
+kernels::AdadeltaScalars<T> make_scalars(const AdadeltaOptions& o, std::int64_t) {
+  return {static_cast<T>(-o.lr), static_cast<T>(o.rho),          static_cast<T>(1.0 - o.rho),
+          static_cast<T>(o.eps), static_cast<T>(o.weight_decay), o.maximize,
+          o.weight_decay != 0.0};
+}
+
+template <class T>
+kernels::RmspropScalars<T> make_scalars(const RmspropOptions& o, std::int64_t) {
+  return {static_cast<T>(-o.lr),
+          static_cast<T>(o.alpha),
+          static_cast<T>(1.0 - o.alpha),
+          static_cast<T>(o.eps),
+          static_cast<T>(o.weight_decay),
+          static_cast<T>(o.momentum),
+          make_lerp<T>(1.0 - o.alpha),
+          o.maximize,
+          o.weight_decay != 0.0,
+          o.momentum > 0.0,
+          o.centered};
+}
+
+template <class T>
+kernels::AdamScalars<T> make_scalars(const AdamOptions& o, std::int64_t step) {
+  // As torch: Python floats, beta ** step with a float step, bias_correction2 ** 0.5.
+  const double s = static_cast<double>(step);
+  const double bias_correction1 = 1.0 - std::pow(o.beta1, s);
+  const double bias_correction2 = 1.0 - std::pow(o.beta2, s);
+  const double step_size = o.lr / bias_correction1;
+  const bool decay = o.weight_decay != 0.0;
+  return {static_cast<T>(-step_size),
+          static_cast<T>(o.beta2),
+          static_cast<T>(1.0 - o.beta2),
+          static_cast<T>(std::pow(bias_correction2, 0.5)),
+          static_cast<T>(o.eps),
+          static_cast<T>(o.weight_decay),
+          static_cast<T>(1.0 - o.lr * o.weight_decay),
+          make_lerp<T>(1.0 - o.beta1),
+          o.maximize,
+          decay && !o.decoupled_weight_decay,
+          decay && o.decoupled_weight_decay,
+          o.amsgrad};
+}
+
+template <class T>
+kernels::RooflineScalars make_scalars(int state_count, std::int64_t) {
+  return {state_count};
+}
+
+std::string buffer_name(std::size_t index) { return "buffer " + std::to_string(index); }
+
+// Which state slots a rule reads and writes with these options.
+bool uses_slot(const SgdOptions& o, int slot) { return slot == 0 && o.momentum != 0.0; }
+bool uses_slot(const AdagradOptions&, int slot) { return slot == 0; }
+bool uses_slot(const AdadeltaOptions&, int slot) { return slot <= 1; }
+bool uses_slot(const RmspropOptions& o, int slot) {
+  return slot == 0 || (slot == 1 && o.momentum > 0.0) || (slot == 2 && o.centered);
+}
+bool uses_slot(const AdamOptions& o, int slot) { return slot <= 1 || (slot == 2 && o.amsgrad); }
+bool uses_slot(int state_count, int slot) { return slot < state_count; }
+
+const char* slot_name(const SgdOptions&, int) { return "momentum_buffer"; }
+const char* slot_name(const AdagradOptions&, int) { return "sum"; }
+const char* slot_name(const AdadeltaOptions&, int slot) {
+  return slot == 0 ? "square_avg" : "acc_delta";
+}
+const char* slot_name(const RmspropOptions&, int slot) {
+  return slot == 0 ? "square_avg" : slot == 1 ? "momentum_buffer" : "grad_avg";
+}
+const char* slot_name(const AdamOptions&, int slot) {
+  return slot == 0 ? "exp_avg" : slot == 1 ? "exp_avg_sq" : "max_exp_avg_sq";
+}
+const char* slot_name(int, int) { return "state"; }
+
+void validate(int state_count) {
+  if (state_count < 0 || state_count > 3)
+    throw std::invalid_argument("roofline state_count must be 0..3, got " +
+                                std::to_string(state_count));
+}
+
+template <class Options>
+void validate_buffers(const Options& o, std::span<const ParamBuffers> buffers) {
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    const ParamBuffers& b = buffers[i];
+    if (b.step < 1)
+      throw std::invalid_argument(buffer_name(i) + ": step must be >= 1, got " +
+                                  std::to_string(b.step));
+    if (b.size == 0) continue;
+    if (b.param == nullptr) throw std::invalid_argument(buffer_name(i) + ": param is null");
+    if (b.grad == nullptr) throw std::invalid_argument(buffer_name(i) + ": grad is null");
+    for (int slot = 0; slot < 3; ++slot)
+      if (uses_slot(o, slot) && b.state[slot] == nullptr)
+        throw std::invalid_argument(buffer_name(i) + ": state " + slot_name(o, slot) +
+                                    " is null");
+  }
+}
+
+Streams offset(const ParamBuffers& b, std::size_t first, std::size_t element_size) {
+  const std::size_t bytes = first * element_size;
+  auto shift = [bytes](void* p) { return p ? static_cast<char*>(p) + bytes : nullptr; };
+  return {shift(b.param), static_cast<const char*>(b.grad) + bytes,
+          {shift(b.state[0]), shift(b.state[1]), shift(b.state[2])}};
+}
+
+int resolve_threads(int requested, std::size_t total) {
+  int threads = requested > 0 ? requested : get_num_threads();
+  if (total < kSerialThreshold) return 1;
+  const std::size_t most = (total + kChunkAlign - 1) / kChunkAlign;
+  return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), most));
+}
+
+// Runs `kernel` over elements [lo, hi) of the concatenation of all buffers.
+template <class Scalars>
+void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
+               std::span<const ParamBuffers> buffers, const std::vector<std::size_t>& starts,
+               std::size_t element_size, std::size_t lo, std::size_t hi) {
+  if (lo >= hi) return;
+  std::size_t b = static_cast<std::size_t>(
+      std::upper_bound(starts.begin(), starts.end(), lo) - starts.begin() - 1);
+  for (; b < buffers.size() && starts[b] < hi; ++b) {
+    const std::size_t first = std::max(lo, starts[b]) - starts[b];
+    const std::size_t last = std::min(hi, starts[b] + buffers[b].size) - starts[b];
+    if (first < last)
+      kernel(&scalars[b], offset(buffers[b], first, element_size), last - first);
+  }
+}
+
+template <class T, class Options>
+void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBuffers> buffers,
+           int num_threads) {
+  const Kernel kernel = kernels::active_table().kernels[rule][sizeof(T) == 8 ? 1 : 0];
+
+  // Per-tensor scalars: tensors of a group usually share a step, so compute once per change.
+  using Scalars = decltype(make_scalars<T>(options, 1));
+  std::vector<Scalars> scalars;
+  scalars.reserve(buffers.size());
+  std::vector<std::size_t> starts(buffers.size() + 1, 0);
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    if (i > 0 && buffers[i].step == buffers[i - 1].step)
+      scalars.push_back(scalars.back());
+    else
+      scalars.push_back(make_scalars<T>(options, buffers[i].step));
+    starts[i + 1] = starts[i] + buffers[i].size;
+  }
+  const std::size_t total = starts.back();
+  const int threads = resolve_threads(num_threads, total);
+
+#if defined(FASTOPTIM_OPENMP)
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    {
+      const auto t = static_cast<std::size_t>(omp_get_thread_num());
+      const auto n = static_cast<std::size_t>(omp_get_num_threads());
+      auto boundary = [&](std::size_t k) {
+        return k == n ? total : (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
+      };
+      run_range(kernel, scalars, buffers, starts, sizeof(T), boundary(t), boundary(t + 1));
+    }
+    return;
+  }
+#endif
+  (void)threads;
+  run_range(kernel, scalars, buffers, starts, sizeof(T), 0, total);
+}
+
+template <class Options>
+void checked_apply(kernels::RuleId rule, const Options& options, DType dtype,
+                   std::span<const ParamBuffers> buffers, int num_threads) {
+  validate(options);
+  validate_buffers(options, buffers);
+  if (dtype == DType::float32)
+    apply<float>(rule, options, buffers, num_threads);
+  else if (dtype == DType::float64)
+    apply<double>(rule, options, buffers, num_threads);
+  else
+    throw std::invalid_argument("unsupported dtype");
+}
+
+}  // namespace
+
+void step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
+  checked_apply(kernels::kSgd, o, d, b, n);
+}
+void step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
+  checked_apply(kernels::kAdagrad, o, d, b, n);
+}
+void step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
+  checked_apply(kernels::kAdadelta, o, d, b, n);
+}
+void step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
+  checked_apply(kernels::kRmsprop, o, d, b, n);
+}
+void step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
+  checked_apply(kernels::kAdam, o, d, b, n);
+}
+void roofline_step(int state_count, DType d, std::span<const ParamBuffers> b, int n) {
+  checked_apply(kernels::kRoofline, state_count, d, b, n);
+}
+
+void set_num_threads(int num_threads) {
+  if (num_threads < 1)
+    throw std::invalid_argument("num_threads must be >= 1, got " + std::to_string(num_threads));
+  g_num_threads.store(num_threads);
+}
+
+int get_num_threads() {
+  const int n = g_num_threads.load();
+  if (n > 0) return n;
+#if defined(FASTOPTIM_OPENMP)
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+bool openmp_enabled() {
+#if defined(FASTOPTIM_OPENMP)
+  return true;
+#else
+  return false;
+#endif
+}
+
+// The library that provides the OpenMP runtime this process uses (libgomp, libomp, libiomp5).
+std::string openmp_runtime() {
+#if defined(FASTOPTIM_OPENMP)
+#if defined(__linux__) || defined(__APPLE__)
+  Dl_info info{};
+  if (dladdr(reinterpret_cast<void*>(&omp_get_max_threads), &info) != 0 &&
+      info.dli_fname != nullptr)
+    return info.dli_fname;
+#endif
+  return "OpenMP " + std::to_string(_OPENMP);
+#else
+  return "none (built without OpenMP)";
+#endif
+}
+
+}  // namespace fastoptim

@@ -1,0 +1,21 @@
+// Shared by the isa_*.cpp translation units. They include only intrinsics headers and our own
+// plain-data headers (no STL, no Eigen, no OpenMP, no static initializers), so that nothing
+// compiled with wide-ISA flags can be picked by the linker for code that runs on older CPUs.
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kernels/kernel_table.hpp"
+#include "kernels/scalars.hpp"
+
+#if defined(_MSC_VER)
+#include <math.h>
+#define FASTOPTIM_INLINE __forceinline
+#define FASTOPTIM_SQRTF(x) sqrtf(x)
+#define FASTOPTIM_SQRT(x) sqrt(x)
+#else
+#define FASTOPTIM_INLINE inline __attribute__((always_inline))
+#define FASTOPTIM_SQRTF(x) __builtin_sqrtf(x)
+#define FASTOPTIM_SQRT(x) __builtin_sqrt(x)
+#endif

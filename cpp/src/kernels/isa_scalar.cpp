@@ -1,0 +1,8 @@
+#include "kernels/isa_prelude.hpp"
+
+#define FASTOPTIM_ISA_NAME "scalar"
+namespace fastoptim::kernels::scalar {
+#include "kernels/vec_scalar.inl"
+#include "kernels/vec_none.inl"
+#include "kernels/rules.inl"
+}  // namespace fastoptim::kernels::scalar

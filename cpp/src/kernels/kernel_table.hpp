@@ -1,0 +1,27 @@
+// What each per-ISA translation unit exports: one table of kernels, indexed [rule][dtype].
+// Plain data only: this header is included by every ISA object, so it must emit no symbols.
+#pragma once
+
+#include <stddef.h>
+
+namespace fastoptim::kernels {
+
+enum RuleId { kSgd, kAdagrad, kAdadelta, kRmsprop, kAdam, kRoofline, kRuleCount };
+
+// Pointers of one buffer set, already offset to the first element of a chunk.
+struct Streams {
+  void* param;
+  const void* grad;
+  void* state[3];
+};
+
+// Applies a rule to elements [0, count) of `streams`; `scalars` points to that rule's
+// per-step scalars (scalars.hpp) in the buffers' element type.
+using Kernel = void (*)(const void* scalars, const Streams& streams, size_t count);
+
+struct KernelTable {
+  const char* level;
+  Kernel kernels[kRuleCount][2];  // [rule][0 = float32, 1 = float64]
+};
+
+}  // namespace fastoptim::kernels

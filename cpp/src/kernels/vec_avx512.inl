@@ -1,0 +1,43 @@
+// avx512 vectors for rules.inl. Included inside namespace fastoptim::kernels::avx512.
+
+struct F32 {
+  static constexpr size_t kLanes = 16;
+  __m512 v;
+  static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static FASTOPTIM_INLINE void store(float* p, F32 x) { _mm512_storeu_ps(p, x.v); }
+  static FASTOPTIM_INLINE F32 set1(float x) { return {_mm512_set1_ps(x)}; }
+};
+struct F64 {
+  static constexpr size_t kLanes = 8;
+  __m512d v;
+  static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
+  static FASTOPTIM_INLINE void store(double* p, F64 x) { _mm512_storeu_pd(p, x.v); }
+  static FASTOPTIM_INLINE F64 set1(double x) { return {_mm512_set1_pd(x)}; }
+};
+
+FASTOPTIM_INLINE F32 operator+(F32 a, F32 b) { return {_mm512_add_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 operator-(F32 a, F32 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 operator*(F32 a, F32 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 operator/(F32 a, F32 b) { return {_mm512_div_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 sqrt(F32 a) { return {_mm512_sqrt_ps(a.v)}; }
+FASTOPTIM_INLINE F32 max(F32 a, F32 b) { return {_mm512_max_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 neg(F32 a) { return {_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN)))}; }
+
+FASTOPTIM_INLINE F64 operator+(F64 a, F64 b) { return {_mm512_add_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 operator-(F64 a, F64 b) { return {_mm512_sub_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 operator*(F64 a, F64 b) { return {_mm512_mul_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 operator/(F64 a, F64 b) { return {_mm512_div_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 sqrt(F64 a) { return {_mm512_sqrt_pd(a.v)}; }
+FASTOPTIM_INLINE F64 max(F64 a, F64 b) { return {_mm512_max_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 neg(F64 a) { return {_mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a.v), _mm512_set1_epi64(INT64_MIN)))}; }
+
+template <class T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  using type = F32;
+};
+template <>
+struct VecOf<double> {
+  using type = F64;
+};

@@ -1,0 +1,45 @@
+// neon (AArch64 Advanced SIMD) vectors for rules.inl. Included inside
+// namespace fastoptim::kernels::neon.
+
+struct F32 {
+  static constexpr size_t kLanes = 4;
+  float32x4_t v;
+  static FASTOPTIM_INLINE F32 load(const float* p) { return {vld1q_f32(p)}; }
+  static FASTOPTIM_INLINE void store(float* p, F32 x) { vst1q_f32(p, x.v); }
+  static FASTOPTIM_INLINE F32 set1(float x) { return {vdupq_n_f32(x)}; }
+};
+struct F64 {
+  static constexpr size_t kLanes = 2;
+  float64x2_t v;
+  static FASTOPTIM_INLINE F64 load(const double* p) { return {vld1q_f64(p)}; }
+  static FASTOPTIM_INLINE void store(double* p, F64 x) { vst1q_f64(p, x.v); }
+  static FASTOPTIM_INLINE F64 set1(double x) { return {vdupq_n_f64(x)}; }
+};
+
+FASTOPTIM_INLINE F32 operator+(F32 a, F32 b) { return {vaddq_f32(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 operator-(F32 a, F32 b) { return {vsubq_f32(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 operator*(F32 a, F32 b) { return {vmulq_f32(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 operator/(F32 a, F32 b) { return {vdivq_f32(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 sqrt(F32 a) { return {vsqrtq_f32(a.v)}; }
+// vmaxq propagates NaN; select instead to match the scalar tail (b unless a > b).
+FASTOPTIM_INLINE F32 max(F32 a, F32 b) { return {vbslq_f32(vcgtq_f32(a.v, b.v), a.v, b.v)}; }
+FASTOPTIM_INLINE F32 neg(F32 a) { return {vnegq_f32(a.v)}; }
+
+FASTOPTIM_INLINE F64 operator+(F64 a, F64 b) { return {vaddq_f64(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 operator-(F64 a, F64 b) { return {vsubq_f64(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 operator*(F64 a, F64 b) { return {vmulq_f64(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 operator/(F64 a, F64 b) { return {vdivq_f64(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 sqrt(F64 a) { return {vsqrtq_f64(a.v)}; }
+FASTOPTIM_INLINE F64 max(F64 a, F64 b) { return {vbslq_f64(vcgtq_f64(a.v, b.v), a.v, b.v)}; }
+FASTOPTIM_INLINE F64 neg(F64 a) { return {vnegq_f64(a.v)}; }
+
+template <class T>
+struct VecOf;
+template <>
+struct VecOf<float> {
+  using type = F32;
+};
+template <>
+struct VecOf<double> {
+  using type = F64;
+};

@@ -1,0 +1,27 @@
+// One-lane "vector": the tail of every loop, and the whole loop at the scalar level.
+// Included inside namespace fastoptim::kernels::<isa>.
+
+template <class T>
+struct Scalar {
+  static constexpr size_t kLanes = 1;
+  T v;
+  static FASTOPTIM_INLINE Scalar load(const T* p) { return {*p}; }
+  static FASTOPTIM_INLINE void store(T* p, Scalar x) { *p = x.v; }
+  static FASTOPTIM_INLINE Scalar set1(T x) { return {x}; }
+};
+
+template <class T>
+FASTOPTIM_INLINE Scalar<T> operator+(Scalar<T> a, Scalar<T> b) { return {a.v + b.v}; }
+template <class T>
+FASTOPTIM_INLINE Scalar<T> operator-(Scalar<T> a, Scalar<T> b) { return {a.v - b.v}; }
+template <class T>
+FASTOPTIM_INLINE Scalar<T> operator*(Scalar<T> a, Scalar<T> b) { return {a.v * b.v}; }
+template <class T>
+FASTOPTIM_INLINE Scalar<T> operator/(Scalar<T> a, Scalar<T> b) { return {a.v / b.v}; }
+template <class T>
+FASTOPTIM_INLINE Scalar<T> neg(Scalar<T> a) { return {-a.v}; }
+// Same NaN behaviour as x86 maxps(a, b): b unless a > b.
+template <class T>
+FASTOPTIM_INLINE Scalar<T> max(Scalar<T> a, Scalar<T> b) { return {a.v > b.v ? a.v : b.v}; }
+FASTOPTIM_INLINE Scalar<float> sqrt(Scalar<float> a) { return {FASTOPTIM_SQRTF(a.v)}; }
+FASTOPTIM_INLINE Scalar<double> sqrt(Scalar<double> a) { return {FASTOPTIM_SQRT(a.v)}; }

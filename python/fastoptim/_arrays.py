@@ -1,0 +1,398 @@
+"""The array front: optimizers over NumPy arrays (or buffer-protocol / DLPack objects).
+
+Mirrors torch.optim's API and state_dict layout, with arrays instead of tensors and gradients
+passed to ``step``. No math here: every update is one call into the C++ core, which checks all
+buffers of all groups before it writes any.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from . import _core
+from ._runtime import get_num_threads
+
+_REQUIRED = object()
+
+
+def _as_array(obj: Any, what: str) -> np.ndarray:
+    """A NumPy view of ``obj`` sharing its memory (never a copy for params)."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    if hasattr(obj, "__dlpack__"):
+        if getattr(obj, "requires_grad", False):
+            obj = obj.detach()  # a torch leaf tensor: same memory, no autograd
+        try:
+            return np.from_dlpack(obj)
+        except (TypeError, RuntimeError, BufferError) as exc:
+            raise TypeError(f"{what}: cannot view {type(obj).__name__} as an array: {exc}") from exc
+    try:
+        memoryview(obj)
+    except TypeError:
+        raise TypeError(
+            f"{what}: expected an array (NumPy, buffer protocol or DLPack), "
+            f"got {type(obj).__name__}"
+        ) from None
+    return np.asarray(obj)
+
+
+class Optimizer:
+    """Base of the array-front optimizers: param groups, state, state_dict, step(grads)."""
+
+    rule: ClassVar[str]
+    has_step: ClassVar[bool] = True
+
+    def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
+        self.defaults = defaults
+        self.param_groups: list[dict[str, Any]] = []
+        self.state: dict[int, dict[str, Any]] = {}
+        if isinstance(params, (np.ndarray, dict)) or hasattr(params, "__dlpack__"):
+            raise TypeError(
+                "params argument given to the optimizer should be an iterable of arrays or "
+                f"dicts, but got {type(params).__name__}"
+            )
+        groups = list(params)
+        if not groups:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        for group in groups:
+            self.add_param_group(group)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for i, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {i}")
+            lines += [f"    {k}: {v}" for k, v in sorted(group.items()) if k != "params"]
+        return "\n".join(lines) + "\n)"
+
+    # ---- groups ------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, but got {type(param_group).__name__}")
+        group = dict(param_group)
+        params = group.get("params")
+        if params is None:
+            raise ValueError("param group has no 'params'")
+        if isinstance(params, np.ndarray) or hasattr(params, "__dlpack__"):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("optimizer parameters need to be organized in ordered collections")
+        group["params"] = list(params)
+        for key, default in self.defaults.items():
+            if default is _REQUIRED and key not in group:
+                raise ValueError(f"parameter group didn't specify a value of required {key}")
+            group.setdefault(key, default)
+        _core.state_slots(self.rule, group)  # ValueError with torch's wording if out of range
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if len({id(p) for p in group["params"]}) != len(group["params"]) or any(
+            id(p) in seen for p in group["params"]
+        ):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(group)
+        self._on_new_group(group, first_index=sum(len(g["params"]) for g in self.param_groups) - len(group["params"]))
+
+    def _on_new_group(self, group: dict[str, Any], first_index: int) -> None:
+        """Hook for rules whose state torch creates eagerly (Adagrad)."""
+
+    # ---- state -------------------------------------------------------------------------------
+    def _new_state(self, param: np.ndarray, group: dict[str, Any]) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        if self.has_step:
+            state["step"] = np.array(0.0, dtype=np.float32)  # as torch: a float32 scalar
+        return state
+
+    def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
+        return 0.0
+
+    # ---- step --------------------------------------------------------------------------------
+    def step(self, grads: Sequence[Any]) -> None:
+        """Update every param in place from ``grads`` (one per param, in param order; None
+        skips a param). Validates everything first: on error nothing has changed."""
+        if isinstance(grads, np.ndarray) or hasattr(grads, "__dlpack__"):
+            raise TypeError("grads must be a list with one array (or None) per param")
+        grads = list(grads)
+        count = sum(len(g["params"]) for g in self.param_groups)
+        if len(grads) != count:
+            raise ValueError(
+                f"step() got {len(grads)} grads for {count} params; "
+                "pass one grad (or None) per param, in param order"
+            )
+        specs = []
+        pending: dict[int, dict[str, Any]] = {}
+        index = 0
+        for group in self.param_groups:
+            slots = _core.state_slots(self.rule, group)
+            names, params, grad_arrays, states, steps = [], [], [], [], []
+            for param in group["params"]:
+                i, index = index, index + 1
+                if grads[i] is None:
+                    continue
+                name = f"param {i}"
+                p = _as_array(param, name)
+                g = _as_array(grads[i], f"{name} grad")
+                state = self.state.get(i)
+                fresh = state is None
+                missing = [s for s in slots if s is not None and (fresh or s not in state)]
+                if fresh or missing:
+                    state = dict(self._new_state(p, group) if fresh else state)
+                    for slot in missing:
+                        state[slot] = self._new_buffer(p, name, self._initial_value(slot, group))
+                if state or self.has_step:
+                    pending[i] = state
+                names.append(name)
+                params.append(p)
+                grad_arrays.append(g)
+                states.append([None if s is None else state[s] for s in slots])
+                if self.has_step:
+                    steps.append(int(state["step"]) + 1)
+                else:  # SGD: a new momentum buffer starts as the gradient, as torch's does
+                    steps.append(1 if "momentum_buffer" in missing else 2)
+            specs.append((group, names, params, grad_arrays, states, steps))
+        _core.step_buffers(self.rule, specs, get_num_threads())
+        for i, state in pending.items():
+            if self.has_step:
+                state["step"] = np.array(float(state["step"]) + 1.0, dtype=np.float32)
+            self.state[i] = state
+
+    @staticmethod
+    def _new_buffer(p: np.ndarray, name: str, value: float) -> np.ndarray:
+        if p.dtype not in (np.float32, np.float64):
+            raise TypeError(f"{name}: unsupported dtype {p.dtype}; expected float32 or float64")
+        return np.full(p.shape, value, dtype=p.dtype)
+
+    # ---- state_dict --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout: {"state": {index: {key: array}}, "param_groups": [{..., "params":
+        [indices]}]}; arrays are copies, so the snapshot does not change with later steps."""
+        groups, index = [], 0
+        for group in self.param_groups:
+            packed = {k: v for k, v in group.items() if k != "params"}
+            packed["params"] = list(range(index, index + len(group["params"])))
+            index += len(group["params"])
+            groups.append(packed)
+        state = {i: {k: np.array(v, copy=True) for k, v in s.items()} for i, s in self.state.items()}
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict of this front or of torch.optim (tensors are copied to arrays).
+        Everything is checked before anything changes."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        id_map: dict[Any, tuple[int, Any]] = {}
+        index = 0
+        for saved, group in zip(groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size "
+                    "of optimizer's group"
+                )
+            for key, param in zip(saved["params"], group["params"]):
+                id_map[key] = (index, param)
+                index += 1
+        new_state: dict[int, dict[str, Any]] = {}
+        for key, saved_state in state_dict["state"].items():
+            if key not in id_map:
+                raise ValueError(f"loaded state dict has state for unknown param {key!r}")
+            i, param = id_map[key]
+            p = _as_array(param, f"param {i}")
+            entry: dict[str, Any] = {}
+            for name, value in saved_state.items():
+                if value is None:
+                    continue
+                if name == "step":
+                    entry[name] = np.array(float(value), dtype=np.float32)
+                    continue
+                array = _to_numpy(value)
+                if array.shape != p.shape:
+                    raise ValueError(
+                        f"param {i}: loaded state '{name}' has shape {array.shape}, "
+                        f"param has shape {p.shape}"
+                    )
+                entry[name] = np.array(array, dtype=p.dtype, copy=True)
+            new_state[i] = entry
+        new_groups = []
+        for saved, group in zip(groups, self.param_groups):
+            merged = {k: v for k, v in saved.items() if k != "params"}
+            merged["params"] = group["params"]
+            for key, default in self.defaults.items():
+                merged.setdefault(key, group.get(key, default))
+            _core.state_slots(self.rule, merged)
+            new_groups.append(merged)
+        self.state = new_state
+        self.param_groups = new_groups
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor from torch.optim
+        value = value.detach().cpu()
+        return np.array(value.numpy(), copy=True)
+    return np.asarray(value)
+
+
+class SGD(Optimizer):
+    rule = "sgd"
+    has_step = False
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        momentum: float = 0,
+        dampening: float = 0,
+        weight_decay: float = 0,
+        nesterov: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            nesterov=nesterov,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+
+class Adagrad(Optimizer):
+    rule = "adagrad"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        lr_decay: float = 0,
+        weight_decay: float = 0,
+        initial_accumulator_value: float = 0,
+        eps: float = 1e-10,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            lr_decay=lr_decay,
+            eps=eps,
+            weight_decay=weight_decay,
+            initial_accumulator_value=initial_accumulator_value,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+    def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
+        return float(group["initial_accumulator_value"])
+
+    def _on_new_group(self, group: dict[str, Any], first_index: int) -> None:
+        # torch.optim.Adagrad creates its state in the constructor; so does this one.
+        for offset, param in enumerate(group["params"]):
+            i = first_index + offset
+            try:
+                p = _as_array(param, f"param {i}")
+            except TypeError:
+                continue  # reported by step()
+            if p.dtype in (np.float32, np.float64):
+                state = self._new_state(p, group)
+                state["sum"] = np.full(p.shape, self._initial_value("sum", group), dtype=p.dtype)
+                self.state[i] = state
+
+
+class Adadelta(Optimizer):
+    rule = "adadelta"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1.0,
+        rho: float = 0.9,
+        eps: float = 1e-6,
+        weight_decay: float = 0,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(lr=lr, rho=rho, eps=eps, weight_decay=weight_decay, maximize=maximize)
+        super().__init__(params, defaults)
+
+
+class RMSprop(Optimizer):
+    rule = "rmsprop"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-2,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        momentum: float = 0,
+        centered: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            alpha=alpha,
+            eps=eps,
+            centered=centered,
+            weight_decay=weight_decay,
+            maximize=maximize,
+        )
+        super().__init__(params, defaults)
+
+
+class Adam(Optimizer):
+    rule = "adam"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=decoupled_weight_decay,
+        )
+        super().__init__(params, defaults)
+
+
+class AdamW(Optimizer):
+    rule = "adamw"
+
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 1e-2,
+        amsgrad: bool = False,
+        *,
+        maximize: bool = False,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            maximize=maximize,
+            decoupled_weight_decay=True,
+        )
+        super().__init__(params, defaults)

@@ -1,0 +1,464 @@
+// Thin binding: Python buffers -> (pointer, size, dtype), every check before any write,
+// the GIL released around the driver call.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fastoptim/step.hpp"
+
+namespace py = pybind11;
+using fastoptim::DType;
+using fastoptim::ParamBuffers;
+
+namespace {
+
+// ---- rules: options from a param-group dict (both fronts keep torch's keys) -------------
+
+double number(const py::dict& group, const char* key) {
+  if (!group.contains(key)) throw py::key_error(std::string("param group has no '") + key + "'");
+  return py::float_(group[key]).cast<double>();
+}
+bool flag(const py::dict& group, const char* key) {
+  if (!group.contains(key)) throw py::key_error(std::string("param group has no '") + key + "'");
+  return py::bool_(group[key]).cast<bool>();
+}
+
+struct Rule {
+  enum Id { kSgd, kAdagrad, kAdadelta, kRmsprop, kAdam } id;
+  int state_count;  // slots the rule may use
+};
+
+Rule parse_rule(const std::string& name) {
+  if (name == "sgd") return {Rule::kSgd, 1};
+  if (name == "adagrad") return {Rule::kAdagrad, 1};
+  if (name == "adadelta") return {Rule::kAdadelta, 2};
+  if (name == "rmsprop") return {Rule::kRmsprop, 3};
+  if (name == "adam" || name == "adamw") return {Rule::kAdam, 3};
+  throw py::value_error("unknown rule '" + name + "'");
+}
+
+fastoptim::SgdOptions sgd_options(const py::dict& g) {
+  fastoptim::SgdOptions o;
+  o.lr = number(g, "lr");
+  o.momentum = number(g, "momentum");
+  o.dampening = number(g, "dampening");
+  o.weight_decay = number(g, "weight_decay");
+  o.nesterov = flag(g, "nesterov");
+  o.maximize = flag(g, "maximize");
+  return o;
+}
+fastoptim::AdagradOptions adagrad_options(const py::dict& g) {
+  fastoptim::AdagradOptions o;
+  o.lr = number(g, "lr");
+  o.lr_decay = number(g, "lr_decay");
+  o.weight_decay = number(g, "weight_decay");
+  o.initial_accumulator_value = number(g, "initial_accumulator_value");
+  o.eps = number(g, "eps");
+  o.maximize = flag(g, "maximize");
+  return o;
+}
+fastoptim::AdadeltaOptions adadelta_options(const py::dict& g) {
+  fastoptim::AdadeltaOptions o;
+  o.lr = number(g, "lr");
+  o.rho = number(g, "rho");
+  o.eps = number(g, "eps");
+  o.weight_decay = number(g, "weight_decay");
+  o.maximize = flag(g, "maximize");
+  return o;
+}
+fastoptim::RmspropOptions rmsprop_options(const py::dict& g) {
+  fastoptim::RmspropOptions o;
+  o.lr = number(g, "lr");
+  o.alpha = number(g, "alpha");
+  o.eps = number(g, "eps");
+  o.weight_decay = number(g, "weight_decay");
+  o.momentum = number(g, "momentum");
+  o.centered = flag(g, "centered");
+  o.maximize = flag(g, "maximize");
+  return o;
+}
+fastoptim::AdamOptions adam_options(const py::dict& g) {
+  fastoptim::AdamOptions o;
+  o.lr = number(g, "lr");
+  py::sequence betas = g["betas"];
+  if (py::len(betas) != 2) throw py::value_error("betas must have two entries");
+  o.beta1 = py::float_(betas[0]).cast<double>();
+  o.beta2 = py::float_(betas[1]).cast<double>();
+  o.eps = number(g, "eps");
+  o.weight_decay = number(g, "weight_decay");
+  o.amsgrad = flag(g, "amsgrad");
+  o.maximize = flag(g, "maximize");
+  o.decoupled_weight_decay = flag(g, "decoupled_weight_decay");
+  return o;
+}
+
+// Options of one group, converted and validated (ValueError with torch's wording) up front.
+struct GroupOptions {
+  Rule rule;
+  fastoptim::SgdOptions sgd;
+  fastoptim::AdagradOptions adagrad;
+  fastoptim::AdadeltaOptions adadelta;
+  fastoptim::RmspropOptions rmsprop;
+  fastoptim::AdamOptions adam;
+
+  GroupOptions(Rule r, const py::dict& g) : rule(r) {
+    switch (rule.id) {
+      case Rule::kSgd: sgd = sgd_options(g); fastoptim::validate(sgd); break;
+      case Rule::kAdagrad: adagrad = adagrad_options(g); fastoptim::validate(adagrad); break;
+      case Rule::kAdadelta: adadelta = adadelta_options(g); fastoptim::validate(adadelta); break;
+      case Rule::kRmsprop: rmsprop = rmsprop_options(g); fastoptim::validate(rmsprop); break;
+      case Rule::kAdam: adam = adam_options(g); fastoptim::validate(adam); break;
+    }
+  }
+
+  // Which state slots these options use (mirrors the driver's table in step.hpp).
+  bool uses_slot(int slot) const {
+    switch (rule.id) {
+      case Rule::kSgd: return slot == 0 && sgd.momentum != 0.0;
+      case Rule::kAdagrad: return slot == 0;
+      case Rule::kAdadelta: return slot <= 1;
+      case Rule::kRmsprop:
+        return slot == 0 || (slot == 1 && rmsprop.momentum > 0.0) ||
+               (slot == 2 && rmsprop.centered);
+      case Rule::kAdam: return slot <= 1 || (slot == 2 && adam.amsgrad);
+    }
+    return false;
+  }
+
+  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const {
+    switch (rule.id) {
+      case Rule::kSgd: fastoptim::step(sgd, dtype, buffers, threads); break;
+      case Rule::kAdagrad: fastoptim::step(adagrad, dtype, buffers, threads); break;
+      case Rule::kAdadelta: fastoptim::step(adadelta, dtype, buffers, threads); break;
+      case Rule::kRmsprop: fastoptim::step(rmsprop, dtype, buffers, threads); break;
+      case Rule::kAdam: fastoptim::step(adam, dtype, buffers, threads); break;
+    }
+  }
+};
+
+// ---- buffers ---------------------------------------------------------------------------------
+
+struct BufferView {
+  Py_buffer view{};
+  bool held = false;
+  BufferView() = default;
+  BufferView(const BufferView&) = delete;
+  BufferView& operator=(const BufferView&) = delete;
+  ~BufferView() {
+    if (held) PyBuffer_Release(&view);
+  }
+};
+
+std::optional<DType> dtype_of(const char* format, Py_ssize_t itemsize) {
+  if (format == nullptr) return std::nullopt;
+  char code = format[0];
+  if (code == '<' || code == '=' || code == '@' || code == '!' || code == '>') {
+    // only native byte order is supported
+    const bool little = [] {
+      const std::uint16_t one = 1;
+      return *reinterpret_cast<const std::uint8_t*>(&one) == 1;
+    }();
+    if ((code == '>' || code == '!') == little) return std::nullopt;
+    code = format[1];
+    if (format[2] != '\0') return std::nullopt;
+  } else if (format[1] != '\0') {
+    return std::nullopt;
+  }
+  if (code == 'f' && itemsize == 4) return DType::float32;
+  if (code == 'd' && itemsize == 8) return DType::float64;
+  return std::nullopt;
+}
+
+const char* dtype_name(DType d) { return d == DType::float32 ? "float32" : "float64"; }
+
+std::string shape_text(const Py_buffer& v) {
+  std::string s = "(";
+  for (int i = 0; i < v.ndim; ++i) {
+    s += std::to_string(v.shape[i]);
+    if (v.ndim == 1 || i + 1 < v.ndim) s += ",";
+    if (i + 1 < v.ndim) s += " ";
+  }
+  return s + ")";
+}
+
+bool same_shape(const Py_buffer& a, const Py_buffer& b) {
+  if (a.ndim != b.ndim) return false;
+  for (int i = 0; i < a.ndim; ++i)
+    if (a.shape[i] != b.shape[i]) return false;
+  return true;
+}
+
+[[noreturn]] void raise_type(const std::string& m) { throw py::type_error(m); }
+[[noreturn]] void raise_value(const std::string& m) { throw py::value_error(m); }
+
+// Gets a C-contiguous buffer of float32/float64, writable if asked: the object itself, never a
+// copy, so that an in-place update cannot be lost.
+DType acquire(BufferView& out, py::handle obj, bool writable, const std::string& what) {
+  const int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+  if (PyObject_GetBuffer(obj.ptr(), &out.view, flags) != 0) {
+    PyErr_Clear();
+    if (!PyObject_CheckBuffer(obj.ptr()))
+      raise_type(what + ": expected an array supporting the buffer protocol, got " +
+                 std::string(Py_TYPE(obj.ptr())->tp_name));
+    if (writable && PyObject_GetBuffer(obj.ptr(), &out.view, PyBUF_STRIDES | PyBUF_FORMAT) == 0) {
+      PyBuffer_Release(&out.view);
+      raise_value(what + ": array is read-only; it must be writable to be updated in place");
+    }
+    PyErr_Clear();
+    raise_value(what + ": cannot get a strided buffer from " +
+                std::string(Py_TYPE(obj.ptr())->tp_name));
+  }
+  out.held = true;
+  const auto dtype = dtype_of(out.view.format, out.view.itemsize);
+  if (!dtype)
+    raise_type(what + ": unsupported dtype (buffer format '" +
+               std::string(out.view.format ? out.view.format : "?") +
+               "'); expected float32 or float64");
+  if (!PyBuffer_IsContiguous(&out.view, 'C'))
+    raise_value(what + ": array is not C-contiguous; pass a contiguous array");
+  return *dtype;
+}
+
+struct Range {
+  std::uintptr_t begin, end;
+  bool written;
+  std::string owner;
+};
+
+// A written buffer must not share memory with any other buffer of the call: the result would
+// depend on the order of the updates.
+void check_overlaps(std::vector<Range>& ranges) {
+  std::sort(ranges.begin(), ranges.end(),
+            [](const Range& a, const Range& b) { return a.begin < b.begin; });
+  std::size_t widest = 0;  // the earlier range reaching furthest
+  for (std::size_t i = 1; i < ranges.size(); ++i) {
+    const Range& prev = ranges[widest];
+    const Range& cur = ranges[i];
+    if (cur.begin < prev.end && (cur.written || prev.written))
+      raise_value(cur.owner + " shares memory with " + prev.owner +
+                  "; every param and state buffer must be a separate array");
+    if (cur.end > prev.end) widest = i;
+  }
+}
+
+// One batch: all buffers of one dtype of one group.
+struct Batch {
+  const GroupOptions* options;
+  DType dtype;
+  std::vector<ParamBuffers> buffers;
+};
+
+// groups: list of (group dict, names, params, grads, states, steps), where states[i] is a list
+// of 3 buffers or None per slot. Everything is checked before anything is written.
+void step_buffers(const std::string& rule_name, py::list groups, int num_threads) {
+  const Rule rule = parse_rule(rule_name);
+  std::vector<std::unique_ptr<GroupOptions>> options;
+  std::vector<std::unique_ptr<BufferView>> views;
+  std::vector<Batch> batches;
+  std::vector<Range> ranges;
+
+  auto hold = [&](py::handle obj, bool writable, const std::string& what, DType& dtype) {
+    views.push_back(std::make_unique<BufferView>());
+    dtype = acquire(*views.back(), obj, writable, what);
+    return &views.back()->view;
+  };
+  auto add_range = [&](const Py_buffer& v, bool written, const std::string& owner) {
+    const auto begin = reinterpret_cast<std::uintptr_t>(v.buf);
+    if (v.len > 0) ranges.push_back({begin, begin + static_cast<std::uintptr_t>(v.len), written, owner});
+  };
+
+  for (py::handle group_handle : groups) {
+    py::tuple group = py::reinterpret_borrow<py::tuple>(group_handle);
+    if (group.size() != 6) raise_value("internal: group spec must have 6 entries");
+    options.push_back(std::make_unique<GroupOptions>(rule, group[0].cast<py::dict>()));
+    const GroupOptions& opts = *options.back();
+    py::list names = group[1], params = group[2], grads = group[3], states = group[4],
+             steps = group[5];
+    const std::size_t n = py::len(params);
+    if (py::len(names) != n || py::len(grads) != n || py::len(states) != n || py::len(steps) != n)
+      raise_value("internal: group spec lists differ in length");
+    std::size_t first_batch = batches.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::string name = names[i].cast<std::string>();
+      DType param_dtype, grad_dtype, state_dtype;
+      const Py_buffer* p = hold(params[i], true, name, param_dtype);
+      const Py_buffer* g = hold(grads[i], false, name + " grad", grad_dtype);
+      if (grad_dtype != param_dtype)
+        raise_type(name + ": grad dtype " + dtype_name(grad_dtype) + " does not match param dtype " +
+                   dtype_name(param_dtype));
+      if (!same_shape(*g, *p))
+        raise_value(name + ": grad shape " + shape_text(*g) + " does not match param shape " +
+                    shape_text(*p));
+      ParamBuffers b;
+      b.param = p->buf;
+      b.grad = g->buf;
+      b.size = static_cast<std::size_t>(p->len / p->itemsize);
+      b.step = steps[i].cast<std::int64_t>();
+      add_range(*p, true, name);
+      add_range(*g, false, name + " grad");
+      py::sequence slots = states[i];
+      if (static_cast<int>(py::len(slots)) != 3) raise_value("internal: 3 state slots expected");
+      for (int s = 0; s < 3; ++s) {
+        py::object slot = slots[s];
+        if (!opts.uses_slot(s)) continue;
+        if (slot.is_none()) raise_value(name + ": missing state buffer " + std::to_string(s));
+        const std::string what = name + " state " + std::to_string(s);
+        const Py_buffer* sv = hold(slot, true, what, state_dtype);
+        if (state_dtype != param_dtype || !same_shape(*sv, *p))
+          raise_value(what + ": state has dtype " + dtype_name(state_dtype) + " and shape " +
+                      shape_text(*sv) + ", param has " + dtype_name(param_dtype) + " and " +
+                      shape_text(*p));
+        b.state[s] = sv->buf;
+        add_range(*sv, true, what);
+      }
+      auto batch = std::find_if(batches.begin() + static_cast<std::ptrdiff_t>(first_batch),
+                                batches.end(), [&](const Batch& x) { return x.dtype == param_dtype; });
+      if (batch == batches.end()) {
+        batches.push_back({&opts, param_dtype, {}});
+        batch = batches.end() - 1;
+      }
+      batch->buffers.push_back(b);
+    }
+  }
+  check_overlaps(ranges);
+
+  py::gil_scoped_release release;
+  for (const Batch& batch : batches) batch.options->run(batch.dtype, batch.buffers, num_threads);
+}
+
+// The torch front's cached plan: rows of (param, grad, state0, state1, state2, size, step_ptr)
+// as int64 addresses that the front checked when it built the plan. Each row's step counter
+// (float32 or float64 scalar) is read, incremented and written back only after the driver
+// accepted the call.
+void step_pointers(const std::string& rule_name, py::dict group, py::buffer table_obj,
+                   const std::string& step_dtype, int num_threads, const std::string& dtype_name_) {
+  const Rule rule = parse_rule(rule_name);
+  const GroupOptions opts(rule, group);
+  const py::buffer_info table = table_obj.request();
+  if (table.ndim != 2 || table.shape[1] != 7 || table.itemsize != 8 ||
+      !(table.format == "q" || table.format == "l" || table.format == "<q" ||
+        table.format == "<l" || table.format == "=q" || table.format == "=l") ||
+      table.strides[1] != 8 || table.strides[0] != 56)
+    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 7)");
+  DType dtype;
+  if (dtype_name_ == "float32") dtype = DType::float32;
+  else if (dtype_name_ == "float64") dtype = DType::float64;
+  else raise_type("unsupported dtype " + dtype_name_);
+  const bool step_f64 = step_dtype == "float64";
+  if (!step_f64 && step_dtype != "float32") raise_type("unsupported step dtype " + step_dtype);
+
+  const auto* rows = static_cast<const std::int64_t*>(table.ptr);
+  const std::size_t n = static_cast<std::size_t>(table.shape[0]);
+  std::vector<ParamBuffers> buffers(n);
+  auto read_step = [&](std::int64_t address) -> double {
+    return step_f64 ? *reinterpret_cast<const double*>(address)
+                    : *reinterpret_cast<const float*>(address);
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t* r = rows + 7 * i;
+    ParamBuffers& b = buffers[i];
+    b.param = reinterpret_cast<void*>(r[0]);
+    b.grad = reinterpret_cast<const void*>(r[1]);
+    for (int s = 0; s < 3; ++s) b.state[s] = reinterpret_cast<void*>(r[2 + s]);
+    b.size = static_cast<std::size_t>(r[5]);
+    if (r[6] == 0) raise_value("internal: null step pointer");
+    b.step = static_cast<std::int64_t>(read_step(r[6])) + 1;
+  }
+  {
+    py::gil_scoped_release release;
+    opts.run(dtype, buffers, num_threads);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::int64_t address = rows[7 * i + 6];
+    if (step_f64) *reinterpret_cast<double*>(address) += 1.0;
+    else *reinterpret_cast<float*>(address) += 1.0f;
+  }
+}
+
+void roofline(py::list params, py::list grads, py::list states, int num_threads) {
+  // Benchmark only: same traffic as a rule. states[i] is a list of 0..3 buffers.
+  std::vector<std::unique_ptr<BufferView>> views;
+  std::vector<ParamBuffers> buffers;
+  std::optional<DType> dtype;
+  int state_count = -1;
+  for (std::size_t i = 0; i < py::len(params); ++i) {
+    ParamBuffers b;
+    DType d;
+    views.push_back(std::make_unique<BufferView>());
+    d = acquire(*views.back(), params[i], true, "param " + std::to_string(i));
+    b.param = views.back()->view.buf;
+    b.size = static_cast<std::size_t>(views.back()->view.len / views.back()->view.itemsize);
+    views.push_back(std::make_unique<BufferView>());
+    acquire(*views.back(), grads[i], false, "grad " + std::to_string(i));
+    b.grad = views.back()->view.buf;
+    py::list slots = states[i];
+    if (state_count >= 0 && state_count != static_cast<int>(py::len(slots)))
+      raise_value("every param needs the same number of state buffers");
+    state_count = static_cast<int>(py::len(slots));
+    for (int s = 0; s < state_count; ++s) {
+      views.push_back(std::make_unique<BufferView>());
+      acquire(*views.back(), slots[s], true, "state");
+      b.state[s] = views.back()->view.buf;
+    }
+    if (dtype && *dtype != d) raise_type("roofline needs one dtype");
+    dtype = d;
+    buffers.push_back(b);
+  }
+  if (!dtype) return;
+  py::gil_scoped_release release;
+  fastoptim::roofline_step(state_count, *dtype, buffers, num_threads);
+}
+
+// Names of the state slots these options use (None for an unused slot); validates the options.
+py::list state_slots(const std::string& rule_name, py::dict group) {
+  static const char* const kNames[][3] = {
+      {"momentum_buffer", nullptr, nullptr},
+      {"sum", nullptr, nullptr},
+      {"square_avg", "acc_delta", nullptr},
+      {"square_avg", "momentum_buffer", "grad_avg"},
+      {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+  };
+  const GroupOptions opts(parse_rule(rule_name), group);
+  py::list slots;
+  for (int s = 0; s < 3; ++s) {
+    if (opts.uses_slot(s)) slots.append(kNames[opts.rule.id][s]);
+    else slots.append(py::none());
+  }
+  return slots;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "fastoptim C++ core: fused SIMD/OpenMP optimizer steps over contiguous buffers";
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const std::invalid_argument& e) {
+      PyErr_SetString(PyExc_ValueError, e.what());
+    }
+  });
+  m.def("step_buffers", &step_buffers, py::arg("rule"), py::arg("groups"),
+        py::arg("num_threads") = 0);
+  m.def("step_pointers", &step_pointers, py::arg("rule"), py::arg("group"), py::arg("table"),
+        py::arg("step_dtype"), py::arg("num_threads"), py::arg("dtype"));
+  m.def("roofline", &roofline, py::arg("params"), py::arg("grads"), py::arg("states"),
+        py::arg("num_threads") = 0);
+  m.def("state_slots", &state_slots, py::arg("rule"), py::arg("group"));
+  m.def("simd_level", &fastoptim::simd_level);
+  m.def("available_simd_levels", &fastoptim::available_simd_levels);
+  m.def("set_simd_level", &fastoptim::set_simd_level, py::arg("level"));
+  m.def("set_num_threads", &fastoptim::set_num_threads, py::arg("num_threads"));
+  m.def("get_num_threads", &fastoptim::get_num_threads);
+  m.def("openmp_enabled", &fastoptim::openmp_enabled);
+  m.def("openmp_runtime", &fastoptim::openmp_runtime);
+  m.attr("serial_threshold") = fastoptim::kSerialThreshold;
+}
