@@ -1,0 +1,284 @@
+"""fastoptim.torch: drop-in replacements for torch.optim's SGD, Adagrad, Adadelta, RMSprop, Adam
+and AdamW on CPU tensors.
+
+Each class subclasses its torch.optim namesake, so the constructor (names, order, defaults,
+validation), param groups, hooks, LR schedulers and state_dict layout are torch's own; only
+``step`` differs: one fused C++ call per param group and dtype instead of a Python loop.
+
+Per group the front caches a *plan*: the addresses of every param, grad, state buffer and step
+counter. It is rebuilt only when a grad or param changes identity or memory, or when the state
+is loaded or a group is added, so a step costs one ``.grad`` read per tensor plus the kernel.
+Non-contiguous params and grads (transposed or sliced views) go through contiguous staging
+copies: slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import copy
+from operator import is_
+from typing import Any
+
+import numpy as np
+import torch
+from torch.optim.optimizer import _get_scalar_dtype
+
+from . import _core
+from ._runtime import get_num_threads
+
+__all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_data_ptr = torch.Tensor.data_ptr
+
+
+class _Plan:
+    """Addresses of one param group's buffers, split into one pointer table per dtype."""
+
+    def __init__(self) -> None:
+        self.params: list[torch.Tensor] = []
+        self.grads: list[torch.Tensor | None] = []
+        self.param_ptrs: list[int] = []
+        self.grad_ptrs: list[int] = []
+        self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
+        self.staged_grads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (contiguous copy, grad)
+        self.staged_params: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, param)
+        self.direct_params: list[torch.Tensor] = []  # written through their own memory
+        self.counters: np.ndarray | None = None  # SGD's private step counters
+        self.keep_alive: list[Any] = []
+        self.generation = -1
+
+    def matches(self, params: list[torch.Tensor], grads: list[Any], generation: int) -> bool:
+        return (
+            self.generation == generation
+            and len(params) == len(self.params)
+            and all(map(is_, params, self.params))
+            and all(map(is_, grads, self.grads))
+            and [_data_ptr(p) for p in params] == self.param_ptrs
+            and [0 if g is None else _data_ptr(g) for g in grads] == self.grad_ptrs
+        )
+
+
+class _FusedStep:
+    """The part shared by the six classes: step() through the C++ core."""
+
+    _rule: str
+    _has_step = True
+
+    # ---- plans -------------------------------------------------------------------------------
+    def _generation(self) -> int:
+        return self.__dict__.setdefault("_fastoptim_generation", 0)
+
+    def _invalidate_plans(self) -> None:
+        self.__dict__["_fastoptim_generation"] = self._generation() + 1
+
+    def _new_step_tensor(self) -> torch.Tensor:
+        return torch.tensor(0.0, dtype=_get_scalar_dtype())
+
+    def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
+        return 0.0
+
+    def _build_plan(self, group: dict[str, Any], params: list[torch.Tensor],
+                    grads: list[Any], slots: list[str | None]) -> _Plan:
+        plan = _Plan()
+        plan.params = list(params)
+        plan.grads = list(grads)
+        plan.param_ptrs = [_data_ptr(p) for p in params]
+        plan.grad_ptrs = [0 if g is None else _data_ptr(g) for g in grads]
+        plan.generation = self._generation()
+        name = type(self).__name__
+        rows: dict[tuple[str, str], list[list[int]]] = {}
+        counters: list[float] = []
+        counter_rows: list[list[int]] = []
+        for p, g in zip(params, grads):
+            if g is None:
+                continue
+            if g.is_sparse:
+                raise RuntimeError(f"{name} does not support sparse gradients")
+            if p.device.type != "cpu" or g.device.type != "cpu":
+                raise ValueError(f"fastoptim.torch.{name} updates CPU tensors; got a param on "
+                                 f"{p.device} with grad on {g.device}")
+            dtype = _DTYPES.get(p.dtype)
+            if dtype is None:
+                raise TypeError(f"fastoptim.torch.{name} supports float32 and float64 params, "
+                                f"got {p.dtype}")
+            if g.dtype != p.dtype:
+                raise TypeError(f"grad dtype {g.dtype} does not match param dtype {p.dtype}")
+            if g.shape != p.shape:
+                raise ValueError(f"grad shape {tuple(g.shape)} does not match param shape "
+                                 f"{tuple(p.shape)}")
+            state = self.state[p]
+            if self._has_step and "step" not in state:
+                state["step"] = self._new_step_tensor()
+            new_buffer = False
+            row = [0] * 7
+            for k, slot in enumerate(slots):
+                if slot is None:
+                    continue
+                buf = state.get(slot)
+                if buf is None:
+                    buf = torch.full_like(p, self._initial_value(slot, group),
+                                          memory_format=torch.contiguous_format)
+                    state[slot] = buf
+                    new_buffer = True
+                elif not buf.is_contiguous() or buf.dtype != p.dtype or buf.shape != p.shape:
+                    if buf.shape != p.shape:
+                        raise ValueError(f"state '{slot}' has shape {tuple(buf.shape)}, param "
+                                         f"has shape {tuple(p.shape)}")
+                    buf = buf.to(dtype=p.dtype, memory_format=torch.contiguous_format).clone()
+                    state[slot] = buf
+                row[2 + k] = _data_ptr(buf)
+            if p.is_contiguous():
+                row[0] = _data_ptr(p)
+                plan.direct_params.append(p)
+            else:
+                staged = p.detach().contiguous()
+                plan.staged_params.append((staged, p))
+                row[0] = _data_ptr(staged)
+            if g.is_contiguous():
+                row[1] = _data_ptr(g)
+            else:
+                staged_grad = g.contiguous()
+                plan.staged_grads.append((staged_grad, g))
+                row[1] = _data_ptr(staged_grad)
+            row[5] = p.numel()
+            if self._has_step:
+                step = state["step"]
+                if not isinstance(step, torch.Tensor):
+                    step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+                if step.dtype not in _DTYPES or step.device.type != "cpu" or step.numel() != 1:
+                    step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+                row[6] = _data_ptr(step)
+                rows.setdefault((dtype, _DTYPES[step.dtype]), []).append(row)
+            else:  # SGD: a new momentum buffer starts as the gradient, as in torch
+                counters.append(0.0 if new_buffer else 1.0)
+                counter_rows.append(row)
+                rows.setdefault((dtype, "float64"), []).append(row)
+        if counter_rows:
+            plan.counters = np.array(counters, dtype=np.float64)
+            base = plan.counters.ctypes.data
+            for i, row in enumerate(counter_rows):
+                row[6] = base + 8 * i
+        for (dtype, step_dtype), table in rows.items():
+            plan.batches.append((dtype, step_dtype, np.array(table, dtype=np.int64)))
+        return plan
+
+    # ---- step --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
+        """Perform a single optimization step.
+
+        Args:
+            closure (Callable, optional): A closure that reevaluates the model
+                and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        plans = self.__dict__.setdefault("_fastoptim_plans", {})
+        generation = self._generation()
+        ready = []
+        for index, group in enumerate(self.param_groups):
+            if group.get("differentiable"):
+                raise ValueError("fastoptim.torch does not support differentiable=True")
+            params = group["params"]
+            grads = [p.grad for p in params]
+            plan = plans.get(index)
+            if plan is None or not plan.matches(params, grads, generation):
+                slots = _core.state_slots(self._rule, group)
+                plan = plans[index] = self._build_plan(group, params, grads, slots)
+            ready.append((group, plan))
+        threads = get_num_threads()
+        for group, plan in ready:
+            for staged, grad in plan.staged_grads:
+                staged.copy_(grad)
+            for staged, param in plan.staged_params:
+                staged.copy_(param)
+            for dtype, step_dtype, table in plan.batches:
+                _core.step_pointers(self._rule, group, table, step_dtype, threads, dtype)
+            for staged, param in plan.staged_params:
+                param.copy_(staged)
+            if plan.direct_params:
+                # written through raw pointers: tell autograd these tensors changed
+                torch.autograd.graph.increment_version(plan.direct_params)
+        return loss
+
+    # ---- state -------------------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self._invalidate_plans()
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict, with copies of the state tensors: a checkpoint taken now does
+        not change with later steps, and loading it into another optimizer shares nothing."""
+        return copy.deepcopy(super().state_dict())
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """torch's load_state_dict, after checking that every state tensor has its param's
+        shape (torch does not): a mismatched state raises before anything changes."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError("loaded state dict has a different number of parameter groups")
+        id_to_param = {}
+        for saved, group in zip(groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError(
+                    "loaded state dict contains a parameter group that doesn't match the size "
+                    "of optimizer's group"
+                )
+            id_to_param.update(zip(saved["params"], group["params"]))
+        for key, saved_state in state_dict["state"].items():
+            param = id_to_param.get(key)
+            if param is None:
+                continue
+            for name, value in saved_state.items():
+                if name == "step" or not isinstance(value, torch.Tensor):
+                    continue
+                if value.shape != param.shape:
+                    raise ValueError(
+                        f"loaded state '{name}' of param {key} has shape {tuple(value.shape)}, "
+                        f"param has shape {tuple(param.shape)}"
+                    )
+        super().load_state_dict(copy.deepcopy(state_dict))
+        self._invalidate_plans()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.pop("_fastoptim_plans", None)
+
+
+class SGD(_FusedStep, torch.optim.SGD):
+    __doc__ = torch.optim.SGD.__doc__
+    _rule = "sgd"
+    _has_step = False
+
+
+class Adagrad(_FusedStep, torch.optim.Adagrad):
+    __doc__ = torch.optim.Adagrad.__doc__
+    _rule = "adagrad"
+
+    def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
+        return float(group["initial_accumulator_value"])
+
+
+class Adadelta(_FusedStep, torch.optim.Adadelta):
+    __doc__ = torch.optim.Adadelta.__doc__
+    _rule = "adadelta"
+
+
+class RMSprop(_FusedStep, torch.optim.RMSprop):
+    __doc__ = torch.optim.RMSprop.__doc__
+    _rule = "rmsprop"
+
+
+RMSProp = RMSprop
+
+
+class Adam(_FusedStep, torch.optim.Adam):
+    __doc__ = torch.optim.Adam.__doc__
+    _rule = "adam"
+
+
+class AdamW(_FusedStep, torch.optim.AdamW):
+    __doc__ = torch.optim.AdamW.__doc__
+    _rule = "adamw"
