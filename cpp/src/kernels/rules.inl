@@ -147,9 +147,12 @@ struct Roofline {
 };
 
 template <class Rule, class T, class Scalars>
-void run(const void* scalars, const Streams& streams, size_t count) {
+void run(const void* scalars, const Streams& stream_ptrs, size_t count) {
+  const Streams streams = stream_ptrs;
   using V = typename VecOf<T>::type;
-  const Scalars& s = *static_cast<const Scalars*>(scalars);
+  // A local copy: stores through T* could alias the T fields of *scalars, which would force a
+  // reload and broadcast of every scalar on every iteration.
+  const Scalars s = *static_cast<const Scalars*>(scalars);
   size_t i = 0;
   for (; i + V::kLanes <= count; i += V::kLanes) Rule::template update<V, T>(s, streams, i);
   for (; i < count; ++i) Rule::template update<Scalar<T>, T>(s, streams, i);
