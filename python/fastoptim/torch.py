@@ -29,6 +29,7 @@ __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _data_ptr = torch.Tensor.data_ptr
+_is_contiguous = torch.Tensor.is_contiguous
 
 
 class _Plan:
@@ -40,6 +41,7 @@ class _Plan:
         self.param_ptrs: list[int] = []
         self.grad_ptrs: list[int] = []
         self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
+        self.batch_rows: list[list[int]] = []  # per batch: the param index of each table row
         self.staged_grads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (contiguous copy, grad)
         self.staged_params: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, param)
         self.direct_params: list[torch.Tensor] = []  # written through their own memory
@@ -47,15 +49,36 @@ class _Plan:
         self.keep_alive: list[Any] = []
         self.generation = -1
 
-    def matches(self, params: list[torch.Tensor], grads: list[Any], generation: int) -> bool:
-        return (
-            self.generation == generation
-            and len(params) == len(self.params)
-            and all(map(is_, params, self.params))
-            and all(map(is_, grads, self.grads))
-            and [_data_ptr(p) for p in params] == self.param_ptrs
-            and [0 if g is None else _data_ptr(g) for g in grads] == self.grad_ptrs
-        )
+    def serves(self, params: list[torch.Tensor], grads: list[Any], generation: int) -> bool:
+        """Whether this plan can run the step, after pointing it at new grad tensors if only
+        those changed (zero_grad(set_to_none=True) then backward makes new ones each step)."""
+        if (
+            self.generation != generation
+            or len(params) != len(self.params)
+            or not all(map(is_, params, self.params))
+            or [_data_ptr(p) for p in params] != self.param_ptrs
+        ):
+            return False
+        try:
+            grad_ptrs = [0 if g is None else _data_ptr(g) for g in grads]
+            if all(map(is_, grads, self.grads)):
+                return grad_ptrs == self.grad_ptrs
+            # torch checked each new .grad's shape, dtype and device against its param when it
+            # was assigned; layout and contiguity are left to check.
+            live = [g for g in grads if g is not None]
+            if (
+                self.staged_grads
+                or [g is None for g in grads] != [g is None for g in self.grads]
+                or not all(map(_is_contiguous, live))
+            ):
+                return False
+        except RuntimeError:  # sparse or opaque grads: rebuild, which reports them
+            return False
+        for (_, _, table), rows in zip(self.batches, self.batch_rows):
+            table[:, 1] = [grad_ptrs[i] for i in rows]
+        self.grads = list(grads)
+        self.grad_ptrs = grad_ptrs
+        return True
 
 
 class _FusedStep:
@@ -87,9 +110,10 @@ class _FusedStep:
         plan.generation = self._generation()
         name = type(self).__name__
         rows: dict[tuple[str, str], list[list[int]]] = {}
+        row_params: dict[tuple[str, str], list[int]] = {}
         counters: list[float] = []
         counter_rows: list[list[int]] = []
-        for p, g in zip(params, grads):
+        for index, (p, g) in enumerate(zip(params, grads)):
             if g is None:
                 continue
             if g.is_sparse:
@@ -148,11 +172,13 @@ class _FusedStep:
                 if step.dtype not in _DTYPES or step.device.type != "cpu" or step.numel() != 1:
                     step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
                 row[6] = _data_ptr(step)
-                rows.setdefault((dtype, _DTYPES[step.dtype]), []).append(row)
+                key = (dtype, _DTYPES[step.dtype])
             else:  # SGD: a new momentum buffer starts as the gradient, as in torch
                 counters.append(0.0 if new_buffer else 1.0)
                 counter_rows.append(row)
-                rows.setdefault((dtype, "float64"), []).append(row)
+                key = (dtype, "float64")
+            rows.setdefault(key, []).append(row)
+            row_params.setdefault(key, []).append(index)
         if counter_rows:
             plan.counters = np.array(counters, dtype=np.float64)
             base = plan.counters.ctypes.data
@@ -160,6 +186,7 @@ class _FusedStep:
                 row[6] = base + 8 * i
         for (dtype, step_dtype), table in rows.items():
             plan.batches.append((dtype, step_dtype, np.array(table, dtype=np.int64)))
+            plan.batch_rows.append(row_params[(dtype, step_dtype)])
         return plan
 
     # ---- step --------------------------------------------------------------------------------
@@ -184,7 +211,7 @@ class _FusedStep:
             params = group["params"]
             grads = [p.grad for p in params]
             plan = plans.get(index)
-            if plan is None or not plan.matches(params, grads, generation):
+            if plan is None or not plan.serves(params, grads, generation):
                 slots = _core.state_slots(self._rule, group)
                 plan = plans[index] = self._build_plan(group, params, grads, slots)
             ready.append((group, plan))
