@@ -130,7 +130,10 @@ class _FusedStep:
             if g.shape != p.shape:
                 raise ValueError(f"grad shape {tuple(g.shape)} does not match param shape "
                                  f"{tuple(p.shape)}")
-            state = self.state[p]
+            # torch.optim.SGD without momentum keeps no state at all (not even an empty dict
+            # per param), and its state_dict shows that: do not touch self.state[p] then.
+            stateless = not self._has_step and all(slot is None for slot in slots)
+            state = {} if stateless else self.state[p]
             if self._has_step and "step" not in state:
                 state["step"] = self._new_step_tensor()
             new_buffer = False
@@ -285,7 +288,9 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
     _rule = "adagrad"
 
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
-        return float(group["initial_accumulator_value"])
+        # torch.optim.Adagrad fills "sum" with the constructor's value (self.defaults), not
+        # the group's, even for a group with its own initial_accumulator_value.
+        return float(self.defaults["initial_accumulator_value"])
 
 
 class Adadelta(_FusedStep, torch.optim.Adadelta):

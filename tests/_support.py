@@ -1,0 +1,274 @@
+"""Shared machinery for the test suite: option grids, problems, and one runner per front.
+
+A *case* is a frozen description of a training run (rule, param shapes, param groups with their
+options, dtype, number of steps, which grads are None when, mid-run lr changes). ``run(case,
+front)`` plays it on one front and returns the final params and optimizer state as NumPy
+arrays, so every front is compared against ``torch.optim.X(..., foreach=False)`` on the very
+same gradients.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
+
+# State keys torch.optim uses per rule (the union over options).
+STATE_KEYS = {
+    "SGD": {"momentum_buffer"},
+    "Adagrad": {"step", "sum"},
+    "Adadelta": {"step", "square_avg", "acc_delta"},
+    "RMSprop": {"step", "square_avg", "momentum_buffer", "grad_avg"},
+    "Adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+    "AdamW": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+}
+
+# Shapes of the grid problem: one group whose buffers end on every SIMD tail (1, 7, 15, 16, 17).
+GRID_SHAPES = ((1,), (7,), (3, 5), (16,), (17,))
+
+SIZES = (1, 7, 15, 16, 17, 1023, 4097, 100003)
+
+
+def _cycle(values: tuple, i: int) -> Any:
+    return values[i % len(values)]
+
+
+def _grid(rule: str) -> list[dict[str, Any]]:
+    """Every flag on and off (full product), the main hyperparameters at two or more values
+    (full product), and secondary values cycled through the combinations."""
+    out: list[dict[str, Any]] = []
+    if rule == "SGD":
+        for i, (momentum, dampening, nesterov, wd, maximize) in enumerate(
+            itertools.product((0.0, 0.9), (0.0, 0.3), (False, True), (0.0, 0.05), (False, True))
+        ):
+            if nesterov and (momentum == 0 or dampening != 0):
+                continue
+            out.append(dict(lr=_cycle((0.1, 0.01, 0.37), i), momentum=momentum,
+                            dampening=dampening, nesterov=nesterov, weight_decay=wd,
+                            maximize=maximize))
+        out += [dict(lr=0.05, momentum=1.0), dict(lr=0.05, momentum=0.5, dampening=1.0),
+                dict(lr=0.2, momentum=0.3, nesterov=True, weight_decay=0.5)]
+    elif rule == "Adagrad":
+        for i, (lr_decay, wd, init, eps, maximize) in enumerate(
+            itertools.product((0.0, 0.05), (0.0, 0.1), (0.0, 0.3), (1e-10, 1e-3), (False, True))
+        ):
+            out.append(dict(lr=_cycle((0.01, 0.1, 0.5), i), lr_decay=lr_decay, weight_decay=wd,
+                            initial_accumulator_value=init, eps=eps, maximize=maximize))
+        out += [dict(lr=0.3, lr_decay=1.0, initial_accumulator_value=2.0, eps=0.0)]
+    elif rule == "Adadelta":
+        for i, (rho, eps, wd, maximize) in enumerate(
+            itertools.product((0.9, 0.5, 0.0, 1.0), (1e-6, 1e-3), (0.0, 0.1), (False, True))
+        ):
+            out.append(dict(lr=_cycle((1.0, 0.5, 0.1), i), rho=rho, eps=eps, weight_decay=wd,
+                            maximize=maximize))
+    elif rule == "RMSprop":
+        for i, (alpha, wd, momentum, centered, maximize) in enumerate(
+            itertools.product((0.99, 0.5), (0.0, 0.1), (0.0, 0.7), (False, True), (False, True))
+        ):
+            out.append(dict(lr=_cycle((0.01, 0.001, 0.05), i), alpha=alpha,
+                            eps=_cycle((1e-8, 1e-2, 1e-4), i // 2), weight_decay=wd,
+                            momentum=momentum, centered=centered, maximize=maximize))
+        out += [dict(lr=0.01, alpha=0.0), dict(lr=0.01, alpha=0.0, momentum=0.9),
+                dict(lr=0.01, alpha=1.0, eps=0.5, centered=True)]
+    elif rule in ("Adam", "AdamW"):
+        decoupled = (False, True) if rule == "Adam" else (None,)
+        decays = (0.0, 0.1) if rule == "Adam" else (0.0, 0.01, 0.2)
+        for i, (betas, wd, amsgrad, maximize, dwd) in enumerate(
+            itertools.product(((0.9, 0.999), (0.5, 0.9)), decays, (False, True), (False, True),
+                              decoupled)
+        ):
+            opts = dict(lr=_cycle((1e-3, 0.05, 0.2), i), betas=betas,
+                        eps=_cycle((1e-8, 1e-3), i // 3), weight_decay=wd, amsgrad=amsgrad,
+                        maximize=maximize)
+            if dwd is not None:
+                opts["decoupled_weight_decay"] = dwd
+            out.append(opts)
+        out += [dict(lr=0.01, betas=(0.0, 0.0)), dict(lr=0.01, betas=(0.0, 0.5), amsgrad=True),
+                dict(lr=0.01, betas=(0.99, 0.0), eps=0.1)]
+    else:
+        raise KeyError(rule)
+    return out
+
+
+GRIDS = {rule: _grid(rule) for rule in RULES}
+
+
+def options_id(options: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):
+            return "T" if v else "F"
+        if isinstance(v, tuple):
+            return "(" + ",".join(fmt(x) for x in v) + ")"
+        return f"{v:g}"
+
+    return "-".join(f"{k}={fmt(v)}" for k, v in options.items()) or "defaults"
+
+
+def freeze(options: dict[str, Any]) -> tuple:
+    return tuple(sorted(options.items()))
+
+
+@dataclass(frozen=True)
+class Case:
+    rule: str
+    shapes: tuple
+    groups: tuple  # ((param indices), frozen options) per group
+    dtype: str = "float64"
+    steps: int = 50
+    seed: int = 0
+    # (param index, first step, last step) ranges during which that param's grad is None
+    none_grads: tuple = ()
+    # (before step k, group index, new lr)
+    lr_changes: tuple = ()
+    grad_scale: float = 1.0
+
+    @staticmethod
+    def single(rule: str, options: dict[str, Any], shapes=GRID_SHAPES, **kw: Any) -> Case:
+        return Case(rule, tuple(shapes), ((tuple(range(len(shapes))), freeze(options)),), **kw)
+
+
+def tol(dtype: str) -> dict[str, float]:
+    return dict(rtol=1e-10, atol=0.0) if dtype == "float64" else dict(rtol=1e-5, atol=1e-6)
+
+
+@functools.lru_cache(maxsize=64)
+def problem(case: Case) -> tuple[list[np.ndarray], list[list[np.ndarray | None]]]:
+    """Initial params and per-step grads (float64 drawn, then cast), None where asked."""
+    rng = np.random.default_rng(case.seed)
+    dtype = np.dtype(case.dtype)
+    params = [rng.standard_normal(s).astype(dtype) for s in case.shapes]
+    grads: list[list[np.ndarray | None]] = []
+    for k in range(case.steps):
+        row: list[np.ndarray | None] = []
+        for i, s in enumerate(case.shapes):
+            g = (rng.standard_normal(s) * case.grad_scale).astype(dtype)
+            if any(i == j and lo <= k <= hi for j, lo, hi in case.none_grads):
+                row.append(None)
+            else:
+                row.append(g)
+        grads.append(row)
+    for p in params:
+        p.setflags(write=False)
+    for row in grads:
+        for g in row:
+            if g is not None:
+                g.setflags(write=False)
+    return params, grads
+
+
+def group_dicts(case: Case, params: list[Any]) -> list[dict[str, Any]]:
+    return [dict(opts, params=[params[i] for i in idx]) for idx, opts in
+            ((idx, dict(o)) for idx, o in case.groups)]
+
+
+def param_order(case: Case) -> list[int]:
+    """Problem indices in optimizer order (group by group)."""
+    return [i for idx, _ in case.groups for i in idx]
+
+
+def make_optimizer(front: str, rule: str, groups: list[dict[str, Any]]) -> Any:
+    import fastoptim
+
+    if front == "torch.optim":
+        import torch
+
+        return getattr(torch.optim, rule)(groups, foreach=False)
+    if front == "fastoptim.torch":
+        import fastoptim.torch
+
+        return getattr(fastoptim.torch, rule)(groups)
+    return getattr(fastoptim, rule)(groups)
+
+
+FRONTS = ("fastoptim.torch", "array-numpy", "array-tensor")
+
+
+def run(case: Case, front: str, grad_mode: str = "fresh") -> dict[str, Any]:
+    """Play ``case`` on ``front``; returns {"params": [...], "state": {i: {k: array}}}
+    in problem order. ``grad_mode`` (torch fronts): "fresh" assigns a new .grad tensor every
+    step, "inplace" copies into the existing one (the cached-plan path of a training loop)."""
+    import torch
+
+    init, grads = problem(case)
+    order = param_order(case)
+    if front in ("torch.optim", "fastoptim.torch"):
+        params = [torch.tensor(p).requires_grad_() for p in init]
+    elif front == "array-tensor":
+        params = [torch.tensor(p) for p in init]
+    else:
+        params = [p.copy() for p in init]
+    opt = make_optimizer(front, case.rule, group_dicts(case, params))
+    changes = {}
+    for k, gi, lr in case.lr_changes:
+        changes.setdefault(k, []).append((gi, lr))
+    for k in range(case.steps):
+        for gi, lr in changes.get(k, []):
+            opt.param_groups[gi]["lr"] = lr
+        row = grads[k]
+        if front in ("torch.optim", "fastoptim.torch"):
+            for p, g in zip(params, row):
+                if g is None:
+                    p.grad = None
+                elif grad_mode == "inplace" and p.grad is not None:
+                    p.grad.copy_(torch.tensor(g))
+                else:
+                    p.grad = torch.tensor(g)
+            opt.step()
+        elif front == "array-tensor":
+            opt.step([None if row[i] is None else torch.tensor(row[i]) for i in order])
+        else:
+            opt.step([None if row[i] is None else row[i].copy() for i in order])
+    return {"params": [to_numpy(p) for p in params], "state": normalized_state(opt, case)}
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        return x.detach().cpu().numpy().copy()
+    return np.array(x, copy=True)
+
+
+def normalized_state(opt: Any, case: Case) -> dict[int, dict[str, np.ndarray]]:
+    """state_dict()["state"] re-keyed by problem index, values as NumPy arrays."""
+    order = param_order(case)
+    state = opt.state_dict()["state"]
+    return {order[k]: {name: to_numpy(v) for name, v in s.items()} for k, s in state.items()}
+
+
+@functools.lru_cache(maxsize=512)
+def reference(case: Case) -> dict[str, Any]:
+    return run(case, "torch.optim")
+
+
+def assert_close_runs(got: dict[str, Any], want: dict[str, Any], dtype: str, what: str) -> None:
+    t = tol(dtype)
+    assert len(got["params"]) == len(want["params"])
+    for i, (a, b) in enumerate(zip(got["params"], want["params"])):
+        assert a.dtype == b.dtype, f"{what}: param {i} dtype {a.dtype} != {b.dtype}"
+        np.testing.assert_allclose(a, b, err_msg=f"{what}: param {i}", **t)
+    assert set(got["state"]) == set(want["state"]), f"{what}: state keys differ"
+    for i in want["state"]:
+        gs, ws = got["state"][i], want["state"][i]
+        assert set(gs) == set(ws), f"{what}: param {i} state {sorted(gs)} != torch's {sorted(ws)}"
+        for name in ws:
+            if name == "step":
+                assert float(gs[name]) == float(ws[name]), f"{what}: param {i} step"
+            else:
+                assert gs[name].dtype == ws[name].dtype, f"{what}: param {i} {name} dtype"
+                np.testing.assert_allclose(gs[name], ws[name], err_msg=f"{what}: param {i} {name}",
+                                           **t)
+
+
+def assert_equal_runs(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
+    for i, (x, y) in enumerate(zip(a["params"], b["params"])):
+        np.testing.assert_array_equal(x, y, err_msg=f"{what}: param {i}")
+    assert set(a["state"]) == set(b["state"])
+    for i in a["state"]:
+        assert set(a["state"][i]) == set(b["state"][i])
+        for name in a["state"][i]:
+            np.testing.assert_array_equal(a["state"][i][name], b["state"][i][name],
+                                          err_msg=f"{what}: param {i} {name}")

@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+import fastoptim
+from fastoptim import _runtime
+
+LEVELS = fastoptim.available_simd_levels()
+
+
+@pytest.fixture(params=LEVELS)
+def simd_level(request: pytest.FixtureRequest) -> str:
+    """Runs the test once per SIMD level this CPU and build support; restores the level."""
+    previous = fastoptim.simd_level()
+    fastoptim.set_simd_level(request.param)
+    assert fastoptim.simd_level() == request.param
+    try:
+        yield request.param
+    finally:
+        fastoptim.set_simd_level(previous)
+
+
+@pytest.fixture
+def restore_threads() -> None:
+    """Lets a test call fastoptim.set_num_threads; puts the previous setting back."""
+    pinned = _runtime._num_threads
+    before = fastoptim.get_num_threads()
+    try:
+        yield
+    finally:
+        fastoptim.set_num_threads(before)
+        _runtime._num_threads = pinned
+
+
+@pytest.fixture(autouse=True)
+def _level_and_threads_unchanged() -> None:
+    """No test may leak a SIMD level or thread count into the next one."""
+    level, threads = fastoptim.simd_level(), fastoptim.get_num_threads()
+    yield
+    assert fastoptim.simd_level() == level
+    assert fastoptim.get_num_threads() == threads
