@@ -1,0 +1,285 @@
+"""Exactness check of an installed fastoptim on an emulated CPU model.
+
+Run it under user-mode emulation with a CPU model that lacks the wider SIMD levels, e.g.
+
+    qemu-x86_64 -cpu Westmere venv/bin/python tests/qemu_check.py --expect sse2   # no AVX
+    qemu-x86_64 -cpu Haswell  venv/bin/python tests/qemu_check.py --expect avx2   # no AVX-512
+
+It checks that dispatch picked ``--expect`` and nothing wider is offered, then runs a few steps
+of every rule (several option sets, float32 and float64, sizes that hit every vector tail and
+the multi-threaded split) at every SIMD level the CPU has, 1 and 2 threads, through the array
+front, and compares them with a float64 NumPy reference written here from torch.optim's update
+rules; results must also be bit-identical across levels and thread counts. With torch
+importable it also checks the torch front against ``torch.optim`` (``--no-torch`` skips that).
+
+An instruction the emulated CPU lacks, executed outside the dispatched kernels (a baseline
+object built with wide flags, an inline function taken from a kernel object), kills the process
+with SIGILL: the caller must treat any non-zero exit, a signal included, as failure. Everything
+runs in this one process because qemu-user does not follow child processes. Also runs natively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import fastoptim
+
+LEVELS = ["scalar", "sse2", "avx2", "avx512", "neon"]
+SIZES = [1, 7, 17, 1023, 20_000]  # 21k elements per group: above the serial threshold
+STEPS = 3
+TOLERANCE = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
+
+Options = dict[str, Any]
+State = dict[str, np.ndarray]
+
+# ---- float64 reference: torch.optim's single-tensor update rules, one array at a time ---------
+
+
+def _decayed(p: np.ndarray, g: np.ndarray, o: Options) -> np.ndarray:
+    g = -g if o.get("maximize", False) else g
+    wd = o.get("weight_decay", 0.0)
+    return g + wd * p if wd != 0 else g
+
+
+def sgd_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    d = _decayed(p, g, o)
+    momentum = o.get("momentum", 0.0)
+    if momentum != 0:
+        if "momentum_buffer" not in s:
+            s["momentum_buffer"] = d.copy()
+        else:
+            s["momentum_buffer"] = s["momentum_buffer"] * momentum + (
+                1 - o.get("dampening", 0.0)
+            ) * d
+        d = d + momentum * s["momentum_buffer"] if o.get("nesterov") else s["momentum_buffer"]
+    return p - o["lr"] * d
+
+
+def adagrad_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    g = _decayed(p, g, o)
+    s.setdefault("sum", np.full_like(p, o.get("initial_accumulator_value", 0.0)))
+    clr = o["lr"] / (1 + (step - 1) * o.get("lr_decay", 0.0))
+    s["sum"] = s["sum"] + g * g
+    return p - clr * g / (np.sqrt(s["sum"]) + o.get("eps", 1e-10))
+
+
+def adadelta_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    g = _decayed(p, g, o)
+    rho, eps = o.get("rho", 0.9), o.get("eps", 1e-6)
+    sq = s.get("square_avg", np.zeros_like(p)) * rho + (1 - rho) * g * g
+    acc = s.get("acc_delta", np.zeros_like(p))
+    delta = np.sqrt(acc + eps) / np.sqrt(sq + eps) * g
+    s["square_avg"], s["acc_delta"] = sq, acc * rho + (1 - rho) * delta * delta
+    return p - o.get("lr", 1.0) * delta
+
+
+def rmsprop_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    g = _decayed(p, g, o)
+    alpha, eps, momentum = o.get("alpha", 0.99), o.get("eps", 1e-8), o.get("momentum", 0.0)
+    s["square_avg"] = s.get("square_avg", np.zeros_like(p)) * alpha + (1 - alpha) * g * g
+    if o.get("centered"):
+        ga = s.get("grad_avg", np.zeros_like(p))
+        s["grad_avg"] = ga + (1 - alpha) * (g - ga)
+        avg = np.sqrt(s["square_avg"] - s["grad_avg"] ** 2) + eps
+    else:
+        avg = np.sqrt(s["square_avg"]) + eps
+    if momentum > 0:
+        s["momentum_buffer"] = s.get("momentum_buffer", np.zeros_like(p)) * momentum + g / avg
+        return p - o["lr"] * s["momentum_buffer"]
+    return p - o["lr"] * g / avg
+
+
+def adam_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    lr, wd = o.get("lr", 1e-3), o.get("weight_decay", 0.0)
+    beta1, beta2 = o.get("betas", (0.9, 0.999))
+    g = -g if o.get("maximize", False) else g
+    if wd != 0 and o.get("decoupled_weight_decay", False):
+        p = p * (1 - lr * wd)
+    elif wd != 0:
+        g = g + wd * p
+    m = s.get("exp_avg", np.zeros_like(p))
+    s["exp_avg"] = m + (1 - beta1) * (g - m)
+    s["exp_avg_sq"] = s.get("exp_avg_sq", np.zeros_like(p)) * beta2 + (1 - beta2) * g * g
+    second = s["exp_avg_sq"]
+    if o.get("amsgrad"):
+        s["max_exp_avg_sq"] = np.maximum(s.get("max_exp_avg_sq", np.zeros_like(p)), second)
+        second = s["max_exp_avg_sq"]
+    bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+    denom = np.sqrt(second) / bias_correction2_sqrt + o.get("eps", 1e-8)
+    return p - lr / (1 - beta1**step) * s["exp_avg"] / denom
+
+
+def adamw_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    return adam_ref(p, g, s, step, {"weight_decay": 1e-2, **o, "decoupled_weight_decay": True})
+
+
+Reference = Callable[[np.ndarray, np.ndarray, State, int, Options], np.ndarray]
+RULES: dict[str, tuple[type, Reference, list[Options]]] = {
+    "SGD": (
+        fastoptim.SGD,
+        sgd_ref,
+        [
+            dict(lr=0.1),
+            dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01),
+            dict(lr=0.05, momentum=0.8, nesterov=True, maximize=True),
+        ],
+    ),
+    "Adagrad": (
+        fastoptim.Adagrad,
+        adagrad_ref,
+        [dict(lr=0.1), dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)],
+    ),
+    "Adadelta": (
+        fastoptim.Adadelta,
+        adadelta_ref,
+        [dict(), dict(lr=0.5, rho=0.8, weight_decay=0.01, maximize=True)],
+    ),
+    "RMSprop": (
+        fastoptim.RMSprop,
+        rmsprop_ref,
+        [dict(lr=0.01), dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)],
+    ),
+    "Adam": (
+        fastoptim.Adam,
+        adam_ref,
+        [dict(lr=0.01), dict(lr=0.01, amsgrad=True, weight_decay=0.01, maximize=True)],
+    ),
+    "AdamW": (
+        fastoptim.AdamW,
+        adamw_ref,
+        [dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, amsgrad=True, betas=(0.8, 0.99))],
+    ),
+}
+
+
+def make_data(seed: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+    """Float32-representable params and per-step grads, so both dtypes start from the same values."""
+    rng = np.random.default_rng(seed)
+    params = [rng.standard_normal(n).astype(np.float32) for n in SIZES]
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in SIZES] for _ in range(STEPS)]
+    return params, grads
+
+
+def run_fastoptim(cls: type, options: Options, dtype: type, seed: int) -> list[np.ndarray]:
+    params0, grads = make_data(seed)
+    params = [p.astype(dtype) for p in params0]
+    opt = cls(params, **options)
+    for step_grads in grads:
+        opt.step([g.astype(dtype) for g in step_grads])
+    return params
+
+
+def run_reference(ref: Reference, options: Options, seed: int) -> list[np.ndarray]:
+    params0, grads = make_data(seed)
+    params = [p.astype(np.float64) for p in params0]
+    states: list[State] = [{} for _ in params]
+    for step, step_grads in enumerate(grads, start=1):
+        params = [
+            ref(p, g.astype(np.float64), s, step, options)
+            for p, g, s in zip(params, step_grads, states)
+        ]
+    return params
+
+
+def check_array_front(levels: list[str]) -> int:
+    checks = 0
+    for seed, (name, (cls, ref, variants)) in enumerate(RULES.items()):
+        for v, options in enumerate(variants):
+            expected = run_reference(ref, options, seed * 10 + v)
+            for dtype in (np.float32, np.float64):
+                first: tuple[str, list[np.ndarray]] | None = None
+                for level in levels:
+                    fastoptim.set_simd_level(level)
+                    for threads in (1, 2):
+                        fastoptim.set_num_threads(threads)
+                        got = run_fastoptim(cls, options, dtype, seed * 10 + v)
+                        where = f"{name}{options} {np.dtype(dtype).name} {level} x{threads}"
+                        for i, (g, e) in enumerate(zip(got, expected)):
+                            if not np.allclose(g, e, **TOLERANCE[dtype]):
+                                err = np.max(np.abs(g - e) / (np.abs(e) + 1e-30))
+                                raise AssertionError(
+                                    f"{where}: param {i} (size {g.size}) differs from the "
+                                    f"float64 reference, max rel err {err:.3g}"
+                                )
+                        if first is None:
+                            first = (f"{level} x{threads}", got)
+                        elif not all(np.array_equal(a, b) for a, b in zip(got, first[1])):
+                            raise AssertionError(f"{where}: not bit-identical to {first[0]}")
+                        checks += 1
+    return checks
+
+
+def check_torch_front() -> int:
+    import torch
+
+    import fastoptim.torch as fot
+
+    checks = 0
+    for seed, (name, (_, _, variants)) in enumerate(RULES.items()):
+        options = variants[-1]
+        for dtype in (torch.float32, torch.float64):
+            params0, grads = make_data(100 + seed)
+            ours = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in params0]
+            theirs = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in params0]
+            opt_ours = getattr(fot, name)(ours, **options)
+            opt_theirs = getattr(torch.optim, name)(theirs, foreach=False, **options)
+            for step_grads in grads:
+                for group, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+                    for p, g in zip(group, step_grads):
+                        p.grad = torch.tensor(g, dtype=dtype)
+                    opt.step()
+            tol = TOLERANCE[np.float32 if dtype == torch.float32 else np.float64]
+            for a, b in zip(ours, theirs):
+                if not torch.allclose(a.detach(), b.detach(), **tol):
+                    raise AssertionError(f"torch front {name}{options} {dtype} != torch.optim")
+            checks += 1
+    return checks
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--expect", choices=LEVELS, help="the SIMD level dispatch must pick")
+    parser.add_argument("--no-torch", action="store_true", help="skip the torch front check")
+    args = parser.parse_args(argv)
+    faulthandler.enable()  # a SIGILL prints the Python stack before the process dies
+    start = time.perf_counter()
+
+    level, available = fastoptim.simd_level(), fastoptim.available_simd_levels()
+    print(f"qemu_check: fastoptim {fastoptim.__version__} from {fastoptim.__file__}")
+    print(f"qemu_check: simd_level={level} available={available}", flush=True)
+    if args.expect is not None:
+        if level != args.expect:
+            print(f"FAIL: dispatch picked {level}, expected {args.expect}", file=sys.stderr)
+            return 1
+        if available[-1] != args.expect:
+            print(f"FAIL: {available[-1]} offered on a CPU without it", file=sys.stderr)
+            return 1
+    try:
+        checks = check_array_front(available)
+        fastoptim.set_simd_level(level)
+        print(f"qemu_check: array front: {checks} runs match the reference", flush=True)
+        torch_checks = 0
+        if not args.no_torch:
+            try:
+                import torch  # noqa: F401
+            except ImportError:
+                print("qemu_check: torch not installed: torch front not checked")
+            else:
+                torch_checks = check_torch_front()
+                print(f"qemu_check: torch front: {torch_checks} runs match torch.optim")
+    except AssertionError as exc:
+        print(f"FAIL: {exc}", file=sys.stderr)
+        return 1
+    print(f"qemu_check: OK at {level} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
