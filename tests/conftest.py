@@ -7,6 +7,16 @@ from fastoptim import _runtime
 
 LEVELS = fastoptim.available_simd_levels()
 
+# The suite runs many tiny torch models; intra-op threads only add fork/join (and, on a busy
+# 2-core machine, spinning) to them. Thread splits of fastoptim's own kernels are tested with
+# explicit set_num_threads() calls.
+try:
+    import torch
+except ImportError:  # the array-front tests still run
+    torch = None
+else:
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(params=LEVELS)
 def simd_level(request: pytest.FixtureRequest) -> str:

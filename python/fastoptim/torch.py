@@ -151,7 +151,9 @@ class _FusedStep:
                     if buf.shape != p.shape:
                         raise ValueError(f"state '{slot}' has shape {tuple(buf.shape)}, param "
                                          f"has shape {tuple(p.shape)}")
-                    buf = buf.to(dtype=p.dtype, memory_format=torch.contiguous_format).clone()
+                    # .to() returns the tensor itself when the dtype already matches, and
+                    # clone() keeps its strides: ask for a contiguous copy explicitly.
+                    buf = buf.to(dtype=p.dtype).clone(memory_format=torch.contiguous_format)
                     state[slot] = buf
                 row[2 + k] = _data_ptr(buf)
             if p.is_contiguous():
