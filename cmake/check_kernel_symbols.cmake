@@ -1,0 +1,60 @@
+# Fails if a per-ISA kernel object defines a global or weak symbol outside
+# fastoptim::kernels::<isa>, or has a static initializer. An inline function compiled with
+# wide-ISA flags and left global could be picked by the linker for baseline code: a SIGILL on
+# older CPUs. Usage:
+#   cmake -DNM=<nm> -DISA=<level> -DOBJECTS=<obj>[|<obj>...] -P check_kernel_symbols.cmake
+foreach(var NM ISA OBJECTS)
+  if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
+    message(FATAL_ERROR "check_kernel_symbols: -D${var}=... is required")
+  endif()
+endforeach()
+
+string(REPLACE "|" ";" objects "${OBJECTS}")
+string(LENGTH "${ISA}" isa_length)
+# Itanium mangling of the namespace prefix; optional special-name prefixes (guard variables,
+# TLS wrappers) keep the symbol inside the namespace.
+set(namespace_prefix "N9fastoptim7kernels${isa_length}${ISA}")
+set(bad "")
+set(seen_table FALSE)
+foreach(object IN LISTS objects)
+  execute_process(COMMAND "${NM}" --defined-only "${object}"
+    OUTPUT_VARIABLE listing ERROR_VARIABLE errors RESULT_VARIABLE status)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "check_kernel_symbols: ${NM} failed on ${object}: ${errors}")
+  endif()
+  string(REPLACE "\n" ";" lines "${listing}")
+  foreach(line IN LISTS lines)
+    if(NOT line MATCHES "^[0-9A-Fa-f]* *([A-Za-z?]) (.+)$")
+      continue()
+    endif()
+    set(type "${CMAKE_MATCH_1}")
+    set(name "${CMAKE_MATCH_2}")
+    if(name MATCHES "^__Z")  # Mach-O adds an underscore to every C/C++ symbol
+      string(SUBSTRING "${name}" 1 -1 name)
+    endif()
+    if(name MATCHES "_GLOBAL__sub_I|_GLOBAL__I_")
+      list(APPEND bad "${object}: static initializer ${name}")
+      continue()
+    endif()
+    # Global: upper-case types; weak and unique: v, w, u. Lower-case others are local.
+    if(NOT type MATCHES "^[A-TV-Zuvw]$")
+      continue()
+    endif()
+    if(name MATCHES "^_Z(GV|TH|TW)?${namespace_prefix}")
+      if(name STREQUAL "_Z${namespace_prefix}6kTableE")
+        set(seen_table TRUE)
+      endif()
+      continue()
+    endif()
+    list(APPEND bad "${object}: ${type} ${name}")
+  endforeach()
+endforeach()
+
+if(bad)
+  list(JOIN bad "\n  " bad_lines)
+  message(FATAL_ERROR "symbols outside fastoptim::kernels::${ISA}:\n  ${bad_lines}")
+endif()
+if(NOT seen_table)
+  message(FATAL_ERROR "fastoptim::kernels::${ISA}::kTable not found: is this a ${ISA} kernel object?")
+endif()
+message(STATUS "${ISA}: every global symbol is inside fastoptim::kernels::${ISA}")

@@ -1,0 +1,6 @@
+// Everything of the C++ library except the opt-in Eigen adapter (<fastoptim/eigen.hpp>).
+#pragma once
+
+#include "fastoptim/options.hpp"    // per-rule options structs with torch's defaults
+#include "fastoptim/step.hpp"       // the driver: one fused step over a list of buffers
+#include "fastoptim/optimizer.hpp"  // stateful optimizers: Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW

@@ -1,0 +1,249 @@
+// Stateful optimizers for C++ programs: one class per rule that owns its state and updates
+// caller-owned parameter buffers in place, every param in one fused driver call per dtype.
+//
+//   std::vector<float> w(1000), b(10);
+//   fastoptim::Adam opt({.lr = 1e-3});
+//   opt.add_param(w);
+//   opt.add_param(b);
+//   ...                                   // compute grad_w, grad_b
+//   opt.step({grad_w, grad_b});           // a default-constructed Grad{} skips a param
+//   opt.options().lr = 1e-4;              // takes effect on the next step
+//
+// Semantics follow torch.optim (foreach=False): per-param step counts, a param whose grad is
+// absent is skipped (no state change, its step count does not advance), Adagrad's `sum` is
+// created when the param is added, every other state buffer on the param's first update.
+#pragma once
+
+#include <array>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <iosfwd>
+#include <memory>
+#include <ranges>
+#include <span>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include "fastoptim/options.hpp"
+#include "fastoptim/step.hpp"
+
+namespace fastoptim {
+
+// The six rules; the numbers are stored in saved state, so they never change.
+enum class Rule : std::uint8_t { sgd = 0, adagrad = 1, adadelta = 2, rmsprop = 3, adam = 4, adamw = 5 };
+
+// "sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw".
+std::string_view rule_name(Rule rule);
+
+// One gradient for one param: a contiguous float or double buffer, or none (torch's
+// `p.grad is None`: the param is skipped). Only a view: the data must outlive the step() call.
+class Grad {
+ public:
+  Grad() = default;
+  Grad(std::nullptr_t) {}
+  Grad(std::span<const float> grad) : data_(grad.data()), size_(grad.size()), present_(true) {}
+  Grad(std::span<const double> grad)
+      : data_(grad.data()), size_(grad.size()), dtype_(DType::float64), present_(true) {}
+  Grad(const float* data, std::size_t size) : Grad(std::span<const float>(data, size)) {}
+  Grad(const double* data, std::size_t size) : Grad(std::span<const double>(data, size)) {}
+  // Any contiguous range of float or double: std::vector, std::array, std::span, ...
+  template <class R>
+    requires std::ranges::contiguous_range<const R&> && std::ranges::sized_range<const R&> &&
+             (std::same_as<std::ranges::range_value_t<const R&>, float> ||
+              std::same_as<std::ranges::range_value_t<const R&>, double>) &&
+             (!std::same_as<std::remove_cvref_t<R>, std::span<const float>>) &&
+             (!std::same_as<std::remove_cvref_t<R>, std::span<const double>>)
+  Grad(const R& range)
+      : Grad(std::span<const std::ranges::range_value_t<const R&>>(std::ranges::data(range),
+                                                                   std::ranges::size(range))) {}
+
+  bool present() const { return present_; }
+  DType dtype() const { return dtype_; }
+  const void* data() const { return data_; }
+  std::size_t size() const { return size_; }
+
+ private:
+  const void* data_ = nullptr;
+  std::size_t size_ = 0;
+  DType dtype_ = DType::float32;
+  bool present_ = false;
+};
+
+// A view of one param's optimizer state, for programs that checkpoint themselves. `buffers`
+// point into the optimizer's own storage, in the slot order of step.hpp's ParamBuffers (e.g.
+// Adam: exp_avg, exp_avg_sq, max_exp_avg_sq); nullptr where a slot is not allocated. Writing
+// through them is allowed. Valid until the next add_param(), step(), load(), allocate_state()
+// or the optimizer's destruction.
+struct ParamStateView {
+  DType dtype = DType::float32;
+  std::size_t size = 0;     // elements of the param and of every allocated buffer
+  std::int64_t step = 0;    // updates this param has had
+  std::array<std::string_view, 3> names{};  // torch's state_dict key per slot, "" if unused
+  std::array<void*, 3> buffers{};
+
+  // The buffer of `slot` as T (float or double); empty if not allocated.
+  // std::invalid_argument if T is not this param's dtype or slot is not 0..2.
+  template <class T>
+  std::span<T> buffer(int slot) const;
+};
+
+// The part shared by the six rule classes: params, state, step(), save()/load().
+// Move-only: the params belong to the caller, the state to exactly one optimizer.
+class Optimizer {
+ public:
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+  Optimizer(Optimizer&&) noexcept;
+  Optimizer& operator=(Optimizer&&) noexcept;
+  virtual ~Optimizer();
+
+  Rule rule() const { return rule_; }
+
+  // Registers a caller-owned contiguous buffer; returns its index (0, 1, ... in call order),
+  // the position of its grad in step(). The buffer must stay valid while the optimizer uses it.
+  // std::invalid_argument if it overlaps a param already added.
+  std::size_t add_param(std::span<float> param);
+  std::size_t add_param(std::span<double> param);
+  std::size_t add_param(float* data, std::size_t size) { return add_param(std::span(data, size)); }
+  std::size_t add_param(double* data, std::size_t size) { return add_param(std::span(data, size)); }
+
+  std::size_t num_params() const;
+  DType param_dtype(std::size_t index) const;
+  std::size_t param_size(std::size_t index) const;
+  std::int64_t step_count(std::size_t index) const;  // updates this param has had
+
+  // One update of every param that has a grad (one grad per param, in add_param() order).
+  // Everything is checked first (options, grad count, each grad's dtype and size, no grad
+  // overlapping a param): on std::invalid_argument no param and no state has changed.
+  // All params of a dtype are updated by one driver call (fastoptim::step), threads balanced
+  // over their total element count.
+  void step(std::span<const Grad> grads);
+  void step(std::initializer_list<Grad> grads) { step(std::span(grads.begin(), grads.size())); }
+  void step(std::span<const std::span<const float>> grads);
+  void step(std::span<const std::span<const double>> grads);
+
+  // Threads for this optimizer's steps; 0 (the default) means fastoptim::get_num_threads().
+  void set_num_threads(int num_threads);
+  int num_threads() const { return num_threads_; }
+
+  // ---- checkpoints -------------------------------------------------------------------------
+  // Writes the options and the whole state in the binary format below; load() reads it back
+  // into an optimizer of the same rule with the same params (count, dtypes, sizes), replacing
+  // its options and state as torch's load_state_dict does. load() reads and checks everything
+  // first: on any mismatch or corruption it throws std::invalid_argument and nothing changes.
+  //
+  // Format version 1, all integers and floats little-endian, floats IEEE-754:
+  //   char[8]  magic "FOPTSTAT"
+  //   u32      format version (1)
+  //   u8       rule (enum Rule)
+  //   u8[3]    zero
+  //   u32      K, number of option values, then K x f64 options in the order of the rule's
+  //            options struct (options.hpp), bools as 0.0/1.0
+  //            (SGD 6, Adagrad 6, Adadelta 5, RMSprop 7, Adam/AdamW 8)
+  //   u64      N, number of params, then per param:
+  //     u8       dtype (0 float32, 1 float64)
+  //     u8       slot mask (bit k set: state slot k is stored)
+  //     u8[6]    zero
+  //     u64      element count
+  //     i64      step count
+  //     for each stored slot k, ascending: element count values of the dtype
+  //   u64      FNV-1a 64 hash of every byte before it
+  void save(std::ostream& out) const;
+  void load(std::istream& in);
+  static constexpr std::uint32_t kStateFormatVersion = 1;
+
+  // The struct-of-spans alternative: views of each param's state, and what a program that
+  // restores its own checkpoint needs besides writing into them.
+  ParamStateView state(std::size_t index);
+  std::vector<ParamStateView> state();
+  // Allocates every slot the current options use that this param does not have yet (zeros;
+  // Adagrad's sum: initial_accumulator_value), as its first update would.
+  void allocate_state(std::size_t index);
+  void set_step_count(std::size_t index, std::int64_t step);
+
+ protected:
+  explicit Optimizer(Rule rule);
+
+  // Hooks implemented by each rule class.
+  virtual void check_options() const = 0;                        // validate(options)
+  virtual bool uses_slot(int slot) const = 0;                    // with the current options
+  virtual double initial_value(int /*slot*/) const { return 0.0; }
+  virtual bool eager_state() const { return false; }             // Adagrad: state at add_param
+  virtual void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const = 0;
+  virtual std::vector<double> options_vector() const = 0;        // for save()
+  virtual void set_options_vector(const std::vector<double>& values) = 0;  // validated by load()
+  virtual std::size_t options_count() const = 0;
+
+ private:
+  struct Impl;
+  template <class T>
+  std::size_t add(std::span<T> param);
+  void step_checked(std::span<const Grad> grads);
+
+  Rule rule_;
+  int num_threads_ = 0;
+  std::unique_ptr<Impl> impl_;
+};
+
+// ---- the six rules ---------------------------------------------------------------------------
+// Each is constructed from its options struct (torch's defaults, options.hpp) and validates it
+// (std::invalid_argument with torch's wording). options() returns a reference: change lr (or
+// anything) between steps; step() validates again before it writes. set_options() validates
+// at once.
+template <class OptionsT, Rule kRule>
+class RuleOptimizer final : public Optimizer {
+ public:
+  using Options = OptionsT;
+  explicit RuleOptimizer(const Options& options = Options());
+  const Options& options() const { return options_; }
+  Options& options() { return options_; }
+  void set_options(const Options& options);
+
+ private:
+  void check_options() const override;
+  bool uses_slot(int slot) const override;
+  double initial_value(int slot) const override;
+  bool eager_state() const override;
+  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const override;
+  std::vector<double> options_vector() const override;
+  void set_options_vector(const std::vector<double>& values) override;
+  std::size_t options_count() const override;
+
+  Options options_;
+};
+
+extern template class RuleOptimizer<SgdOptions, Rule::sgd>;
+extern template class RuleOptimizer<AdagradOptions, Rule::adagrad>;
+extern template class RuleOptimizer<AdadeltaOptions, Rule::adadelta>;
+extern template class RuleOptimizer<RmspropOptions, Rule::rmsprop>;
+extern template class RuleOptimizer<AdamOptions, Rule::adam>;
+extern template class RuleOptimizer<AdamWOptions, Rule::adamw>;
+
+using Sgd = RuleOptimizer<SgdOptions, Rule::sgd>;
+using Adagrad = RuleOptimizer<AdagradOptions, Rule::adagrad>;
+using Adadelta = RuleOptimizer<AdadeltaOptions, Rule::adadelta>;
+using Rmsprop = RuleOptimizer<RmspropOptions, Rule::rmsprop>;
+using Adam = RuleOptimizer<AdamOptions, Rule::adam>;
+using AdamW = RuleOptimizer<AdamWOptions, Rule::adamw>;
+
+// ---- inline definitions ----------------------------------------------------------------------
+namespace detail {
+[[noreturn]] void throw_view_dtype(DType want, DType have);
+[[noreturn]] void throw_view_slot(int slot);
+}  // namespace detail
+
+template <class T>
+std::span<T> ParamStateView::buffer(int slot) const {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "ParamStateView::buffer<T>: T must be float or double");
+  constexpr DType want = std::is_same_v<T, float> ? DType::float32 : DType::float64;
+  if (slot < 0 || slot > 2) detail::throw_view_slot(slot);
+  if (dtype != want) detail::throw_view_dtype(want, dtype);
+  if (buffers[static_cast<std::size_t>(slot)] == nullptr) return {};
+  return {static_cast<T*>(buffers[static_cast<std::size_t>(slot)]), size};
+}
+
+}  // namespace fastoptim

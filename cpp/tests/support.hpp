@@ -1,0 +1,350 @@
+// Shared test machinery: an option grid over every rule and flag, a plain scalar reference of
+// each rule written from torch.optim's single-tensor code, deterministic data, bit comparisons.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <variant>
+#include <vector>
+
+#include "fastoptim/fastoptim.hpp"
+
+namespace fastoptim::test {
+
+using AnyOptions =
+    std::variant<SgdOptions, AdagradOptions, AdadeltaOptions, RmspropOptions, AdamOptions,
+                 AdamWOptions>;
+
+struct NamedOptions {
+  std::string name;
+  AnyOptions options;
+};
+
+// Every flag of every rule on and off at least once, non-default hyperparameters.
+inline std::vector<NamedOptions> option_grid() {
+  std::vector<NamedOptions> grid;
+  auto sgd = [&](std::string name, auto&& set) {
+    SgdOptions o;
+    o.lr = 0.05;
+    set(o);
+    grid.push_back({"sgd_" + name, o});
+  };
+  sgd("plain", [](SgdOptions&) {});
+  sgd("momentum", [](SgdOptions& o) { o.momentum = 0.9; });
+  sgd("nesterov_wd", [](SgdOptions& o) { o.momentum = 0.8, o.nesterov = true, o.weight_decay = 0.05; });
+  sgd("dampening_maximize",
+      [](SgdOptions& o) { o.momentum = 0.5, o.dampening = 0.3, o.maximize = true; });
+
+  auto adagrad = [&](std::string name, auto&& set) {
+    AdagradOptions o;
+    o.lr = 0.1;
+    set(o);
+    grid.push_back({"adagrad_" + name, o});
+  };
+  adagrad("plain", [](AdagradOptions&) {});
+  adagrad("all", [](AdagradOptions& o) {
+    o.lr_decay = 0.05, o.weight_decay = 0.1, o.initial_accumulator_value = 0.3, o.eps = 1e-3,
+    o.maximize = true;
+  });
+
+  auto adadelta = [&](std::string name, auto&& set) {
+    AdadeltaOptions o;
+    set(o);
+    grid.push_back({"adadelta_" + name, o});
+  };
+  adadelta("plain", [](AdadeltaOptions&) {});
+  adadelta("all", [](AdadeltaOptions& o) {
+    o.lr = 0.5, o.rho = 0.6, o.eps = 1e-4, o.weight_decay = 0.1, o.maximize = true;
+  });
+
+  auto rmsprop = [&](std::string name, auto&& set) {
+    RmspropOptions o;
+    set(o);
+    grid.push_back({"rmsprop_" + name, o});
+  };
+  rmsprop("plain", [](RmspropOptions&) {});
+  rmsprop("momentum_centered", [](RmspropOptions& o) {
+    o.momentum = 0.9, o.centered = true, o.weight_decay = 0.05, o.alpha = 0.8;
+  });
+  rmsprop("centered_maximize", [](RmspropOptions& o) { o.centered = true, o.maximize = true, o.alpha = 0.3; });
+  rmsprop("momentum", [](RmspropOptions& o) { o.momentum = 0.5, o.eps = 1e-3; });
+
+  auto adam = [&](std::string name, auto&& set) {
+    AdamOptions o;
+    o.lr = 0.01;
+    set(o);
+    grid.push_back({"adam_" + name, o});
+  };
+  adam("plain", [](AdamOptions&) {});
+  adam("amsgrad_wd", [](AdamOptions& o) { o.amsgrad = true, o.weight_decay = 0.1; });
+  adam("maximize_decoupled", [](AdamOptions& o) {
+    o.maximize = true, o.decoupled_weight_decay = true, o.weight_decay = 0.2, o.beta1 = 0.3;
+  });
+
+  auto adamw = [&](std::string name, auto&& set) {
+    AdamWOptions o;
+    o.lr = 0.01;
+    set(o);
+    grid.push_back({"adamw_" + name, o});
+  };
+  adamw("plain", [](AdamWOptions&) {});
+  adamw("amsgrad_maximize", [](AdamWOptions& o) {
+    o.amsgrad = true, o.maximize = true, o.beta2 = 0.9, o.eps = 1e-6;
+  });
+  return grid;
+}
+
+// gtest prints a parameter with this instead of dumping its bytes.
+inline void PrintTo(const NamedOptions& options, std::ostream* out) { *out << options.name; }
+
+inline std::string grid_name(const testing::TestParamInfo<NamedOptions>& info) {
+  return info.param.name;
+}
+
+inline std::unique_ptr<Optimizer> make_optimizer(const AnyOptions& options) {
+  return std::visit(
+      [](const auto& o) -> std::unique_ptr<Optimizer> {
+        using O = std::decay_t<decltype(o)>;
+        if constexpr (std::is_same_v<O, SgdOptions>) return std::make_unique<Sgd>(o);
+        else if constexpr (std::is_same_v<O, AdagradOptions>) return std::make_unique<Adagrad>(o);
+        else if constexpr (std::is_same_v<O, AdadeltaOptions>) return std::make_unique<Adadelta>(o);
+        else if constexpr (std::is_same_v<O, RmspropOptions>) return std::make_unique<Rmsprop>(o);
+        else if constexpr (std::is_same_v<O, AdamWOptions>) return std::make_unique<AdamW>(o);
+        else return std::make_unique<Adam>(o);
+      },
+      options);
+}
+
+inline double& lr_of(Optimizer& opt) {
+  switch (opt.rule()) {
+    case Rule::sgd: return static_cast<Sgd&>(opt).options().lr;
+    case Rule::adagrad: return static_cast<Adagrad&>(opt).options().lr;
+    case Rule::adadelta: return static_cast<Adadelta&>(opt).options().lr;
+    case Rule::rmsprop: return static_cast<Rmsprop&>(opt).options().lr;
+    case Rule::adam: return static_cast<Adam&>(opt).options().lr;
+    case Rule::adamw: return static_cast<AdamW&>(opt).options().lr;
+  }
+  throw std::logic_error("unknown rule");
+}
+
+inline double& lr_of(AnyOptions& options) {
+  return std::visit([](auto& o) -> double& { return o.lr; }, options);
+}
+
+// ---- deterministic data ----------------------------------------------------------------------
+inline std::uint64_t splitmix64(std::uint64_t& state) {
+  std::uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in [lo, hi), exactly representable in T.
+template <class T>
+std::vector<T> random_vector(std::size_t n, std::uint64_t seed, double lo = -1.0, double hi = 1.0) {
+  std::vector<T> out(n);
+  std::uint64_t state = seed * 0x2545F4914F6CDD1Dull + n;
+  for (T& x : out) {
+    const double u = static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53;
+    x = static_cast<T>(lo + (hi - lo) * u);
+  }
+  return out;
+}
+
+// ---- bit comparison --------------------------------------------------------------------------
+template <class T>
+testing::AssertionResult bit_equal(std::span<const T> actual, std::span<const T> expected) {
+  if (actual.size() != expected.size())
+    return testing::AssertionFailure()
+           << "sizes differ: " << actual.size() << " vs " << expected.size();
+  for (std::size_t i = 0; i < actual.size(); ++i)
+    if (std::memcmp(&actual[i], &expected[i], sizeof(T)) != 0)
+      return testing::AssertionFailure() << "first difference at element " << i << " of "
+                                         << actual.size() << ": " << actual[i] << " vs "
+                                         << expected[i] << " (" << std::hexfloat << actual[i]
+                                         << " vs " << expected[i] << std::defaultfloat << ")";
+  return testing::AssertionSuccess();
+}
+template <class T>
+testing::AssertionResult bit_equal(const std::vector<T>& a, const std::vector<T>& b) {
+  return bit_equal(std::span<const T>(a), std::span<const T>(b));
+}
+
+// ---- the scalar reference: torch.optim's single-tensor code, one element at a time ----------
+// Each hyperparameter is computed in double and rounded to T once, as torch hands Python floats
+// to its kernels; no FMA (the tests are compiled with -ffp-contract=off).
+template <class T>
+struct RefParam {
+  std::vector<T> value;
+  std::array<std::vector<T>, 3> slots;  // empty: not created yet
+  std::int64_t step = 0;
+};
+
+template <class T>
+T to(double x) {
+  return static_cast<T>(x);
+}
+
+// torch.lerp(start, end, weight) on CPU.
+template <class T>
+T ref_lerp(T start, T end, T weight) {
+  return std::abs(weight) < T(0.5) ? start + weight * (end - start)
+                                   : end - (end - start) * (T(1) - weight);
+}
+
+template <class T>
+T ref_sqrt(T x) {
+  return std::sqrt(x);
+}
+
+template <class T>
+void ref_ensure(std::vector<T>& slot, std::size_t n, double value = 0.0) {
+  if (slot.empty()) slot.assign(n, to<T>(value));
+}
+
+template <class T>
+void ref_step(const SgdOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const bool momentum = o.momentum != 0.0;
+  const bool fresh = momentum && p.slots[0].empty();
+  if (momentum) ref_ensure(p.slots[0], p.value.size());
+  for (std::size_t i = 0; i < p.value.size(); ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    if (momentum) {
+      T& buf = p.slots[0][i];
+      buf = fresh ? g : buf * to<T>(o.momentum) + to<T>(1.0 - o.dampening) * g;
+      g = o.nesterov ? g + to<T>(o.momentum) * buf : buf;
+    }
+    p.value[i] = p.value[i] + to<T>(-o.lr) * g;
+  }
+  ++p.step;
+}
+
+template <class T>
+void ref_step(const AdagradOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  ref_ensure(p.slots[0], p.value.size(), o.initial_accumulator_value);
+  const std::int64_t step = ++p.step;
+  const double clr = o.lr / (1.0 + static_cast<double>(step - 1) * o.lr_decay);
+  for (std::size_t i = 0; i < p.value.size(); ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    T& sum = p.slots[0][i];
+    sum = sum + g * g;
+    const T std_dev = ref_sqrt(sum) + to<T>(o.eps);
+    p.value[i] = p.value[i] + to<T>(-clr) * (g / std_dev);
+  }
+}
+
+template <class T>
+void ref_step(const AdadeltaOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  ref_ensure(p.slots[0], p.value.size());
+  ref_ensure(p.slots[1], p.value.size());
+  ++p.step;
+  const T rho = to<T>(o.rho), one_minus_rho = to<T>(1.0 - o.rho), eps = to<T>(o.eps);
+  for (std::size_t i = 0; i < p.value.size(); ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    T& square_avg = p.slots[0][i];
+    T& acc_delta = p.slots[1][i];
+    square_avg = square_avg * rho + one_minus_rho * g * g;
+    const T std_dev = ref_sqrt(square_avg + eps);
+    const T delta = ref_sqrt(acc_delta + eps) / std_dev * g;
+    acc_delta = acc_delta * rho + one_minus_rho * delta * delta;
+    p.value[i] = p.value[i] + to<T>(-o.lr) * delta;
+  }
+}
+
+template <class T>
+void ref_step(const RmspropOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const std::size_t n = p.value.size();
+  ref_ensure(p.slots[0], n);
+  if (o.momentum > 0.0) ref_ensure(p.slots[1], n);
+  if (o.centered) ref_ensure(p.slots[2], n);
+  ++p.step;
+  for (std::size_t i = 0; i < n; ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    T& square_avg = p.slots[0][i];
+    square_avg = square_avg * to<T>(o.alpha) + to<T>(1.0 - o.alpha) * g * g;
+    T avg;
+    if (o.centered) {
+      T& grad_avg = p.slots[2][i];
+      grad_avg = ref_lerp(grad_avg, g, to<T>(1.0 - o.alpha));
+      avg = ref_sqrt(square_avg + (-grad_avg) * grad_avg);
+    } else {
+      avg = ref_sqrt(square_avg);
+    }
+    avg = avg + to<T>(o.eps);
+    if (o.momentum > 0.0) {
+      T& buf = p.slots[1][i];
+      buf = buf * to<T>(o.momentum) + g / avg;
+      p.value[i] = p.value[i] + to<T>(-o.lr) * buf;
+    } else {
+      p.value[i] = p.value[i] + to<T>(-o.lr) * (g / avg);
+    }
+  }
+}
+
+template <class T>
+void ref_step(const AdamOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const std::size_t n = p.value.size();
+  ref_ensure(p.slots[0], n);
+  ref_ensure(p.slots[1], n);
+  if (o.amsgrad) ref_ensure(p.slots[2], n);
+  const double step = static_cast<double>(++p.step);
+  const double bias_correction1 = 1.0 - std::pow(o.beta1, step);
+  const double bias_correction2 = 1.0 - std::pow(o.beta2, step);
+  const double step_size = o.lr / bias_correction1;
+  const double bias_correction2_sqrt = std::pow(bias_correction2, 0.5);
+  for (std::size_t i = 0; i < n; ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    T param = p.value[i];
+    if (o.weight_decay != 0.0) {
+      if (o.decoupled_weight_decay) param = param * to<T>(1.0 - o.lr * o.weight_decay);
+      else g = g + to<T>(o.weight_decay) * param;
+    }
+    T& exp_avg = p.slots[0][i];
+    T& exp_avg_sq = p.slots[1][i];
+    exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));
+    exp_avg_sq = exp_avg_sq * to<T>(o.beta2) + to<T>(1.0 - o.beta2) * g * g;
+    T second = exp_avg_sq;
+    if (o.amsgrad) {
+      T& max_sq = p.slots[2][i];
+      max_sq = std::max(max_sq, exp_avg_sq);
+      second = max_sq;
+    }
+    const T denom = ref_sqrt(second) / to<T>(bias_correction2_sqrt) + to<T>(o.eps);
+    p.value[i] = param + to<T>(-step_size) * (exp_avg / denom);
+  }
+}
+
+// A reference optimizer over the same param list; std::nullopt grads skip a param.
+template <class T>
+struct RefOptimizer {
+  AnyOptions options;
+  std::vector<RefParam<T>> params;
+
+  void add(std::vector<T> value) {
+    RefParam<T> p;
+    p.value = std::move(value);
+    if (const auto* a = std::get_if<AdagradOptions>(&options))  // torch: state at construction
+      p.slots[0].assign(p.value.size(), to<T>(a->initial_accumulator_value));
+    params.push_back(std::move(p));
+  }
+  void step(const std::vector<std::optional<std::vector<T>>>& grads) {
+    for (std::size_t i = 0; i < params.size(); ++i)
+      if (grads[i]) std::visit([&](const auto& o) { ref_step(o, params[i], *grads[i]); }, options);
+  }
+};
+
+}  // namespace fastoptim::test

@@ -1,0 +1,300 @@
+// save()/load(): round trips that continue bit-identically, the documented byte layout, and
+// rejection of corrupt or mismatched input with nothing changed.
+#include <bit>
+#include <sstream>
+
+#include "support.hpp"
+
+namespace fastoptim::test {
+namespace {
+
+std::string saved(const Optimizer& opt) {
+  std::ostringstream out;
+  opt.save(out);
+  return out.str();
+}
+
+std::uint64_t fnv1a(std::string_view bytes) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+template <class U>
+U read_le(const std::string& bytes, std::size_t offset) {
+  U value = 0;
+  for (std::size_t i = 0; i < sizeof(U); ++i)
+    value |= static_cast<U>(static_cast<unsigned char>(bytes[offset + i])) << (8 * i);
+  return value;
+}
+
+template <class U>
+void write_le(std::string& bytes, std::size_t offset, U value) {
+  for (std::size_t i = 0; i < sizeof(U); ++i)
+    bytes[offset + i] = static_cast<char>((static_cast<std::uint64_t>(value) >> (8 * i)) & 0xFF);
+}
+
+// Re-seals an edited file with a valid checksum, so that the check under test is the one
+// that has to catch it.
+void reseal(std::string& bytes) {
+  write_le<std::uint64_t>(bytes, bytes.size() - 8,
+                          fnv1a(std::string_view(bytes).substr(0, bytes.size() - 8)));
+}
+
+std::string load_error(Optimizer& opt, const std::string& bytes) {
+  std::istringstream in(bytes);
+  try {
+    opt.load(in);
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+class Checkpoint : public testing::TestWithParam<NamedOptions> {};
+
+TEST_P(Checkpoint, RoundTripContinuesBitIdentically) {
+  std::vector<float> a = random_vector<float>(37, 1), a_copy;
+  std::vector<double> b = random_vector<double>(5, 2), b_copy;
+  auto opt = make_optimizer(GetParam().options);
+  opt->add_param(a);
+  opt->add_param(b);
+  for (int s = 0; s < 3; ++s) {
+    const auto ga = random_vector<float>(37, 10 + s);
+    const auto gb = random_vector<double>(5, 20 + s);
+    opt->step({ga, s == 0 ? Grad{} : Grad(gb)});
+  }
+  lr_of(*opt) *= 0.25;  // options are part of the checkpoint
+  const std::string bytes = saved(*opt);
+  a_copy = a;
+  b_copy = b;
+
+  AnyOptions other = GetParam().options;
+  lr_of(other) = 0.5;
+  auto restored = make_optimizer(other);
+  restored->add_param(a_copy);
+  restored->add_param(b_copy);
+  std::istringstream in(bytes + "trailing data");
+  restored->load(in);
+  std::string rest;
+  std::getline(in, rest);
+  EXPECT_EQ(rest, "trailing data");  // load() reads exactly its own bytes
+  EXPECT_EQ(lr_of(*restored), lr_of(*opt));
+  EXPECT_EQ(restored->step_count(0), 3);
+  EXPECT_EQ(restored->step_count(1), 2);
+  EXPECT_EQ(saved(*restored), bytes);
+
+  for (int s = 0; s < 3; ++s) {
+    const auto ga = random_vector<float>(37, 30 + s);
+    const auto gb = random_vector<double>(5, 40 + s);
+    opt->step({ga, gb});
+    restored->step({ga, gb});
+  }
+  EXPECT_TRUE(bit_equal(a, a_copy));
+  EXPECT_TRUE(bit_equal(b, b_copy));
+}
+
+TEST_P(Checkpoint, EveryTruncationAndEveryByteFlipIsRejectedWithoutChanges) {
+  std::vector<float> a = random_vector<float>(3, 3);
+  std::vector<double> b = random_vector<double>(2, 4);
+  auto source = make_optimizer(GetParam().options);
+  source->add_param(a);
+  source->add_param(b);
+  std::vector<float> ga = {0.1f, -0.2f, 0.3f};
+  std::vector<double> gb = {0.4, -0.5};
+  source->step({ga, gb});
+  source->step({ga, gb});
+  const std::string bytes = saved(*source);
+
+  std::vector<float> ta(3, 9.0f);
+  std::vector<double> tb(2, 9.0);
+  auto target = make_optimizer(GetParam().options);
+  target->add_param(ta);
+  target->add_param(tb);
+  target->step({ga, Grad{}});
+  const std::string before = saved(*target);
+  const std::vector<float> ta_before = ta;
+  const std::vector<double> tb_before = tb;
+
+  for (std::size_t n = 0; n < bytes.size(); ++n) {
+    const std::string message = load_error(*target, bytes.substr(0, n));
+    ASSERT_NE(message.find("truncated"), std::string::npos) << "prefix " << n << ": " << message;
+  }
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    std::string corrupt = bytes;
+    corrupt[i] = static_cast<char>(corrupt[i] ^ 0x10);
+    const std::string message = load_error(*target, corrupt);
+    ASSERT_NE(message, "no exception") << "flipped byte " << i;
+  }
+  EXPECT_EQ(saved(*target), before);
+  EXPECT_EQ(ta, ta_before);  // load() never touches params
+  EXPECT_EQ(tb, tb_before);
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, Checkpoint, testing::ValuesIn(option_grid()), grid_name);
+
+struct Fixture {
+  std::vector<float> a = {1.0f, 2.0f, 3.0f};
+  std::vector<double> b = {4.0, 5.0};
+  Adam opt{AdamOptions{.lr = 0.25, .amsgrad = true}};
+  Fixture() {
+    opt.add_param(a);
+    opt.add_param(b);
+    std::vector<float> ga = {0.5f, 0.5f, 0.5f};
+    std::vector<double> gb = {0.5, 0.5};
+    opt.step({ga, gb});
+    opt.step({ga, Grad{}});
+  }
+};
+
+TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
+  Fixture f;
+  const std::string bytes = saved(f.opt);
+  std::size_t at = 0;
+  EXPECT_EQ(bytes.substr(0, 8), "FOPTSTAT");
+  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 1u);
+  EXPECT_EQ(bytes[12], static_cast<char>(Rule::adam));
+  EXPECT_EQ(bytes.substr(13, 3), std::string(3, '\0'));
+  ASSERT_EQ(read_le<std::uint32_t>(bytes, 16), 8u);
+  const double expected_options[] = {0.25, 0.9, 0.999, 1e-8, 0.0, 1.0, 0.0, 0.0};
+  for (int k = 0; k < 8; ++k)
+    EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, 20 + 8 * k)), expected_options[k]);
+  at = 20 + 64;
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at), 2u);
+  at += 8;
+  // param 0: float32, slots 0-2, 3 elements, step 2
+  EXPECT_EQ(bytes[at], 0);
+  EXPECT_EQ(bytes[at + 1], 0b111);
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at + 8), 3u);
+  EXPECT_EQ(read_le<std::int64_t>(bytes, at + 16), 2);
+  at += 24;
+  const ParamStateView v0 = f.opt.state(0);
+  for (int slot = 0; slot < 3; ++slot)
+    for (std::size_t i = 0; i < 3; ++i, at += 4)
+      EXPECT_EQ(std::bit_cast<float>(read_le<std::uint32_t>(bytes, at)), v0.buffer<float>(slot)[i]);
+  // param 1: float64, step 1
+  EXPECT_EQ(bytes[at], 1);
+  EXPECT_EQ(bytes[at + 1], 0b111);
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at + 8), 2u);
+  EXPECT_EQ(read_le<std::int64_t>(bytes, at + 16), 1);
+  at += 24;
+  const ParamStateView v1 = f.opt.state(1);
+  for (int slot = 0; slot < 3; ++slot)
+    for (std::size_t i = 0; i < 2; ++i, at += 8)
+      EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, at)), v1.buffer<double>(slot)[i]);
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at), fnv1a(std::string_view(bytes).substr(0, at)));
+  EXPECT_EQ(bytes.size(), at + 8);
+}
+
+TEST(CheckpointFormat, MismatchesAreNamed) {
+  Fixture f;
+  const std::string bytes = saved(f.opt);
+
+  // A different rule.
+  {
+    std::vector<float> a(3);
+    std::vector<double> b(2);
+    AdamW other;
+    other.add_param(a);
+    other.add_param(b);
+    EXPECT_NE(load_error(other, bytes).find("saved by adam, loading into adamw"), std::string::npos);
+  }
+  // Different params: count, size, dtype.
+  {
+    std::vector<float> a(3);
+    Adam other;
+    other.add_param(a);
+    EXPECT_NE(load_error(other, bytes).find("saved state has 2 params, the optimizer has 1"),
+              std::string::npos);
+  }
+  {
+    std::vector<float> a(4);
+    std::vector<double> b(2);
+    Adam other;
+    other.add_param(a);
+    other.add_param(b);
+    EXPECT_NE(load_error(other, bytes).find("param 0: saved with 3 elements, the param has 4"),
+              std::string::npos);
+  }
+  {
+    std::vector<float> a(3), b(2);
+    Adam other;
+    other.add_param(a);
+    other.add_param(b);
+    EXPECT_NE(load_error(other, bytes).find("param 1: saved as float64, the param is float32"),
+              std::string::npos);
+  }
+  // Edited and re-sealed: each field's own check fires.
+  std::vector<float> a(3);
+  std::vector<double> b(2);
+  Adam target;
+  target.add_param(a);
+  target.add_param(b);
+  const std::string before = saved(target);
+  auto edited = [&](auto&& edit) {
+    std::string copy = bytes;
+    edit(copy);
+    reseal(copy);
+    return load_error(target, copy);
+  };
+  EXPECT_NE(edited([](std::string& s) { s[0] = 'X'; }).find("bad magic"), std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 2); })
+                .find("format version 2 is not supported"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[12] = 9; }).find("unknown rule id 9"), std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[14] = 1; }).find("reserved header bytes"), std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 16, 7); })
+                .find("7 option values, adam has 8"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { write_le(s, 20, std::bit_cast<std::uint64_t>(-1.0)); })
+                .find("Invalid learning rate: -1.0"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { write_le(s, 20 + 40, std::bit_cast<std::uint64_t>(0.5)); })
+                .find("amsgrad must be 0 or 1"),
+            std::string::npos);
+  const std::size_t param0 = 20 + 64 + 8;
+  EXPECT_NE(edited([&](std::string& s) { s[param0] = 7; }).find("param 0: unknown dtype id 7"),
+            std::string::npos);
+  EXPECT_NE(edited([&](std::string& s) { s[param0 + 1] = 0b1000; })
+                .find("param 0: state slot 3 does not exist for adam"),
+            std::string::npos);
+  EXPECT_NE(edited([&](std::string& s) { write_le<std::int64_t>(s, param0 + 16, -3); })
+                .find("param 0: negative step count -3"),
+            std::string::npos);
+  EXPECT_EQ(saved(target), before);  // none of the rejected inputs changed anything
+  // A resealed edit of a state value is well-formed: it loads.
+  EXPECT_EQ(edited([&](std::string& s) { s[param0 + 30] ^= 1; }), "no exception");
+  EXPECT_NE(saved(target), before);
+  // A data edit without resealing is caught by the checksum.
+  {
+    std::string copy = bytes;
+    copy[param0 + 30] ^= 1;
+    Adam fresh;
+    std::vector<float> fa(3);
+    std::vector<double> fb(2);
+    fresh.add_param(fa);
+    fresh.add_param(fb);
+    const std::string fresh_before = saved(fresh);
+    EXPECT_NE(load_error(fresh, copy).find("checksum mismatch"), std::string::npos);
+    EXPECT_EQ(saved(fresh), fresh_before);
+  }
+}
+
+TEST(CheckpointFormat, SgdSlotAbsenceRoundTrips) {
+  // torch's SGD keeps momentum_buffer None until momentum is used; the format keeps that.
+  std::vector<float> p(4, 1.0f), q(4, 1.0f), g(4, 1.0f);
+  Sgd opt({.lr = 0.1});
+  opt.add_param(p);
+  opt.step({g});
+  const std::string bytes = saved(opt);
+  Sgd other({.lr = 0.1, .momentum = 0.9});
+  other.add_param(q);
+  other.step({g});  // has a momentum buffer now
+  std::istringstream in(bytes);
+  other.load(in);
+  EXPECT_TRUE(other.state(0).buffer<float>(0).empty());
+  EXPECT_EQ(other.options().momentum, 0.0);
+}
+
+}  // namespace
+}  // namespace fastoptim::test

@@ -1,0 +1,175 @@
+// The C++ API against torch.optim: the trajectories in tests/data/reference_trajectories.json
+// (written by tests/data/make_reference.py with torch, read by the Python tests too), at the
+// exactness bar of the project: float64 rtol 1e-10, float32 rtol 1e-5 / atol 1e-6.
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "json_lite.hpp"
+#include "support.hpp"
+
+namespace fastoptim::test {
+namespace {
+
+const json::Value& reference() {
+  static const json::Value document = [] {
+    std::ifstream in(FASTOPTIM_REFERENCE_FILE, std::ios::binary);
+    if (!in) throw std::runtime_error("cannot open " + std::string(FASTOPTIM_REFERENCE_FILE));
+    std::stringstream text;
+    text << in.rdbuf();
+    return json::parse(text.str());
+  }();
+  return document;
+}
+
+// torch's constructor keywords -> our options struct; an unknown keyword fails the test, so a
+// new option in the file cannot be silently ignored.
+AnyOptions options_from(const std::string& rule, const json::Value& kwargs) {
+  std::set<std::string> used;
+  auto number = [&](const char* key, double& field) {
+    if (kwargs.has(key)) field = kwargs[key].num(), used.insert(key);
+  };
+  auto flag = [&](const char* key, bool& field) {
+    if (kwargs.has(key)) field = kwargs[key].boolean, used.insert(key);
+  };
+  AnyOptions result;
+  if (rule == "sgd") {
+    SgdOptions o;
+    number("lr", o.lr), number("momentum", o.momentum), number("dampening", o.dampening);
+    number("weight_decay", o.weight_decay), flag("nesterov", o.nesterov), flag("maximize", o.maximize);
+    result = o;
+  } else if (rule == "adagrad") {
+    AdagradOptions o;
+    number("lr", o.lr), number("lr_decay", o.lr_decay), number("weight_decay", o.weight_decay);
+    number("initial_accumulator_value", o.initial_accumulator_value), number("eps", o.eps);
+    flag("maximize", o.maximize);
+    result = o;
+  } else if (rule == "adadelta") {
+    AdadeltaOptions o;
+    number("lr", o.lr), number("rho", o.rho), number("eps", o.eps);
+    number("weight_decay", o.weight_decay), flag("maximize", o.maximize);
+    result = o;
+  } else if (rule == "rmsprop") {
+    RmspropOptions o;
+    number("lr", o.lr), number("alpha", o.alpha), number("eps", o.eps);
+    number("weight_decay", o.weight_decay), number("momentum", o.momentum);
+    flag("centered", o.centered), flag("maximize", o.maximize);
+    result = o;
+  } else if (rule == "adam" || rule == "adamw") {
+    AdamOptions base;
+    AdamWOptions w;
+    AdamOptions& o = rule == "adam" ? base : static_cast<AdamOptions&>(w);
+    number("lr", o.lr), number("eps", o.eps), number("weight_decay", o.weight_decay);
+    flag("amsgrad", o.amsgrad), flag("maximize", o.maximize);
+    if (rule == "adam") flag("decoupled_weight_decay", o.decoupled_weight_decay);
+    if (kwargs.has("betas")) {
+      o.beta1 = kwargs["betas"][0].num(), o.beta2 = kwargs["betas"][1].num();
+      used.insert("betas");
+    }
+    if (rule == "adam") result = base;
+    else result = w;
+  } else {
+    ADD_FAILURE() << "unknown rule " << rule;
+  }
+  for (const auto& [key, value] : kwargs.object)
+    EXPECT_TRUE(used.count(key)) << rule << ": option " << key << " is not mapped";
+  return result;
+}
+
+template <class T>
+testing::AssertionResult close_to_torch(std::span<const T> actual, const std::vector<T>& expected) {
+  const double rtol = std::is_same_v<T, double> ? 1e-10 : 1e-5;
+  const double atol = std::is_same_v<T, double> ? 1e-14 : 1e-6;
+  if (actual.size() != expected.size())
+    return testing::AssertionFailure() << "size " << actual.size() << " vs " << expected.size();
+  for (std::size_t i = 0; i < actual.size(); ++i) {
+    const double a = actual[i], e = expected[i];
+    if (!(std::abs(a - e) <= atol + rtol * std::abs(e)))
+      return testing::AssertionFailure() << "element " << i << ": " << a << " vs torch " << e;
+  }
+  return testing::AssertionSuccess();
+}
+
+template <class T>
+void run_case(const json::Value& c) {
+  const std::string rule = c["rule"].str();
+  auto opt = make_optimizer(options_from(rule, c["options"]));
+  EXPECT_EQ(rule_name(opt->rule()), rule);
+  std::vector<std::vector<T>> params;
+  for (const json::Value& p : c["params"].array) params.push_back(p.numbers<T>());
+  for (auto& p : params) opt->add_param(std::span<T>(p));
+
+  const auto& steps = c["steps"].array;
+  ASSERT_FALSE(steps.empty());
+  for (std::size_t s = 0; s < steps.size(); ++s) {
+    const json::Value& step = steps[s];
+    lr_of(*opt) = step["lr"].num();
+    std::vector<std::vector<T>> grads;
+    std::vector<Grad> views;
+    for (const json::Value& g : step["grads"].array) {
+      grads.push_back(g.is_null() ? std::vector<T>() : g.numbers<T>());
+      views.push_back(g.is_null() ? Grad() : Grad(std::span<const T>(grads.back())));
+    }
+    opt->step(views);
+    for (std::size_t k = 0; k < params.size(); ++k)
+      ASSERT_TRUE(close_to_torch(std::span<const T>(params[k]), step["params"][k].numbers<T>()))
+          << "param " << k << " after step " << s;
+  }
+
+  const auto& final_state = c["final_state"].array;
+  ASSERT_EQ(final_state.size(), params.size());
+  for (std::size_t k = 0; k < params.size(); ++k) {
+    const ParamStateView view = opt->state(k);
+    const json::Value& torch_state = final_state[k];
+    std::set<std::string> torch_buffers;
+    for (const auto& [key, value] : torch_state.object) {
+      if (key == "step") {
+        EXPECT_EQ(view.step, static_cast<std::int64_t>(value.num())) << "param " << k;
+        continue;
+      }
+      torch_buffers.insert(key);
+      int slot = -1;
+      for (int i = 0; i < 3; ++i)
+        if (view.names[i] == key) slot = i;
+      ASSERT_GE(slot, 0) << "torch state key " << key << " has no slot";
+      EXPECT_TRUE(close_to_torch(std::span<const T>(view.buffer<T>(slot)), value.template numbers<T>()))
+          << "param " << k << " state " << key;
+    }
+    std::set<std::string> ours;  // the same buffers exist as in torch, no more
+    for (int i = 0; i < 3; ++i)
+      if (view.buffers[i] != nullptr) ours.insert(std::string(view.names[i]));
+    EXPECT_EQ(ours, torch_buffers) << "param " << k;
+  }
+}
+
+TEST(TorchTrajectories, FileIsTheDocumentedFormat) {
+  const json::Value& doc = reference();
+  EXPECT_EQ(doc["format"].str(), "fastoptim-reference-trajectories");
+  EXPECT_EQ(doc["version"].num(), 1.0);
+  std::set<std::string> covered;
+  for (const json::Value& c : doc["cases"].array) covered.insert(c["rule"].str() + "/" + c["dtype"].str());
+  for (const char* rule : {"sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"})
+    for (const char* dtype : {"float32", "float64"})
+      EXPECT_TRUE(covered.count(std::string(rule) + "/" + dtype)) << rule << " " << dtype;
+}
+
+class TorchTrajectories : public testing::TestWithParam<std::string> {};
+
+TEST_P(TorchTrajectories, MatchesTorchAtEveryStep) {
+  int cases = 0;
+  for (const json::Value& c : reference()["cases"].array) {
+    if (c["rule"].str() != GetParam()) continue;
+    SCOPED_TRACE(c["name"].str());
+    ++cases;
+    if (c["dtype"].str() == "float32") run_case<float>(c);
+    else run_case<double>(c);
+  }
+  EXPECT_GE(cases, 2);
+}
+
+INSTANTIATE_TEST_SUITE_P(Rules, TorchTrajectories,
+                         testing::Values("sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"));
+
+}  // namespace
+}  // namespace fastoptim::test

@@ -1,0 +1,178 @@
+"""Generate tests/data/reference_trajectories.json: short torch.optim trajectories that the C++
+tests (cpp/tests/test_trajectories.cpp) and the Python tests compare against, so the two fronts
+cannot drift from torch, or from each other.
+
+Run from anywhere (needs torch; the output is checked in, the tests never need torch to read it):
+
+    python tests/data/make_reference.py            # rewrites reference_trajectories.json
+    python tests/data/make_reference.py --check    # exit 1 if the checked-in file is stale
+
+File format (JSON, version 1)
+-----------------------------
+{
+  "format": "fastoptim-reference-trajectories",
+  "version": 1,
+  "torch_version": "2.13.0",          # torch that produced the numbers
+  "cases": [ case, ... ]
+}
+
+case = {
+  "name":      "adam_amsgrad_float32",   # unique
+  "optimizer": "Adam",                   # torch.optim class: SGD Adagrad Adadelta RMSprop Adam AdamW
+  "rule":      "adam",                   # sgd adagrad adadelta rmsprop adam adamw
+  "dtype":     "float32",                # or "float64": params, grads and state
+  "options":   {"lr": 0.01, "betas": [0.9, 0.999], ...},
+               # keyword arguments of the torch.optim constructor, with torch's names
+               # (betas as a 2-list); foreach=False is implied and not listed
+  "shapes":    [[5], [2, 3]],            # one entry per param
+  "params":    [[...], [...]],           # initial values, flattened row-major
+  "steps": [                             # one entry per optimizer step, in order
+    {
+      "lr":     0.01,                    # param_groups[0]["lr"] in effect for this step
+      "grads":  [[...], null],           # per param, flattened; null: p.grad is None (skipped)
+      "params": [[...], [...]]           # every param after the step, flattened
+    }, ...
+  ],
+  "final_state": [                       # torch's state_dict()["state"][i] after the last step
+    {"step": 10, "exp_avg": [...], "exp_avg_sq": [...]},   # buffers flattened; "step" a number;
+    ...                                  # keys whose value is None are left out; {} if no state
+  ]
+}
+
+Every number is written with Python's repr (shortest round-trip decimal), so float64 values
+parse back exactly and float32 values are exact float32 values written as decimals (parse as
+double, then cast to float, and the value is exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+OUT = Path(__file__).with_name("reference_trajectories.json")
+STEPS = 10
+SHAPES = ([5], [2, 3])
+SKIP = {(3, 1)}  # (step, param): grad None
+
+
+def lr_at(step: int, base: float) -> float:
+    return base if step < 6 else base * 0.5  # a mid-run lr change, as a scheduler makes
+
+
+CONFIGS: list[tuple[str, str, dict]] = [
+    ("SGD", "plain", dict(lr=0.1)),
+    ("SGD", "momentum_dampening_wd", dict(lr=0.1, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("SGD", "nesterov_maximize", dict(lr=0.05, momentum=0.9, nesterov=True, maximize=True)),
+    ("Adagrad", "plain", dict(lr=0.1)),
+    ("Adagrad", "all", dict(lr=0.1, lr_decay=0.01, weight_decay=0.05,
+                            initial_accumulator_value=0.1, eps=1e-6, maximize=True)),
+    ("Adadelta", "plain", dict()),
+    ("Adadelta", "all", dict(lr=0.5, rho=0.8, eps=1e-5, weight_decay=0.05, maximize=True)),
+    ("RMSprop", "plain", dict(lr=0.01)),
+    ("RMSprop", "momentum_centered_wd", dict(lr=0.01, alpha=0.9, momentum=0.8, centered=True,
+                                             weight_decay=0.01)),
+    ("RMSprop", "centered_maximize", dict(lr=0.01, centered=True, maximize=True, eps=1e-6)),
+    ("Adam", "plain", dict(lr=0.01)),
+    ("Adam", "amsgrad_wd", dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.05, amsgrad=True)),
+    ("Adam", "maximize_decoupled", dict(lr=0.01, maximize=True, decoupled_weight_decay=True,
+                                        weight_decay=0.1)),
+    ("AdamW", "plain", dict(lr=0.01)),
+    ("AdamW", "amsgrad_maximize", dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
+]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def flat(t: torch.Tensor) -> list[float]:
+    return [float(x) for x in t.detach().reshape(-1).tolist()]
+
+
+def make_case(index: int, optimizer: str, label: str, options: dict, dtype_name: str) -> dict:
+    dtype = DTYPES[dtype_name]
+    gen = torch.Generator().manual_seed(1000 + index)
+    params = [
+        torch.nn.Parameter((torch.rand(shape, generator=gen, dtype=torch.float64) * 2 - 1).to(dtype))
+        for shape in SHAPES
+    ]
+    initial = [flat(p) for p in params]
+    opt = getattr(torch.optim, optimizer)(params, foreach=False, **options)
+    base_lr = opt.param_groups[0]["lr"]
+    steps = []
+    for step in range(STEPS):
+        lr = lr_at(step, base_lr)
+        opt.param_groups[0]["lr"] = lr
+        grads: list[list[float] | None] = []
+        for i, p in enumerate(params):
+            g = (torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(dtype)
+            if (step, i) in SKIP:
+                p.grad = None
+                grads.append(None)
+            else:
+                p.grad = g
+                grads.append(flat(g))
+        opt.step()
+        steps.append({"lr": lr, "grads": grads, "params": [flat(p) for p in params]})
+    state = opt.state_dict()["state"]
+    final_state = []
+    for i in range(len(params)):
+        entry = {}
+        for key, value in state.get(i, {}).items():
+            if value is None:
+                continue
+            if key == "step":
+                entry[key] = int(float(value))
+            else:
+                entry[key] = flat(value)
+        final_state.append(entry)
+    json_options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in options.items()}
+    return {
+        "name": f"{optimizer.lower()}_{label}_{dtype_name}",
+        "optimizer": optimizer,
+        "rule": optimizer.lower(),
+        "dtype": dtype_name,
+        "options": json_options,
+        "shapes": [list(s) for s in SHAPES],
+        "params": initial,
+        "steps": steps,
+        "final_state": final_state,
+    }
+
+
+def build() -> str:
+    cases = []
+    for index, (optimizer, label, options) in enumerate(CONFIGS):
+        for dtype_name in DTYPES:
+            cases.append(make_case(index, optimizer, label, options, dtype_name))
+    header = {
+        "format": "fastoptim-reference-trajectories",
+        "version": 1,
+        "torch_version": torch.__version__.split("+")[0],
+    }
+    # One case per line: compact, and a regenerated file diffs case by case.
+    head = json.dumps(header)[:-1]
+    body = ",\n".join(json.dumps(case) for case in cases)
+    return f'{head}, "cases": [\n{body}\n]}}\n'
+
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="compare with the checked-in file")
+    args = parser.parse_args()
+    text = build()
+    if args.check:
+        if OUT.read_text() != text:
+            print(f"{OUT} is stale: rerun {Path(__file__).name}", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT} ({len(text)} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
