@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The C++ side of CI (issue 4, part 1), from a clean checkout, with no Python involved:
+#   1. configure + build + ctest with -DFASTOPTIM_PYTHON=OFF
+#   2. cmake --install to a temporary prefix
+#   3. configure, build and run cpp/examples against that prefix (find_package); the loss
+#      must fall with every rule
+#   4. a tiny add_subdirectory() consumer of the repository
+# Installs its Debian build dependencies when they are missing.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+jobs="$(nproc 2>/dev/null || echo 2)"
+started=$SECONDS
+stage() { printf '\n=== [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
+
+# ---- dependencies ------------------------------------------------------------------------------
+missing=()
+for pkg in libgtest-dev libeigen3-dev; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+command -v cmake >/dev/null || missing+=(cmake)
+command -v c++ >/dev/null || missing+=(g++)
+command -v make >/dev/null || command -v ninja >/dev/null || missing+=(make)
+if ((${#missing[@]})); then
+  stage "installing ${missing[*]}"
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y "${missing[@]}"
+fi
+
+work="$(mktemp -d "${TMPDIR:-/tmp}/fastoptim-cpp.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+
+# ---- 1. build and test without Python ----------------------------------------------------------
+stage "configure + build (FASTOPTIM_PYTHON=OFF)"
+cmake -S "$repo" -B "$work/build" -DFASTOPTIM_PYTHON=OFF -DCMAKE_BUILD_TYPE=Release
+cmake --build "$work/build" --parallel "$jobs"
+# The C++ build must not have looked for Python or pybind11 at all.
+if grep -E '^(Python_EXECUTABLE|Python3_EXECUTABLE|pybind11_DIR)[:=]' "$work/build/CMakeCache.txt"; then
+  echo "error: the C++-only build looked up Python/pybind11" >&2
+  exit 1
+fi
+
+stage "ctest"
+ctest --test-dir "$work/build" --output-on-failure --parallel "$jobs"
+
+# ---- 2. install --------------------------------------------------------------------------------
+stage "cmake --install"
+cmake --install "$work/build" --prefix "$work/prefix"
+for f in include/fastoptim/optimizer.hpp include/fastoptim/eigen.hpp \
+         lib*/cmake/fastoptim/fastoptimConfig.cmake lib*/cmake/fastoptim/fastoptimConfigVersion.cmake; do
+  compgen -G "$work/prefix/$f" >/dev/null || { echo "error: $f not installed" >&2; exit 1; }
+done
+
+# ---- 3. the find_package example ---------------------------------------------------------------
+stage "example against the installed package"
+cmake -S "$repo/cpp/examples" -B "$work/example" -DCMAKE_PREFIX_PATH="$work/prefix" \
+  -DCMAKE_BUILD_TYPE=Release
+cmake --build "$work/example" --parallel "$jobs"
+"$work/example/logistic_regression" | tee "$work/example.log"
+grep -q "loss fell with every rule" "$work/example.log"
+if grep -q "DID NOT FALL" "$work/example.log"; then
+  echo "error: a rule's loss did not fall" >&2
+  exit 1
+fi
+
+# ---- 4. add_subdirectory consumer ---------------------------------------------------------------
+stage "add_subdirectory consumer"
+cmake -S "$repo/cpp/examples/add_subdirectory" -B "$work/subdirectory" \
+  -DFASTOPTIM_SOURCE_DIR="$repo" -DCMAKE_BUILD_TYPE=Release
+cmake --build "$work/subdirectory" --parallel "$jobs"
+"$work/subdirectory/consumer"
+
+stage "C++ checks passed"
