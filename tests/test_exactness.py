@@ -160,3 +160,51 @@ def test_mixed_dtypes_in_one_group(rule: str, front: str) -> None:
         got = p.detach().numpy() if front == "torch" else p
         assert got.dtype == r.detach().numpy().dtype
         np.testing.assert_allclose(got, r.detach().numpy(), **tol(str(got.dtype)))
+
+
+@pytest.mark.parametrize("front", ["array", "torch"])
+def test_adagrad_state_creation_like_torch(front: str) -> None:
+    """torch.optim.Adagrad makes "sum" in the constructor from the constructor's
+    initial_accumulator_value (a group's own value is ignored), and a group added later gets
+    its state on its first step, from the same constructor value."""
+    ref_ps = [torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)) for _ in range(3)]
+    ref = torch.optim.Adagrad([{"params": [ref_ps[0]], "initial_accumulator_value": 5.0}],
+                              initial_accumulator_value=0.25, foreach=False)
+    if front == "torch":
+        ps = [torch.nn.Parameter(torch.zeros(3, dtype=torch.float64)) for _ in range(3)]
+        opt = fo_torch.Adagrad([{"params": [ps[0]], "initial_accumulator_value": 5.0}],
+                               initial_accumulator_value=0.25)
+    else:
+        ps = [np.zeros(3) for _ in range(3)]
+        opt = fastoptim.Adagrad([{"params": [ps[0]], "initial_accumulator_value": 5.0}],
+                                initial_accumulator_value=0.25)
+
+    def state():
+        return {k: {n: float(np.asarray(v).flat[0]) for n, v in s.items()}
+                for k, s in opt.state_dict()["state"].items()}
+
+    def ref_state():
+        return {k: {n: float(v.flatten()[0]) for n, v in s.items()}
+                for k, s in ref.state_dict()["state"].items()}
+
+    assert state() == ref_state() == {0: {"step": 0.0, "sum": 0.25}}
+    ref.add_param_group({"params": [ref_ps[1]], "initial_accumulator_value": 7.0})
+    opt.add_param_group({"params": [ps[1]], "initial_accumulator_value": 7.0})
+    assert state() == ref_state()
+    for k in range(3):
+        for p in ref_ps[:2]:
+            p.grad = torch.full((3,), 0.5, dtype=torch.float64)
+        ref.step()
+        if front == "torch":
+            for p in ps[:2]:
+                p.grad = torch.full((3,), 0.5, dtype=torch.float64)
+            opt.step()
+        else:
+            opt.step([np.full(3, 0.5), np.full(3, 0.5)])
+        got, want = state(), ref_state()
+        assert got.keys() == want.keys()
+        for i in want:
+            assert got[i] == pytest.approx(want[i], rel=1e-12)
+    for p, r in zip(ps, ref_ps):
+        np.testing.assert_allclose(np.asarray(p.detach() if front == "torch" else p),
+                                   r.detach().numpy(), rtol=1e-12)

@@ -17,6 +17,36 @@ from ._runtime import get_num_threads
 
 _REQUIRED = object()
 
+# The core words a bad hyperparameter as torch does, but it only sees a double; torch formats
+# the value the user gave (lr=-1 reads "-1", not "-1.0"), so the message is rebuilt from it.
+_ERROR_KEYS: dict[str, tuple[str, int | None]] = {
+    "Invalid learning rate": ("lr", None),
+    "Invalid epsilon value": ("eps", None),
+    "Invalid momentum value": ("momentum", None),
+    "Invalid weight_decay value": ("weight_decay", None),
+    "Invalid lr_decay value": ("lr_decay", None),
+    "Invalid initial_accumulator_value value": ("initial_accumulator_value", None),
+    "Invalid rho value": ("rho", None),
+    "Invalid alpha value": ("alpha", None),
+    "Invalid beta parameter at index 0": ("betas", 0),
+    "Invalid beta parameter at index 1": ("betas", 1),
+}
+
+
+def state_slots(rule: str, group: dict[str, Any]) -> list[str | None]:
+    """The state slots ``group``'s options use; ValueError in torch's exact words if an option
+    is out of range."""
+    try:
+        return _core.state_slots(rule, group)
+    except ValueError as exc:
+        prefix, sep, _ = str(exc).rpartition(": ")
+        where = _ERROR_KEYS.get(prefix)
+        if not sep or where is None:
+            raise
+        key, index = where
+        value = group[key] if index is None else group[key][index]
+        raise ValueError(f"{prefix}: {value}") from None
+
 
 def _as_array(obj: Any, what: str) -> np.ndarray:
     """A NumPy view of ``obj`` sharing its memory (never a copy for params)."""
@@ -90,7 +120,7 @@ class Optimizer:
             if default is _REQUIRED and key not in group:
                 raise ValueError(f"parameter group didn't specify a value of required {key}")
             group.setdefault(key, default)
-        _core.state_slots(self.rule, group)  # ValueError with torch's wording if out of range
+        state_slots(self.rule, group)  # ValueError with torch's wording if out of range
         if group.get("differentiable"):
             raise ValueError("fastoptim does not support differentiable=True (no autograd "
                              "through the step); foreach, fused and capturable are accepted "
@@ -133,7 +163,7 @@ class Optimizer:
         pending: dict[int, dict[str, Any]] = {}
         index = 0
         for group in self.param_groups:
-            slots = _core.state_slots(self.rule, group)
+            slots = state_slots(self.rule, group)
             names, params, grad_arrays, states, steps = [], [], [], [], []
             for param in group["params"]:
                 i, index = index, index + 1
@@ -229,7 +259,7 @@ class Optimizer:
             merged["params"] = group["params"]
             for key, default in self.defaults.items():
                 merged.setdefault(key, group.get(key, default))
-            _core.state_slots(self.rule, merged)
+            state_slots(self.rule, merged)
             new_groups.append(merged)
         self.state = new_state
         self.param_groups = new_groups
@@ -303,22 +333,25 @@ class Adagrad(Optimizer):
             fused=fused,
         )
         super().__init__(params, defaults)
+        # torch.optim.Adagrad creates its state in the constructor, and only there: a group
+        # added later gets its state on its first step. So does this one.
+        index = 0
+        for group in self.param_groups:
+            for param in group["params"]:
+                i, index = index, index + 1
+                try:
+                    p = _as_array(param, f"param {i}")
+                except TypeError:
+                    continue  # reported by step()
+                if p.dtype in (np.float32, np.float64):
+                    state = self._new_state(p, group)
+                    state["sum"] = np.full(p.shape, self._initial_value("sum", group), p.dtype)
+                    self.state[i] = state
 
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
-        return float(group["initial_accumulator_value"])
-
-    def _on_new_group(self, group: dict[str, Any], first_index: int) -> None:
-        # torch.optim.Adagrad creates its state in the constructor; so does this one.
-        for offset, param in enumerate(group["params"]):
-            i = first_index + offset
-            try:
-                p = _as_array(param, f"param {i}")
-            except TypeError:
-                continue  # reported by step()
-            if p.dtype in (np.float32, np.float64):
-                state = self._new_state(p, group)
-                state["sum"] = np.full(p.shape, self._initial_value("sum", group), dtype=p.dtype)
-                self.state[i] = state
+        # torch.optim.Adagrad fills "sum" with the constructor's value (self.defaults), not
+        # the group's, even for a group with its own initial_accumulator_value.
+        return float(self.defaults["initial_accumulator_value"])
 
 
 class Adadelta(Optimizer):

@@ -23,6 +23,7 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from . import _core
+from ._arrays import state_slots
 from ._runtime import get_num_threads
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
@@ -48,6 +49,7 @@ class _Plan:
         self.counters: np.ndarray | None = None  # SGD's private step counters
         self.keep_alive: list[Any] = []
         self.generation = -1
+        self.slots: list[str | None] | None = None  # the state slots the plan was built for
 
     def serves(self, params: list[torch.Tensor], grads: list[Any], generation: int) -> bool:
         """Whether this plan can run the step, after pointing it at new grad tensors if only
@@ -215,10 +217,14 @@ class _FusedStep:
                 raise ValueError("fastoptim.torch does not support differentiable=True")
             params = group["params"]
             grads = [p.grad for p in params]
+            # Every group's options are checked before any group is stepped (ValueError with
+            # torch's wording, nothing changed), and a change that needs other state buffers
+            # (SGD momentum set after a step without it, as torch allows) rebuilds the plan.
+            slots = state_slots(self._rule, group)
             plan = plans.get(index)
-            if plan is None or not plan.serves(params, grads, generation):
-                slots = _core.state_slots(self._rule, group)
+            if plan is None or plan.slots != slots or not plan.serves(params, grads, generation):
                 plan = plans[index] = self._build_plan(group, params, grads, slots)
+                plan.slots = slots
             ready.append((group, plan))
         threads = get_num_threads()
         for group, plan in ready:
