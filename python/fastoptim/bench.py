@@ -487,6 +487,7 @@ class CellResult:
     contenders: dict[str, dict[str, Any]] = field(default_factory=dict)
     rounds: list[dict[str, Any]] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
+    elapsed_s: float = 0.0  # wall time of the cell: building, warm-up and all rounds
 
 
 def _block(step: Callable[[], Any], n: int) -> float:
@@ -915,6 +916,7 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
                             threads=n,
                             dtype=args.dtype,
                         )
+                        cell_start = time.perf_counter()
                         contenders = []
                         for kind in contender_names:
                             if kind == "torch.fused" and rule not in TORCH_FUSED:
@@ -927,7 +929,9 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
                                 cell.errors[kind] = f"{type(exc).__name__}: {exc}"
                         measure_cell(contenders, cell, settings, bar)
                         del contenders
-                        gc.collect()
+                        if workload.elements >= 10**6:  # optimizers hold reference cycles
+                            gc.collect()
+                        cell.elapsed_s = round(time.perf_counter() - cell_start, 3)
                         cells.append(cell)
             finally:
                 del buffers

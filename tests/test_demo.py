@@ -1,0 +1,126 @@
+"""`python -m fastoptim` (the demo): it trains with every rule, prints the loss table, and the
+fastoptim and torch.optim curves coincide; without torch it still trains with the array front."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastoptim import demo
+
+try:
+    import torch
+except ImportError:
+    torch = None
+
+RULE_NAMES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
+
+
+def _run(args: list[str], cwd: Path, prelude: str = "") -> subprocess.CompletedProcess:
+    code = f"{prelude}import sys; from fastoptim.__main__ import main; sys.exit(main({args!r}))"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env=dict(os.environ),
+    )
+
+
+def _loss_rows(text: str, optimizer: str) -> list[list[float]]:
+    """Loss checkpoints of every table row of ``optimizer``."""
+    rows = []
+    for line in text.splitlines():
+        if re.search(rf"(^|\s){re.escape(optimizer)}\s", line):
+            after = line.split(optimizer, 1)[1].split()
+            losses = [float(v) for v in after if re.fullmatch(r"\d+\.\d{4}", v)]
+            if losses:  # a table row, not a sentence naming the optimizer
+                rows.append(losses)
+    return rows
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_demo_default_command_trains_every_rule_under_both(tmp_path: Path) -> None:
+    proc = _run(["--steps", "40"], tmp_path)  # no command: the demo is the default
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for name in RULE_NAMES:
+        assert re.search(rf"^{name}\(", out, re.MULTILINE), name
+    fo, ref, arrays = (
+        _loss_rows(out, n) for n in ("fastoptim.torch", "torch.optim", "fastoptim arrays")
+    )
+    assert len(fo) == len(ref) == len(arrays) == 6
+    for a, b, c in zip(fo, ref, arrays):
+        assert len(a) == len(b) == len(c) >= 5
+        assert a[-1] < a[0]  # it learns
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+        np.testing.assert_allclose(c, b, rtol=1e-3, atol=1e-3)
+    worst = float(re.search(r"all rules and steps: ([0-9.e+-]+)", out).group(1))
+    assert worst < 1e-4
+    assert "step µs" in out
+    assert "100.0%" in proc.stderr  # the progress bar
+
+
+def test_demo_without_torch_uses_the_array_front(tmp_path: Path) -> None:
+    proc = _run(
+        ["demo", "--steps", "30", "--rules", "adam,rmsprop", "--no-progress"],
+        tmp_path,
+        prelude="import sys; sys.modules['torch'] = None; ",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "torch not installed" in proc.stdout
+    rows = _loss_rows(proc.stdout, "fastoptim arrays")
+    assert len(rows) == 2 and all(r[-1] < r[0] for r in rows)
+    assert "torch.optim" not in proc.stdout and "fastoptim.torch" not in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_demo_rejects_unknown_rule(tmp_path: Path) -> None:
+    proc = _run(["--rules", "lion"], tmp_path)
+    assert proc.returncode == 2
+    assert "lion" in proc.stderr
+
+
+def test_numpy_model_gradients_match_finite_differences() -> None:
+    task = demo.make_task(
+        steps=1, dtype="float64", samples=64, inputs=5, hidden=7, classes=3, batch=16
+    )
+    params = [a.copy() for a in task.init]
+    x, y = task.x[task.batches[0]], task.y[task.batches[0]]
+    _, grads = demo.numpy_loss_and_grads(params, x, y)
+    rng = np.random.default_rng(1)
+    for p, g in zip(params, grads):
+        assert g.shape == p.shape and g.dtype == p.dtype
+        for flat in rng.choice(p.size, size=min(4, p.size), replace=False):
+            idx = np.unravel_index(flat, p.shape)
+            old = p[idx]
+            p[idx] = old + 1e-6
+            up, _ = demo.numpy_loss_and_grads(params, x, y)
+            p[idx] = old - 1e-6
+            down, _ = demo.numpy_loss_and_grads(params, x, y)
+            p[idx] = old
+            assert (up - down) / 2e-6 == pytest.approx(g[idx], rel=1e-5, abs=1e-8)
+
+
+def test_task_is_deterministic_and_batches_cover_the_data() -> None:
+    a, b = demo.make_task(steps=20), demo.make_task(steps=20)
+    np.testing.assert_array_equal(a.x, b.x)
+    for u, v in zip(a.init, b.init):
+        np.testing.assert_array_equal(u, v)
+    assert len(a.batches) == 20 and a.x.dtype == np.float32
+    first_epoch = np.concatenate(a.batches[: len(a.x) // len(a.batches[0])])
+    assert sorted(first_epoch) == list(range(len(a.x)))
+
+
+def test_sparkline_and_checkpoints() -> None:
+    assert demo.sparkline([3.0, 2.0, 1.0], width=3) == "█▅▁"
+    assert demo.sparkline([1.0, 1.0]) == "▁▁"
+    assert demo.checkpoints(300) == [1, 51, 101, 150, 200, 250, 300]
+    assert demo.checkpoints(3) == [1, 2, 3]
