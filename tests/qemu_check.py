@@ -27,9 +27,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
+faulthandler.enable()  # before the import: a SIGILL in module init prints where it happened
 
-import fastoptim
+import numpy as np  # noqa: E402
+
+import fastoptim  # noqa: E402
 
 LEVELS = ["scalar", "sse2", "avx2", "avx512", "neon"]
 SIZES = [1, 7, 17, 1023, 20_000]  # 21k elements per group: above the serial threshold
@@ -248,7 +250,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect", choices=LEVELS, help="the SIMD level dispatch must pick")
     parser.add_argument("--no-torch", action="store_true", help="skip the torch front check")
     args = parser.parse_args(argv)
-    faulthandler.enable()  # a SIGILL prints the Python stack before the process dies
     start = time.perf_counter()
 
     level, available = fastoptim.simd_level(), fastoptim.available_simd_levels()
