@@ -613,7 +613,8 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
     rows: list[list[str]] = []
     for cell in cells:
         first = True
-        names = [n for n in CONTENDERS if n in cell.contenders] + sorted(cell.errors)
+        names = [n for n in CONTENDERS if n in cell.contenders]
+        names += [n for n in cell.contenders if n not in CONTENDERS] + sorted(cell.errors)
         for name in names:
             lead = [cell.label, cell.workload_label, str(cell.threads)] if first else ["", "", ""]
             first = False
@@ -645,7 +646,7 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows if r]
         return "\n".join(lines)
-    widths = [max(len(head[i]), *(len(r[i]) for r in rows if r)) for i in range(len(head))]
+    widths = [max([len(head[i])] + [len(r[i]) for r in rows if r]) for i in range(len(head))]
     right = {4, 5, 6, 7, 8}
 
     def line(r: list[str]) -> str:
