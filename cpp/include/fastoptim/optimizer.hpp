@@ -75,8 +75,8 @@ class Grad {
 // A view of one param's optimizer state, for programs that checkpoint themselves. `buffers`
 // point into the optimizer's own storage, in the slot order of step.hpp's ParamBuffers (e.g.
 // Adam: exp_avg, exp_avg_sq, max_exp_avg_sq); nullptr where a slot is not allocated. Writing
-// through them is allowed. Valid until the next add_param(), step(), load(), allocate_state()
-// or the optimizer's destruction.
+// through them is allowed. The pointers stay valid until load() or the optimizer's
+// destruction; `step` is a copy, and a view does not show slots allocated after it was taken.
 struct ParamStateView {
   DType dtype = DType::float32;
   std::size_t size = 0;     // elements of the param and of every allocated buffer
