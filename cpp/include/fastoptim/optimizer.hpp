@@ -91,7 +91,8 @@ struct ParamStateView {
 };
 
 // The part shared by the six rule classes: params, state, step(), save()/load().
-// Move-only: the params belong to the caller, the state to exactly one optimizer.
+// Move-only: the params belong to the caller, the state to exactly one optimizer (a moved-from
+// optimizer can only be assigned to or destroyed). Not synchronised: one step() at a time.
 class Optimizer {
  public:
   Optimizer(const Optimizer&) = delete;
@@ -134,6 +135,8 @@ class Optimizer {
   // into an optimizer of the same rule with the same params (count, dtypes, sizes), replacing
   // its options and state as torch's load_state_dict does. load() reads and checks everything
   // first: on any mismatch or corruption it throws std::invalid_argument and nothing changes.
+  // load() consumes exactly the saved bytes, so a checkpoint can sit inside a larger file.
+  // save() throws std::runtime_error if the stream reports a write failure.
   //
   // Format version 1, all integers and floats little-endian, floats IEEE-754:
   //   char[8]  magic "FOPTSTAT"
@@ -160,7 +163,8 @@ class Optimizer {
   ParamStateView state(std::size_t index);
   std::vector<ParamStateView> state();
   // Allocates every slot the current options use that this param does not have yet (zeros;
-  // Adagrad's sum: initial_accumulator_value), as its first update would.
+  // Adagrad's sum: initial_accumulator_value), for the caller to fill. SGD: the momentum
+  // buffer then exists, so the next step blends into it instead of starting from the grad.
   void allocate_state(std::size_t index);
   void set_step_count(std::size_t index, std::int64_t step);
 
