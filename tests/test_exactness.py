@@ -208,3 +208,21 @@ def test_adagrad_state_creation_like_torch(front: str) -> None:
     for p, r in zip(ps, ref_ps):
         np.testing.assert_allclose(np.asarray(p.detach() if front == "torch" else p),
                                    r.detach().numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_array_front_updates_torch_leaf_tensors_in_place(rule: str) -> None:
+    """A torch CPU tensor (even a leaf that requires grad) given to the array front is updated
+    in its own memory: zero copy, like a NumPy array."""
+    ref = torch.nn.Parameter(torch.linspace(-1, 1, 10, dtype=torch.float64))
+    p = torch.nn.Parameter(ref.detach().clone())
+    ptr = p.data_ptr()
+    ref_opt = getattr(torch.optim, rule)([ref], foreach=False, **RICH[rule])
+    opt = getattr(fastoptim, rule)([p], **RICH[rule])
+    for k in range(5):
+        g = torch.cos(torch.arange(10, dtype=torch.float64) * (k + 1))
+        ref.grad = g.clone()
+        ref_opt.step()
+        opt.step([g])
+    assert p.data_ptr() == ptr
+    torch.testing.assert_close(p.detach(), ref.detach(), rtol=1e-10, atol=0)
