@@ -719,7 +719,7 @@ def write_chart(cells: Sequence[CellResult], path: Path, title: str) -> bool:
         len(threads),
         len(workloads),
         squeeze=False,
-        figsize=(4.2 * len(workloads) + 1, 3.2 * len(threads) + 0.8),
+        figsize=(max(10.0, 4.2 * len(workloads) + 1), 3.2 * len(threads) + 1.0),
     )
     for (wl, th), group in panels.items():
         ax = axes[threads.index(th)][workloads.index(wl)]
@@ -759,8 +759,8 @@ def write_chart(cells: Sequence[CellResult], path: Path, title: str) -> bool:
         ax.tick_params(axis="y", labelsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=8, frameon=False)
-    fig.suptitle(title, fontsize=9, y=0.005, va="bottom")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+    fig.text(0.5, 0.005, title, fontsize=8, ha="center", va="bottom")
+    fig.tight_layout(rect=(0, 0.03, 1, 0.93))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return True
