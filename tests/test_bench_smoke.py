@@ -253,16 +253,20 @@ def test_summarize_uses_clean_rounds() -> None:
         summarize([1.0], [])
 
 
-def _fake_snapshots(monkeypatch: pytest.MonkeyPatch, busy_rounds: set[int]) -> None:
-    """take_snapshot() pairs per round: round i is busy when i is in busy_rounds."""
+def _fake_snapshots(
+    monkeypatch: pytest.MonkeyPatch, busy_rounds: set[int], contenders: int = 2
+) -> None:
+    """take_snapshot() as measure_cell calls it (before a round, then after each contender's
+    block): round i is busy when i is in busy_rounds, the other process showing up during the
+    first block."""
     state = {"calls": 0, "busy": 0, "total": 0}
 
     def fake() -> CpuSnapshot:
-        rnd, end = divmod(state["calls"], 2)
+        rnd, position = divmod(state["calls"], contenders + 1)
         state["calls"] += 1
-        if end:
-            state["total"] += 200
-            state["busy"] += 150 if rnd in busy_rounds else 0
+        if position:
+            state["total"] += 100
+            state["busy"] += 80 if rnd in busy_rounds and position == 1 else 0
         return CpuSnapshot(busy=state["busy"], total=state["total"], own=0)
 
     monkeypatch.setattr(bench, "take_snapshot", fake)
@@ -309,6 +313,9 @@ def test_busy_rounds_are_redone_within_budget(monkeypatch: pytest.MonkeyPatch) -
         assert entry["median_ms"] == pytest.approx(sorted(entry["samples_ms"])[1])
         assert calls[name] == 1 + 5  # warm-up, one step per round (min_time=0)
     assert [r["order"] for r in cell.rounds[:2]] == [["a", "b"], ["b", "a"]]  # interleaved
+    assert cell.rounds[0]["other_cpu_jiffies_by_contender"] == {"a": 80, "b": 0}
+    assert cell.rounds[2]["other_cpu_jiffies_by_contender"] == {"a": 80, "b": 0}
+    assert cell.rounds[1]["other_cpu_jiffies"] == 0
     assert bar.done == bar.total
 
 

@@ -525,17 +525,26 @@ def measure_cell(
     while len(flags) < settings.rounds and live:
         order = live[index % len(live) :] + live[: index % len(live)]  # rotate A B C, B C A, ...
         index += 1
-        before = take_snapshot()
-        round_ms = {c.name: _block(c.step, steps[c.name]) for c in order}
-        after = take_snapshot()
+        # a snapshot before and after each contender's block (outside the timed loops)
+        snapshots = [take_snapshot()]
+        round_ms = {}
+        for c in order:
+            round_ms[c.name] = _block(c.step, steps[c.name])
+            snapshots.append(take_snapshot())
+        before, after = snapshots[0], snapshots[-1]
         use = other_cpu_use(before, after, settings.busy_threshold) if before and after else None
         busy = bool(use and use.busy)
+        by_block = {
+            c.name: other_cpu_use(s0, s1).jiffies if s0 and s1 else None
+            for c, s0, s1 in zip(order, snapshots, snapshots[1:])
+        }
         kept = not busy or redo_left == 0  # a busy round is redone while the budget lasts
         cell.rounds.append(
             {
                 "order": [c.name for c in order],
                 "ms_per_step": round_ms,
                 "other_cpu_jiffies": None if use is None else use.jiffies,
+                "other_cpu_jiffies_by_contender": by_block,
                 "capacity_jiffies": None if use is None else use.capacity,
                 "busy": busy,
                 "kept": kept,
