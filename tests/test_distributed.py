@@ -1,0 +1,244 @@
+"""fastoptim.torch under torch.distributed: DDP and ZeroRedundancyOptimizer, gloo, 2 processes.
+
+Each test starts two worker processes of this file (``python test_distributed.py SCENARIO RANK
+...``) on 127.0.0.1 with a free port, waits for them with a timeout, and compares what they
+saved. The workers run with OMP_NUM_THREADS=1: two processes on a small machine would otherwise
+each start a thread per core, and OpenMP runtimes (GCC's libgomp in particular) are not
+fork-safe once a parallel region has run, so any worker a training script forks (DataLoader
+workers, fork-started processes) must not inherit a live thread pool. One thread per process is
+the documented setting for multi-process training with fastoptim.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.distributed as dist  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="torch without gloo"
+)
+
+WORLD_SIZE = 2
+TIMEOUT = 240  # seconds for both workers together
+RTOL, ATOL = 1e-5, 1e-6  # float32 against torch.optim, as for one process
+LR, WEIGHT_DECAY = 1e-2, 1e-2
+STEPS = 12
+
+
+# ---- worker side ---------------------------------------------------------------------------
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8), torch.nn.Tanh(),
+        torch.nn.Linear(8, 1),
+    )
+
+
+def _batch(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each rank its own shard of a regression problem."""
+    gen = torch.Generator().manual_seed(1000 * rank + step)
+    x = torch.randn(32, 6, generator=gen)
+    return x, torch.sin(x.sum(dim=1, keepdim=True))
+
+
+def _train(model: torch.nn.Module, opt: Any, rank: int, first: int, steps: int) -> list[float]:
+    losses = []
+    for step in range(first, first + steps):
+        x, y = _batch(rank, step)
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()  # DDP averages the gradients of both ranks here
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _params(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def _ddp_worker(rank: int) -> dict[str, Any]:
+    import fastoptim.torch
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ours, reference = DDP(_model()), DDP(_model())
+    opt_ours = fastoptim.torch.Adam(ours.parameters(), lr=LR)
+    opt_reference = torch.optim.Adam(reference.parameters(), lr=LR, foreach=False)
+    losses = _train(ours, opt_ours, rank, 0, STEPS)
+    _train(reference, opt_reference, rank, 0, STEPS)
+    return {"ours": _params(ours), "reference": _params(reference), "losses": losses}
+
+
+def _zero_worker(rank: int) -> dict[str, Any]:
+    import fastoptim.torch
+    from torch.distributed.optim import ZeroRedundancyOptimizer
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ours, reference = DDP(_model()), DDP(_model())
+    zero_ours = ZeroRedundancyOptimizer(
+        ours.parameters(), optimizer_class=fastoptim.torch.AdamW, lr=LR, weight_decay=WEIGHT_DECAY
+    )
+    zero_reference = ZeroRedundancyOptimizer(
+        reference.parameters(),
+        optimizer_class=torch.optim.AdamW,
+        lr=LR,
+        weight_decay=WEIGHT_DECAY,
+        foreach=False,
+    )
+    local = zero_ours.optim  # this rank's shard: a fastoptim.torch.AdamW
+    out: dict[str, Any] = {
+        "local_class": f"{type(local).__module__}.{type(local).__qualname__}",
+        "local_params": sum(len(g["params"]) for g in local.param_groups),
+        "total_params": len(list(ours.parameters())),
+    }
+    out["losses"] = _train(ours, zero_ours, rank, 0, STEPS)
+    _train(reference, zero_reference, rank, 0, STEPS)
+    out["ours"], out["reference"] = _params(ours), _params(reference)
+
+    # Consolidate on rank 0 and hand the checkpoint to both ranks, as a restart would.
+    zero_ours.consolidate_state_dict(to=0)
+    checkpoint = [zero_ours.state_dict() if rank == 0 else None]
+    dist.broadcast_object_list(checkpoint, src=0)
+    state_dict = checkpoint[0]
+    if rank == 0:  # a copy: torch.optim.load_state_dict keeps the step tensors it is given
+        out["state_dict"] = copy.deepcopy(state_dict)
+
+    # Continue from it with plain torch.optim.AdamW; the reference continues under ZeRO.
+    resumed = torch.optim.AdamW(
+        ours.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=False
+    )
+    resumed.load_state_dict(state_dict)
+    _train(ours, resumed, rank, STEPS, STEPS)
+    _train(reference, zero_reference, rank, STEPS, STEPS)
+    out["resumed"], out["reference_continued"] = _params(ours), _params(reference)
+    return out
+
+
+def _worker_main(scenario: str, rank: int, port: int, out_path: str) -> None:
+    from datetime import timedelta
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=WORLD_SIZE,
+        timeout=timedelta(seconds=TIMEOUT // 2),
+    )
+    try:
+        out = {"ddp": _ddp_worker, "zero": _zero_worker}[scenario](rank)
+        out["num_threads"] = __import__("fastoptim").get_num_threads()
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    torch.save(out, out_path)
+
+
+# ---- test side -----------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_workers(scenario: str, tmp_path: Path) -> list[dict[str, Any]]:
+    env = dict(os.environ)
+    # One OpenMP thread per process (see the module docstring); gloo on the loopback device only.
+    env.update(OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo" if sys.platform == "linux" else "")
+    if not env["GLOO_SOCKET_IFNAME"]:
+        del env["GLOO_SOCKET_IFNAME"]
+    env.pop("FASTOPTIM_SIMD", None)
+    port = _free_port()
+    outs = [tmp_path / f"rank{rank}.pt" for rank in range(WORLD_SIZE)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, scenario, str(rank), str(port), str(outs[rank])],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in range(WORLD_SIZE)
+    ]
+    deadline = time.monotonic() + TIMEOUT
+    logs = []
+    try:
+        for proc in procs:
+            logs.append(proc.communicate(timeout=max(1.0, deadline - time.monotonic()))[0])
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()
+        pytest.fail(f"{scenario}: workers did not finish within {TIMEOUT} s")
+    for rank, (proc, log) in enumerate(zip(procs, logs)):
+        assert proc.returncode == 0, f"rank {rank} exited {proc.returncode}:\n{log[-4000:]}"
+    return [torch.load(path, weights_only=False) for path in outs]
+
+
+def assert_same_on_both_ranks(results: list[dict[str, Any]], key: str) -> None:
+    for a, b in zip(results[0][key], results[1][key]):
+        assert torch.equal(a, b), f"{key}: ranks disagree"
+
+
+def assert_close(ours: list[torch.Tensor], theirs: list[torch.Tensor], what: str) -> None:
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a, b, rtol=RTOL, atol=ATOL, msg=f"{what}: param {i}")
+
+
+def test_ddp_adam_matches_torch_and_ranks_agree(tmp_path: Path) -> None:
+    results = run_workers("ddp", tmp_path)
+    assert [r["num_threads"] for r in results] == [1, 1]  # OMP_NUM_THREADS=1 reached fastoptim
+    assert_same_on_both_ranks(results, "ours")
+    assert_close(results[0]["ours"], results[0]["reference"], "DDP fastoptim Adam vs torch Adam")
+    for r in results:
+        assert r["losses"][-1] < r["losses"][0]  # it trained
+    initial = [p.detach() for p in _model().parameters()]
+    assert not all(torch.equal(a, b) for a, b in zip(results[0]["ours"], initial))
+
+
+def test_zero_redundancy_adamw_trains_and_checkpoint_loads_into_torch(tmp_path: Path) -> None:
+    results = run_workers("zero", tmp_path)
+    # Each rank's shard really is stepped by a fastoptim optimizer, and the shards cover all.
+    assert {r["local_class"] for r in results} == {"fastoptim.torch.AdamW"}
+    assert all(r["local_params"] > 0 for r in results)
+    assert sum(r["local_params"] for r in results) == results[0]["total_params"]
+    for r in results:
+        assert r["losses"][-1] < r["losses"][0]
+    assert_same_on_both_ranks(results, "ours")
+    assert_close(results[0]["ours"], results[0]["reference"], "ZeRO fastoptim vs torch AdamW")
+
+    state_dict = results[0]["state_dict"]
+    assert len(state_dict["state"]) == results[0]["total_params"]
+    for state in state_dict["state"].values():
+        assert float(state["step"]) == STEPS
+        assert {"exp_avg", "exp_avg_sq"} <= set(state)
+    # It loads into torch.optim.AdamW (done in the workers too, where training went on from it).
+    model = _model()
+    plain = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    plain.load_state_dict(state_dict)
+    assert plain.param_groups[0]["lr"] == LR
+    assert plain.param_groups[0]["weight_decay"] == WEIGHT_DECAY
+
+    assert_same_on_both_ranks(results, "resumed")
+    assert_close(
+        results[0]["resumed"],
+        results[0]["reference_continued"],
+        "torch AdamW resumed from fastoptim's ZeRO checkpoint vs ZeRO with torch AdamW",
+    )
+
+
+if __name__ == "__main__":
+    _worker_main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
