@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from fastoptim import bench
 from fastoptim.bench import (
@@ -409,3 +410,35 @@ def test_progress_bar_on_a_pipe() -> None:
     assert 2 <= len(lines) <= 12  # one line per 10%, not one per update
     assert "100.0%" in lines[-1]
     assert math.isclose(bar.done, bar.total)
+
+
+@pytest.mark.parametrize("rule", list(bench.RULES))
+def test_contenders_step_the_shared_buffers(rule: str) -> None:
+    """Every contender updates the one copy of params and state (what keeps a 100M workload
+    at one copy): its optimizer state holds the shared buffers, and a step changes them."""
+    options = bench.RULES[rule][1]
+    slots, init, _ = bench._state_plan(rule, options, bench.RULES[rule][0])
+    buffers = bench.Buffers([(37,), (5, 3)], "float32", torch)
+    kinds = bench.CONTENDERS if torch is not None else ("fastoptim.arrays", "roofline")
+    for kind in kinds:
+        if kind == "torch.fused" and rule not in bench.TORCH_FUSED:
+            continue
+        buffers.state_buffers(len(slots), init)
+        before_params = [a.copy() for a in buffers.param_arrays]
+        before_states = [[a.copy() for a in arrays] for arrays in buffers.state_arrays]
+        contender = bench.build_contender(kind, rule, options, slots, buffers, threads=1)
+        contender.step()
+        for i, p in enumerate(buffers.param_arrays):
+            assert not np.array_equal(p, before_params[i]), (kind, i)
+        for k in range(len(slots)):
+            for i, a in enumerate(buffers.state_arrays[k]):
+                assert not np.array_equal(a, before_states[k][i]), (kind, slots[k], i)
+        opt = contender.keep
+        if kind == "fastoptim.arrays":
+            for i in range(2):
+                for k, slot in enumerate(slots):
+                    assert opt.state[i][slot] is buffers.state_arrays[k][i]
+        elif kind != "roofline":
+            for i, p in enumerate(buffers.params):
+                for k, slot in enumerate(slots):
+                    assert opt.state[p][slot] is buffers.states[k][i], (kind, slot)
