@@ -29,9 +29,8 @@ from typing import Any
 
 faulthandler.enable()  # before the import: a SIGILL in module init prints where it happened
 
-import numpy as np  # noqa: E402
-
-import fastoptim  # noqa: E402
+import fastoptim
+import numpy as np
 
 LEVELS = ["scalar", "sse2", "avx2", "avx512", "neon"]
 SIZES = [1, 7, 17, 1023, 20_000]  # 21k elements per group: above the serial threshold
@@ -57,9 +56,9 @@ def sgd_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np
         if "momentum_buffer" not in s:
             s["momentum_buffer"] = d.copy()
         else:
-            s["momentum_buffer"] = s["momentum_buffer"] * momentum + (
-                1 - o.get("dampening", 0.0)
-            ) * d
+            s["momentum_buffer"] = (
+                s["momentum_buffer"] * momentum + (1 - o.get("dampening", 0.0)) * d
+            )
         d = d + momentum * s["momentum_buffer"] if o.get("nesterov") else s["momentum_buffer"]
     return p - o["lr"] * d
 
@@ -136,7 +135,10 @@ RULES: dict[str, tuple[type, Reference, list[Options]]] = {
     "Adagrad": (
         fastoptim.Adagrad,
         adagrad_ref,
-        [dict(lr=0.1), dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)],
+        [
+            dict(lr=0.1),
+            dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+        ],
     ),
     "Adadelta": (
         fastoptim.Adadelta,
@@ -219,9 +221,8 @@ def check_array_front(levels: list[str]) -> int:
 
 
 def check_torch_front() -> int:
-    import torch
-
     import fastoptim.torch as fot
+    import torch
 
     checks = 0
     for seed, (name, (_, _, variants)) in enumerate(RULES.items()):

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 torch = pytest.importorskip("torch")
-import torch.distributed as dist  # noqa: E402
+import torch.distributed as dist
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="torch without gloo"
@@ -42,7 +42,10 @@ STEPS = 12
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(
-        torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8), torch.nn.Tanh(),
+        torch.nn.Linear(6, 16),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 8),
+        torch.nn.Tanh(),
         torch.nn.Linear(8, 1),
     )
 
@@ -117,9 +120,7 @@ def _zero_worker(rank: int) -> dict[str, Any]:
         out["state_dict"] = copy.deepcopy(state_dict)
 
     # Continue from it with plain torch.optim.AdamW; the reference continues under ZeRO.
-    resumed = torch.optim.AdamW(
-        ours.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=False
-    )
+    resumed = torch.optim.AdamW(ours.parameters(), lr=LR, weight_decay=WEIGHT_DECAY, foreach=False)
     resumed.load_state_dict(state_dict)
     _train(ours, resumed, rank, STEPS, STEPS)
     _train(reference, zero_reference, rank, STEPS, STEPS)

@@ -42,6 +42,7 @@ def run_child(code: str, **env: str | None) -> dict[str, Any]:
     child_env.pop("FASTOPTIM_SIMD", None)
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
+        check=False,
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
