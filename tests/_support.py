@@ -15,6 +15,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pytest
+
+try:
+    import torch  # noqa: F401
+except ImportError:
+    HAVE_TORCH = False
+else:
+    HAVE_TORCH = True
+needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
 
 RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
 
@@ -192,10 +201,10 @@ def run(case: Case, front: str, grad_mode: str = "fresh") -> dict[str, Any]:
     """Play ``case`` on ``front``; returns {"params": [...], "state": {i: {k: array}}}
     in problem order. ``grad_mode`` (torch fronts): "fresh" assigns a new .grad tensor every
     step, "inplace" copies into the existing one (the cached-plan path of a training loop)."""
-    import torch
-
     init, grads = problem(case)
     order = param_order(case)
+    if front != "array-numpy":
+        import torch
     if front in ("torch.optim", "fastoptim.torch"):
         params = [torch.tensor(p).requires_grad_() for p in init]
     elif front == "array-tensor":

@@ -6,13 +6,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastoptim
-import fastoptim.torch as fo_torch
-from _support import RULES, Case, assert_close_runs, freeze, reference, run
+from _support import (
+    HAVE_TORCH,
+    RULES,
+    Case,
+    assert_close_runs,
+    freeze,
+    needs_torch,
+    reference,
+    run,
+)
+
+if HAVE_TORCH:
+    import torch
+
+    import fastoptim.torch as fo_torch
 
 settings.register_profile(
     "fastoptim", deadline=None, max_examples=40, derandomize=True, print_blob=True,
@@ -99,6 +111,8 @@ def test_lr_zero_is_a_noop(ro, shapes, dtype, seed) -> None:
     # the state did advance (lr=0 is not a skipped step)
     if rule != "SGD":
         assert all(float(s["step"]) == 4.0 for s in opt.state.values())
+    if not HAVE_TORCH:
+        return
     # and the torch front agrees
     tparams = [torch.tensor(b, requires_grad=True) for b in before]
     topt = getattr(fo_torch, rule)(tparams, **opts)
@@ -146,6 +160,7 @@ def test_maximize_symmetry(ro, shapes, dtype, seed) -> None:
         np.testing.assert_array_equal(x, y)
 
 
+@needs_torch
 @settings(max_examples=30)
 @given(ro=rule_and_options(), shapes=shapes_st, dtype=st.sampled_from(["float32", "float64"]),
        seed=st.integers(0, 2**16), front=st.sampled_from(["array-numpy", "fastoptim.torch"]))
