@@ -42,6 +42,7 @@ def _thread_source() -> str:
 def collect() -> dict[str, Any]:
     """The facts ``info`` prints, as a dict."""
     forced = os.environ.get("FASTOPTIM_SIMD", "")
+    no_openmp = openmp_runtime().startswith("none")
     return {
         "version": __version__,
         "machine": platform.machine(),
@@ -52,8 +53,8 @@ def collect() -> dict[str, Any]:
         "simd_level_source": f"FASTOPTIM_SIMD={forced}" if forced else "CPU detection",
         "available_simd_levels": available_simd_levels(),
         "openmp_runtime": openmp_runtime(),
-        "num_threads": get_num_threads(),
-        "num_threads_source": _thread_source(),
+        "num_threads": 1 if no_openmp else get_num_threads(),
+        "num_threads_source": "built without OpenMP" if no_openmp else _thread_source(),
         "serial_threshold": int(_core.serial_threshold),
     }
 
