@@ -383,38 +383,30 @@ void step_pointers(const std::string& rule_name, py::dict group, py::buffer tabl
   }
 }
 
-void roofline(py::list params, py::list grads, py::list states, int num_threads) {
-  // Benchmark only: same traffic as a rule. states[i] is a list of 0..3 buffers.
-  std::vector<std::unique_ptr<BufferView>> views;
-  std::vector<ParamBuffers> buffers;
-  std::optional<DType> dtype;
-  int state_count = -1;
-  for (std::size_t i = 0; i < py::len(params); ++i) {
-    ParamBuffers b;
-    DType d;
-    views.push_back(std::make_unique<BufferView>());
-    d = acquire(*views.back(), params[i], true, "param " + std::to_string(i));
-    b.param = views.back()->view.buf;
-    b.size = static_cast<std::size_t>(views.back()->view.len / views.back()->view.itemsize);
-    views.push_back(std::make_unique<BufferView>());
-    acquire(*views.back(), grads[i], false, "grad " + std::to_string(i));
-    b.grad = views.back()->view.buf;
-    py::list slots = states[i];
-    if (state_count >= 0 && state_count != static_cast<int>(py::len(slots)))
-      raise_value("every param needs the same number of state buffers");
-    state_count = static_cast<int>(py::len(slots));
-    for (int s = 0; s < state_count; ++s) {
-      views.push_back(std::make_unique<BufferView>());
-      acquire(*views.back(), slots[s], true, "state");
-      b.state[s] = views.back()->view.buf;
-    }
-    if (dtype && *dtype != d) raise_type("roofline needs one dtype");
-    dtype = d;
-    buffers.push_back(b);
+// Benchmark only: the same traffic as a rule with `state_count` state slots, through the same
+// driver, from a pointer table like step_pointers' (the step column is ignored), so that its
+// per-call cost matches the torch front's.
+void roofline_pointers(py::buffer table_obj, int state_count, const std::string& dtype_name_,
+                       int num_threads) {
+  const py::buffer_info table = table_obj.request();
+  if (table.ndim != 2 || table.shape[1] != 7 || table.itemsize != 8 || table.strides[1] != 8 ||
+      table.strides[0] != 56)
+    raise_value("pointer table must be a C-contiguous int64 array of shape (n, 7)");
+  DType dtype;
+  if (dtype_name_ == "float32") dtype = DType::float32;
+  else if (dtype_name_ == "float64") dtype = DType::float64;
+  else raise_type("unsupported dtype " + dtype_name_);
+  const auto* rows = static_cast<const std::int64_t*>(table.ptr);
+  std::vector<ParamBuffers> buffers(static_cast<std::size_t>(table.shape[0]));
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    const std::int64_t* r = rows + 7 * i;
+    buffers[i].param = reinterpret_cast<void*>(r[0]);
+    buffers[i].grad = reinterpret_cast<const void*>(r[1]);
+    for (int s = 0; s < 3; ++s) buffers[i].state[s] = reinterpret_cast<void*>(r[2 + s]);
+    buffers[i].size = static_cast<std::size_t>(r[5]);
   }
-  if (!dtype) return;
   py::gil_scoped_release release;
-  fastoptim::roofline_step(state_count, *dtype, buffers, num_threads);
+  fastoptim::roofline_step(state_count, dtype, buffers, num_threads);
 }
 
 // Names of the state slots these options use (None for an unused slot); validates the options.
@@ -450,8 +442,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("num_threads") = 0);
   m.def("step_pointers", &step_pointers, py::arg("rule"), py::arg("group"), py::arg("table"),
         py::arg("step_dtype"), py::arg("num_threads"), py::arg("dtype"));
-  m.def("roofline", &roofline, py::arg("params"), py::arg("grads"), py::arg("states"),
-        py::arg("num_threads") = 0);
+  m.def("roofline_pointers", &roofline_pointers, py::arg("table"), py::arg("state_count"),
+        py::arg("dtype"), py::arg("num_threads"));
   m.def("state_slots", &state_slots, py::arg("rule"), py::arg("group"));
   m.def("simd_level", &fastoptim::simd_level);
   m.def("available_simd_levels", &fastoptim::available_simd_levels);

@@ -7,7 +7,7 @@ For each cell (rule, workload, threads) the contenders
 * ``torch.fused``      torch.optim.X(fused=True) where torch has a fused CPU kernel,
 * ``torch.foreach``    torch.optim.X(foreach=True),
 * ``torch.forloop``    torch.optim.X(foreach=False),
-* ``roofline``         ``fastoptim._core.roofline``: a lean loop in the same build that reads and
+* ``roofline``         ``fastoptim._core.roofline_pointers``: a lean loop in the same build that reads and
                        writes the same arrays as the rule (same bytes per element),
 
 all step the *same* param, grad and state buffers (state re-initialised per cell; each contender
@@ -408,6 +408,18 @@ def _state_plan(
     return slots, init, group
 
 
+def roofline_table(
+    params: list[np.ndarray], grads: list[np.ndarray], states: list[list[np.ndarray]]
+) -> np.ndarray:
+    """The (n, 7) int64 pointer table that _core.roofline_pointers reads: param, grad, up to
+    three state buffers, element count (and an unused step column). The arrays must outlive it."""
+    rows = []
+    for p, g, st in zip(params, grads, states):
+        slots = [a.ctypes.data for a in st] + [0] * (3 - len(st))
+        rows.append([p.ctypes.data, g.ctypes.data, *slots, p.size, 0])
+    return np.array(rows, dtype=np.int64).reshape(-1, 7)
+
+
 def build_contender(
     kind: str, rule: str, options: dict[str, Any], slots: list[str], buffers: Buffers, threads: int
 ) -> Contender:
@@ -423,7 +435,11 @@ def build_contender(
         states = [
             [buffers.state_arrays[k][i] for k in range(len(slots))] for i in range(len(params))
         ]
-        return Contender(kind, lambda: _core.roofline(params, grads, states, threads))
+        table = roofline_table(params, grads, states)
+        dtype = str(params[0].dtype)
+        return Contender(
+            kind, lambda: _core.roofline_pointers(table, len(slots), dtype, threads)
+        )
     if kind == "fastoptim.arrays":
         opt = getattr(fastoptim, cls_name)(buffers.param_arrays, **options)
         for i in range(len(buffers.param_arrays)):
