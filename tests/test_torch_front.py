@@ -678,3 +678,80 @@ def test_import_without_torch() -> None:
                          timeout=120, env=dict(os.environ), check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("no-torch-front")
+
+
+# ---- the cached plan: one core call per group, rebuilt when anything it points to changes ----
+
+def test_one_core_call_per_group_and_dtype(monkeypatch) -> None:
+    calls = []
+    real = fastoptim._core.step_pointers
+
+    def counting(*args, **kwargs):
+        calls.append(args[5] if len(args) > 5 else kwargs.get("dtype"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fastoptim._core, "step_pointers", counting)
+    small = [torch.nn.Parameter(torch.randn(64)) for _ in range(300)]
+    mats = [torch.nn.Parameter(torch.randn(64, 64)) for _ in range(100)]
+    doubles = [torch.nn.Parameter(torch.randn(7, dtype=torch.float64)) for _ in range(5)]
+    opt = fo_torch.Adam([{"params": small + mats}, {"params": doubles, "lr": 0.1}])
+    for _ in range(3):
+        for p in small + mats + doubles:
+            p.grad = torch.ones_like(p)
+        calls.clear()
+        opt.step()
+        assert sorted(calls) == ["float32", "float64"]  # 400 tensors, one call
+
+
+RESETS = {
+    "state-replaced": lambda opt, ps: setattr(opt, "state", __import__("collections")
+                                              .defaultdict(dict)),
+    "state-cleared": lambda opt, ps: opt.state.clear(),
+    "param-state-emptied": lambda opt, ps: [opt.state.__setitem__(p, {}) for p in ps],
+    "param-state-deleted": lambda opt, ps: opt.state.pop(ps[0]),
+    "param-data-replaced": lambda opt, ps: setattr(ps[1], "data", torch.full_like(ps[1], 0.5)),
+    "load-state-dict": lambda opt, ps: opt.load_state_dict(opt.state_dict()),
+}
+
+
+@pytest.mark.parametrize("reset", list(RESETS))
+@pytest.mark.parametrize("rule", RULES)
+def test_state_reset_mid_run_like_torch(rule: str, reset: str) -> None:
+    """Patterns users reset or swap optimizer state with, applied after the plan is cached:
+    same trajectory and state as torch.optim, no stale pointers (which would also mean
+    writes into freed memory)."""
+    def play(make):
+        torch.manual_seed(1)
+        ps = [torch.nn.Parameter(torch.randn(5, 3, dtype=torch.float64)) for _ in range(3)]
+        opt = make(ps)
+        for k in range(8):
+            if k == 4:
+                RESETS[reset](opt, ps)
+            for i, p in enumerate(ps):
+                p.grad = torch.cos(torch.arange(15.0, dtype=torch.float64) * (k + i + 1)).view(5, 3)
+            opt.step()
+        return ps, opt
+
+    ref_ps, ref = play(lambda ps: getattr(torch.optim, rule)(ps, foreach=False, **RICH[rule]))
+    fo_ps, fo = play(lambda ps: getattr(fo_torch, rule)(ps, foreach=False, **RICH[rule]))
+    _assert_params_close(fo_ps, ref_ps, reset)
+    _compare_state_dicts(fo.state_dict(), ref.state_dict())
+
+
+def test_param_shared_and_reused_grads_after_rebuild() -> None:
+    """A plan rebuilt many times (grads toggling between None and tensors) stays right."""
+    ref_ps = [torch.nn.Parameter(torch.linspace(-1, 1, 9, dtype=torch.float64)) for _ in range(3)]
+    fo_ps = [torch.nn.Parameter(p.detach().clone()) for p in ref_ps]
+    ref = torch.optim.RMSprop(ref_ps, foreach=False, **RICH["RMSprop"])
+    fo = fo_torch.RMSprop(fo_ps, **RICH["RMSprop"])
+    for k in range(12):
+        for ps, opt in ((ref_ps, ref), (fo_ps, fo)):
+            for i, p in enumerate(ps):
+                if (k + i) % 3 == 0:
+                    p.grad = None
+                elif p.grad is None or k % 2:
+                    p.grad = torch.full_like(p, 0.1 * (k - i))
+                else:
+                    p.grad.fill_(0.2 * (i - k))
+            opt.step()
+    _assert_params_close(fo_ps, ref_ps)

@@ -47,9 +47,25 @@ class _Plan:
         self.staged_params: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, param)
         self.direct_params: list[torch.Tensor] = []  # written through their own memory
         self.counters: np.ndarray | None = None  # SGD's private step counters
-        self.keep_alive: list[Any] = []
+        self.keep_alive: list[Any] = []  # every state buffer and step tensor the table points to
         self.generation = -1
         self.slots: list[str | None] | None = None  # the state slots the plan was built for
+        self.state_obj: Any = None  # the optimizer's state mapping when the plan was built
+        self.state_params: list[torch.Tensor] = []  # params whose state dict the table uses
+        self.state_dicts: list[dict[str, Any]] = []
+        self.state_lens: list[int] = []
+
+    def state_intact(self, state: Any) -> bool:
+        """Whether the state the table points into is still the optimizer's: catches the usual
+        resets (opt.state = defaultdict(dict), opt.state.clear(), opt.state[p] = {}), after
+        which torch starts from fresh state. keep_alive makes a missed change (a buffer swapped
+        inside a param's state dict) stale rather than a write to freed memory."""
+        if state is not self.state_obj:
+            return False
+        if not self.state_params:
+            return True
+        dicts = list(map(state.get, self.state_params))
+        return all(map(is_, dicts, self.state_dicts)) and list(map(len, dicts)) == self.state_lens
 
     def serves(self, params: list[torch.Tensor], grads: list[Any], generation: int) -> bool:
         """Whether this plan can run the step, after pointing it at new grad tensors if only
@@ -110,6 +126,7 @@ class _FusedStep:
         plan.param_ptrs = [_data_ptr(p) for p in params]
         plan.grad_ptrs = [0 if g is None else _data_ptr(g) for g in grads]
         plan.generation = self._generation()
+        plan.state_obj = self.state
         name = type(self).__name__
         rows: dict[tuple[str, str], list[list[int]]] = {}
         row_params: dict[tuple[str, str], list[int]] = {}
@@ -136,6 +153,9 @@ class _FusedStep:
             # per param), and its state_dict shows that: do not touch self.state[p] then.
             stateless = not self._has_step and all(slot is None for slot in slots)
             state = {} if stateless else self.state[p]
+            if not stateless:
+                plan.state_params.append(p)
+                plan.state_dicts.append(state)
             if self._has_step and "step" not in state:
                 state["step"] = self._new_step_tensor()
             new_buffer = False
@@ -158,6 +178,7 @@ class _FusedStep:
                     buf = buf.to(dtype=p.dtype).clone(memory_format=torch.contiguous_format)
                     state[slot] = buf
                 row[2 + k] = _data_ptr(buf)
+                plan.keep_alive.append(buf)
             if p.is_contiguous():
                 row[0] = _data_ptr(p)
                 plan.direct_params.append(p)
@@ -179,6 +200,7 @@ class _FusedStep:
                 if step.dtype not in _DTYPES or step.device.type != "cpu" or step.numel() != 1:
                     step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
                 row[6] = _data_ptr(step)
+                plan.keep_alive.append(step)
                 key = (dtype, _DTYPES[step.dtype])
             else:  # SGD: a new momentum buffer starts as the gradient, as in torch
                 counters.append(0.0 if new_buffer else 1.0)
@@ -194,6 +216,7 @@ class _FusedStep:
         for (dtype, step_dtype), table in rows.items():
             plan.batches.append((dtype, step_dtype, np.array(table, dtype=np.int64)))
             plan.batch_rows.append(row_params[(dtype, step_dtype)])
+        plan.state_lens = list(map(len, plan.state_dicts))
         return plan
 
     # ---- step --------------------------------------------------------------------------------
@@ -222,7 +245,12 @@ class _FusedStep:
             # (SGD momentum set after a step without it, as torch allows) rebuilds the plan.
             slots = state_slots(self._rule, group)
             plan = plans.get(index)
-            if plan is None or plan.slots != slots or not plan.serves(params, grads, generation):
+            if (
+                plan is None
+                or plan.slots != slots
+                or not plan.serves(params, grads, generation)
+                or not plan.state_intact(self.state)
+            ):
                 plan = plans[index] = self._build_plan(group, params, grads, slots)
                 plan.slots = slots
             ready.append((group, plan))
