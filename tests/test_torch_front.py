@@ -342,10 +342,12 @@ def _roundtrip(sd: dict) -> dict:
     return torch.load(buf)
 
 
+@pytest.mark.parametrize("via_bytes", [True, False], ids=["torch.save-BytesIO", "in-memory"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("direction", ["torch->fastoptim", "fastoptim->torch"])
 @pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
-def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype) -> None:
+def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype,
+                                                 via_bytes: bool) -> None:
     rule, opts = variant
     x, y = _data(dtype)
     # the uninterrupted reference run: 16 steps of torch.optim
@@ -363,7 +365,9 @@ def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype)
     for _ in range(8):
         _train_step(ref_model, ref, x, y)
         _train_step(m1, o1, x, y)
-    ckpt = _roundtrip({"model": m1.state_dict(), "opt": o1.state_dict()})
+    ckpt = {"model": m1.state_dict(), "opt": o1.state_dict()}
+    if via_bytes:
+        ckpt = _roundtrip(ckpt)
     m2 = _model(dtype, seed=99)  # different init, overwritten by the checkpoint
     m2.load_state_dict(ckpt["model"])
     o2 = second_cls(m2.parameters(), **opts, **extra)
