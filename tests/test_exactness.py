@@ -226,3 +226,25 @@ def test_array_front_updates_torch_leaf_tensors_in_place(rule: str) -> None:
         opt.step([g])
     assert p.data_ptr() == ptr
     torch.testing.assert_close(p.detach(), ref.detach(), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_array_front_buffer_protocol_objects(rule: str) -> None:
+    """Plain buffer-protocol objects (array.array, a memoryview of a bytearray) as params and
+    grads: updated in place, same numbers as NumPy arrays."""
+    import array
+
+    values = [0.5, -1.25, 2.0, 0.0, 3.5]
+    grads = [[np.cos(k + i) for i in range(5)] for k in range(6)]
+    w = array.array("d", values)
+    raw = bytearray(np.array(values, np.float32).tobytes())
+    m = memoryview(raw).cast("f")
+    ref64, ref32 = np.array(values), np.array(values, np.float32)
+    opts = RICH[rule]
+    a = getattr(fastoptim, rule)([w, m], **opts)
+    b = getattr(fastoptim, rule)([ref64, ref32], **opts)
+    for row in grads:
+        a.step([array.array("d", row), memoryview(np.array(row, np.float32))])
+        b.step([np.array(row), np.array(row, np.float32)])
+    np.testing.assert_array_equal(np.array(w), ref64)
+    np.testing.assert_array_equal(np.frombuffer(raw, np.float32), ref32)
