@@ -759,3 +759,22 @@ def test_param_shared_and_reused_grads_after_rebuild() -> None:
                     p.grad.fill_(0.2 * (i - k))
             opt.step()
     _assert_params_close(fo_ps, ref_ps)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_default_dtype_float64_step_counters(rule: str) -> None:
+    """With torch's default dtype set to float64, torch keeps "step" as a float64 tensor; so does
+    the drop-in, and the trajectory is the same."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x, y = _data()
+        ref_model, ref, fo_model, fo = _pair(rule)
+        for _ in range(4):
+            _train_step(ref_model, ref, x, y)
+            _train_step(fo_model, fo, x, y)
+        _compare_state_dicts(fo.state_dict(), {**ref.state_dict(), "param_groups": [
+            dict(g, foreach=None) for g in ref.state_dict()["param_groups"]]})
+        _assert_params_close(list(fo_model.parameters()), list(ref_model.parameters()))
+    finally:
+        torch.set_default_dtype(previous)
