@@ -21,6 +21,8 @@ def set_num_threads(num_threads: int) -> None:
 def get_num_threads() -> int:
     """Threads a step uses: set_num_threads(), else torch's setting when torch is loaded,
     else OpenMP's (OMP_NUM_THREADS or the core count)."""
+    if not _core.openmp_enabled():
+        return 1  # built without OpenMP (the macOS wheels): steps run on one thread
     if _num_threads is not None:
         return _num_threads
     torch = sys.modules.get("torch")
