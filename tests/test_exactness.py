@@ -248,3 +248,14 @@ def test_array_front_buffer_protocol_objects(rule: str) -> None:
         b.step([np.array(row), np.array(row, np.float32)])
     np.testing.assert_array_equal(np.array(w), ref64)
     np.testing.assert_array_equal(np.frombuffer(raw, np.float32), ref32)
+
+
+@pytest.mark.parametrize("front", FRONTS)
+@pytest.mark.parametrize("rule", RULES)
+def test_zero_dim_and_empty_params(rule: str, front: str) -> None:
+    """0-d params (a learned temperature) and empty ones (a (3, 0) weight) next to normal ones."""
+    case = Case.single(rule, RICH[rule], shapes=((), (0,), (3, 0), (4,)), steps=10)
+    assert_close_runs(run(case, front), reference(case), "float64", front)
+    case32 = Case.single(rule, RICH[rule], shapes=((), (0,), (3, 0), (4,)), steps=10,
+                         dtype="float32")
+    assert_close_runs(run(case32, front), reference(case32), "float32", front)
