@@ -108,28 +108,12 @@ kernels::RooflineScalars make_scalars(int state_count, std::int64_t) {
 
 std::string buffer_name(std::size_t index) { return "buffer " + std::to_string(index); }
 
-// Which state slots a rule reads and writes with these options.
-bool uses_slot(const SgdOptions& o, int slot) { return slot == 0 && o.momentum != 0.0; }
-bool uses_slot(const AdagradOptions&, int slot) { return slot == 0; }
-bool uses_slot(const AdadeltaOptions&, int slot) { return slot <= 1; }
-bool uses_slot(const RmspropOptions& o, int slot) {
-  return slot == 0 || (slot == 1 && o.momentum > 0.0) || (slot == 2 && o.centered);
-}
-bool uses_slot(const AdamOptions& o, int slot) { return slot <= 1 || (slot == 2 && o.amsgrad); }
 bool uses_slot(int state_count, int slot) { return slot < state_count; }
-
-const char* slot_name(const SgdOptions&, int) { return "momentum_buffer"; }
-const char* slot_name(const AdagradOptions&, int) { return "sum"; }
-const char* slot_name(const AdadeltaOptions&, int slot) {
-  return slot == 0 ? "square_avg" : "acc_delta";
-}
-const char* slot_name(const RmspropOptions&, int slot) {
-  return slot == 0 ? "square_avg" : slot == 1 ? "momentum_buffer" : "grad_avg";
-}
-const char* slot_name(const AdamOptions&, int slot) {
-  return slot == 0 ? "exp_avg" : slot == 1 ? "exp_avg_sq" : "max_exp_avg_sq";
-}
 const char* slot_name(int, int) { return "state"; }
+template <class Options>
+bool uses_slot(const Options& o, int slot) { return uses_state_slot(o, slot); }
+template <class Options>
+const char* slot_name(const Options& o, int slot) { return state_slot_name(o, slot); }
 
 void validate(int state_count) {
   if (state_count < 0 || state_count > 3)
@@ -236,6 +220,30 @@ void checked_apply(kernels::RuleId rule, const Options& options, DType dtype,
 }
 
 }  // namespace
+
+bool uses_state_slot(const SgdOptions& o, int slot) { return slot == 0 && o.momentum != 0.0; }
+bool uses_state_slot(const AdagradOptions&, int slot) { return slot == 0; }
+bool uses_state_slot(const AdadeltaOptions&, int slot) { return slot == 0 || slot == 1; }
+bool uses_state_slot(const RmspropOptions& o, int slot) {
+  return slot == 0 || (slot == 1 && o.momentum > 0.0) || (slot == 2 && o.centered);
+}
+bool uses_state_slot(const AdamOptions& o, int slot) {
+  return slot == 0 || slot == 1 || (slot == 2 && o.amsgrad);
+}
+
+const char* state_slot_name(const SgdOptions&, int slot) {
+  return slot == 0 ? "momentum_buffer" : "";
+}
+const char* state_slot_name(const AdagradOptions&, int slot) { return slot == 0 ? "sum" : ""; }
+const char* state_slot_name(const AdadeltaOptions&, int slot) {
+  return slot == 0 ? "square_avg" : slot == 1 ? "acc_delta" : "";
+}
+const char* state_slot_name(const RmspropOptions&, int slot) {
+  return slot == 0 ? "square_avg" : slot == 1 ? "momentum_buffer" : slot == 2 ? "grad_avg" : "";
+}
+const char* state_slot_name(const AdamOptions&, int slot) {
+  return slot == 0 ? "exp_avg" : slot == 1 ? "exp_avg_sq" : slot == 2 ? "max_exp_avg_sq" : "";
+}
 
 void step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
   checked_apply(kernels::kSgd, o, d, b, n);

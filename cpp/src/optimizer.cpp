@@ -19,13 +19,18 @@ constexpr char kMagic[8] = {'F', 'O', 'P', 'T', 'S', 'T', 'A', 'T'};
 
 // State slot names per rule, in ParamBuffers order; "" where the rule has no such slot.
 std::array<std::string_view, 3> slot_names(Rule rule) {
+  auto names = [](const auto& options) {
+    return std::array<std::string_view, 3>{state_slot_name(options, 0),
+                                           state_slot_name(options, 1),
+                                           state_slot_name(options, 2)};
+  };
   switch (rule) {
-    case Rule::sgd: return {"momentum_buffer", "", ""};
-    case Rule::adagrad: return {"sum", "", ""};
-    case Rule::adadelta: return {"square_avg", "acc_delta", ""};
-    case Rule::rmsprop: return {"square_avg", "momentum_buffer", "grad_avg"};
+    case Rule::sgd: return names(SgdOptions{});
+    case Rule::adagrad: return names(AdagradOptions{});
+    case Rule::adadelta: return names(AdadeltaOptions{});
+    case Rule::rmsprop: return names(RmspropOptions{});
     case Rule::adam:
-    case Rule::adamw: return {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+    case Rule::adamw: return names(AdamOptions{});
   }
   return {"", "", ""};
 }
@@ -541,14 +546,6 @@ void from_vector(const std::vector<double>& v, AdamOptions& o) {
   o.decoupled_weight_decay = flag(v, 7, "decoupled_weight_decay");
 }
 
-bool rule_uses_slot(const SgdOptions& o, int slot) { return slot == 0 && o.momentum != 0.0; }
-bool rule_uses_slot(const AdagradOptions&, int slot) { return slot == 0; }
-bool rule_uses_slot(const AdadeltaOptions&, int slot) { return slot <= 1; }
-bool rule_uses_slot(const RmspropOptions& o, int slot) {
-  return slot == 0 || (slot == 1 && o.momentum > 0.0) || (slot == 2 && o.centered);
-}
-bool rule_uses_slot(const AdamOptions& o, int slot) { return slot <= 1 || (slot == 2 && o.amsgrad); }
-
 }  // namespace
 
 template <class OptionsT, Rule kRule>
@@ -570,7 +567,7 @@ void RuleOptimizer<OptionsT, kRule>::check_options() const {
 
 template <class OptionsT, Rule kRule>
 bool RuleOptimizer<OptionsT, kRule>::uses_slot(int slot) const {
-  return rule_uses_slot(options_, slot);
+  return uses_state_slot(options_, slot);
 }
 
 template <class OptionsT, Rule kRule>

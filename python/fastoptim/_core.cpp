@@ -33,15 +33,14 @@ bool flag(const py::dict& group, const char* key) {
 
 struct Rule {
   enum Id { kSgd, kAdagrad, kAdadelta, kRmsprop, kAdam } id;
-  int state_count;  // slots the rule may use
 };
 
 Rule parse_rule(const std::string& name) {
-  if (name == "sgd") return {Rule::kSgd, 1};
-  if (name == "adagrad") return {Rule::kAdagrad, 1};
-  if (name == "adadelta") return {Rule::kAdadelta, 2};
-  if (name == "rmsprop") return {Rule::kRmsprop, 3};
-  if (name == "adam" || name == "adamw") return {Rule::kAdam, 3};
+  if (name == "sgd") return {Rule::kSgd};
+  if (name == "adagrad") return {Rule::kAdagrad};
+  if (name == "adadelta") return {Rule::kAdadelta};
+  if (name == "rmsprop") return {Rule::kRmsprop};
+  if (name == "adam" || name == "adamw") return {Rule::kAdam};
   throw py::value_error("unknown rule '" + name + "'");
 }
 
@@ -119,28 +118,27 @@ struct GroupOptions {
     }
   }
 
-  // Which state slots these options use (mirrors the driver's table in step.hpp).
-  bool uses_slot(int slot) const {
+  template <class F>
+  auto visit(F&& f) const {
     switch (rule.id) {
-      case Rule::kSgd: return slot == 0 && sgd.momentum != 0.0;
-      case Rule::kAdagrad: return slot == 0;
-      case Rule::kAdadelta: return slot <= 1;
-      case Rule::kRmsprop:
-        return slot == 0 || (slot == 1 && rmsprop.momentum > 0.0) ||
-               (slot == 2 && rmsprop.centered);
-      case Rule::kAdam: return slot <= 1 || (slot == 2 && adam.amsgrad);
+      case Rule::kSgd: return f(sgd);
+      case Rule::kAdagrad: return f(adagrad);
+      case Rule::kAdadelta: return f(adadelta);
+      case Rule::kRmsprop: return f(rmsprop);
+      case Rule::kAdam: break;
     }
-    return false;
+    return f(adam);
+  }
+
+  bool uses_slot(int slot) const {
+    return visit([slot](const auto& o) { return fastoptim::uses_state_slot(o, slot); });
+  }
+  const char* slot_name(int slot) const {
+    return visit([slot](const auto& o) { return fastoptim::state_slot_name(o, slot); });
   }
 
   void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const {
-    switch (rule.id) {
-      case Rule::kSgd: fastoptim::step(sgd, dtype, buffers, threads); break;
-      case Rule::kAdagrad: fastoptim::step(adagrad, dtype, buffers, threads); break;
-      case Rule::kAdadelta: fastoptim::step(adadelta, dtype, buffers, threads); break;
-      case Rule::kRmsprop: fastoptim::step(rmsprop, dtype, buffers, threads); break;
-      case Rule::kAdam: fastoptim::step(adam, dtype, buffers, threads); break;
-    }
+    visit([&](const auto& o) { fastoptim::step(o, dtype, buffers, threads); });
   }
 };
 
@@ -411,17 +409,10 @@ void roofline_pointers(py::buffer table_obj, int state_count, const std::string&
 
 // Names of the state slots these options use (None for an unused slot); validates the options.
 py::list state_slots(const std::string& rule_name, py::dict group) {
-  static const char* const kNames[][3] = {
-      {"momentum_buffer", nullptr, nullptr},
-      {"sum", nullptr, nullptr},
-      {"square_avg", "acc_delta", nullptr},
-      {"square_avg", "momentum_buffer", "grad_avg"},
-      {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
-  };
   const GroupOptions opts(parse_rule(rule_name), group);
   py::list slots;
   for (int s = 0; s < 3; ++s) {
-    if (opts.uses_slot(s)) slots.append(kNames[opts.rule.id][s]);
+    if (opts.uses_slot(s)) slots.append(opts.slot_name(s));
     else slots.append(py::none());
   }
   return slots;

@@ -31,6 +31,19 @@ struct ParamBuffers {
   std::int64_t step = 1;
 };
 
+// Which state slots of ParamBuffers a rule reads and writes with these options (the table
+// above), and torch's state_dict key for each slot ("" if the rule has no such slot).
+bool uses_state_slot(const SgdOptions& options, int slot);
+bool uses_state_slot(const AdagradOptions& options, int slot);
+bool uses_state_slot(const AdadeltaOptions& options, int slot);
+bool uses_state_slot(const RmspropOptions& options, int slot);
+bool uses_state_slot(const AdamOptions& options, int slot);
+const char* state_slot_name(const SgdOptions& options, int slot);
+const char* state_slot_name(const AdagradOptions& options, int slot);
+const char* state_slot_name(const AdadeltaOptions& options, int slot);
+const char* state_slot_name(const RmspropOptions& options, int slot);
+const char* state_slot_name(const AdamOptions& options, int slot);
+
 // Each call validates everything (std::invalid_argument) before writing anything, then updates
 // every buffer in place. num_threads <= 0 means get_num_threads().
 void step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
