@@ -778,3 +778,30 @@ def test_default_dtype_float64_step_counters(rule: str) -> None:
         _assert_params_close(list(fo_model.parameters()), list(ref_model.parameters()))
     finally:
         torch.set_default_dtype(previous)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "torch.save"])
+def test_copied_optimizer_is_independent(how: str) -> None:
+    """A copy of a stepped optimizer (deepcopy, or torch.save of the whole object) steps its own
+    params and state, never the original's through a copied plan."""
+    p = torch.nn.Parameter(torch.ones(4))
+    opt = fo_torch.Adam([p], lr=0.1)
+    p.grad = torch.ones(4)
+    opt.step()
+    if how == "deepcopy":
+        twin = copy.deepcopy(opt)
+    else:
+        buf = io.BytesIO()
+        torch.save(opt, buf)
+        buf.seek(0)
+        twin = torch.load(buf, weights_only=False)
+    q = twin.param_groups[0]["params"][0]
+    assert q is not p
+    before = (p.detach().clone(), {k: v.clone() for k, v in opt.state[p].items()})
+    for _ in range(3):
+        q.grad = torch.ones(4)
+        twin.step()
+    assert torch.equal(p.detach(), before[0])
+    assert all(torch.equal(opt.state[p][k], v) for k, v in before[1].items())
+    assert float(twin.state[q]["step"]) == 4.0
+    assert not torch.equal(q.detach(), p.detach())
