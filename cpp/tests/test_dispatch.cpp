@@ -23,6 +23,21 @@ TEST(Dispatch, LevelsStartWithScalarAndIncludeTheActiveOne) {
   EXPECT_NE(std::find(levels.begin(), levels.end(), simd_level()), levels.end());
 }
 
+// The architecture's baseline SIMD level is always built and always runnable, so a build that
+// silently fell back to scalar-only kernels (a wrong target-processor test in CMake) fails here.
+TEST(Dispatch, ArchitectureBaselineLevelIsAvailable) {
+  const auto levels = available_simd_levels();
+  auto has = [&](const char* name) {
+    return std::find(levels.begin(), levels.end(), name) != levels.end();
+  };
+#if defined(__x86_64__) || defined(_M_X64)
+  EXPECT_TRUE(has("sse2"));
+#elif defined(__aarch64__) || defined(_M_ARM64)
+  EXPECT_TRUE(has("neon"));
+#endif
+  if (std::getenv("FASTOPTIM_SIMD") == nullptr) EXPECT_EQ(simd_level(), levels.back());
+}
+
 TEST(Dispatch, SetLevelTakesEffectAndUnknownLevelThrows) {
   const std::string before = simd_level();
   for (const std::string& level : available_simd_levels()) {
