@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-import pytest
-
 import fastoptim
+import pytest
 from fastoptim import _runtime
 
 LEVELS = fastoptim.available_simd_levels()

@@ -3,12 +3,11 @@ grid, float32 and float64, at every SIMD level; param groups, lr changes, None g
 
 from __future__ import annotations
 
+import fastoptim
+import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-
-import fastoptim
-import fastoptim.torch as fo_torch
 from _support import (
     FRONTS,
     GRIDS,
@@ -191,7 +190,7 @@ def test_adagrad_state_creation_like_torch(front: str) -> None:
     ref.add_param_group({"params": [ref_ps[1]], "initial_accumulator_value": 7.0})
     opt.add_param_group({"params": [ps[1]], "initial_accumulator_value": 7.0})
     assert state() == ref_state()
-    for k in range(3):
+    for _ in range(3):
         for p in ref_ps[:2]:
             p.grad = torch.full((3,), 0.5, dtype=torch.float64)
         ref.step()

@@ -4,12 +4,9 @@ minimize with -g), and agreement with torch.optim for random options and shapes.
 
 from __future__ import annotations
 
+import fastoptim
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
-import fastoptim
 from _support import (
     HAVE_TORCH,
     RULES,
@@ -20,11 +17,12 @@ from _support import (
     reference,
     run,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 if HAVE_TORCH:
-    import torch
-
     import fastoptim.torch as fo_torch
+    import torch
 
 settings.register_profile(
     "fastoptim", deadline=None, max_examples=40, derandomize=True, print_blob=True,

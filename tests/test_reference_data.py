@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fastoptim
 import numpy as np
 import pytest
-
-import fastoptim
 from _support import HAVE_TORCH
 
 DATA = Path(__file__).parent / "data" / "reference_trajectories.json"
@@ -45,9 +44,8 @@ def test_fronts_reproduce_reference(case: dict, front: str, simd_level: str) -> 
     shapes = [tuple(s) for s in case["shapes"]]
     init = [np.array(v, dtype=dtype).reshape(s) for v, s in zip(case["params"], shapes)]
     if front == "torch":
-        import torch
-
         import fastoptim.torch as fo_torch
+        import torch
 
         params = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in init]
         opt = getattr(fo_torch, case["optimizer"])(params, **_options(case))

@@ -7,10 +7,9 @@ import os
 import subprocess
 import sys
 
+import fastoptim
 import numpy as np
 import pytest
-
-import fastoptim
 from _support import GRIDS, HAVE_TORCH, RULES, SIZES, Case, assert_equal_runs, needs_torch, run
 from conftest import LEVELS
 

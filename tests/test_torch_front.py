@@ -13,12 +13,11 @@ import sys
 import threading
 import time
 
+import fastoptim
+import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-
-import fastoptim
-import fastoptim.torch as fo_torch
 from _support import RULES, STATE_KEYS
 
 RICH = {

@@ -7,16 +7,14 @@ from __future__ import annotations
 import copy
 import pickle
 
+import fastoptim
 import numpy as np
 import pytest
-
-import fastoptim
 from _support import HAVE_TORCH, RULES, needs_torch
 
 if HAVE_TORCH:
-    import torch
-
     import fastoptim.torch as fo_torch
+    import torch
 
 BAD_HYPERPARAMETERS = {
     "SGD": [dict(lr=-0.1), dict(lr=-1), dict(lr=-1e-20),
