@@ -200,7 +200,7 @@ class Optimizer:
     def _new_buffer(p: np.ndarray, name: str, value: float) -> np.ndarray:
         if p.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name}: unsupported dtype {p.dtype}; expected float32 or float64")
-        return np.full(p.shape, value, dtype=p.dtype)
+        return _buffer_like(p, value)
 
     # ---- state_dict --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -251,7 +251,7 @@ class Optimizer:
                         f"param {i}: loaded state '{name}' has shape {array.shape}, "
                         f"param has shape {p.shape}"
                     )
-                entry[name] = np.array(array, dtype=p.dtype, copy=True)
+                entry[name] = _buffer_like(p, array)
             new_state[i] = entry
         new_groups = []
         for saved, group in zip(groups, self.param_groups):
@@ -263,6 +263,18 @@ class Optimizer:
             new_groups.append(merged)
         self.state = new_state
         self.param_groups = new_groups
+
+
+def _buffer_like(p: np.ndarray, value: Any) -> np.ndarray:
+    """A new C-contiguous state array shaped like ``p`` and filled with ``value``, placed at
+    ``p``'s offset within a 64-byte line. The kernels align their vector loop to the param, so
+    every stream is then read and written aligned (NumPy's large arrays start 16 bytes into a
+    line; wide accesses that straddle lines measured ~10% slower)."""
+    raw = np.empty(p.size + 64 // p.dtype.itemsize, dtype=p.dtype)
+    shift = (p.ctypes.data - raw.ctypes.data) % 64 // p.dtype.itemsize
+    out = raw[shift : shift + p.size].reshape(p.shape)
+    out[...] = value
+    return out
 
 
 def _to_numpy(value: Any) -> np.ndarray:
@@ -345,7 +357,7 @@ class Adagrad(Optimizer):
                     continue  # reported by step()
                 if p.dtype in (np.float32, np.float64):
                     state = self._new_state(p, group)
-                    state["sum"] = np.full(p.shape, self._initial_value("sum", group), p.dtype)
+                    state["sum"] = _buffer_like(p, self._initial_value("sum", group))
                     self.state[i] = state
 
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
