@@ -15,8 +15,6 @@ import numpy as np
 from . import _core
 from ._runtime import get_num_threads
 
-_REQUIRED = object()
-
 # The core words a bad hyperparameter as torch does, but it only sees a double; torch formats
 # the value the user gave (lr=-1 reads "-1", not "-1.0"), so the message is rebuilt from it.
 _ERROR_KEYS: dict[str, tuple[str, int | None]] = {
@@ -117,8 +115,6 @@ class Optimizer:
             group["param_names"] = [name for name, _ in group["params"]]
             group["params"] = [array for _, array in group["params"]]
         for key, default in self.defaults.items():
-            if default is _REQUIRED and key not in group:
-                raise ValueError(f"parameter group didn't specify a value of required {key}")
             group.setdefault(key, default)
         state_slots(self.rule, group)  # ValueError with torch's wording if out of range
         if group.get("differentiable"):
