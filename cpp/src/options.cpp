@@ -1,38 +1,64 @@
 // Hyperparameter checks, worded as torch.optim words them.
-#include <sstream>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
 #include "fastoptim/options.hpp"
+#include "py_float.hpp"
 
 namespace fastoptim {
-namespace {
 
-// Python's repr of a float, as torch's f-strings print it (0.0, -1.0, 1e-08, inf, nan).
-std::string py_float(double value) {
-  if (value != value) return "nan";
-  if (value == 1.0 / 0.0) return "inf";
-  if (value == -1.0 / 0.0) return "-inf";
-  std::ostringstream out;
-  out.precision(17);
-  out << value;
-  std::string text = out.str();
-  // shortest representation that round-trips, like repr()
-  for (int precision = 1; precision <= 17; ++precision) {
-    std::ostringstream candidate;
-    candidate.precision(precision);
-    candidate << value;
-    if (std::stod(candidate.str()) == value) {
-      text = candidate.str();
-      break;
-    }
+// Python's float repr: the shortest digit string that round-trips (tried with %.*e, which
+// rounds correctly, and read back with strtod, which reports subnormals through errno instead
+// of throwing), printed positionally when the decimal exponent is in -4..15, else as
+// d[.ddd]e±XX. Digits are picked out of the printf text, so a locale's decimal comma does not
+// leak into the message.
+std::string detail::py_float(double value) {
+  if (std::isnan(value)) return "nan";
+  if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
+  char text[40];
+  for (int precision = 0; precision <= 16; ++precision) {
+    std::snprintf(text, sizeof(text), "%.*e", precision, value);
+    if (std::strtod(text, nullptr) == value) break;
   }
-  if (text.find_first_of(".en") == std::string::npos) text += ".0";
-  return text;
+  std::string digits;
+  const char* p = text;
+  for (; *p != '\0' && *p != 'e'; ++p)
+    if (*p >= '0' && *p <= '9') digits += *p;
+  const int exponent = *p == 'e' ? std::atoi(p + 1) : 0;
+  while (digits.size() > 1 && digits.back() == '0') digits.pop_back();
+  const int point = exponent + 1;  // value = 0.digits * 10^point
+  const int count = static_cast<int>(digits.size());
+  std::string out = std::signbit(value) ? "-" : "";
+  if (digits == "0") return out + "0.0";
+  // Appends only: GCC 12 warns (-Wrestrict, a false positive) on "0." + std::string(...).
+  if (point > -4 && point <= 16) {
+    if (point <= 0) {
+      out.append("0.").append(static_cast<std::size_t>(-point), '0').append(digits);
+    } else if (point >= count) {
+      out.append(digits).append(static_cast<std::size_t>(point - count), '0').append(".0");
+    } else {
+      out.append(digits, 0, static_cast<std::size_t>(point)).append(1, '.');
+      out.append(digits, static_cast<std::size_t>(point));
+    }
+    return out;
+  }
+  out.append(digits, 0, 1);
+  if (count > 1) out.append(1, '.').append(digits, 1);
+  const int shown = point - 1;
+  out += shown < 0 ? "e-" : "e+";
+  const int magnitude = shown < 0 ? -shown : shown;
+  if (magnitude < 10) out += '0';
+  out += std::to_string(magnitude);
+  return out;
 }
 
+namespace {
+
 [[noreturn]] void fail(const std::string& what, double value) {
-  throw std::invalid_argument(what + py_float(value));
+  throw std::invalid_argument(what + detail::py_float(value));
 }
 
 void check_lr(double lr) {
