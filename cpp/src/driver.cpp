@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -18,6 +20,7 @@
 #include "fastoptim/step.hpp"
 #include "kernels/dispatch.hpp"
 #include "kernels/scalars.hpp"
+#include "py_float.hpp"
 
 namespace fastoptim {
 namespace {
@@ -32,50 +35,119 @@ std::atomic<int> g_num_threads{0};  // 0: whatever OpenMP says
 constexpr std::size_t kChunkAlign = 64;
 
 template <class T>
-kernels::Lerp<T> make_lerp(double weight) {
-  const T w = static_cast<T>(weight);
+const char* type_name() {
+  return sizeof(T) == 4 ? "float32" : "float64";
+}
+
+// An option a per-step scalar is computed from.
+struct Source {
+  const char* name;
+  double value;
+};
+
+// A per-step scalar, computed in double, in the element type T. torch converts each Python
+// scalar to the tensor's dtype with an overflow check (c10's Scalar::to<T>: a finite value
+// beyond T's range raises, inf and nan pass); so do we, and also reject a scalar that the
+// double arithmetic itself overflowed from finite options (1 - lr * weight_decay), which
+// would otherwise turn every param into inf or nan without a word. The range test comes
+// before the cast: converting an out-of-range double to float is undefined behaviour.
+template <class T>
+bool fits(double value) {
+  constexpr double kMax = static_cast<double>(std::numeric_limits<T>::max());
+  return value >= -kMax && value <= kMax;  // false for inf and nan
+}
+
+// The IEEE conversion of `value` to T, without the undefined behaviour C++ gives a finite
+// double beyond float's range: that saturates to +-inf as the hardware would.
+template <class T>
+T saturate(double value) {
+  if (fits<T>(value) || !std::isfinite(value)) return static_cast<T>(value);
+  return value > 0 ? std::numeric_limits<T>::infinity() : -std::numeric_limits<T>::infinity();
+}
+
+template <class T>
+T narrow(double value, std::initializer_list<Source> sources, const char* expression = nullptr) {
+  if (fits<T>(value)) return static_cast<T>(value);
+  for (const Source& source : sources)
+    if (!std::isfinite(source.value)) return saturate<T>(value);  // torch passes these on
+  std::string message;
+  for (const Source& source : sources) {
+    if (!message.empty()) message += " and ";
+    message += std::string(source.name) + "=" + detail::py_float(source.value);
+  }
+  message += sources.size() == 1 ? " overflows " : " overflow ";
+  message += type_name<T>();
+  if (expression != nullptr) message += std::string(" in ") + expression;
+  throw std::invalid_argument(message);
+}
+
+// A scalar the kernel does not read with these options: not checked, as torch never
+// converts it.
+template <class T>
+T unused(double value) {
+  return saturate<T>(value);
+}
+
+template <class T>
+kernels::Lerp<T> make_lerp(T w) {
   return {w, static_cast<T>(T(1) - w), (w < T(0) ? -w : w) < T(0.5)};
 }
 
 template <class T>
 kernels::SgdScalars<T> make_scalars(const SgdOptions& o, std::int64_t step) {
-  return {static_cast<T>(-o.lr),
-          static_cast<T>(o.weight_decay),
-          static_cast<T>(o.momentum),
-          static_cast<T>(1.0 - o.dampening),
+  const bool decay = o.weight_decay != 0.0, momentum = o.momentum != 0.0, first = step == 1;
+  return {narrow<T>(-o.lr, {{"lr", o.lr}}),
+          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
+                : unused<T>(o.weight_decay),
+          momentum ? narrow<T>(o.momentum, {{"momentum", o.momentum}}) : unused<T>(o.momentum),
+          momentum && !first ? narrow<T>(1.0 - o.dampening, {{"dampening", o.dampening}})
+                             : unused<T>(1.0 - o.dampening),
           o.maximize,
-          o.weight_decay != 0.0,
-          o.momentum != 0.0,
+          decay,
+          momentum,
           o.nesterov,
-          step == 1};
+          first};
 }
 
 template <class T>
 kernels::AdagradScalars<T> make_scalars(const AdagradOptions& o, std::int64_t step) {
   const double clr = o.lr / (1.0 + static_cast<double>(step - 1) * o.lr_decay);
-  return {static_cast<T>(-clr), static_cast<T>(o.weight_decay), static_cast<T>(o.eps),
-          o.maximize, o.weight_decay != 0.0};
+  const bool decay = o.weight_decay != 0.0;
+  return {narrow<T>(-clr, {{"lr", o.lr}, {"lr_decay", o.lr_decay}},
+                    "lr / (1 + (step - 1) * lr_decay)"),
+          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
+                : unused<T>(o.weight_decay),
+          narrow<T>(o.eps, {{"eps", o.eps}}), o.maximize, decay};
 }
 
 template <class T>
 kernels::AdadeltaScalars<T> make_scalars(const AdadeltaOptions& o, std::int64_t) {
-  return {static_cast<T>(-o.lr), static_cast<T>(o.rho),          static_cast<T>(1.0 - o.rho),
-          static_cast<T>(o.eps), static_cast<T>(o.weight_decay), o.maximize,
-          o.weight_decay != 0.0};
+  const bool decay = o.weight_decay != 0.0;
+  return {narrow<T>(-o.lr, {{"lr", o.lr}}),
+          narrow<T>(o.rho, {{"rho", o.rho}}),
+          narrow<T>(1.0 - o.rho, {{"rho", o.rho}}),
+          narrow<T>(o.eps, {{"eps", o.eps}}),
+          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
+                : unused<T>(o.weight_decay),
+          o.maximize,
+          decay};
 }
 
 template <class T>
 kernels::RmspropScalars<T> make_scalars(const RmspropOptions& o, std::int64_t) {
-  return {static_cast<T>(-o.lr),
-          static_cast<T>(o.alpha),
-          static_cast<T>(1.0 - o.alpha),
-          static_cast<T>(o.eps),
-          static_cast<T>(o.weight_decay),
-          static_cast<T>(o.momentum),
-          make_lerp<T>(1.0 - o.alpha),
+  const bool decay = o.weight_decay != 0.0, momentum = o.momentum > 0.0;
+  const T one_minus_alpha = narrow<T>(1.0 - o.alpha, {{"alpha", o.alpha}});
+  return {narrow<T>(-o.lr, {{"lr", o.lr}}),
+          narrow<T>(o.alpha, {{"alpha", o.alpha}}),
+          one_minus_alpha,
+          narrow<T>(o.eps, {{"eps", o.eps}}),
+          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
+                : unused<T>(o.weight_decay),
+          momentum ? narrow<T>(o.momentum, {{"momentum", o.momentum}}) : unused<T>(o.momentum),
+          make_lerp<T>(one_minus_alpha),
           o.maximize,
-          o.weight_decay != 0.0,
-          o.momentum > 0.0,
+          decay,
+          momentum,
           o.centered};
 }
 
@@ -87,17 +159,24 @@ kernels::AdamScalars<T> make_scalars(const AdamOptions& o, std::int64_t step) {
   const double bias_correction2 = 1.0 - std::pow(o.beta2, s);
   const double step_size = o.lr / bias_correction1;
   const bool decay = o.weight_decay != 0.0;
-  return {static_cast<T>(-step_size),
-          static_cast<T>(o.beta2),
-          static_cast<T>(1.0 - o.beta2),
-          static_cast<T>(std::pow(bias_correction2, 0.5)),
-          static_cast<T>(o.eps),
-          static_cast<T>(o.weight_decay),
-          static_cast<T>(1.0 - o.lr * o.weight_decay),
-          make_lerp<T>(1.0 - o.beta1),
+  const bool coupled = decay && !o.decoupled_weight_decay;
+  const bool decoupled = decay && o.decoupled_weight_decay;
+  const double decay_factor = 1.0 - o.lr * o.weight_decay;
+  return {narrow<T>(-step_size, {{"lr", o.lr}, {"beta1", o.beta1}},
+                    "lr / (1 - beta1 ** step)"),
+          narrow<T>(o.beta2, {{"beta2", o.beta2}}),
+          narrow<T>(1.0 - o.beta2, {{"beta2", o.beta2}}),
+          narrow<T>(std::pow(bias_correction2, 0.5), {{"beta2", o.beta2}}),
+          narrow<T>(o.eps, {{"eps", o.eps}}),
+          coupled ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
+                  : unused<T>(o.weight_decay),
+          decoupled ? narrow<T>(decay_factor, {{"lr", o.lr}, {"weight_decay", o.weight_decay}},
+                                "1 - lr * weight_decay")
+                    : unused<T>(decay_factor),
+          make_lerp<T>(narrow<T>(1.0 - o.beta1, {{"beta1", o.beta1}})),
           o.maximize,
-          decay && !o.decoupled_weight_decay,
-          decay && o.decoupled_weight_decay,
+          coupled,
+          decoupled,
           o.amsgrad};
 }
 
@@ -123,11 +202,9 @@ void validate(int state_count) {
 
 template <class Options>
 void validate_buffers(const Options& o, std::span<const ParamBuffers> buffers) {
+  check_step_counts(buffers);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     const ParamBuffers& b = buffers[i];
-    if (b.step < 1)
-      throw std::invalid_argument(buffer_name(i) + ": step must be >= 1, got " +
-                                  std::to_string(b.step));
     if (b.size == 0) continue;
     if (b.param == nullptr) throw std::invalid_argument(buffer_name(i) + ": param is null");
     if (b.grad == nullptr) throw std::invalid_argument(buffer_name(i) + ": grad is null");
@@ -168,23 +245,29 @@ void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
   }
 }
 
+// Per-tensor scalars, one per buffer; tensors of a group usually share a step, so computed
+// once per change. Throws (nothing written yet) when a scalar overflows T.
 template <class T, class Options>
-void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBuffers> buffers,
-           int num_threads) {
-  const Kernel kernel = kernels::active_table().kernels[rule][sizeof(T) == 8 ? 1 : 0];
-
-  // Per-tensor scalars: tensors of a group usually share a step, so compute once per change.
+auto make_all_scalars(const Options& options, std::span<const ParamBuffers> buffers) {
   using Scalars = decltype(make_scalars<T>(options, 1));
   std::vector<Scalars> scalars;
   scalars.reserve(buffers.size());
-  std::vector<std::size_t> starts(buffers.size() + 1, 0);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     if (i > 0 && buffers[i].step == buffers[i - 1].step)
       scalars.push_back(scalars.back());
     else
       scalars.push_back(make_scalars<T>(options, buffers[i].step));
-    starts[i + 1] = starts[i] + buffers[i].size;
   }
+  return scalars;
+}
+
+template <class T, class Options>
+void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBuffers> buffers,
+           int num_threads) {
+  const Kernel kernel = kernels::active_table().kernels[rule][sizeof(T) == 8 ? 1 : 0];
+  const auto scalars = make_all_scalars<T>(options, buffers);
+  std::vector<std::size_t> starts(buffers.size() + 1, 0);
+  for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
   const std::size_t total = starts.back();
   const int threads = resolve_threads(num_threads, total);
 
@@ -204,6 +287,18 @@ void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBu
 #endif
   (void)threads;
   run_range(kernel, scalars, buffers, starts, sizeof(T), 0, total);
+}
+
+template <class Options>
+void check_call(const Options& options, DType dtype, std::span<const ParamBuffers> buffers) {
+  validate(options);
+  validate_buffers(options, buffers);
+  if (dtype == DType::float32)
+    (void)make_all_scalars<float>(options, buffers);
+  else if (dtype == DType::float64)
+    (void)make_all_scalars<double>(options, buffers);
+  else
+    throw std::invalid_argument("unsupported dtype");
 }
 
 template <class Options>
@@ -243,6 +338,30 @@ const char* state_slot_name(const RmspropOptions&, int slot) {
 }
 const char* state_slot_name(const AdamOptions&, int slot) {
   return slot == 0 ? "exp_avg" : slot == 1 ? "exp_avg_sq" : slot == 2 ? "max_exp_avg_sq" : "";
+}
+
+void check_step_counts(std::span<const ParamBuffers> buffers) {
+  for (std::size_t i = 0; i < buffers.size(); ++i)
+    if (buffers[i].step < 1 || buffers[i].step > kMaxStepCount)
+      throw std::invalid_argument(buffer_name(i) + ": step must be in 1.." +
+                                  std::to_string(kMaxStepCount) + ", got " +
+                                  std::to_string(buffers[i].step));
+}
+
+void check_step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b) {
+  check_call(o, d, b);
+}
+void check_step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b) {
+  check_call(o, d, b);
+}
+void check_step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b) {
+  check_call(o, d, b);
+}
+void check_step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b) {
+  check_call(o, d, b);
+}
+void check_step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b) {
+  check_call(o, d, b);
 }
 
 void step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b, int n) {

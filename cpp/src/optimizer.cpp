@@ -12,6 +12,8 @@
 #include <string>
 #include <utility>
 
+#include "py_float.hpp"
+
 namespace fastoptim {
 namespace {
 
@@ -38,6 +40,17 @@ std::array<std::string_view, 3> slot_names(Rule rule) {
 const char* dtype_name(DType dtype) { return dtype == DType::float32 ? "float32" : "float64"; }
 std::size_t dtype_size(DType dtype) { return dtype == DType::float32 ? 4 : 8; }
 std::string param_name(std::size_t index) { return "param " + std::to_string(index); }
+
+// A param's count of updates made, as stored by load() and set_step_count(): its next update
+// (count + 1) must still be a valid driver step, 1..kMaxStepCount.
+constexpr std::int64_t kMaxStoredStepCount = kMaxStepCount - 1;
+
+void check_stored_step_count(std::size_t index, std::int64_t step, const char* prefix = "") {
+  if (step < 0 || step > kMaxStoredStepCount)
+    throw std::invalid_argument(prefix + param_name(index) + ": step count " +
+                                std::to_string(step) + " is out of range (0.." +
+                                std::to_string(kMaxStoredStepCount) + ")");
+}
 
 // State storage: 64-byte aligned so the kernels' vectors do not straddle cache lines.
 // Never null once allocated (zero-element params get a minimal block), so null means "absent".
@@ -299,6 +312,12 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
       throw std::invalid_argument(param_name(i) + ": grad overlaps " + param_name(other->index));
   }
 
+  for (std::size_t i = 0; i < params.size(); ++i)
+    if (grads[i].present() && params[i].step >= kMaxStepCount)
+      throw std::invalid_argument(param_name(i) + ": step count " +
+                                  std::to_string(params[i].step) + " cannot advance past " +
+                                  std::to_string(kMaxStepCount));
+
   // Slots these options use that a param does not have yet: allocated aside, kept only if
   // the step goes through.
   struct NewSlot {
@@ -330,6 +349,10 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
     buffers[p.dtype == DType::float32 ? 0 : 1].push_back(b);
   }
 
+  // Both batches are checked before either runs: a float64 batch the driver would reject
+  // must not leave the float32 params already updated.
+  if (!buffers[0].empty()) check_run(DType::float32, buffers[0]);
+  if (!buffers[1].empty()) check_run(DType::float64, buffers[1]);
   if (!buffers[0].empty()) run(DType::float32, buffers[0], num_threads_);
   if (!buffers[1].empty()) run(DType::float64, buffers[1], num_threads_);
 
@@ -369,9 +392,7 @@ void Optimizer::allocate_state(std::size_t index) {
 
 void Optimizer::set_step_count(std::size_t index, std::int64_t step) {
   Impl::Param& p = impl_->at(index);
-  if (step < 0)
-    throw std::invalid_argument(param_name(index) + ": step count must be >= 0, got " +
-                                std::to_string(step));
+  check_stored_step_count(index, step);
   p.step = step;
 }
 
@@ -463,8 +484,7 @@ void Optimizer::load(std::istream& in) {
       corrupt(param_name(i) + ": saved with " + std::to_string(size) + " elements, the param has " +
               std::to_string(p.size));
     loaded[i].step = r.scalar<std::int64_t>("a step count");
-    if (loaded[i].step < 0)
-      corrupt(param_name(i) + ": negative step count " + std::to_string(loaded[i].step));
+    check_stored_step_count(i, loaded[i].step, "fastoptim state: ");
     for (int slot = 0; slot < 3; ++slot) {
       if (!((head[1] >> slot) & 1u)) continue;
       AlignedBuffer buffer(p.size * dtype_size(dtype));
@@ -493,7 +513,7 @@ namespace {
 bool flag(const std::vector<double>& values, std::size_t index, const char* name) {
   const double v = values[index];
   if (v != 0.0 && v != 1.0)
-    corrupt(std::string("option ") + name + " must be 0 or 1, got " + std::to_string(v));
+    corrupt(std::string("option ") + name + " must be 0 or 1, got " + detail::py_float(v));
   return v == 1.0;
 }
 
@@ -585,6 +605,12 @@ template <class OptionsT, Rule kRule>
 void RuleOptimizer<OptionsT, kRule>::run(DType dtype, std::span<const ParamBuffers> buffers,
                                          int threads) const {
   fastoptim::step(options_, dtype, buffers, threads);
+}
+
+template <class OptionsT, Rule kRule>
+void RuleOptimizer<OptionsT, kRule>::check_run(DType dtype,
+                                               std::span<const ParamBuffers> buffers) const {
+  fastoptim::check_step(options_, dtype, buffers);
 }
 
 template <class OptionsT, Rule kRule>

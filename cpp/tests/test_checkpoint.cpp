@@ -259,7 +259,7 @@ TEST(CheckpointFormat, MismatchesAreNamed) {
                 .find("param 0: state slot 3 does not exist for adam"),
             std::string::npos);
   EXPECT_NE(edited([&](std::string& s) { write_le<std::int64_t>(s, param0 + 16, -3); })
-                .find("param 0: negative step count -3"),
+                .find("param 0: step count -3 is out of range (0..9007199254740990)"),
             std::string::npos);
   EXPECT_EQ(saved(target), before);  // none of the rejected inputs changed anything
   // A resealed edit of a state value is well-formed: it loads.

@@ -307,7 +307,7 @@ TEST(StateView, RestoringThroughViewsContinuesTheSameTrajectory) {
   Adam opt;
   std::vector<float> p(2);
   opt.add_param(p);
-  EXPECT_INVALID(opt.set_step_count(0, -1), "step count must be >= 0");
+  EXPECT_INVALID(opt.set_step_count(0, -1), "param 0: step count -1 is out of range (0..9007199254740990)");
 }
 
 TEST(Optimizer, MoveKeepsParamsAndState) {

@@ -118,7 +118,9 @@ class Optimizer {
 
   // One update of every param that has a grad (one grad per param, in add_param() order).
   // Everything is checked first (options, grad count, each grad's dtype and size, no grad
-  // overlapping a param): on std::invalid_argument no param and no state has changed.
+  // overlapping a param, step counts, the per-step scalars of every dtype's batch:
+  // fastoptim::check_step): on std::invalid_argument no param and no state has changed.
+  // A param whose step count is kMaxStepCount cannot be updated again.
   // All params of a dtype are updated by one driver call (fastoptim::step), threads balanced
   // over their total element count.
   void step(std::span<const Grad> grads);
@@ -136,7 +138,10 @@ class Optimizer {
   // its options and state as torch's load_state_dict does. load() reads and checks everything
   // first: on any mismatch or corruption it throws std::invalid_argument and nothing changes.
   // load() consumes exactly the saved bytes, so a checkpoint can sit inside a larger file.
-  // save() throws std::runtime_error if the stream reports a write failure.
+  // save() throws std::runtime_error if the stream reports a write failure. Besides
+  // std::invalid_argument, load() lets through only std::bad_alloc and the stream's own
+  // std::ios_base::failure (if the caller enabled stream exceptions). A saved step count must
+  // be in 0..kMaxStepCount - 1 (so that the next step is valid), as for set_step_count().
   //
   // Format version 1, all integers and floats little-endian, floats IEEE-754:
   //   char[8]  magic "FOPTSTAT"
@@ -166,6 +171,7 @@ class Optimizer {
   // Adagrad's sum: initial_accumulator_value), for the caller to fill. SGD: the momentum
   // buffer then exists, so the next step blends into it instead of starting from the grad.
   void allocate_state(std::size_t index);
+  // std::invalid_argument unless 0 <= step < kMaxStepCount (the next update must be valid).
   void set_step_count(std::size_t index, std::int64_t step);
 
  protected:
@@ -177,6 +183,7 @@ class Optimizer {
   virtual double initial_value(int /*slot*/) const { return 0.0; }
   virtual bool eager_state() const { return false; }             // Adagrad: state at add_param
   virtual void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const = 0;
+  virtual void check_run(DType dtype, std::span<const ParamBuffers> buffers) const = 0;  // check_step
   virtual std::vector<double> options_vector() const = 0;        // for save()
   virtual void set_options_vector(const std::vector<double>& values) = 0;  // validated by load()
   virtual std::size_t options_count() const = 0;
@@ -212,6 +219,7 @@ class RuleOptimizer final : public Optimizer {
   double initial_value(int slot) const override;
   bool eager_state() const override;
   void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const override;
+  void check_run(DType dtype, std::span<const ParamBuffers> buffers) const override;
   std::vector<double> options_vector() const override;
   void set_options_vector(const std::vector<double>& values) override;
   std::size_t options_count() const override;

@@ -21,8 +21,9 @@ enum class DType : std::uint8_t { float32, float64 };
 //   RMSprop   state[0] = square_avg, state[1] = momentum_buffer (momentum > 0),
 //             state[2] = grad_avg (centered)
 //   Adam(W)   state[0] = exp_avg, state[1] = exp_avg_sq, state[2] = max_exp_avg_sq (amsgrad)
-// `step` is this tensor's step count including the update being made (1 on its first update).
-// For SGD, step == 1 means the momentum buffer is new: it is set to the gradient, as torch does.
+// `step` is this tensor's step count including the update being made (1 on its first update),
+// 1..kMaxStepCount. For SGD, step == 1 means the momentum buffer is new: it is set to the
+// gradient, as torch does.
 struct ParamBuffers {
   void* param = nullptr;
   const void* grad = nullptr;
@@ -30,6 +31,14 @@ struct ParamBuffers {
   std::size_t size = 0;
   std::int64_t step = 1;
 };
+
+// The largest step count: per-step scalars take the step as a double (beta ** step, as torch),
+// exact up to 2^53 - 1, and a count this small can be incremented without int64 overflow.
+inline constexpr std::int64_t kMaxStepCount = (std::int64_t{1} << 53) - 1;
+
+// std::invalid_argument naming the first bad buffer ("buffer 3: step must be in
+// 1..9007199254740991, got 0") unless every step is in 1..kMaxStepCount.
+void check_step_counts(std::span<const ParamBuffers> buffers);
 
 // Which state slots of ParamBuffers a rule reads and writes with these options (the table
 // above), and torch's state_dict key for each slot ("" if the rule has no such slot).
@@ -46,6 +55,12 @@ const char* state_slot_name(const AdamOptions& options, int slot);
 
 // Each call validates everything (std::invalid_argument) before writing anything, then updates
 // every buffer in place. num_threads <= 0 means get_num_threads().
+// Validation covers the options (validate()), each buffer's pointers and step count, and the
+// per-step scalars the kernel will use: a scalar computed from finite options that is not
+// finite in the element type (weight_decay = 1e300 in float32; 1 - lr * weight_decay beyond
+// the double range) is rejected naming the options ("weight_decay=1e+300 overflows float32"),
+// as torch rejects a Python float that overflows the tensor's dtype. Non-finite options that
+// torch accepts (lr = inf) are passed through.
 void step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
           int num_threads = 0);
 void step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
@@ -56,6 +71,14 @@ void step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffe
           int num_threads = 0);
 void step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
           int num_threads = 0);
+
+// Everything step() checks, and nothing written: validate every batch of a multi-batch update
+// (several dtypes, several groups) before running any of them. Same exceptions as step().
+void check_step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
+void check_step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
+void check_step(const AdadeltaOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
+void check_step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
+void check_step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
 
 // Same traffic as a rule, minimal arithmetic: reads param, grad and `state_count` state buffers,
 // writes param and the state buffers back. The benchmark's roofline.
