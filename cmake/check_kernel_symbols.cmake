@@ -2,7 +2,13 @@
 # fastoptim::kernels::<isa>, or has a static initializer. An inline function compiled with
 # wide-ISA flags and left global could be picked by the linker for baseline code: a SIGILL on
 # older CPUs. Usage:
-#   cmake -DNM=<nm> -DISA=<level> -DOBJECTS=<obj>[|<obj>...] -P check_kernel_symbols.cmake
+#   cmake -DNM=<nm> -DISA=<level> -DOBJECTS=<obj>[|<obj>...] [-DSANITIZE=<list>]
+#         -P check_kernel_symbols.cmake
+# With SANITIZE (the build's FASTOPTIM_SANITIZE), what the sanitizers insert is accepted: their
+# module constructors and destructors, `__asan_*`/`__ubsan_*`/`__sanitizer_*` names, ASan's
+# ODR indicators of our own globals (`__odr_asan.<symbol>`, Clang `__odr_asan_gen_<symbol>`)
+# and the personality-routine pointer of the unwind tables the instrumentation adds. None of
+# them is code compiled with the ISA's flags that the linker could pick for baseline code.
 foreach(var NM ISA OBJECTS)
   if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
     message(FATAL_ERROR "check_kernel_symbols: -D${var}=... is required")
@@ -14,6 +20,10 @@ string(LENGTH "${ISA}" isa_length)
 # Itanium mangling of the namespace prefix; optional special-name prefixes (guard variables,
 # TLS wrappers) keep the symbol inside the namespace.
 set(namespace_prefix "N9fastoptim7kernels${isa_length}${ISA}")
+set(sanitized FALSE)
+if(DEFINED SANITIZE AND NOT "${SANITIZE}" STREQUAL "")
+  set(sanitized TRUE)
+endif()
 set(bad "")
 set(seen_table FALSE)
 foreach(object IN LISTS objects)
@@ -31,6 +41,20 @@ foreach(object IN LISTS objects)
     set(name "${CMAKE_MATCH_2}")
     if(name MATCHES "^__Z")  # Mach-O adds an underscore to every C/C++ symbol
       string(SUBSTRING "${name}" 1 -1 name)
+    endif()
+    if(sanitized)
+      # GCC's ASan constructor/destructor (priority 99), Clang's asan.module_ctor/dtor.
+      if(name MATCHES "^(_GLOBAL_)?_sub_[ID]_00099_" OR name MATCHES "^(asan|ubsan|tsan|msan)\\.module_(ctor|dtor)")
+        continue()
+      endif()
+      if(name MATCHES "^_?__(asan|ubsan|sanitizer)_" OR name MATCHES "^\\.?L?_?__asan_gen_"
+         OR name STREQUAL "DW.ref.__gxx_personality_v0")
+        continue()
+      endif()
+      # An ODR indicator names the global it guards: that global must pass the check itself.
+      if(name MATCHES "^__odr_asan(\\.|_gen_)(.+)$")
+        set(name "${CMAKE_MATCH_2}")
+      endif()
     endif()
     if(name MATCHES "_GLOBAL__sub_I|_GLOBAL__I_")
       list(APPEND bad "${object}: static initializer ${name}")

@@ -35,7 +35,9 @@ TEST(Dispatch, ArchitectureBaselineLevelIsAvailable) {
 #elif defined(__aarch64__) || defined(_M_ARM64)
   EXPECT_TRUE(has("neon"));
 #endif
-  if (std::getenv("FASTOPTIM_SIMD") == nullptr) EXPECT_EQ(simd_level(), levels.back());
+  if (std::getenv("FASTOPTIM_SIMD") == nullptr) {
+    EXPECT_EQ(simd_level(), levels.back());
+  }
 }
 
 TEST(Dispatch, SetLevelTakesEffectAndUnknownLevelThrows) {

@@ -171,7 +171,9 @@ TEST(Reliability, OverflowingScalarsOfEveryRuleNameTheirOption) {
     const std::vector<float> p0 = p;
     const std::string text = invalid_argument_message(
         [&] { fastoptim::step(options, DType::float32, buffers); });
-    if (text != "no exception") EXPECT_EQ(p, p0) << text;  // a refused call wrote nothing
+    if (text != "no exception") {
+      EXPECT_EQ(p, p0) << text;  // a refused call wrote nothing
+    }
     return text;
   };
   EXPECT_EQ(message(SgdOptions{.lr = 1e39}), "lr=1e+39 overflows float32");
