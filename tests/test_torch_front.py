@@ -620,7 +620,7 @@ def test_step_releases_the_gil(front: str, restore_threads: None, monkeypatch) -
         p = torch.nn.Parameter(torch.zeros(n))
         p.grad = torch.ones(n)
         opt = fo_torch.Adam([p], lr=1e-3)
-        name = "step_pointers"
+        name = "step_plans"
 
         def do_step():
             opt.step()
@@ -685,15 +685,17 @@ def test_import_without_torch() -> None:
 
 # ---- the cached plan: one core call per group, rebuilt when anything it points to changes ----
 
-def test_one_core_call_per_group_and_dtype(monkeypatch) -> None:
+def test_one_core_call_per_step(monkeypatch) -> None:
+    """Every group and dtype of a step goes to the core in one call (one batch each), so the
+    core validates all of them before it writes any."""
     calls = []
-    real = fastoptim._core.step_pointers
+    real = fastoptim._core.step_plans
 
-    def counting(*args, **kwargs):
-        calls.append(args[5] if len(args) > 5 else kwargs.get("dtype"))
-        return real(*args, **kwargs)
+    def counting(rule, batches, *args, **kwargs):
+        calls.append(sorted(dtype for _, _, _, dtype in batches))
+        return real(rule, batches, *args, **kwargs)
 
-    monkeypatch.setattr(fastoptim._core, "step_pointers", counting)
+    monkeypatch.setattr(fastoptim._core, "step_plans", counting)
     small = [torch.nn.Parameter(torch.randn(64)) for _ in range(300)]
     mats = [torch.nn.Parameter(torch.randn(64, 64)) for _ in range(100)]
     doubles = [torch.nn.Parameter(torch.randn(7, dtype=torch.float64)) for _ in range(5)]
@@ -703,7 +705,7 @@ def test_one_core_call_per_group_and_dtype(monkeypatch) -> None:
             p.grad = torch.ones_like(p)
         calls.clear()
         opt.step()
-        assert sorted(calls) == ["float32", "float64"]  # 400 tensors, one call
+        assert calls == [["float32", "float64"]]  # 405 tensors, two batches, one call
 
 
 RESETS = {

@@ -46,6 +46,20 @@ def state_slots(rule: str, group: dict[str, Any]) -> list[str | None]:
         raise ValueError(f"{prefix}: {value}") from None
 
 
+def step_count(step: Any, where: str) -> float:
+    """A param's step count so far, as a float, checked as the core checks it: a whole number in
+    0..2**53 - 2 (the next step's count must stay exact in the double per-step math). Used when
+    a checkpoint is loaded, so a bad count is reported there, with the param named."""
+    try:
+        value = float(step.item() if hasattr(step, "item") else step)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{where}: state 'step' must be a number, got {step!r}") from None
+    if not (0 <= value <= _core.max_step_count - 1) or value != int(value):
+        raise ValueError(f"{where}: state 'step' is {value!r}; a step count must be a whole "
+                         f"number in 0..{_core.max_step_count - 1}")
+    return value
+
+
 def _as_array(obj: Any, what: str) -> np.ndarray:
     """A NumPy view of ``obj`` sharing its memory (never a copy for params)."""
     if isinstance(obj, np.ndarray):
@@ -169,7 +183,12 @@ class Optimizer:
                 p = _as_array(param, name)
                 g = _as_array(grads[i], f"{name} grad")
                 state = self.state.get(i)
-                fresh = state is None
+                fresh = not state  # torch initialises a param's state when it is empty
+                if not fresh and self.has_step:
+                    # torch reads every entry of a started state: a missing one is its KeyError
+                    for key in ["step", *(s for s in slots if s is not None)]:
+                        if key not in state:
+                            raise KeyError(f"{name}: its state has no '{key}'")
                 missing = [s for s in slots if s is not None and (fresh or s not in state)]
                 if fresh or missing:
                     state = dict(self._new_state(p, group) if fresh else state)
@@ -181,10 +200,10 @@ class Optimizer:
                 params.append(p)
                 grad_arrays.append(g)
                 states.append([None if s is None else state[s] for s in slots])
-                if self.has_step:
-                    steps.append(int(state["step"]) + 1)
-                else:  # SGD: a new momentum buffer starts as the gradient, as torch's does
-                    steps.append(1 if "momentum_buffer" in missing else 2)
+                if self.has_step:  # the count so far; the core checks it, naming the param
+                    steps.append(state["step"])
+                else:  # SGD: 0 marks a new momentum buffer, which starts as the gradient
+                    steps.append(0.0 if "momentum_buffer" in missing else 1.0)
             specs.append((group, names, params, grad_arrays, states, steps))
         _core.step_buffers(self.rule, specs, get_num_threads())
         for i, state in pending.items():
@@ -239,7 +258,8 @@ class Optimizer:
                 if value is None:
                     continue
                 if name == "step":
-                    entry[name] = np.array(float(value), dtype=np.float32)
+                    count = step_count(value, f"param {i}")
+                    entry[name] = np.array(count, dtype=np.float32)
                     continue
                 array = _to_numpy(value)
                 if array.shape != p.shape:

@@ -1,9 +1,11 @@
 // Thin binding: Python buffers -> (pointer, size, dtype), every check before any write,
 // the GIL released around the driver call.
 #include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -22,13 +24,34 @@ namespace {
 
 // ---- rules: options from a param-group dict (both fronts keep torch's keys) -------------
 
-double number(const py::dict& group, const char* key) {
-  if (!group.contains(key)) throw py::key_error(std::string("param group has no '") + key + "'");
-  return py::float_(group[key]).cast<double>();
+// A loaded or edited group may hold anything: name the key when a value is not a number.
+[[noreturn]] void raise_option_type(const char* key, py::handle value, const char* want) {
+  throw py::type_error(std::string("param group option '") + key + "' must be " + want +
+                       ", got " + py::repr(value).cast<std::string>());
 }
-bool flag(const py::dict& group, const char* key) {
+py::object option(const py::dict& group, const char* key) {
   if (!group.contains(key)) throw py::key_error(std::string("param group has no '") + key + "'");
-  return py::bool_(group[key]).cast<bool>();
+  return group[key];
+}
+double to_number(const char* key, py::handle value) {
+  if (PyUnicode_Check(value.ptr()) || PyBytes_Check(value.ptr()) || value.is_none())
+    raise_option_type(key, value, "a real number");
+  const double v = PyFloat_AsDouble(value.ptr());
+  if (v == -1.0 && PyErr_Occurred()) {
+    PyErr_Clear();
+    raise_option_type(key, value, "a real number");
+  }
+  return v;
+}
+double number(const py::dict& group, const char* key) { return to_number(key, option(group, key)); }
+bool flag(const py::dict& group, const char* key) {
+  const py::object value = option(group, key);
+  const int truth = PyObject_IsTrue(value.ptr());
+  if (truth < 0) {
+    PyErr_Clear();
+    raise_option_type(key, value, "a bool");
+  }
+  return truth == 1;
 }
 
 struct Rule {
@@ -87,10 +110,11 @@ fastoptim::RmspropOptions rmsprop_options(const py::dict& g) {
 fastoptim::AdamOptions adam_options(const py::dict& g) {
   fastoptim::AdamOptions o;
   o.lr = number(g, "lr");
-  py::sequence betas = g["betas"];
-  if (py::len(betas) != 2) throw py::value_error("betas must have two entries");
-  o.beta1 = py::float_(betas[0]).cast<double>();
-  o.beta2 = py::float_(betas[1]).cast<double>();
+  const py::object betas = option(g, "betas");
+  if (!PySequence_Check(betas.ptr()) || PyUnicode_Check(betas.ptr()) || py::len(betas) != 2)
+    raise_option_type("betas", betas, "a pair of real numbers");
+  o.beta1 = to_number("betas", py::sequence(betas)[0]);
+  o.beta2 = to_number("betas", py::sequence(betas)[1]);
   o.eps = number(g, "eps");
   o.weight_decay = number(g, "weight_decay");
   o.amsgrad = flag(g, "amsgrad");
@@ -137,10 +161,28 @@ struct GroupOptions {
     return visit([slot](const auto& o) { return fastoptim::state_slot_name(o, slot); });
   }
 
+  // Everything the driver checks (pointers, step counts, per-step scalars), nothing written.
+  void check(DType dtype, std::span<const ParamBuffers> buffers) const {
+    visit([&](const auto& o) { fastoptim::check_step(o, dtype, buffers); });
+  }
   void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const {
     visit([&](const auto& o) { fastoptim::step(o, dtype, buffers, threads); });
   }
 };
+
+// A param's step count so far, as either front keeps it (torch: a float32/float64 tensor; the
+// array front: a float32 scalar), turned into the driver's count for the update being made.
+// Checked here, with the param named, before any buffer of any group is written.
+std::int64_t next_step(double count, const std::string& param) {
+  constexpr auto kLast = static_cast<double>(fastoptim::kMaxStepCount - 1);
+  if (!(count >= 0.0 && count <= kLast) || count != std::floor(count)) {
+    std::string shown = py::repr(py::float_(count)).cast<std::string>();
+    throw py::value_error(param + ": state 'step' is " + shown +
+                          "; a step count must be a whole number in 0.." +
+                          std::to_string(fastoptim::kMaxStepCount - 1));
+  }
+  return static_cast<std::int64_t>(count) + 1;
+}
 
 // ---- buffers ---------------------------------------------------------------------------------
 
@@ -225,24 +267,40 @@ DType acquire(BufferView& out, py::handle obj, bool writable, const std::string&
   return *dtype;
 }
 
+// ---- shared memory ----------------------------------------------------------------------------
+
+// One buffer's bytes. `owner` is kept as numbers (param index, stream) and only turned into
+// text for a message: the torch front checks thousands of ranges when it builds a plan.
 struct Range {
   std::uintptr_t begin, end;
   bool written;
-  std::string owner;
+  std::int64_t param;  // the param's index over all groups (torch's state_dict numbering)
+  int stream;          // 0 param, 1 grad, 2 + k state slot k
 };
 
+// "param 3", "param 3 grad", "param 3 state 'exp_avg'", "param 3 state 'step'".
+std::string range_owner(const Range& r, const GroupOptions& opts) {
+  std::string s = "param " + std::to_string(r.param);
+  if (r.stream == 1) return s + " grad";
+  if (r.stream == 5) return s + " state 'step'";
+  if (r.stream >= 2) return s + " state '" + opts.slot_name(r.stream - 2) + "'";
+  return s;
+}
+
 // A written buffer must not share memory with any other buffer of the call: the result would
-// depend on the order of the updates.
-void check_overlaps(std::vector<Range>& ranges) {
+// depend on the order of the updates (and on the thread split).
+template <class Name>
+void check_overlaps(std::vector<Range>& ranges, Name&& name) {
   std::sort(ranges.begin(), ranges.end(),
             [](const Range& a, const Range& b) { return a.begin < b.begin; });
   std::size_t widest = 0;  // the earlier range reaching furthest
   for (std::size_t i = 1; i < ranges.size(); ++i) {
     const Range& prev = ranges[widest];
     const Range& cur = ranges[i];
-    if (cur.begin < prev.end && (cur.written || prev.written))
-      raise_value(cur.owner + " shares memory with " + prev.owner +
-                  "; every param and state buffer must be a separate array");
+    if (cur.begin < prev.end && (cur.written || prev.written)) {
+      raise_value(name(cur) + " shares memory with " + name(prev) +
+                  "; every param and state buffer must be a separate tensor or array");
+    }
     if (cur.end > prev.end) widest = i;
   }
 }
@@ -254,14 +312,24 @@ struct Batch {
   std::vector<ParamBuffers> buffers;
 };
 
+// Validates every batch of the call, then runs them all: a bad step count or option in the
+// last group leaves the first one untouched.
+void check_then_run(const std::vector<Batch>& batches, int num_threads) {
+  for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers);
+  py::gil_scoped_release release;
+  for (const Batch& batch : batches) batch.options->run(batch.dtype, batch.buffers, num_threads);
+}
+
 // groups: list of (group dict, names, params, grads, states, steps), where states[i] is a list
-// of 3 buffers or None per slot. Everything is checked before anything is written.
+// of 3 buffers or None per slot and steps[i] the param's step count so far (SGD: 0 for a new
+// momentum buffer, else 1). Everything is checked before anything is written.
 void step_buffers(const std::string& rule_name, py::list groups, int num_threads) {
   const Rule rule = parse_rule(rule_name);
   std::vector<std::unique_ptr<GroupOptions>> options;
   std::vector<std::unique_ptr<BufferView>> views;
   std::vector<Batch> batches;
   std::vector<Range> ranges;
+  std::vector<std::string> range_names;  // the array front names its buffers itself
 
   auto hold = [&](py::handle obj, bool writable, const std::string& what, DType& dtype) {
     views.push_back(std::make_unique<BufferView>());
@@ -270,7 +338,10 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
   };
   auto add_range = [&](const Py_buffer& v, bool written, const std::string& owner) {
     const auto begin = reinterpret_cast<std::uintptr_t>(v.buf);
-    if (v.len > 0) ranges.push_back({begin, begin + static_cast<std::uintptr_t>(v.len), written, owner});
+    if (v.len <= 0) return;
+    ranges.push_back({begin, begin + static_cast<std::uintptr_t>(v.len), written,
+                      static_cast<std::int64_t>(range_names.size()), 0});
+    range_names.push_back(owner);
   };
 
   for (py::handle group_handle : groups) {
@@ -299,7 +370,7 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
       b.param = p->buf;
       b.grad = g->buf;
       b.size = static_cast<std::size_t>(p->len / p->itemsize);
-      b.step = steps[i].cast<std::int64_t>();
+      b.step = next_step(to_number("step", steps[i]), name);
       add_range(*p, true, name);
       add_range(*g, false, name + " grad");
       py::sequence slots = states[i];
@@ -308,7 +379,7 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
         py::object slot = slots[s];
         if (!opts.uses_slot(s)) continue;
         if (slot.is_none()) raise_value(name + ": missing state buffer " + std::to_string(s));
-        const std::string what = name + " state " + std::to_string(s);
+        const std::string what = name + " state '" + opts.slot_name(s) + "'";
         const Py_buffer* sv = hold(slot, true, what, state_dtype);
         if (state_dtype != param_dtype || !same_shape(*sv, *p))
           raise_value(what + ": state has dtype " + dtype_name(state_dtype) + " and shape " +
@@ -326,59 +397,160 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
       batch->buffers.push_back(b);
     }
   }
-  check_overlaps(ranges);
-
-  py::gil_scoped_release release;
-  for (const Batch& batch : batches) batch.options->run(batch.dtype, batch.buffers, num_threads);
+  check_overlaps(ranges, [&](const Range& r) {
+    return range_names[static_cast<std::size_t>(r.param)];
+  });
+  check_then_run(batches, num_threads);
 }
 
-// The torch front's cached plan: rows of (param, grad, state0, state1, state2, size, step_ptr)
-// as int64 addresses that the front checked when it built the plan. Each row's step counter
-// (float32 or float64 scalar) is read, incremented and written back only after the driver
-// accepted the call.
-void step_pointers(const std::string& rule_name, py::dict group, py::buffer table_obj,
-                   const std::string& step_dtype, int num_threads, const std::string& dtype_name_) {
-  const Rule rule = parse_rule(rule_name);
-  const GroupOptions opts(rule, group);
-  const py::buffer_info table = table_obj.request();
-  if (table.ndim != 2 || table.shape[1] != 7 || table.itemsize != 8 ||
-      !(table.format == "q" || table.format == "l" || table.format == "<q" ||
-        table.format == "<l" || table.format == "=q" || table.format == "=l") ||
-      table.strides[1] != 8 || table.strides[0] != 56)
-    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 7)");
+// ---- the torch front's cached plan -----------------------------------------------------------
+// A table per (group, dtype, step dtype): rows of int64
+//   param, grad, state0, state1, state2, element count, step counter address, param index
+// that the front built from tensors it checked, and re-checks (address, size, strides) before
+// every step. Each row's step counter (a float32 or float64 scalar) is read and checked for
+// every row of every table, all batches are validated, and only then is anything written; the
+// counters are incremented after the kernels ran.
+constexpr std::size_t kColumns = 8;
+
+struct PlanTable {
+  const std::int64_t* rows;
+  std::size_t count;
   DType dtype;
-  if (dtype_name_ == "float32") dtype = DType::float32;
-  else if (dtype_name_ == "float64") dtype = DType::float64;
-  else raise_type("unsupported dtype " + dtype_name_);
+  bool step_f64;
+};
+
+DType parse_dtype(const std::string& name) {
+  if (name == "float32") return DType::float32;
+  if (name == "float64") return DType::float64;
+  raise_type("unsupported dtype " + name);
+}
+
+PlanTable plan_table(const py::buffer& table_obj, const std::string& dtype,
+                     const std::string& step_dtype, py::buffer_info& info) {
+  info = table_obj.request();
+  if (info.ndim != 2 || info.shape[1] != static_cast<py::ssize_t>(kColumns) ||
+      info.itemsize != 8 || info.format.find_first_of("qlQL") == std::string::npos ||
+      info.strides[1] != 8 || info.strides[0] != static_cast<py::ssize_t>(8 * kColumns))
+    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 8)");
   const bool step_f64 = step_dtype == "float64";
   if (!step_f64 && step_dtype != "float32") raise_type("unsupported step dtype " + step_dtype);
+  return {static_cast<const std::int64_t*>(info.ptr), static_cast<std::size_t>(info.shape[0]),
+          parse_dtype(dtype), step_f64};
+}
 
-  const auto* rows = static_cast<const std::int64_t*>(table.ptr);
-  const std::size_t n = static_cast<std::size_t>(table.shape[0]);
-  std::vector<ParamBuffers> buffers(n);
-  auto read_step = [&](std::int64_t address) -> double {
-    return step_f64 ? *reinterpret_cast<const double*>(address)
-                    : *reinterpret_cast<const float*>(address);
+std::size_t item_size(DType d) { return d == DType::float32 ? 4 : 8; }
+
+// Every buffer of every table; raises if a written one shares memory with any other. Returns
+// the written ranges sorted by address, (n, 2) int64 [begin, end): step_plans checks each new
+// grad against them.
+py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::dict group,
+                                            py::list tables) {
+  const GroupOptions opts(parse_rule(rule_name), group);
+  std::vector<Range> ranges;
+  std::vector<py::buffer_info> infos(py::len(tables));
+  std::size_t t = 0;
+  for (py::handle item : tables) {
+    py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
+    const PlanTable table = plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(),
+                                       spec[2].cast<std::string>(), infos[t++]);
+    const std::size_t bytes_per = item_size(table.dtype);
+    for (std::size_t i = 0; i < table.count; ++i) {
+      const std::int64_t* r = table.rows + kColumns * i;
+      const auto bytes = static_cast<std::uintptr_t>(r[5]) * bytes_per;
+      if (bytes == 0) continue;
+      for (int stream = 0; stream < 5; ++stream) {
+        if (r[stream] == 0) continue;
+        const auto begin = static_cast<std::uintptr_t>(r[stream]);
+        ranges.push_back({begin, begin + bytes, stream != 1, r[7], stream});
+      }
+      ranges.push_back({static_cast<std::uintptr_t>(r[6]),
+                        static_cast<std::uintptr_t>(r[6]) + (table.step_f64 ? 8u : 4u), true, r[7],
+                        5});
+    }
+  }
+  check_overlaps(ranges, [&](const Range& r) { return range_owner(r, opts); });
+  std::vector<std::int64_t> written;
+  for (const Range& r : ranges)
+    if (r.written) {
+      written.push_back(static_cast<std::int64_t>(r.begin));
+      written.push_back(static_cast<std::int64_t>(r.end));
+    }
+  py::array_t<std::int64_t> out({static_cast<py::ssize_t>(written.size() / 2), py::ssize_t{2}});
+  std::copy(written.begin(), written.end(), out.mutable_data());
+  return out;
+}
+
+// batches: list of (group dict, table, step dtype, dtype); written: check_plan_memory's ranges
+// of the same tables (the grads are the only pointers that change between plan rebuilds).
+void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer written_obj,
+                int num_threads, bool check_only) {
+  const Rule rule = parse_rule(rule_name);
+  const py::buffer_info written_info = written_obj.request();
+  if (written_info.ndim != 2 || written_info.itemsize != 8 || written_info.shape[1] != 2 ||
+      written_info.strides[1] != 8 || written_info.strides[0] != 16)
+    raise_value("internal: written ranges must be a C-contiguous int64 array of shape (n, 2)");
+  const auto* written = static_cast<const std::int64_t*>(written_info.ptr);
+  const auto written_count = static_cast<std::size_t>(written_info.shape[0]);
+  auto grad_overlaps = [&](std::int64_t begin, std::int64_t end) {
+    // the last written range starting before `end`; ranges are disjoint and sorted
+    std::size_t lo = 0, hi = written_count;
+    while (lo < hi) {
+      const std::size_t mid = (lo + hi) / 2;
+      if (written[2 * mid] < end) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo > 0 && written[2 * (lo - 1) + 1] > begin;
   };
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::int64_t* r = rows + 7 * i;
-    ParamBuffers& b = buffers[i];
-    b.param = reinterpret_cast<void*>(r[0]);
-    b.grad = reinterpret_cast<const void*>(r[1]);
-    for (int s = 0; s < 3; ++s) b.state[s] = reinterpret_cast<void*>(r[2 + s]);
-    b.size = static_cast<std::size_t>(r[5]);
-    if (r[6] == 0) raise_value("internal: null step pointer");
-    b.step = static_cast<std::int64_t>(read_step(r[6])) + 1;
+
+  std::vector<std::unique_ptr<GroupOptions>> options;
+  std::vector<py::buffer_info> infos(py::len(batch_specs));
+  std::vector<PlanTable> tables;
+  std::vector<Batch> batches;
+  py::handle last_group;
+  std::size_t t = 0;
+  for (py::handle item : batch_specs) {
+    py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
+    if (spec.size() != 4) raise_value("internal: batch spec must have 4 entries");
+    const py::handle group = spec[0];
+    if (!last_group || !group.is(last_group)) {
+      options.push_back(std::make_unique<GroupOptions>(rule, group.cast<py::dict>()));
+      last_group = group;
+    }
+    const PlanTable table = plan_table(spec[1].cast<py::buffer>(), spec[3].cast<std::string>(),
+                                       spec[2].cast<std::string>(), infos[t++]);
+    tables.push_back(table);
+    Batch batch{options.back().get(), table.dtype, std::vector<ParamBuffers>(table.count)};
+    const std::size_t bytes_per = item_size(table.dtype);
+    for (std::size_t i = 0; i < table.count; ++i) {
+      const std::int64_t* r = table.rows + kColumns * i;
+      ParamBuffers& b = batch.buffers[i];
+      b.param = reinterpret_cast<void*>(r[0]);
+      b.grad = reinterpret_cast<const void*>(r[1]);
+      for (int s = 0; s < 3; ++s) b.state[s] = reinterpret_cast<void*>(r[2 + s]);
+      b.size = static_cast<std::size_t>(r[5]);
+      if (r[6] == 0) raise_value("internal: null step pointer");
+      const double count = table.step_f64 ? *reinterpret_cast<const double*>(r[6])
+                                          : *reinterpret_cast<const float*>(r[6]);
+      const std::string name = "param " + std::to_string(r[7]);
+      b.step = next_step(count, name);
+      const auto bytes = static_cast<std::int64_t>(b.size * bytes_per);
+      if (bytes > 0 && grad_overlaps(r[1], r[1] + bytes))
+        raise_value(name + " grad shares memory with a param or state buffer the step writes; "
+                    "every param and state buffer must be a separate tensor");
+    }
+    batches.push_back(std::move(batch));
   }
-  {
-    py::gil_scoped_release release;
-    opts.run(dtype, buffers, num_threads);
+  if (check_only) {
+    for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers);
+    return;
   }
-  for (std::size_t i = 0; i < n; ++i) {
-    const std::int64_t address = rows[7 * i + 6];
-    if (step_f64) *reinterpret_cast<double*>(address) += 1.0;
-    else *reinterpret_cast<float*>(address) += 1.0f;
-  }
+  check_then_run(batches, num_threads);
+  for (const PlanTable& table : tables)
+    for (std::size_t i = 0; i < table.count; ++i) {
+      const std::int64_t address = table.rows[kColumns * i + 6];
+      if (table.step_f64) *reinterpret_cast<double*>(address) += 1.0;
+      else *reinterpret_cast<float*>(address) += 1.0f;
+    }
 }
 
 // Benchmark only: the same traffic as a rule with `state_count` state slots, through the same
@@ -431,8 +603,11 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("step_buffers", &step_buffers, py::arg("rule"), py::arg("groups"),
         py::arg("num_threads") = 0);
-  m.def("step_pointers", &step_pointers, py::arg("rule"), py::arg("group"), py::arg("table"),
-        py::arg("step_dtype"), py::arg("num_threads"), py::arg("dtype"));
+  m.def("step_plans", &step_plans, py::arg("rule"), py::arg("batches"), py::arg("written"),
+        py::arg("num_threads"), py::arg("check_only") = false);
+  m.def("check_plan_memory", &check_plan_memory, py::arg("rule"), py::arg("group"),
+        py::arg("tables"));
+  m.attr("max_step_count") = fastoptim::kMaxStepCount;
   m.def("roofline_pointers", &roofline_pointers, py::arg("table"), py::arg("state_count"),
         py::arg("dtype"), py::arg("num_threads"));
   m.def("state_slots", &state_slots, py::arg("rule"), py::arg("group"));

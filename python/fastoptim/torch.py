@@ -15,7 +15,9 @@ copies: slower, never wrong.
 from __future__ import annotations
 
 import copy
-from operator import is_
+import threading
+from collections import defaultdict
+from operator import attrgetter, is_
 from typing import Any
 
 import numpy as np
@@ -23,80 +25,134 @@ import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
 from . import _core
-from ._arrays import state_slots
+from ._arrays import state_slots, step_count
 from ._runtime import get_num_threads
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 _data_ptr = torch.Tensor.data_ptr
-_is_contiguous = torch.Tensor.is_contiguous
+_stride = torch.Tensor.stride
+_nbytes = attrgetter("nbytes")
+_grad = attrgetter("grad")
+
+
+# ---- optimizer state that reports its own changes ---------------------------------------------
+# The plan points into the state tensors, so a replaced entry (opt.state[p]["exp_avg"] = t,
+# opt.state[p] = {}, opt.state.clear(), ...) must be noticed before the next step. Checking every
+# entry's identity each step costs as much as the kernel on a model of many small tensors;
+# instead the state mappings count their own changes. Every mutating method bumps one counter;
+# a plan is valid while the counter is where it was when the plan was built. Pickling and
+# deepcopy see plain dicts (so checkpoints do not depend on fastoptim).
+_changes = [0]
+
+
+def _changed(method: Any) -> Any:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        _changes[0] += 1
+        return method(self, *args, **kwargs)
+
+    wrapper.__name__ = method.__name__
+    return wrapper
+
+
+class _ParamState(dict):
+    """One param's state (torch's plain dict, plus change counting)."""
+
+    __slots__ = ()
+    for _name in ("__setitem__", "__delitem__", "clear", "pop", "popitem", "setdefault", "update",
+                  "__ior__"):
+        locals()[_name] = _changed(getattr(dict, _name))
+    del _name
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (dict, (dict(self),))
+
+
+class _State(defaultdict):
+    """opt.state: torch's defaultdict(dict), with _ParamState values and change counting."""
+
+    for _name in ("__setitem__", "__delitem__", "clear", "pop", "popitem", "setdefault", "update",
+                  "__ior__"):
+        locals()[_name] = _changed(getattr(defaultdict, _name))
+    del _name
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(_ParamState)
+        for key, value in dict(items).items():
+            dict.__setitem__(self, key,
+                             _ParamState(value) if isinstance(value, dict) else value)
+        _changes[0] += 1
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return (defaultdict, (dict,), None, None, iter((k, dict(v) if isinstance(v, dict) else v)
+                                                      for k, v in self.items()))
 
 
 class _Plan:
-    """Addresses of one param group's buffers, split into one pointer table per dtype."""
+    """Addresses of one param group's buffers, split into one pointer table per dtype, and what
+    they were taken from: the plan serves a step only while every tensor it points to still has
+    the address, byte size and strides it had (so a param or grad swapped through .data, resized,
+    transposed or re-allocated at the same address is noticed), and the state is unchanged."""
 
     def __init__(self) -> None:
         self.params: list[torch.Tensor] = []
         self.grads: list[torch.Tensor | None] = []
-        self.param_ptrs: list[int] = []
-        self.grad_ptrs: list[int] = []
+        self.param_sig: tuple[list[int], list[int], list[tuple[int, ...]]] = ([], [], [])
+        self.grad_sig: tuple[list[int], list[int], list[tuple[int, ...]]] = ([], [], [])
+        self.present: list[bool] = []  # which params had a grad
         self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
-        self.batch_rows: list[list[int]] = []  # per batch: the param index of each table row
+        self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
         self.staged_grads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (contiguous copy, grad)
         self.staged_params: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, param)
         self.direct_params: list[torch.Tensor] = []  # written through their own memory
         self.counters: np.ndarray | None = None  # SGD's private step counters
-        self.keep_alive: list[Any] = []  # every state buffer and step tensor the table points to
+        # The storages of every state buffer and step counter the tables point to: a state
+        # tensor whose .data is swapped by hand then still points to live memory.
+        self.keep_alive: list[Any] = []
+        self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # added on success
         self.generation = -1
         self.slots: list[str | None] | None = None  # the state slots the plan was built for
         self.state_obj: Any = None  # the optimizer's state mapping when the plan was built
-        self.state_params: list[torch.Tensor] = []  # params whose state dict the table uses
-        self.state_dicts: list[dict[str, Any]] = []
-        self.state_lens: list[int] = []
+        self.changes = -1
 
-    def state_intact(self, state: Any) -> bool:
-        """Whether the state the table points into is still the optimizer's: catches the usual
-        resets (opt.state = defaultdict(dict), opt.state.clear(), opt.state[p] = {}), after
-        which torch starts from fresh state. keep_alive makes a missed change (a buffer swapped
-        inside a param's state dict) stale rather than a write to freed memory."""
-        if state is not self.state_obj:
-            return False
-        if not self.state_params:
-            return True
-        dicts = list(map(state.get, self.state_params))
-        return all(map(is_, dicts, self.state_dicts)) and list(map(len, dicts)) == self.state_lens
-
-    def serves(self, params: list[torch.Tensor], grads: list[Any], generation: int) -> bool:
+    def serves(self, params: list[torch.Tensor], grads: list[Any]) -> bool:
         """Whether this plan can run the step, after pointing it at new grad tensors if only
         those changed (zero_grad(set_to_none=True) then backward makes new ones each step)."""
         if (
-            self.generation != generation
-            or len(params) != len(self.params)
+            len(params) != len(self.params)
             or not all(map(is_, params, self.params))
-            or [_data_ptr(p) for p in params] != self.param_ptrs
+            or list(map(_data_ptr, params)) != self.param_sig[0]
+            or list(map(_nbytes, params)) != self.param_sig[1]
+            or list(map(_stride, params)) != self.param_sig[2]
         ):
             return False
+        same = all(map(is_, grads, self.grads))
+        live = grads if all(self.present) else [g for g in grads if g is not None]
+        if not same and [g is not None for g in grads] != self.present:
+            return False
         try:
-            grad_ptrs = [0 if g is None else _data_ptr(g) for g in grads]
-            if all(map(is_, grads, self.grads)):
-                return grad_ptrs == self.grad_ptrs
-            # torch checked each new .grad's shape, dtype and device against its param when it
-            # was assigned; layout and contiguity are left to check.
-            live = [g for g in grads if g is not None]
+            ptrs = list(map(_data_ptr, live))
             if (
-                self.staged_grads
-                or [g is None for g in grads] != [g is None for g in self.grads]
-                or not all(map(_is_contiguous, live))
+                list(map(_nbytes, live)) != self.grad_sig[1]
+                or list(map(_stride, live)) != self.grad_sig[2]
             ):
                 return False
-        except RuntimeError:  # sparse or opaque grads: rebuild, which reports them
+        except (RuntimeError, TypeError):  # sparse or opaque grads: rebuild, which reports them
             return False
-        for (_, _, table), rows in zip(self.batches, self.batch_rows):
-            table[:, 1] = [grad_ptrs[i] for i in rows]
-        self.grads = list(grads)
-        self.grad_ptrs = grad_ptrs
+        if ptrs != self.grad_sig[0]:
+            if self.staged_grads:
+                return False
+            for (_, _, table), rows in zip(self.batches, self.batch_rows):
+                table[:, 1] = [ptrs[i] for i in rows]
+            self.grad_sig = (ptrs, self.grad_sig[1], self.grad_sig[2])
+        if not same:
+            self.grads = list(grads)
         return True
+
+
+def _storage(t: torch.Tensor) -> Any:
+    return t.untyped_storage()
 
 
 class _FusedStep:
@@ -112,73 +168,107 @@ class _FusedStep:
     def _invalidate_plans(self) -> None:
         self.__dict__["_fastoptim_generation"] = self._generation() + 1
 
-    def _new_step_tensor(self) -> torch.Tensor:
-        return torch.tensor(0.0, dtype=_get_scalar_dtype())
+    def _lock(self) -> threading.RLock:
+        lock = self.__dict__.get("_fastoptim_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_fastoptim_lock", threading.RLock())
+        return lock
+
+    def _new_step_tensor(self, group: dict[str, Any]) -> torch.Tensor:
+        return torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=bool(group.get("fused"))))
 
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
         return 0.0
 
     def _build_plan(self, group: dict[str, Any], params: list[torch.Tensor],
-                    grads: list[Any], slots: list[str | None]) -> _Plan:
+                    grads: list[Any], slots: list[str | None], first_index: int) -> _Plan:
+        """Checks every tensor the step will use and builds the pointer tables. Changes nothing:
+        state the step needs that does not exist yet is made here but only added to opt.state
+        once the step went through."""
         plan = _Plan()
         plan.params = list(params)
         plan.grads = list(grads)
-        plan.param_ptrs = [_data_ptr(p) for p in params]
-        plan.grad_ptrs = [0 if g is None else _data_ptr(g) for g in grads]
-        plan.generation = self._generation()
-        plan.state_obj = self.state
+        plan.present = [g is not None for g in grads]
+        plan.param_sig = (list(map(_data_ptr, params)), list(map(_nbytes, params)),
+                          list(map(_stride, params)))
         name = type(self).__name__
         rows: dict[tuple[str, str], list[list[int]]] = {}
-        row_params: dict[tuple[str, str], list[int]] = {}
+        row_live: dict[tuple[str, str], list[int]] = {}
         counters: list[float] = []
         counter_rows: list[list[int]] = []
+        live: list[torch.Tensor] = []
+        # SGD without momentum keeps no state at all (not even an empty dict per param),
+        # and its state_dict shows that: do not touch self.state[p] then.
+        stateless = not self._has_step and all(slot is None for slot in slots)
         for index, (p, g) in enumerate(zip(params, grads)):
             if g is None:
                 continue
-            if g.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients")
+            where = f"param {first_index + index}"
+            if g.is_sparse or g.layout != torch.strided:
+                raise RuntimeError(f"{name} does not support sparse gradients" + (
+                    ", please consider SparseAdam instead" if self._rule in ("adam", "adamw")
+                    else ""))
             if p.device.type != "cpu" or g.device.type != "cpu":
-                raise ValueError(f"fastoptim.torch.{name} updates CPU tensors; got a param on "
-                                 f"{p.device} with grad on {g.device}")
+                raise ValueError(f"fastoptim.torch.{name} updates CPU tensors; {where} is on "
+                                 f"{p.device} with its grad on {g.device}")
             dtype = _DTYPES.get(p.dtype)
             if dtype is None:
                 raise TypeError(f"fastoptim.torch.{name} supports float32 and float64 params, "
-                                f"got {p.dtype}")
+                                f"got {p.dtype} ({where})")
             if g.dtype != p.dtype:
-                raise TypeError(f"grad dtype {g.dtype} does not match param dtype {p.dtype}")
+                raise TypeError(f"{where}: grad dtype {g.dtype} does not match param dtype "
+                                f"{p.dtype}")
             if g.shape != p.shape:
-                raise ValueError(f"grad shape {tuple(g.shape)} does not match param shape "
-                                 f"{tuple(p.shape)}")
-            # torch.optim.SGD without momentum keeps no state at all (not even an empty dict
-            # per param), and its state_dict shows that: do not touch self.state[p] then.
-            stateless = not self._has_step and all(slot is None for slot in slots)
-            state = {} if stateless else self.state[p]
-            if not stateless:
-                plan.state_params.append(p)
-                plan.state_dicts.append(state)
-            if self._has_step and "step" not in state:
-                state["step"] = self._new_step_tensor()
+                raise RuntimeError(f"{where}: grad shape {tuple(g.shape)} does not match param "
+                                   f"shape {tuple(p.shape)}")
+            if p.numel() and (_data_ptr(p) == 0 or _data_ptr(g) == 0):
+                raise ValueError(f"{where}: the param or its grad has no CPU memory "
+                                 f"(a DTensor or a tensor without storage)")
+            live.append(g)
+            entry = None if stateless else self.state.get(p)
+            fresh = not entry  # torch initialises a param's state when it is empty
+            state = {} if fresh else entry
+            if not fresh and self._has_step:
+                # torch reads every entry of a started state: a missing one is its KeyError
+                for key in ["step", *(s for s in slots if s is not None)]:
+                    if key not in state:
+                        raise KeyError(f"{where}: its state has no '{key}'")
+            added: dict[str, Any] = {}
+            if self._has_step:
+                step = state.get("step")
+                if step is None:
+                    step = added["step"] = self._new_step_tensor(group)
+                elif not isinstance(step, torch.Tensor) or step.dtype not in _DTYPES or \
+                        step.device.type != "cpu" or step.numel() != 1:
+                    step = added["step"] = torch.tensor(step_count(step, where),
+                                                        dtype=_get_scalar_dtype())
             new_buffer = False
-            row = [0] * 7
+            row = [0] * 8
             for k, slot in enumerate(slots):
                 if slot is None:
                     continue
                 buf = state.get(slot)
                 if buf is None:
-                    buf = torch.full_like(p, self._initial_value(slot, group),
-                                          memory_format=torch.contiguous_format)
-                    state[slot] = buf
+                    buf = added[slot] = torch.full_like(
+                        p, self._initial_value(slot, group), memory_format=torch.contiguous_format)
                     new_buffer = True
-                elif not buf.is_contiguous() or buf.dtype != p.dtype or buf.shape != p.shape:
+                elif not isinstance(buf, torch.Tensor):
+                    raise TypeError(f"{where}: state '{slot}' is a {type(buf).__name__}, "
+                                    f"not a tensor")
+                elif not buf.is_contiguous() or buf.dtype != p.dtype or buf.shape != p.shape or \
+                        buf.device.type != "cpu":
                     if buf.shape != p.shape:
-                        raise ValueError(f"state '{slot}' has shape {tuple(buf.shape)}, param "
-                                         f"has shape {tuple(p.shape)}")
+                        raise RuntimeError(f"{where}: state '{slot}' has shape "
+                                           f"{tuple(buf.shape)}, the param has shape "
+                                           f"{tuple(p.shape)}")
                     # .to() returns the tensor itself when the dtype already matches, and
                     # clone() keeps its strides: ask for a contiguous copy explicitly.
-                    buf = buf.to(dtype=p.dtype).clone(memory_format=torch.contiguous_format)
-                    state[slot] = buf
+                    buf = added[slot] = buf.to(device="cpu", dtype=p.dtype).clone(
+                        memory_format=torch.contiguous_format)
                 row[2 + k] = _data_ptr(buf)
-                plan.keep_alive.append(buf)
+                plan.keep_alive.append(_storage(buf))
+            if added and not stateless:
+                plan.new_state.append((p, added))
             if p.is_contiguous():
                 row[0] = _data_ptr(p)
                 plan.direct_params.append(p)
@@ -193,30 +283,28 @@ class _FusedStep:
                 plan.staged_grads.append((staged_grad, g))
                 row[1] = _data_ptr(staged_grad)
             row[5] = p.numel()
+            row[7] = first_index + index
             if self._has_step:
-                step = state["step"]
-                if not isinstance(step, torch.Tensor):
-                    step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
-                if step.dtype not in _DTYPES or step.device.type != "cpu" or step.numel() != 1:
-                    step = state["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
                 row[6] = _data_ptr(step)
-                plan.keep_alive.append(step)
+                plan.keep_alive.append(_storage(step))
                 key = (dtype, _DTYPES[step.dtype])
             else:  # SGD: a new momentum buffer starts as the gradient, as in torch
                 counters.append(0.0 if new_buffer else 1.0)
                 counter_rows.append(row)
                 key = (dtype, "float64")
             rows.setdefault(key, []).append(row)
-            row_params.setdefault(key, []).append(index)
+            row_live.setdefault(key, []).append(len(live) - 1)
+        plan.grad_sig = (list(map(_data_ptr, live)), list(map(_nbytes, live)),
+                         list(map(_stride, live)))
         if counter_rows:
+            # the core reads "steps so far" and adds one: 0 marks a new momentum buffer
             plan.counters = np.array(counters, dtype=np.float64)
             base = plan.counters.ctypes.data
             for i, row in enumerate(counter_rows):
                 row[6] = base + 8 * i
         for (dtype, step_dtype), table in rows.items():
             plan.batches.append((dtype, step_dtype, np.array(table, dtype=np.int64)))
-            plan.batch_rows.append(row_params[(dtype, step_dtype)])
-        plan.state_lens = list(map(len, plan.state_dicts))
+            plan.batch_rows.append(row_live[(dtype, step_dtype)])
         return plan
 
     # ---- step --------------------------------------------------------------------------------
@@ -232,14 +320,30 @@ class _FusedStep:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        with self._lock():
+            self._fused_step()
+        return loss
+
+    def _fused_step(self) -> None:
+        # GradScaler hands a step that supports AMP scaling (torch sets that for fused=True)
+        # its scale and inf flag instead of unscaling the grads and skipping the step itself.
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf.item()):
+            return  # an inf/NaN grad: skip the whole step, nothing changes
+        grad_scale = getattr(self, "grad_scale", None)
+        if type(self.state) is not _State:  # replaced by hand: count its changes from now on
+            self.state = _State(self.state)
+        state = self.state
         plans = self.__dict__.setdefault("_fastoptim_plans", {})
         generation = self._generation()
         ready = []
+        first_index = 0
+        rebuilt = False
         for index, group in enumerate(self.param_groups):
             if group.get("differentiable"):
                 raise ValueError("fastoptim.torch does not support differentiable=True")
             params = group["params"]
-            grads = [p.grad for p in params]
+            grads = list(map(_grad, params))
             # Every group's options are checked before any group is stepped (ValueError with
             # torch's wording, nothing changed), and a change that needs other state buffers
             # (SGD momentum set after a step without it, as torch allows) rebuilds the plan.
@@ -247,27 +351,64 @@ class _FusedStep:
             plan = plans.get(index)
             if (
                 plan is None
+                or plan.generation != generation
+                or plan.state_obj is not state
+                or plan.changes != _changes[0]
                 or plan.slots != slots
-                or not plan.serves(params, grads, generation)
-                or not plan.state_intact(self.state)
+                or not plan.serves(params, grads)
             ):
-                plan = plans[index] = self._build_plan(group, params, grads, slots)
+                plan = self._build_plan(group, params, grads, slots, first_index)
                 plan.slots = slots
-            ready.append((group, plan))
+                plan.generation = generation
+                plan.state_obj = state
+                plans[index] = None  # until it has run: a failed step leaves no half plan
+                rebuilt = True
+            ready.append((index, group, plan))
+            first_index += len(params)
+        for index in [i for i in plans if i >= len(self.param_groups)]:
+            del plans[index]
+        specs = [(group, table, step_dtype, dtype)
+                 for _, group, plan in ready for dtype, step_dtype, table in plan.batches]
+        written = self.__dict__.get("_fastoptim_written")
+        if rebuilt or written is None:
+            # Memory shared between any written buffer and any other, over all groups: an
+            # error naming both. The written ranges let each later step check new grads.
+            self.__dict__.pop("_fastoptim_written", None)
+            written = _core.check_plan_memory(
+                self._rule, self.param_groups[0], [(t, d, s) for _, t, s, d in specs])
         threads = get_num_threads()
-        for group, plan in ready:
+        if grad_scale is not None and specs:
+            # the grads are unscaled in place (as torch's fused kernels do), so the step is
+            # checked first: a failed step leaves the grads as they were
+            _core.step_plans(self._rule, specs, written, threads, check_only=True)
+            live = [g for _, _, plan in ready for g in plan.grads if g is not None]
+            # as GradScaler.unscale_: multiply by the float32 reciprocal of the scale
+            inv_scale = grad_scale.double().reciprocal().float()
+            torch._foreach_mul_(live, inv_scale.to(live[0].device))
+        for _, group, plan in ready:
             for staged, grad in plan.staged_grads:
                 staged.copy_(grad)
             for staged, param in plan.staged_params:
                 staged.copy_(param)
-            for dtype, step_dtype, table in plan.batches:
-                _core.step_pointers(self._rule, group, table, step_dtype, threads, dtype)
+        if specs:
+            _core.step_plans(self._rule, specs, written, threads)
+        self.__dict__["_fastoptim_written"] = written
+        for index, _, plan in ready:
             for staged, param in plan.staged_params:
                 param.copy_(staged)
             if plan.direct_params:
                 # written through raw pointers: tell autograd these tensors changed
                 torch.autograd.graph.increment_version(plan.direct_params)
-        return loss
+            for p, added in plan.new_state:
+                entry = state.get(p)
+                if entry is None:
+                    state[p] = _ParamState(added)
+                else:
+                    entry.update(added)
+            plan.new_state = []
+            plans[index] = plan
+        for _, _, plan in ready:
+            plan.changes = _changes[0]
 
     # ---- state -------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -277,7 +418,8 @@ class _FusedStep:
     def state_dict(self) -> dict[str, Any]:
         """torch's state_dict, with copies of the state tensors: a checkpoint taken now does
         not change with later steps, and loading it into another optimizer shares nothing."""
-        return copy.deepcopy(super().state_dict())
+        with self._lock():
+            return copy.deepcopy(super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, after checking that every state tensor has its param's
@@ -298,19 +440,25 @@ class _FusedStep:
             if param is None:
                 continue
             for name, value in saved_state.items():
-                if name == "step" or not isinstance(value, torch.Tensor):
+                if name == "step":
+                    step_count(value, f"param {key}")
+                    continue
+                if not isinstance(value, torch.Tensor):
                     continue
                 if value.shape != param.shape:
                     raise ValueError(
                         f"loaded state '{name}' of param {key} has shape {tuple(value.shape)}, "
                         f"param has shape {tuple(param.shape)}"
                     )
-        super().load_state_dict(copy.deepcopy(state_dict))
-        self._invalidate_plans()
+        with self._lock():
+            super().load_state_dict(copy.deepcopy(state_dict))
+            self._invalidate_plans()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        self.__dict__.pop("_fastoptim_plans", None)
+        self.state = _State(self.state)
+        for key in ("_fastoptim_plans", "_fastoptim_written"):
+            self.__dict__.pop(key, None)
 
 
 class SGD(_FusedStep, torch.optim.SGD):
