@@ -173,11 +173,12 @@ struct GroupOptions {
 // A param's step count so far, as either front keeps it (torch: a float32/float64 tensor; the
 // array front: a float32 scalar), turned into the driver's count for the update being made.
 // Checked here, with the param named, before any buffer of any group is written.
-std::int64_t next_step(double count, const std::string& param) {
+template <class Name>
+std::int64_t next_step(double count, Name&& param) {
   constexpr auto kLast = static_cast<double>(fastoptim::kMaxStepCount - 1);
   if (!(count >= 0.0 && count <= kLast) || count != std::floor(count)) {
     std::string shown = py::repr(py::float_(count)).cast<std::string>();
-    throw py::value_error(param + ": state 'step' is " + shown +
+    throw py::value_error(param() + ": state 'step' is " + shown +
                           "; a step count must be a whole number in 0.." +
                           std::to_string(fastoptim::kMaxStepCount - 1));
   }
@@ -370,7 +371,7 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
       b.param = p->buf;
       b.grad = g->buf;
       b.size = static_cast<std::size_t>(p->len / p->itemsize);
-      b.step = next_step(to_number("step", steps[i]), name);
+      b.step = next_step(to_number("step", steps[i]), [&] { return name; });
       add_range(*p, true, name);
       add_range(*g, false, name + " grad");
       py::sequence slots = states[i];
@@ -531,11 +532,11 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
       if (r[6] == 0) raise_value("internal: null step pointer");
       const double count = table.step_f64 ? *reinterpret_cast<const double*>(r[6])
                                           : *reinterpret_cast<const float*>(r[6]);
-      const std::string name = "param " + std::to_string(r[7]);
+      auto name = [r] { return "param " + std::to_string(r[7]); };
       b.step = next_step(count, name);
       const auto bytes = static_cast<std::int64_t>(b.size * bytes_per);
       if (bytes > 0 && grad_overlaps(r[1], r[1] + bytes))
-        raise_value(name + " grad shares memory with a param or state buffer the step writes; "
+        raise_value(name() + " grad shares memory with a param or state buffer the step writes; "
                     "every param and state buffer must be a separate tensor");
     }
     batches.push_back(std::move(batch));
