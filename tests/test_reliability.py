@@ -539,3 +539,48 @@ def test_gradscaler_skip_on_first_step_allocates_nothing() -> None:
     p.grad = torch.full((4,), 8.0)
     opt.step()
     torch.testing.assert_close(p.detach(), torch.full((4,), 0.9))
+
+
+# ---- fork --------------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_step_in_a_forked_child_finishes_and_matches(restore_threads) -> None:
+    """libgomp cannot start threads in a child forked after a parallel region ran: the child's
+    steps run on one thread instead of hanging, with the same (bit-identical) result."""
+    import os
+    import signal
+    import time
+
+    if not fastoptim._core.openmp_enabled():
+        pytest.skip("built without OpenMP")
+    fastoptim.set_num_threads(2)
+    w = np.linspace(-1, 1, 300_000, dtype=np.float32)
+    g = np.cos(np.arange(w.size, dtype=np.float32))
+    opt = fastoptim.Adam([w], lr=0.1)
+    opt.step([g])  # a parallel region runs in the parent
+    expected = w.copy()
+    twin = fastoptim.Adam([expected], lr=0.1)
+    twin.load_state_dict(opt.state_dict())
+    twin.step([g])
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: step, report the bytes, leave without running any cleanup
+        try:
+            opt.step([g])
+            os.write(write, b"1" if np.array_equal(w, expected) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the step in the forked child did not finish (libgomp after fork)")
+    answer = os.read(read, 1)
+    os.close(read)
+    assert answer == b"1", "the child's step differs from the parent's"

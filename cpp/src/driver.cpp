@@ -14,8 +14,11 @@
 #include <omp.h>
 #if defined(__linux__) || defined(__APPLE__)
 #include <dlfcn.h>
+#include <pthread.h>
+#define FASTOPTIM_FORK_GUARD 1
 #endif
 #endif
+#include <mutex>
 
 #include "fastoptim/step.hpp"
 #include "kernels/dispatch.hpp"
@@ -29,6 +32,22 @@ using kernels::Kernel;
 using kernels::Streams;
 
 std::atomic<int> g_num_threads{0};  // 0: whatever OpenMP says
+
+// libgomp cannot start threads in a process forked after a parallel region ran in its parent:
+// the child's first parallel region never returns (DataLoader workers, multiprocessing with
+// fork). So once a region has run, a fork handler marks the child, whose steps then run on the
+// calling thread: slower, never stuck.
+std::atomic<bool> g_forked_after_parallel{false};
+#if defined(FASTOPTIM_FORK_GUARD)
+extern "C" void fastoptim_mark_forked_child() { g_forked_after_parallel.store(true); }
+std::once_flag g_fork_handler_once;
+void before_first_parallel_region() {
+  std::call_once(g_fork_handler_once,
+                 [] { pthread_atfork(nullptr, nullptr, fastoptim_mark_forked_child); });
+}
+#else
+void before_first_parallel_region() {}
+#endif
 
 // Chunk boundaries fall on multiples of this many elements, so that threads do not share
 // cache lines and each chunk runs whole vectors.
@@ -224,7 +243,7 @@ Streams offset(const ParamBuffers& b, std::size_t first, std::size_t element_siz
 
 int resolve_threads(int requested, std::size_t total) {
   int threads = requested > 0 ? requested : get_num_threads();
-  if (total < kSerialThreshold) return 1;
+  if (total < kSerialThreshold || g_forked_after_parallel.load(std::memory_order_relaxed)) return 1;
   const std::size_t most = (total + kChunkAlign - 1) / kChunkAlign;
   return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), most));
 }
@@ -273,6 +292,7 @@ void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBu
 
 #if defined(FASTOPTIM_OPENMP)
   if (threads > 1) {
+    before_first_parallel_region();
 #pragma omp parallel num_threads(threads)
     {
       const auto t = static_cast<std::size_t>(omp_get_thread_num());
@@ -390,6 +410,7 @@ void set_num_threads(int num_threads) {
 }
 
 int get_num_threads() {
+  if (g_forked_after_parallel.load()) return 1;
   const int n = g_num_threads.load();
   if (n > 0) return n;
 #if defined(FASTOPTIM_OPENMP)
