@@ -44,3 +44,8 @@ __all__ = [
     "set_simd_level",
     "simd_level",
 ]
+
+
+def __dir__() -> list[str]:
+    # public names only (not the private submodules or the imports above)
+    return sorted([*__all__, "__version__"])

@@ -1,5 +1,5 @@
-"""fastoptim.torch: drop-in replacements for torch.optim's SGD, Adagrad, Adadelta, RMSprop, Adam
-and AdamW on CPU tensors.
+"""The fused classes of fastoptim.torch: drop-in replacements for torch.optim's SGD, Adagrad,
+Adadelta, RMSprop, Adam and AdamW on CPU tensors.
 
 Each class subclasses its torch.optim namesake, so the constructor (names, order, defaults,
 validation), param groups, hooks, LR schedulers and state_dict layout are torch's own; only
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
-from . import _core
-from ._arrays import state_slots, step_count
-from ._runtime import get_num_threads
+from .. import _core
+from .._arrays import state_slots, step_count
+from .._runtime import get_num_threads
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
 
@@ -205,10 +205,15 @@ class _FusedStep:
         # SGD without momentum keeps no state at all (not even an empty dict per param),
         # and its state_dict shows that: do not touch self.state[p] then.
         stateless = not self._has_step and all(slot is None for slot in slots)
+        seen: dict[int, int] = {}
         for index, (p, g) in enumerate(zip(params, grads)):
             if g is None:
                 continue
             where = f"param {first_index + index}"
+            if seen.setdefault(id(p), index) != index:
+                # torch only warns, then updates it twice with shared state
+                raise ValueError(f"{where} is param {first_index + seen[id(p)]} listed twice; "
+                                 "a param may appear only once")
             if g.is_sparse or g.layout != torch.strided:
                 raise RuntimeError(f"{name} does not support sparse gradients" + (
                     ", please consider SparseAdam instead" if self._rule in ("adam", "adamw")
@@ -468,12 +473,14 @@ class _FusedStep:
 
 class SGD(_FusedStep, torch.optim.SGD):
     __doc__ = torch.optim.SGD.__doc__
+    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "sgd"
     _has_step = False
 
 
 class Adagrad(_FusedStep, torch.optim.Adagrad):
     __doc__ = torch.optim.Adagrad.__doc__
+    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adagrad"
 
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
@@ -484,11 +491,13 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
 
 class Adadelta(_FusedStep, torch.optim.Adadelta):
     __doc__ = torch.optim.Adadelta.__doc__
+    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adadelta"
 
 
 class RMSprop(_FusedStep, torch.optim.RMSprop):
     __doc__ = torch.optim.RMSprop.__doc__
+    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "rmsprop"
 
 
@@ -497,9 +506,11 @@ RMSProp = RMSprop
 
 class Adam(_FusedStep, torch.optim.Adam):
     __doc__ = torch.optim.Adam.__doc__
+    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adam"
 
 
 class AdamW(_FusedStep, torch.optim.AdamW):
     __doc__ = torch.optim.AdamW.__doc__
+    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adamw"
