@@ -584,3 +584,28 @@ def test_step_in_a_forked_child_finishes_and_matches(restore_threads) -> None:
     answer = os.read(read, 1)
     os.close(read)
     assert answer == b"1", "the child's step differs from the parent's"
+
+
+def test_array_front_concurrent_steps_serialize(restore_threads) -> None:
+    fastoptim.set_num_threads(2)
+    w = np.zeros(200_000, np.float32)
+    opt = fastoptim.Adam([w], lr=0.01)
+    g = np.ones_like(w)
+
+    def work():
+        for _ in range(10):
+            opt.step([g])
+
+    workers = [threading.Thread(target=work) for _ in range(4)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    v = np.zeros_like(w)
+    ref = fastoptim.Adam([v], lr=0.01)
+    for _ in range(40):
+        ref.step([g])
+    assert np.array_equal(w, v) and float(opt.state[0]["step"]) == 40
+    twin = copy.deepcopy(opt)  # the lock is not copied; the copy has its own
+    twin.step([g])
+    assert float(twin.state[0]["step"]) == 41 and float(opt.state[0]["step"]) == 40

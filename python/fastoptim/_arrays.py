@@ -7,6 +7,7 @@ buffers of all groups before it writes any.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -157,9 +158,23 @@ class Optimizer:
         return 0.0
 
     # ---- step --------------------------------------------------------------------------------
+    def _lock(self) -> threading.RLock:
+        lock = self.__dict__.get("_step_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_step_lock", threading.RLock())
+        return lock
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_step_lock"}
+
     def step(self, grads: Sequence[Any]) -> None:
         """Update every param in place from ``grads`` (one per param, in param order; None
-        skips a param). Validates everything first: on error nothing has changed."""
+        skips a param). Validates everything first: on error nothing has changed. Concurrent
+        calls from several threads are serialized."""
+        with self._lock():
+            self._step(grads)
+
+    def _step(self, grads: Sequence[Any]) -> None:
         if isinstance(grads, np.ndarray) or hasattr(grads, "__dlpack__"):
             raise TypeError("grads must be a list with one array (or None) per param")
         grads = list(grads)
