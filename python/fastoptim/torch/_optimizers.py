@@ -31,6 +31,10 @@ from .._runtime import get_num_threads
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+# complex params are stepped as their real view (torch steps view_as_real too): twice the
+# elements of the real dtype, same memory
+_PARAM_DTYPES = {**_DTYPES, torch.complex64: "float32", torch.complex128: "float64"}
+_stride = torch.Tensor.stride
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
 _nbytes = attrgetter("nbytes")
@@ -99,13 +103,17 @@ class _Plan:
     def __init__(self) -> None:
         self.params: list[torch.Tensor] = []
         self.grads: list[torch.Tensor | None] = []
-        # (addresses, byte sizes, contiguity) of the params and of the grads present
-        self.param_sig: tuple[list[int], list[int], list[bool]] = ([], [], [])
-        self.grad_sig: tuple[list[int], list[int], list[bool]] = ([], [], [])
+        # (addresses, byte sizes, strides) of the params and of the grads present; the strides
+        # are compared only when some tensor is not contiguous (else contiguity is the check)
+        self.param_sig: tuple[list[int], list[int], list[tuple[int, ...]]] = ([], [], [])
+        self.grad_sig: tuple[list[int], list[int], list[tuple[int, ...]]] = ([], [], [])
+        self.strided = False
         self.present: list[bool] = []  # which params had a grad
         self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
         self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
-        self.staged_grads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (contiguous copy, grad)
+        # Gapped or overlapping params go through a contiguous copy; a grad whose strides are
+        # not its param's layout, through a copy in that layout.
+        self.staged_grads: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, grad)
         self.staged_params: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, param)
         self.direct_params: list[torch.Tensor] = []  # written through their own memory
         self.counters: np.ndarray | None = None  # SGD's private step counters
@@ -128,7 +136,7 @@ class _Plan:
             or not all(map(is_, params, self.params))
             or list(map(_data_ptr, params)) != self.param_sig[0]
             or list(map(_nbytes, params)) != self.param_sig[1]
-            or (list(map(_is_contiguous, params)) != self.param_sig[2] if self.staged_params
+            or (list(map(_stride, params)) != self.param_sig[2] if self.strided
                 else not all(map(_is_contiguous, params)))
         ):
             return False
@@ -139,7 +147,7 @@ class _Plan:
         try:
             ptrs = list(map(_data_ptr, live))
             if list(map(_nbytes, live)) != self.grad_sig[1] or (
-                list(map(_is_contiguous, live)) != self.grad_sig[2] if self.staged_grads
+                list(map(_stride, live)) != self.grad_sig[2] if self.strided
                 else not all(map(_is_contiguous, live))
             ):
                 return False
@@ -158,6 +166,19 @@ class _Plan:
 
 def _storage(t: torch.Tensor) -> Any:
     return t.untyped_storage()
+
+
+def _dense(t: torch.Tensor) -> bool:
+    """Non-overlapping and dense: the elements fill [data_ptr, data_ptr + nbytes) exactly once,
+    in some order of the dims (contiguous, channels_last, transposed, permuted)."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
 
 
 class _FusedStep:
@@ -195,7 +216,7 @@ class _FusedStep:
         plan.grads = list(grads)
         plan.present = [g is not None for g in grads]
         plan.param_sig = (list(map(_data_ptr, params)), list(map(_nbytes, params)),
-                          list(map(_is_contiguous, params)))
+                          list(map(_stride, params)))
         name = type(self).__name__
         rows: dict[tuple[str, str], list[list[int]]] = {}
         row_live: dict[tuple[str, str], list[int]] = {}
@@ -221,10 +242,10 @@ class _FusedStep:
             if p.device.type != "cpu" or g.device.type != "cpu":
                 raise ValueError(f"fastoptim.torch.{name} updates CPU tensors; {where} is on "
                                  f"{p.device} with its grad on {g.device}")
-            dtype = _DTYPES.get(p.dtype)
+            dtype = _PARAM_DTYPES.get(p.dtype)
             if dtype is None:
-                raise TypeError(f"fastoptim.torch.{name} supports float32 and float64 params, "
-                                f"got {p.dtype} ({where})")
+                raise TypeError(f"fastoptim.torch.{name} supports float32, float64, complex64 "
+                                f"and complex128 params, got {p.dtype} ({where})")
             if g.dtype != p.dtype:
                 raise TypeError(f"{where}: grad dtype {g.dtype} does not match param dtype "
                                 f"{p.dtype}")
@@ -254,45 +275,50 @@ class _FusedStep:
                                                         dtype=_get_scalar_dtype())
             new_buffer = False
             row = [0] * 8
+            # Every buffer of a row is read in the same memory order: the param's own layout
+            # when it is dense (contiguous, channels_last, permuted: stepped in place), else the
+            # contiguous copy it is staged through.
+            if _dense(p):
+                row[0] = _data_ptr(p)
+                plan.direct_params.append(p)
+                layout = p.stride()
+            else:
+                staged = p.detach().contiguous()
+                plan.staged_params.append((staged, p))
+                row[0] = _data_ptr(staged)
+                layout = staged.stride()
             for k, slot in enumerate(slots):
                 if slot is None:
                     continue
                 buf = state.get(slot)
                 if buf is None:
-                    buf = added[slot] = torch.full_like(
-                        p, self._initial_value(slot, group), memory_format=torch.contiguous_format)
+                    buf = added[slot] = torch.empty_strided(
+                        p.shape, layout, dtype=p.dtype).fill_(self._initial_value(slot, group))
                     new_buffer = True
                 elif not isinstance(buf, torch.Tensor):
                     raise TypeError(f"{where}: state '{slot}' is a {type(buf).__name__}, "
                                     f"not a tensor")
-                elif not buf.is_contiguous() or buf.dtype != p.dtype or buf.shape != p.shape or \
+                elif buf.stride() != layout or buf.dtype != p.dtype or buf.shape != p.shape or \
                         buf.device.type != "cpu":
                     if buf.shape != p.shape:
                         raise RuntimeError(f"{where}: state '{slot}' has shape "
                                            f"{tuple(buf.shape)}, the param has shape "
                                            f"{tuple(p.shape)}")
-                    # .to() returns the tensor itself when the dtype already matches, and
-                    # clone() keeps its strides: ask for a contiguous copy explicitly.
-                    buf = added[slot] = buf.to(device="cpu", dtype=p.dtype).clone(
-                        memory_format=torch.contiguous_format)
+                    # a loaded or hand-set buffer in another layout or dtype: a copy in the
+                    # param's layout replaces it
+                    buf = added[slot] = torch.empty_strided(
+                        p.shape, layout, dtype=p.dtype).copy_(buf)
                 row[2 + k] = _data_ptr(buf)
                 plan.keep_alive.append(_storage(buf))
             if added and not stateless:
                 plan.new_state.append((p, added))
-            if p.is_contiguous():
-                row[0] = _data_ptr(p)
-                plan.direct_params.append(p)
-            else:
-                staged = p.detach().contiguous()
-                plan.staged_params.append((staged, p))
-                row[0] = _data_ptr(staged)
-            if g.is_contiguous():
+            if g.stride() == layout:
                 row[1] = _data_ptr(g)
             else:
-                staged_grad = g.contiguous()
+                staged_grad = torch.empty_strided(p.shape, layout, dtype=g.dtype)
                 plan.staged_grads.append((staged_grad, g))
                 row[1] = _data_ptr(staged_grad)
-            row[5] = p.numel()
+            row[5] = p.numel() * (2 if p.is_complex() else 1)
             row[7] = first_index + index
             if self._has_step:
                 row[6] = _data_ptr(step)
@@ -305,7 +331,8 @@ class _FusedStep:
             rows.setdefault(key, []).append(row)
             row_live.setdefault(key, []).append(len(live) - 1)
         plan.grad_sig = (list(map(_data_ptr, live)), list(map(_nbytes, live)),
-                         list(map(_is_contiguous, live)))
+                         list(map(_stride, live)))
+        plan.strided = not (all(map(_is_contiguous, params)) and all(map(_is_contiguous, live)))
         if counter_rows:
             # the core reads "steps so far" and adds one: 0 marks a new momentum buffer
             plan.counters = np.array(counters, dtype=np.float64)
