@@ -203,3 +203,28 @@ def test_complex_deepcopy_steps_independently() -> None:
     before = [p.detach().clone() for p in ps]
     twin.step()
     assert all(torch.equal(a, b.detach()) for a, b in zip(before, ps))
+
+
+# ---- sparse grads ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule,opts", [("SGD", dict(lr=0.1)), ("SGD", dict(lr=0.1, momentum=0.9)),
+                                       ("Adagrad", dict(lr=0.1, lr_decay=0.01))])
+def test_sparse_grads_like_torch(rule: str, opts: dict) -> None:
+    """nn.Embedding(sparse=True) with SGD and Adagrad, next to a dense layer in the same
+    optimizer: exact to torch.optim.X(foreach=False), duplicate indices included."""
+    def model():
+        torch.manual_seed(0)
+        return torch.nn.ModuleDict({"emb": torch.nn.Embedding(20, 4, sparse=True),
+                                    "lin": torch.nn.Linear(4, 1)})
+
+    ref_m, fo_m = model(), model()
+    ref = getattr(torch.optim, rule)(ref_m.parameters(), foreach=False, **opts)
+    fo = getattr(fo_torch, rule)(fo_m.parameters(), **opts)
+    for k in range(8):
+        idx = torch.tensor([k % 20, (3 * k) % 20, k % 20, 7])  # duplicates coalesce
+        for m, opt in ((ref_m, ref), (fo_m, fo)):
+            opt.zero_grad()
+            m["lin"](m["emb"](idx)).square().sum().backward()
+            opt.step()
+    for a, b in zip(fo_m.parameters(), ref_m.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

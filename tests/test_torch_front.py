@@ -199,13 +199,28 @@ def test_no_grads_at_all_is_a_noop(rule: str) -> None:
     assert opt.state_dict()["state"].keys() == before["state"].keys()
 
 
-def test_differentiable_rejected() -> None:
-    p = torch.nn.Parameter(torch.ones(3))
-    opt = fo_torch.Adam([p], differentiable=True)
-    p.grad = torch.ones(3)
-    with pytest.raises((ValueError, RuntimeError)):
+@pytest.mark.parametrize("rule", RULES)
+def test_differentiable_runs_torchs_update(rule: str) -> None:
+    """differentiable=True: autograd through the update, by torch's own implementation."""
+    results = []
+    for cls in (getattr(torch.optim, rule), getattr(fo_torch, rule)):
+        w = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64, requires_grad=True)
+        p = w * 1.0  # a non-leaf: differentiable optimizers may update it
+        opt = cls([p], differentiable=True, **RICH[rule])
+        p.grad = torch.tensor([0.1, -0.3, 0.2], dtype=torch.float64, requires_grad=True)
         opt.step()
-    assert torch.equal(p.detach(), torch.ones(3))
+        p.sum().backward()
+        results.append((p.detach().clone(), w.grad.clone()))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-12, atol=0)
+    torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-12, atol=0)
+
+
+def test_meta_device_gets_torchs_fused_error() -> None:
+    p = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    p.grad = torch.zeros(3, device="meta")
+    opt = fo_torch.Adam([p])
+    with pytest.raises(RuntimeError, match="requires all the params to be floating point Tensors"):
+        opt.step()
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32])

@@ -164,6 +164,10 @@ class _Plan:
         return True
 
 
+class _TorchSteps(Exception):
+    """Raised while a plan is built (nothing changed yet): this step is torch's to run."""
+
+
 def _storage(t: torch.Tensor) -> Any:
     return t.untyped_storage()
 
@@ -235,13 +239,18 @@ class _FusedStep:
                 # torch only warns, then updates it twice with shared state
                 raise ValueError(f"{where} is param {first_index + seen[id(p)]} listed twice; "
                                  "a param may appear only once")
-            if g.is_sparse or g.layout != torch.strided:
+            if g.layout != torch.strided:
+                if g.is_sparse and self._rule in ("sgd", "adagrad"):
+                    raise _TorchSteps  # torch's own sparse update
                 raise RuntimeError(f"{name} does not support sparse gradients" + (
                     ", please consider SparseAdam instead" if self._rule in ("adam", "adamw")
                     else ""))
             if p.device.type != "cpu" or g.device.type != "cpu":
-                raise ValueError(f"fastoptim.torch.{name} updates CPU tensors; {where} is on "
-                                 f"{p.device} with its grad on {g.device}")
+                # torch's wording for its fused optimizers
+                raise RuntimeError(
+                    f"fastoptim.torch.{name} is fused: it requires all the params to be floating "
+                    f"point Tensors of supported devices: ['cpu'] but {p.dtype} and "
+                    f"{p.device.type} ({where}, grad on {g.device.type})")
             dtype = _PARAM_DTYPES.get(p.dtype)
             if dtype is None:
                 raise TypeError(f"fastoptim.torch.{name} supports float32, float64, complex64 "
@@ -358,8 +367,18 @@ class _FusedStep:
             with torch.enable_grad():
                 loss = closure()
         with self._lock():
-            self._fused_step()
-        return loss
+            if not any(group.get("differentiable") for group in self.param_groups):
+                try:
+                    self._fused_step()
+                    return loss
+                except _TorchSteps:
+                    pass
+            # autograd through the update, or sparse grads (SGD, Adagrad): torch's own
+            # implementation, slower and exact
+            return self._torch_class().step(self, closure=lambda: loss)
+
+    def _torch_class(self) -> type:
+        return next(c for c in type(self).__mro__ if c.__module__.startswith("torch.optim"))
 
     def _fused_step(self) -> None:
         # GradScaler hands a step that supports AMP scaling (torch sets that for fused=True)
@@ -377,8 +396,6 @@ class _FusedStep:
         first_index = 0
         rebuilt = False
         for index, group in enumerate(self.param_groups):
-            if group.get("differentiable"):
-                raise ValueError("fastoptim.torch does not support differentiable=True")
             params = group["params"]
             grads = list(map(_grad, params))
             # Every group's options are checked before any group is stepped (ValueError with
