@@ -128,6 +128,84 @@ def _zero_worker(rank: int) -> dict[str, Any]:
     return out
 
 
+def _fsdp2_model() -> torch.nn.Module:
+    from torch.distributed.fsdp import fully_shard
+
+    model = _model()
+    for layer in model:
+        if isinstance(layer, torch.nn.Linear):
+            fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def _full(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [p.full_tensor().detach().clone() for p in model.parameters()]
+
+
+def _fsdp2_worker(rank: int) -> dict[str, Any]:
+    """FSDP2 (fully_shard) training with fastoptim.torch.AdamW next to torch.optim.AdamW; then
+    fastoptim's sharded optimizer state (torch.distributed.checkpoint's state_dict API) loads into
+    a torch optimizer, which continues on the reference's trajectory."""
+    import fastoptim.torch
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+    from torch.distributed.tensor import DTensor
+
+    ours, reference = _fsdp2_model(), _fsdp2_model()
+    opt_ours = fastoptim.torch.AdamW(ours.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    opt_reference = torch.optim.AdamW(reference.parameters(), lr=LR,
+                                      weight_decay=WEIGHT_DECAY, foreach=False)
+    out: dict[str, Any] = {"losses": _train(ours, opt_ours, rank, 0, STEPS)}
+    _train(reference, opt_reference, rank, 0, STEPS)
+    out["ours"], out["reference"] = _full(ours), _full(reference)
+    out["dtensor_params"] = all(isinstance(p, DTensor) for p in ours.parameters())
+    out["fused_plan"] = bool(opt_ours.__dict__.get("_fastoptim_plans"))
+    state = opt_ours.state[next(ours.parameters())]
+    out["state_is_sharded"] = isinstance(state["exp_avg"], DTensor)
+
+    sharded = get_optimizer_state_dict(ours, opt_ours)
+    resumed_model = _fsdp2_model()
+    with torch.no_grad():
+        for a, b in zip(resumed_model.parameters(), ours.parameters()):
+            a.copy_(b)
+    resumed = torch.optim.AdamW(resumed_model.parameters(), lr=LR, weight_decay=WEIGHT_DECAY,
+                                foreach=False)
+    set_optimizer_state_dict(resumed_model, resumed, sharded)
+    _train(resumed_model, resumed, rank, STEPS, STEPS)
+    _train(reference, opt_reference, rank, STEPS, STEPS)
+    out["resumed"], out["reference_continued"] = _full(resumed_model), _full(reference)
+    return out
+
+
+def _dtensor_worker(rank: int) -> dict[str, Any]:
+    """Plain distribute_tensor parameters (Shard(0) and Replicate), no FSDP."""
+    import fastoptim.torch
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
+
+    mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+
+    def params():
+        torch.manual_seed(3)
+        w, b = torch.randn(10, 4), torch.randn(4)
+        return [torch.nn.Parameter(distribute_tensor(w, mesh, [Shard(0)])),
+                torch.nn.Parameter(distribute_tensor(b, mesh, [Replicate()]))]
+
+    ours, reference = params(), params()
+    opt_ours = fastoptim.torch.Adam(ours, lr=LR, amsgrad=True)
+    opt_reference = torch.optim.Adam(reference, lr=LR, amsgrad=True, foreach=False)
+    for step in range(STEPS):
+        for ps, opt in ((ours, opt_ours), (reference, opt_reference)):
+            for i, p in enumerate(ps):  # the same global grads on every rank, sharded like p
+                full = torch.cos(torch.arange(p.numel(), dtype=p.dtype) * (0.3 + step + i))
+                p.grad = distribute_tensor(full.reshape(p.shape), mesh, p.placements)
+            opt.step()
+    return {"ours": [p.full_tensor().detach() for p in ours],
+            "reference": [p.full_tensor().detach() for p in reference]}
+
+
 def _worker_main(scenario: str, rank: int, port: int, out_path: str) -> None:
     from datetime import timedelta
 
@@ -139,7 +217,8 @@ def _worker_main(scenario: str, rank: int, port: int, out_path: str) -> None:
         timeout=timedelta(seconds=TIMEOUT // 2),
     )
     try:
-        out = {"ddp": _ddp_worker, "zero": _zero_worker}[scenario](rank)
+        out = {"ddp": _ddp_worker, "zero": _zero_worker, "fsdp2": _fsdp2_worker,
+               "dtensor": _dtensor_worker}[scenario](rank)
         out["num_threads"] = __import__("fastoptim").get_num_threads()
         dist.barrier()
     finally:
@@ -239,6 +318,24 @@ def test_zero_redundancy_adamw_trains_and_checkpoint_loads_into_torch(tmp_path: 
         results[0]["reference_continued"],
         "torch AdamW resumed from fastoptim's ZeRO checkpoint vs ZeRO with torch AdamW",
     )
+
+
+def test_fsdp2_adamw_matches_torch_and_state_loads_into_torch(tmp_path: Path) -> None:
+    results = run_workers("fsdp2", tmp_path)
+    for r in results:
+        assert r["dtensor_params"] and r["fused_plan"] and r["state_is_sharded"]
+        assert r["losses"][-1] < r["losses"][0]
+    assert_same_on_both_ranks(results, "ours")
+    assert_close(results[0]["ours"], results[0]["reference"], "FSDP2 fastoptim vs torch AdamW")
+    assert_same_on_both_ranks(results, "resumed")
+    assert_close(results[0]["resumed"], results[0]["reference_continued"],
+                 "torch AdamW resumed from fastoptim's sharded FSDP2 state vs torch all along")
+
+
+def test_distribute_tensor_params_match_torch(tmp_path: Path) -> None:
+    results = run_workers("dtensor", tmp_path)
+    assert_same_on_both_ranks(results, "ours")
+    assert_close(results[0]["ours"], results[0]["reference"], "DTensor fastoptim vs torch Adam")
 
 
 if __name__ == "__main__":

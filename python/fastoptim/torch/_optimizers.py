@@ -24,6 +24,11 @@ import numpy as np
 import torch
 from torch.optim.optimizer import _get_scalar_dtype
 
+try:
+    from torch.distributed.tensor import DTensor as _DTensor
+except ImportError:  # torch built without distributed
+    _DTensor = ()
+
 from .. import _core
 from .._arrays import state_slots, step_count
 from .._runtime import get_num_threads
@@ -108,6 +113,7 @@ class _Plan:
         self.param_sig: tuple[list[int], list[int], list[tuple[int, ...]]] = ([], [], [])
         self.grad_sig: tuple[list[int], list[int], list[tuple[int, ...]]] = ([], [], [])
         self.strided = False
+        self.distributed = False  # DTensor params: their local shards are what is stepped
         self.present: list[bool] = []  # which params had a grad
         self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
         self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
@@ -131,10 +137,12 @@ class _Plan:
         those changed (zero_grad(set_to_none=True) then backward makes new ones each step).
         Address, byte size and contiguity of every param and grad are what keeps reads and
         writes inside each tensor's current memory; they cost ~25 ns a tensor each."""
+        if len(params) != len(self.params) or not all(map(is_, params, self.params)):
+            return False
+        if self.distributed:
+            params = list(map(_memory, params))
         if (
-            len(params) != len(self.params)
-            or not all(map(is_, params, self.params))
-            or list(map(_data_ptr, params)) != self.param_sig[0]
+            list(map(_data_ptr, params)) != self.param_sig[0]
             or list(map(_nbytes, params)) != self.param_sig[1]
             or (list(map(_stride, params)) != self.param_sig[2] if self.strided
                 else not all(map(_is_contiguous, params)))
@@ -144,6 +152,8 @@ class _Plan:
         live = grads if all(self.present) else [g for g in grads if g is not None]
         if not same and [g is not None for g in grads] != self.present:
             return False
+        if self.distributed:
+            live = list(map(_memory, live))
         try:
             ptrs = list(map(_data_ptr, live))
             if list(map(_nbytes, live)) != self.grad_sig[1] or (
@@ -162,6 +172,12 @@ class _Plan:
         if not same:
             self.grads = list(grads)
         return True
+
+
+def _memory(t: torch.Tensor) -> torch.Tensor:
+    """The tensor whose memory is stepped: a DTensor's local shard (FSDP2, distribute_tensor),
+    else the tensor itself."""
+    return getattr(t, "_local_tensor", t) if isinstance(t, _DTensor) else t
 
 
 class _TorchSteps(Exception):
@@ -219,8 +235,10 @@ class _FusedStep:
         plan.params = list(params)
         plan.grads = list(grads)
         plan.present = [g is not None for g in grads]
-        plan.param_sig = (list(map(_data_ptr, params)), list(map(_nbytes, params)),
-                          list(map(_stride, params)))
+        plan.distributed = any(isinstance(t, _DTensor) for t in params)
+        memory = list(map(_memory, params))
+        plan.param_sig = (list(map(_data_ptr, memory)), list(map(_nbytes, memory)),
+                          list(map(_stride, memory)))
         name = type(self).__name__
         rows: dict[tuple[str, str], list[list[int]]] = {}
         row_live: dict[tuple[str, str], list[int]] = {}
@@ -261,10 +279,18 @@ class _FusedStep:
             if g.shape != p.shape:
                 raise RuntimeError(f"{where}: grad shape {tuple(g.shape)} does not match param "
                                    f"shape {tuple(p.shape)}")
-            if p.numel() and (_data_ptr(p) == 0 or _data_ptr(g) == 0):
-                raise ValueError(f"{where}: the param or its grad has no CPU memory "
-                                 f"(a DTensor or a tensor without storage)")
-            live.append(g)
+            if isinstance(p, _DTensor) != isinstance(g, _DTensor) or (
+                    isinstance(p, _DTensor) and (p.placements != g.placements
+                                                 or p.device_mesh != g.device_mesh)):
+                raise RuntimeError(f"{where}: the param and its grad are not sharded alike "
+                                   f"({type(p).__name__} and {type(g).__name__})")
+            pm, gm = _memory(p), _memory(g)  # the local shards of DTensors
+            if pm.shape != gm.shape:
+                raise RuntimeError(f"{where}: grad shape {tuple(gm.shape)} does not match "
+                                   f"param shape {tuple(pm.shape)} (local shards)")
+            if pm.numel() and (_data_ptr(pm) == 0 or _data_ptr(gm) == 0):
+                raise ValueError(f"{where}: the param or its grad has no CPU memory")
+            live.append(gm)
             entry = None if stateless else self.state.get(p)
             fresh = not entry  # torch initialises a param's state when it is empty
             state = {} if fresh else entry
@@ -287,13 +313,13 @@ class _FusedStep:
             # Every buffer of a row is read in the same memory order: the param's own layout
             # when it is dense (contiguous, channels_last, permuted: stepped in place), else the
             # contiguous copy it is staged through.
-            if _dense(p):
-                row[0] = _data_ptr(p)
+            if _dense(pm):
+                row[0] = _data_ptr(pm)
                 plan.direct_params.append(p)
-                layout = p.stride()
+                layout = pm.stride()
             else:
-                staged = p.detach().contiguous()
-                plan.staged_params.append((staged, p))
+                staged = pm.detach().contiguous()
+                plan.staged_params.append((staged, pm))
                 row[0] = _data_ptr(staged)
                 layout = staged.stride()
             for k, slot in enumerate(slots):
@@ -301,12 +327,24 @@ class _FusedStep:
                     continue
                 buf = state.get(slot)
                 if buf is None:
-                    buf = added[slot] = torch.empty_strided(
-                        p.shape, layout, dtype=p.dtype).fill_(self._initial_value(slot, group))
+                    if isinstance(p, _DTensor):  # sharded like the param, as torch's zeros_like
+                        buf = torch.zeros_like(p)
+                        _memory(buf).fill_(self._initial_value(slot, group))
+                    else:
+                        buf = torch.empty_strided(p.shape, layout, dtype=p.dtype).fill_(
+                            self._initial_value(slot, group))
+                    added[slot] = buf
                     new_buffer = True
                 elif not isinstance(buf, torch.Tensor):
                     raise TypeError(f"{where}: state '{slot}' is a {type(buf).__name__}, "
                                     f"not a tensor")
+                elif isinstance(p, _DTensor):
+                    bm = _memory(buf)
+                    if not isinstance(buf, _DTensor) or bm.shape != pm.shape or \
+                            bm.dtype != pm.dtype or bm.stride() != layout:
+                        raise RuntimeError(f"{where}: state '{slot}' is not sharded like the "
+                                           f"param (local shape {tuple(bm.shape)}, param's "
+                                           f"{tuple(pm.shape)})")
                 elif buf.stride() != layout or buf.dtype != p.dtype or buf.shape != p.shape or \
                         buf.device.type != "cpu":
                     if buf.shape != p.shape:
@@ -317,17 +355,17 @@ class _FusedStep:
                     # param's layout replaces it
                     buf = added[slot] = torch.empty_strided(
                         p.shape, layout, dtype=p.dtype).copy_(buf)
-                row[2 + k] = _data_ptr(buf)
-                plan.keep_alive.append(_storage(buf))
+                row[2 + k] = _data_ptr(_memory(buf))
+                plan.keep_alive.append(_storage(_memory(buf)))
             if added and not stateless:
                 plan.new_state.append((p, added))
-            if g.stride() == layout:
-                row[1] = _data_ptr(g)
+            if gm.stride() == layout:
+                row[1] = _data_ptr(gm)
             else:
-                staged_grad = torch.empty_strided(p.shape, layout, dtype=g.dtype)
-                plan.staged_grads.append((staged_grad, g))
+                staged_grad = torch.empty_strided(pm.shape, layout, dtype=gm.dtype)
+                plan.staged_grads.append((staged_grad, gm))
                 row[1] = _data_ptr(staged_grad)
-            row[5] = p.numel() * (2 if p.is_complex() else 1)
+            row[5] = pm.numel() * (2 if pm.is_complex() else 1)
             row[7] = first_index + index
             if self._has_step:
                 row[6] = _data_ptr(step)
@@ -341,7 +379,7 @@ class _FusedStep:
             row_live.setdefault(key, []).append(len(live) - 1)
         plan.grad_sig = (list(map(_data_ptr, live)), list(map(_nbytes, live)),
                          list(map(_stride, live)))
-        plan.strided = not (all(map(_is_contiguous, params)) and all(map(_is_contiguous, live)))
+        plan.strided = not (all(map(_is_contiguous, memory)) and all(map(_is_contiguous, live)))
         if counter_rows:
             # the core reads "steps so far" and adds one: 0 marks a new momentum buffer
             plan.counters = np.array(counters, dtype=np.float64)
@@ -435,7 +473,7 @@ class _FusedStep:
             # the grads are unscaled in place (as torch's fused kernels do), so the step is
             # checked first: a failed step leaves the grads as they were
             _core.step_plans(self._rule, specs, written, threads, check_only=True)
-            live = [g for _, _, plan in ready for g in plan.grads if g is not None]
+            live = [_memory(g) for _, _, plan in ready for g in plan.grads if g is not None]
             # as GradScaler.unscale_: multiply by the float32 reciprocal of the scale
             inv_scale = grad_scale.double().reciprocal().float()
             torch._foreach_mul_(live, inv_scale.to(live[0].device))
