@@ -125,7 +125,8 @@ kernels::SgdScalars<T> make_scalars(const SgdOptions& o, std::int64_t step) {
           decay,
           momentum,
           o.nesterov,
-          first};
+          first,
+          {}};
 }
 
 template <class T>
@@ -136,7 +137,7 @@ kernels::AdagradScalars<T> make_scalars(const AdagradOptions& o, std::int64_t st
                     "lr / (1 + (step - 1) * lr_decay)"),
           decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
                 : unused<T>(o.weight_decay),
-          narrow<T>(o.eps, {{"eps", o.eps}}), o.maximize, decay};
+          narrow<T>(o.eps, {{"eps", o.eps}}), o.maximize, decay, {}};
 }
 
 template <class T>
@@ -149,7 +150,8 @@ kernels::AdadeltaScalars<T> make_scalars(const AdadeltaOptions& o, std::int64_t)
           decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
                 : unused<T>(o.weight_decay),
           o.maximize,
-          decay};
+          decay,
+          {}};
 }
 
 template <class T>
@@ -167,7 +169,8 @@ kernels::RmspropScalars<T> make_scalars(const RmspropOptions& o, std::int64_t) {
           o.maximize,
           decay,
           momentum,
-          o.centered};
+          o.centered,
+          {}};
 }
 
 template <class T>
@@ -196,7 +199,8 @@ kernels::AdamScalars<T> make_scalars(const AdamOptions& o, std::int64_t step) {
           o.maximize,
           coupled,
           decoupled,
-          o.amsgrad};
+          o.amsgrad,
+          {}};
 }
 
 template <class T>
@@ -280,11 +284,31 @@ auto make_all_scalars(const Options& options, std::span<const ParamBuffers> buff
   return scalars;
 }
 
+void check_factors(const GradFactors& f) {
+  if (!(std::isfinite(f.inv_scale) && f.inv_scale >= 0.0))
+    throw std::invalid_argument("grad inv_scale must be finite and >= 0, got " +
+                                detail::py_float(f.inv_scale));
+  // NaN passes: torch clips by a NaN factor when the norm is NaN (error_if_nonfinite=False)
+  if (!(std::isnan(f.clip_coef) || (std::isfinite(f.clip_coef) && f.clip_coef >= 0.0)))
+    throw std::invalid_argument("grad clip_coef must be finite and >= 0, got " +
+                                detail::py_float(f.clip_coef));
+}
+
+template <class T, class Scalars>
+void set_factors(std::vector<Scalars>& scalars, const GradFactors& f) {
+  if constexpr (requires(Scalars s) { s.grad; }) {
+    const kernels::GradFactors<T> factors{saturate<T>(f.inv_scale), saturate<T>(f.clip_coef),
+                                          f.inv_scale != 1.0, f.clip_coef != 1.0};
+    for (Scalars& s : scalars) s.grad = factors;
+  }
+}
+
 template <class T, class Options>
 void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBuffers> buffers,
-           int num_threads) {
+           int num_threads, const GradFactors& factors) {
   const Kernel kernel = kernels::active_table().kernels[rule][sizeof(T) == 8 ? 1 : 0];
-  const auto scalars = make_all_scalars<T>(options, buffers);
+  auto scalars = make_all_scalars<T>(options, buffers);
+  set_factors<T>(scalars, factors);
   std::vector<std::size_t> starts(buffers.size() + 1, 0);
   for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
   const std::size_t total = starts.back();
@@ -310,7 +334,9 @@ void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBu
 }
 
 template <class Options>
-void check_call(const Options& options, DType dtype, std::span<const ParamBuffers> buffers) {
+void check_call(const Options& options, DType dtype, std::span<const ParamBuffers> buffers,
+                const GradFactors& factors = {}) {
+  check_factors(factors);
   validate(options);
   validate_buffers(options, buffers);
   if (dtype == DType::float32)
@@ -323,13 +349,15 @@ void check_call(const Options& options, DType dtype, std::span<const ParamBuffer
 
 template <class Options>
 void checked_apply(kernels::RuleId rule, const Options& options, DType dtype,
-                   std::span<const ParamBuffers> buffers, int num_threads) {
+                   std::span<const ParamBuffers> buffers, int num_threads,
+                   const GradFactors& factors = {}) {
+  check_factors(factors);
   validate(options);
   validate_buffers(options, buffers);
   if (dtype == DType::float32)
-    apply<float>(rule, options, buffers, num_threads);
+    apply<float>(rule, options, buffers, num_threads, factors);
   else if (dtype == DType::float64)
-    apply<double>(rule, options, buffers, num_threads);
+    apply<double>(rule, options, buffers, num_threads, factors);
   else
     throw std::invalid_argument("unsupported dtype");
 }
@@ -368,39 +396,181 @@ void check_step_counts(std::span<const ParamBuffers> buffers) {
                                   std::to_string(buffers[i].step));
 }
 
-void check_step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b) {
-  check_call(o, d, b);
+void check_step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b,
+                const GradFactors& f) {
+  check_call(o, d, b, f);
 }
-void check_step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b) {
-  check_call(o, d, b);
+void check_step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b,
+                const GradFactors& f) {
+  check_call(o, d, b, f);
 }
-void check_step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b) {
-  check_call(o, d, b);
+void check_step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b,
+                const GradFactors& f) {
+  check_call(o, d, b, f);
 }
-void check_step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b) {
-  check_call(o, d, b);
+void check_step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b,
+                const GradFactors& f) {
+  check_call(o, d, b, f);
 }
-void check_step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b) {
-  check_call(o, d, b);
+void check_step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b,
+                const GradFactors& f) {
+  check_call(o, d, b, f);
 }
 
-void step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
-  checked_apply(kernels::kSgd, o, d, b, n);
+void step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b, int n,
+          const GradFactors& f) {
+  checked_apply(kernels::kSgd, o, d, b, n, f);
 }
-void step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
-  checked_apply(kernels::kAdagrad, o, d, b, n);
+void step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b, int n,
+          const GradFactors& f) {
+  checked_apply(kernels::kAdagrad, o, d, b, n, f);
 }
-void step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
-  checked_apply(kernels::kAdadelta, o, d, b, n);
+void step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b, int n,
+          const GradFactors& f) {
+  checked_apply(kernels::kAdadelta, o, d, b, n, f);
 }
-void step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
-  checked_apply(kernels::kRmsprop, o, d, b, n);
+void step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b, int n,
+          const GradFactors& f) {
+  checked_apply(kernels::kRmsprop, o, d, b, n, f);
 }
-void step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b, int n) {
-  checked_apply(kernels::kAdam, o, d, b, n);
+void step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b, int n,
+          const GradFactors& f) {
+  checked_apply(kernels::kAdam, o, d, b, n, f);
 }
 void roofline_step(int state_count, DType d, std::span<const ParamBuffers> b, int n) {
   checked_apply(kernels::kRoofline, state_count, d, b, n);
+}
+
+// ---- the grad norm ---------------------------------------------------------------------------
+namespace {
+
+// Elements per block of the norm pass. Block boundaries depend only on the element counts, and
+// the block partials are added in order: the thread count only decides who computes a block.
+constexpr std::size_t kNormBlock = 1 << 14;
+constexpr int kNormLanes = 8;  // accumulators per block, element k of a block into lane k % 8
+
+enum class NormKind { kOne, kTwo, kInf, kPow };
+
+struct NormPartial {
+  double value;   // sum of |g|^p, or the largest |g|
+  bool nonfinite;
+};
+
+// |g|^p accumulated over elements [lo, hi) of one buffer into acc (lane by position in block).
+template <class T>
+void accumulate(const T* g, std::size_t lo, std::size_t hi, std::size_t block_start,
+                NormKind kind, double p, double* acc, double* finite) {
+  for (std::size_t i = lo; i < hi; ++i) {
+    const double x = static_cast<double>(g[i]);
+    const std::size_t lane = (block_start + i - lo) % kNormLanes;
+    finite[lane] += x * 0.0;  // NaN once any element is inf or NaN
+    const double a = std::fabs(x);
+    switch (kind) {
+      case NormKind::kOne: acc[lane] += a; break;
+      case NormKind::kTwo: acc[lane] += x * x; break;
+      case NormKind::kPow: acc[lane] += std::pow(a, p); break;
+      case NormKind::kInf:
+        // NaN-propagating max: a NaN element makes the norm NaN, as torch's does
+        if (!(a <= acc[lane])) acc[lane] = a;
+        break;
+    }
+  }
+}
+
+template <class T>
+NormPartial norm_block(std::span<const ParamBuffers> buffers, const std::vector<std::size_t>& starts,
+                       std::size_t lo, std::size_t hi, NormKind kind, double p) {
+  double acc[kNormLanes] = {}, finite[kNormLanes] = {};
+  std::size_t b = static_cast<std::size_t>(
+      std::upper_bound(starts.begin(), starts.end(), lo) - starts.begin() - 1);
+  for (; b < buffers.size() && starts[b] < hi; ++b) {
+    const std::size_t first = std::max(lo, starts[b]) - starts[b];
+    const std::size_t last = std::min(hi, starts[b] + buffers[b].size) - starts[b];
+    if (first < last)
+      accumulate(static_cast<const T*>(buffers[b].grad), first, last, starts[b] + first - lo,
+                 kind, p, acc, finite);
+  }
+  double value, check = 0.0;
+  if (kind == NormKind::kInf) {
+    value = 0.0;
+    for (double a : acc)
+      if (!(a <= value)) value = a;
+  } else {
+    value = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  }
+  for (double f : finite) check += f;
+  return {value, check != 0.0 || std::isnan(check)};
+}
+
+template <class T>
+double norm_of(std::span<const ParamBuffers> buffers, NormKind kind, double p, int num_threads,
+               bool* nonfinite) {
+  std::vector<std::size_t> starts(buffers.size() + 1, 0);
+  for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
+  const std::size_t total = starts.back();
+  const std::size_t blocks = (total + kNormBlock - 1) / kNormBlock;
+  std::vector<NormPartial> partials(blocks);
+  auto run_block = [&](std::size_t k) {
+    partials[k] = norm_block<T>(buffers, starts, k * kNormBlock,
+                                std::min(total, (k + 1) * kNormBlock), kind, p);
+  };
+  const int threads = resolve_threads(num_threads, total);
+#if defined(FASTOPTIM_OPENMP)
+  if (threads > 1 && blocks > 1) {
+    before_first_parallel_region();
+    const auto count = static_cast<std::ptrdiff_t>(blocks);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (std::ptrdiff_t k = 0; k < count; ++k) run_block(static_cast<std::size_t>(k));
+  } else
+#endif
+  {
+    (void)threads;
+    for (std::size_t k = 0; k < blocks; ++k) run_block(k);
+  }
+  double sum = 0.0;
+  bool bad = false;
+  for (const NormPartial& part : partials) {
+    if (kind == NormKind::kInf) {
+      if (!(part.value <= sum)) sum = part.value;
+    } else {
+      sum += part.value;
+    }
+    bad = bad || part.nonfinite;
+  }
+  if (nonfinite != nullptr) *nonfinite = bad;
+  switch (kind) {
+    case NormKind::kOne:
+    case NormKind::kInf: return sum;
+    case NormKind::kTwo: return std::sqrt(sum);
+    case NormKind::kPow: break;
+  }
+  return std::pow(sum, 1.0 / p);
+}
+
+}  // namespace
+
+double grad_norm(DType dtype, std::span<const ParamBuffers> buffers, double norm_type,
+                 int num_threads, bool* nonfinite) {
+  NormKind kind;
+  if (norm_type == 1.0) kind = NormKind::kOne;
+  else if (norm_type == 2.0) kind = NormKind::kTwo;
+  else if (norm_type == std::numeric_limits<double>::infinity()) kind = NormKind::kInf;
+  else if (std::isfinite(norm_type) && norm_type > 0.0) kind = NormKind::kPow;
+  else
+    throw std::invalid_argument("norm_type must be a positive number or inf, got " +
+                                detail::py_float(norm_type));
+  for (std::size_t i = 0; i < buffers.size(); ++i)
+    if (buffers[i].size != 0 && buffers[i].grad == nullptr)
+      throw std::invalid_argument(buffer_name(i) + ": grad is null");
+  if (dtype == DType::float32) return norm_of<float>(buffers, kind, norm_type, num_threads, nonfinite);
+  if (dtype == DType::float64)
+    return norm_of<double>(buffers, kind, norm_type, num_threads, nonfinite);
+  throw std::invalid_argument("unsupported dtype");
+}
+
+double clip_coefficient(double max_norm, double total_norm) {
+  const double coef = max_norm / (total_norm + 1e-6);
+  return std::isnan(coef) || coef < 1.0 ? coef : 1.0;  // torch's clamp(max=1) keeps NaN
 }
 
 void set_num_threads(int num_threads) {

@@ -2,7 +2,10 @@
 // binary checkpoint format documented in optimizer.hpp.
 #include "fastoptim/optimizer.hpp"
 
+#include "py_float.hpp"
+
 #include <algorithm>
+#include <cmath>
 #include <bit>
 #include <cstring>
 #include <istream>
@@ -207,6 +210,8 @@ struct Optimizer::Impl {
 
   std::vector<Param> params;
   std::vector<Range> ranges;
+  double pending_clip = 1.0;  // clip_grad_norm()'s factor for the next step()
+  bool has_pending_clip = false;
 
   // The param whose bytes intersect [begin, end), if any.
   const Range* overlapping(std::uintptr_t begin, std::uintptr_t end) const {
@@ -287,12 +292,12 @@ void Optimizer::step(std::span<const std::span<const double>> grads) {
   step_checked(all);
 }
 
-void Optimizer::step_checked(std::span<const Grad> grads) {
-  auto& params = impl_->params;
-  check_options();
+// Count, dtype, size and memory of every grad (std::invalid_argument naming the param).
+void Optimizer::check_grads(std::span<const Grad> grads, const char* caller) const {
+  const auto& params = impl_->params;
   if (grads.size() != params.size())
-    throw std::invalid_argument("step() got " + std::to_string(grads.size()) + " grads for " +
-                                std::to_string(params.size()) +
+    throw std::invalid_argument(std::string(caller) + " got " + std::to_string(grads.size()) +
+                                " grads for " + std::to_string(params.size()) +
                                 " params; pass one grad (or an empty Grad{}) per param, in "
                                 "add_param() order");
   for (std::size_t i = 0; i < params.size(); ++i) {
@@ -311,6 +316,58 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
     if (const Impl::Range* other = impl_->overlapping(begin, begin + g.size() * dtype_size(p.dtype)))
       throw std::invalid_argument(param_name(i) + ": grad overlaps " + param_name(other->index));
   }
+
+}
+
+double Optimizer::clip_grad_norm(std::span<const Grad> grads, double max_norm, double norm_type,
+                                 bool error_if_nonfinite) {
+  if (!(max_norm >= 0.0))
+    throw std::invalid_argument("max_norm must be >= 0, got " + detail::py_float(max_norm));
+  check_grads(grads, "clip_grad_norm()");
+  std::vector<ParamBuffers> by_dtype[2];
+  for (std::size_t i = 0; i < grads.size(); ++i) {
+    if (!grads[i].present()) continue;
+    ParamBuffers b;
+    b.grad = grads[i].data();
+    b.size = grads[i].size();
+    by_dtype[grads[i].dtype() == DType::float32 ? 0 : 1].push_back(b);
+  }
+  if (by_dtype[0].empty() && by_dtype[1].empty())
+    throw std::invalid_argument("clip_grad_norm(): no param has a grad");
+  // torch: the norm of the per-dtype norms (a float32 and a float64 norm combine in double)
+  double norms[2] = {0.0, 0.0};
+  bool nonfinite = false;
+  for (int d = 0; d < 2; ++d) {
+    if (by_dtype[d].empty()) continue;
+    bool bad = false;
+    norms[d] = grad_norm(d == 0 ? DType::float32 : DType::float64, by_dtype[d], norm_type,
+                         num_threads_, &bad);
+    nonfinite = nonfinite || bad;
+  }
+  double total;
+  if (by_dtype[0].empty() || by_dtype[1].empty()) {
+    total = by_dtype[0].empty() ? norms[1] : norms[0];
+  } else {
+    ParamBuffers pair;
+    pair.grad = norms;
+    pair.size = 2;
+    total = grad_norm(DType::float64, std::span(&pair, 1), norm_type, 1);
+  }
+  if (error_if_nonfinite && !std::isfinite(total))
+    throw std::invalid_argument("The total norm of order " + detail::py_float(norm_type) +
+                                " for gradients from `parameters` is non-finite, so it cannot "
+                                "be clipped. To disable this error and scale the gradients by "
+                                "the non-finite norm anyway, set `error_if_nonfinite=False`");
+  impl_->pending_clip = clip_coefficient(max_norm, total);
+  impl_->has_pending_clip = true;
+  (void)nonfinite;
+  return total;
+}
+
+void Optimizer::step_checked(std::span<const Grad> grads) {
+  auto& params = impl_->params;
+  check_options();
+  check_grads(grads, "step()");
 
   for (std::size_t i = 0; i < params.size(); ++i)
     if (grads[i].present() && params[i].step >= kMaxStepCount)
@@ -351,10 +408,13 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
 
   // Both batches are checked before either runs: a float64 batch the driver would reject
   // must not leave the float32 params already updated.
-  if (!buffers[0].empty()) check_run(DType::float32, buffers[0]);
-  if (!buffers[1].empty()) check_run(DType::float64, buffers[1]);
-  if (!buffers[0].empty()) run(DType::float32, buffers[0], num_threads_);
-  if (!buffers[1].empty()) run(DType::float64, buffers[1], num_threads_);
+  GradFactors factors;
+  if (impl_->has_pending_clip) factors.clip_coef = impl_->pending_clip;
+  if (!buffers[0].empty()) check_run(DType::float32, buffers[0], factors);
+  if (!buffers[1].empty()) check_run(DType::float64, buffers[1], factors);
+  if (!buffers[0].empty()) run(DType::float32, buffers[0], num_threads_, factors);
+  if (!buffers[1].empty()) run(DType::float64, buffers[1], num_threads_, factors);
+  impl_->has_pending_clip = false;
 
   for (NewSlot& n : fresh) params[n.index].slots[n.slot] = std::move(n.buffer);
   for (std::size_t i = 0; i < params.size(); ++i)
@@ -603,14 +663,14 @@ bool RuleOptimizer<OptionsT, kRule>::eager_state() const {
 
 template <class OptionsT, Rule kRule>
 void RuleOptimizer<OptionsT, kRule>::run(DType dtype, std::span<const ParamBuffers> buffers,
-                                         int threads) const {
-  fastoptim::step(options_, dtype, buffers, threads);
+                                         int threads, const GradFactors& factors) const {
+  fastoptim::step(options_, dtype, buffers, threads, factors);
 }
 
 template <class OptionsT, Rule kRule>
-void RuleOptimizer<OptionsT, kRule>::check_run(DType dtype,
-                                               std::span<const ParamBuffers> buffers) const {
-  fastoptim::check_step(options_, dtype, buffers);
+void RuleOptimizer<OptionsT, kRule>::check_run(DType dtype, std::span<const ParamBuffers> buffers,
+                                               const GradFactors& factors) const {
+  fastoptim::check_step(options_, dtype, buffers, factors);
 }
 
 template <class OptionsT, Rule kRule>

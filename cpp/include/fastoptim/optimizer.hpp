@@ -128,6 +128,21 @@ class Optimizer {
   void step(std::span<const std::span<const float>> grads);
   void step(std::span<const std::span<const double>> grads);
 
+  // torch.nn.utils.clip_grad_norm_ folded into the next step(): returns the total norm of
+  // `grads` (one per param, as step() takes them; absent ones skipped) of order norm_type
+  // (inf for the largest magnitude), bit-identical for any thread count and SIMD level, and
+  // makes the next step() read every grad multiplied by min(1, max_norm / (norm + 1e-6)).
+  // The grads are not written (torch rewrites them). std::invalid_argument, nothing changed:
+  // max_norm < 0 or NaN, a bad norm_type, a grad that step() would reject, no grad at all, or
+  // a non-finite norm with error_if_nonfinite.
+  double clip_grad_norm(std::span<const Grad> grads, double max_norm, double norm_type = 2.0,
+                        bool error_if_nonfinite = false);
+  double clip_grad_norm(std::initializer_list<Grad> grads, double max_norm,
+                        double norm_type = 2.0, bool error_if_nonfinite = false) {
+    return clip_grad_norm(std::span(grads.begin(), grads.size()), max_norm, norm_type,
+                          error_if_nonfinite);
+  }
+
   // Threads for this optimizer's steps; 0 (the default) means fastoptim::get_num_threads().
   void set_num_threads(int num_threads);
   int num_threads() const { return num_threads_; }
@@ -182,8 +197,10 @@ class Optimizer {
   virtual bool uses_slot(int slot) const = 0;                    // with the current options
   virtual double initial_value(int /*slot*/) const { return 0.0; }
   virtual bool eager_state() const { return false; }             // Adagrad: state at add_param
-  virtual void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const = 0;
-  virtual void check_run(DType dtype, std::span<const ParamBuffers> buffers) const = 0;  // check_step
+  virtual void run(DType dtype, std::span<const ParamBuffers> buffers, int threads,
+                   const GradFactors& factors) const = 0;
+  virtual void check_run(DType dtype, std::span<const ParamBuffers> buffers,
+                         const GradFactors& factors) const = 0;  // check_step
   virtual std::vector<double> options_vector() const = 0;        // for save()
   virtual void set_options_vector(const std::vector<double>& values) = 0;  // validated by load()
   virtual std::size_t options_count() const = 0;
@@ -193,6 +210,7 @@ class Optimizer {
   template <class T>
   std::size_t add(std::span<T> param);
   void step_checked(std::span<const Grad> grads);
+  void check_grads(std::span<const Grad> grads, const char* caller) const;
 
   Rule rule_;
   int num_threads_ = 0;
@@ -218,8 +236,10 @@ class RuleOptimizer final : public Optimizer {
   bool uses_slot(int slot) const override;
   double initial_value(int slot) const override;
   bool eager_state() const override;
-  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const override;
-  void check_run(DType dtype, std::span<const ParamBuffers> buffers) const override;
+  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads,
+           const GradFactors& factors) const override;
+  void check_run(DType dtype, std::span<const ParamBuffers> buffers,
+                 const GradFactors& factors) const override;
   std::vector<double> options_vector() const override;
   void set_options_vector(const std::vector<double>& values) override;
   std::size_t options_count() const override;

@@ -40,6 +40,27 @@ inline constexpr std::int64_t kMaxStepCount = (std::int64_t{1} << 53) - 1;
 // 1..9007199254740991, got 0") unless every step is in 1..kMaxStepCount.
 void check_step_counts(std::span<const ParamBuffers> buffers);
 
+// Factors every grad is multiplied by as the step reads it (the grads themselves are not
+// written), in torch's order: GradScaler's unscale (grad * inv_scale), then clip_grad_norm_'s
+// clip (grad * clip_coef); each is converted to the element type, as torch's in-place
+// multiplies convert their scalar. 1.0 means not applied. Both must be finite and >= 0.
+struct GradFactors {
+  double inv_scale = 1.0;
+  double clip_coef = 1.0;
+};
+
+// The total norm of the grads of `buffers` (their `grad` and `size`; param and state unused),
+// as torch.nn.utils.clip_grad_norm_ defines it: (sum over every element of |g|^p)^(1/p), the
+// largest |g| for norm_type = inf. Accumulated in double, in fixed blocks whose partial sums
+// are added in order, so the result is bit-identical for any thread count and SIMD level.
+// norm_type: a finite number > 0, or inf. `nonfinite` (if given) is set when any grad element
+// is inf or NaN. std::invalid_argument for a bad norm_type or a null grad.
+double grad_norm(DType dtype, std::span<const ParamBuffers> buffers, double norm_type,
+                 int num_threads = 0, bool* nonfinite = nullptr);
+
+// max_norm / (total_norm + 1e-6), at most 1: the factor clip_grad_norm_ multiplies grads by.
+double clip_coefficient(double max_norm, double total_norm);
+
 // Which state slots of ParamBuffers a rule reads and writes with these options (the table
 // above), and torch's state_dict key for each slot ("" if the rule has no such slot).
 bool uses_state_slot(const SgdOptions& options, int slot);
@@ -62,23 +83,28 @@ const char* state_slot_name(const AdamOptions& options, int slot);
 // as torch rejects a Python float that overflows the tensor's dtype. Non-finite options that
 // torch accepts (lr = inf) are passed through.
 void step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0);
+          int num_threads = 0, const GradFactors& grad_factors = {});
 void step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0);
+          int num_threads = 0, const GradFactors& grad_factors = {});
 void step(const AdadeltaOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0);
+          int num_threads = 0, const GradFactors& grad_factors = {});
 void step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0);
+          int num_threads = 0, const GradFactors& grad_factors = {});
 void step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0);
+          int num_threads = 0, const GradFactors& grad_factors = {});
 
 // Everything step() checks, and nothing written: validate every batch of a multi-batch update
 // (several dtypes, several groups) before running any of them. Same exceptions as step().
-void check_step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
-void check_step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
-void check_step(const AdadeltaOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
-void check_step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
-void check_step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers);
+void check_step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+                const GradFactors& grad_factors = {});
+void check_step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+                const GradFactors& grad_factors = {});
+void check_step(const AdadeltaOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+                const GradFactors& grad_factors = {});
+void check_step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+                const GradFactors& grad_factors = {});
+void check_step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
+                const GradFactors& grad_factors = {});
 
 // Same traffic as a rule, minimal arithmetic: reads param, grad and `state_count` state buffers,
 // writes param and the state buffers back. The benchmark's roofline.

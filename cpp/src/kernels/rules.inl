@@ -8,6 +8,15 @@
 // Uniform flags are plain branches: they are predicted perfectly and the loops are
 // memory-bound.
 
+// The grad as the update sees it: unscaled, then clipped (GradFactors), in T.
+template <class V, class T>
+FASTOPTIM_INLINE V load_grad(const GradFactors<T>& f, const Streams& p, size_t i) {
+  V g = V::load(static_cast<const T*>(p.grad) + i);
+  if (f.unscale) g = g * V::set1(f.inv_scale);
+  if (f.clip) g = g * V::set1(f.clip_coef);
+  return g;
+}
+
 template <class V, class T>
 FASTOPTIM_INLINE V lerp(V start, V end, const Lerp<T>& l) {
   const V diff = end - start;
@@ -19,7 +28,7 @@ struct Sgd {
   template <class V, class T>
   static FASTOPTIM_INLINE void update(const SgdScalars<T>& s, const Streams& p, size_t i) {
     T* param = static_cast<T*>(p.param) + i;
-    V g = V::load(static_cast<const T*>(p.grad) + i);
+    V g = load_grad<V, T>(s.grad, p, i);
     if (s.maximize) g = neg(g);
     if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * V::load(param);
     if (s.has_momentum) {
@@ -39,7 +48,7 @@ struct Adagrad {
   static FASTOPTIM_INLINE void update(const AdagradScalars<T>& s, const Streams& p, size_t i) {
     T* param = static_cast<T*>(p.param) + i;
     T* sum_ptr = static_cast<T*>(p.state[0]) + i;
-    V g = V::load(static_cast<const T*>(p.grad) + i);
+    V g = load_grad<V, T>(s.grad, p, i);
     if (s.maximize) g = neg(g);
     if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * V::load(param);
     const V sum = V::load(sum_ptr) + g * g;
@@ -55,7 +64,7 @@ struct Adadelta {
     T* param = static_cast<T*>(p.param) + i;
     T* square_avg_ptr = static_cast<T*>(p.state[0]) + i;
     T* acc_delta_ptr = static_cast<T*>(p.state[1]) + i;
-    V g = V::load(static_cast<const T*>(p.grad) + i);
+    V g = load_grad<V, T>(s.grad, p, i);
     if (s.maximize) g = neg(g);
     if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * V::load(param);
     const V one_minus_rho = V::set1(s.one_minus_rho);
@@ -77,7 +86,7 @@ struct Rmsprop {
   static FASTOPTIM_INLINE void update(const RmspropScalars<T>& s, const Streams& p, size_t i) {
     T* param = static_cast<T*>(p.param) + i;
     T* square_avg_ptr = static_cast<T*>(p.state[0]) + i;
-    V g = V::load(static_cast<const T*>(p.grad) + i);
+    V g = load_grad<V, T>(s.grad, p, i);
     if (s.maximize) g = neg(g);
     if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * V::load(param);
     const V square_avg =
@@ -111,7 +120,7 @@ struct Adam {
     T* param_ptr = static_cast<T*>(p.param) + i;
     T* exp_avg_ptr = static_cast<T*>(p.state[0]) + i;
     T* exp_avg_sq_ptr = static_cast<T*>(p.state[1]) + i;
-    V g = V::load(static_cast<const T*>(p.grad) + i);
+    V g = load_grad<V, T>(s.grad, p, i);
     V param = V::load(param_ptr);
     if (s.maximize) g = neg(g);
     if (s.decoupled_weight_decay) param = param * V::set1(s.decay_factor);

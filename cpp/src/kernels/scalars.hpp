@@ -14,22 +14,34 @@ struct Lerp {
   bool from_start;
 };
 
+// Factors every grad is multiplied by as it is read, in this order, as torch's in-place
+// multiplies apply them before the update: GradScaler's unscale (grad * inv_scale), then
+// clip_grad_norm_'s clip (grad * clip_coef). Value-initialised: neither applied.
+template <class T>
+struct GradFactors {
+  T inv_scale, clip_coef;
+  bool unscale, clip;
+};
+
 template <class T>
 struct SgdScalars {
   T neg_lr, weight_decay, momentum, one_minus_dampening;
   bool maximize, has_weight_decay, has_momentum, nesterov, first_step;
+  GradFactors<T> grad;
 };
 
 template <class T>
 struct AdagradScalars {
   T neg_clr, weight_decay, eps;
   bool maximize, has_weight_decay;
+  GradFactors<T> grad;
 };
 
 template <class T>
 struct AdadeltaScalars {
   T neg_lr, rho, one_minus_rho, eps, weight_decay;
   bool maximize, has_weight_decay;
+  GradFactors<T> grad;
 };
 
 template <class T>
@@ -37,6 +49,7 @@ struct RmspropScalars {
   T neg_lr, alpha, one_minus_alpha, eps, weight_decay, momentum;
   Lerp<T> grad_avg_lerp;
   bool maximize, has_weight_decay, has_momentum, centered;
+  GradFactors<T> grad;
 };
 
 template <class T>
@@ -45,6 +58,7 @@ struct AdamScalars {
       decay_factor;
   Lerp<T> exp_avg_lerp;
   bool maximize, coupled_weight_decay, decoupled_weight_decay, amsgrad;
+  GradFactors<T> grad;
 };
 
 struct RooflineScalars {

@@ -1,0 +1,121 @@
+// clip_grad_norm: the norm (every order, mixed dtypes, bit-identical for any thread count and
+// SIMD level), the clip folded into the next step, and bad input changing nothing.
+#include <cmath>
+#include <limits>
+#include <sstream>
+
+#include "support.hpp"
+
+namespace fastoptim::test {
+namespace {
+
+std::string snapshot(const Optimizer& opt) {
+  std::ostringstream out;
+  opt.save(out);
+  return out.str();
+}
+
+template <class T>
+std::vector<T> wave(std::size_t n, double phase) {
+  std::vector<T> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<T>(std::sin(0.37 * i + phase) * 3.0);
+  return v;
+}
+
+// The definition, in long double: (sum |g|^p)^(1/p), or max |g|.
+template <class T>
+long double reference_norm(const std::vector<std::vector<T>>& grads, double p) {
+  long double sum = 0;
+  for (const auto& g : grads)
+    for (T x : g) {
+      const long double a = std::fabs(static_cast<long double>(x));
+      if (std::isinf(p)) sum = std::max(sum, a);
+      else sum += std::pow(a, static_cast<long double>(p));
+    }
+  return std::isinf(p) ? sum : std::pow(sum, 1.0L / p);
+}
+
+TEST(ClipGradNorm, NormOfEveryOrderMatchesTheDefinition) {
+  const double inf = std::numeric_limits<double>::infinity();
+  for (double p : {1.0, 2.0, 3.0, 0.5, inf}) {
+    std::vector<std::vector<float>> grads = {wave<float>(100003, 0.1), wave<float>(17, 0.2),
+                                             wave<float>(1, 0.3)};
+    std::vector<float> w0(100003), w1(17), w2(1);
+    Adam opt;
+    opt.add_param(w0);
+    opt.add_param(w1);
+    opt.add_param(w2);
+    const double norm = opt.clip_grad_norm({grads[0], grads[1], grads[2]}, 1.0, p);
+    const long double want = reference_norm(grads, p);
+    EXPECT_NEAR(norm, static_cast<double>(want), 1e-12 * static_cast<double>(want)) << p;
+  }
+}
+
+TEST(ClipGradNorm, BitIdenticalAcrossThreadsAndLevels) {
+  const std::vector<float> g32 = wave<float>(300001, 0.5);
+  const std::vector<double> g64 = wave<double>(70001, 0.7);
+  std::vector<double> norms;
+  const std::string before = simd_level();
+  for (const std::string& level : available_simd_levels()) {
+    set_simd_level(level);
+    for (int threads : {1, 2, 3}) {
+      std::vector<float> w32(g32.size());
+      std::vector<double> w64(g64.size());
+      Sgd opt;
+      opt.add_param(w32);
+      opt.add_param(w64);
+      opt.set_num_threads(threads);
+      for (double p : {1.0, 2.0, 3.0, std::numeric_limits<double>::infinity()})
+        norms.push_back(opt.clip_grad_norm({g32, g64}, 1.0, p));
+    }
+  }
+  set_simd_level(before);
+  for (std::size_t i = 4; i < norms.size(); ++i) EXPECT_EQ(norms[i], norms[i % 4]) << i;
+}
+
+TEST(ClipGradNorm, ClipIsFoldedIntoTheNextStepOnly) {
+  const std::vector<float> g = wave<float>(50000, 0.9);
+  std::vector<float> clipped(g.size(), 1.0f), manual(g.size(), 1.0f);
+  Adam a, b;
+  a.add_param(clipped);
+  b.add_param(manual);
+  const double norm = a.clip_grad_norm({g}, 0.5);
+  const double coef = std::min(1.0, 0.5 / (norm + 1e-6));
+  ASSERT_LT(coef, 1.0);
+  std::vector<float> scaled(g);
+  for (float& x : scaled) x = x * static_cast<float>(coef);
+  a.step({g});
+  b.step({scaled});
+  EXPECT_EQ(clipped, manual);
+  a.step({g});  // the clip applied once: this step reads the raw grads
+  b.step({g});
+  EXPECT_EQ(clipped, manual);
+}
+
+TEST(ClipGradNorm, BadInputChangesNothing) {
+  const std::vector<float> g = wave<float>(64, 0.1);
+  std::vector<float> w(64, 1.0f), v(64, 1.0f);
+  Adam opt, twin;
+  opt.add_param(w);
+  twin.add_param(v);
+  opt.step({g});
+  twin.step({g});
+  const std::string state = snapshot(opt);
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  EXPECT_THROW(opt.clip_grad_norm({g}, -1.0), std::invalid_argument);
+  EXPECT_THROW(opt.clip_grad_norm({g}, nan), std::invalid_argument);
+  for (double p : {0.0, -2.0, nan, -std::numeric_limits<double>::infinity()})
+    EXPECT_THROW(opt.clip_grad_norm({g}, 1.0, p), std::invalid_argument) << p;
+  EXPECT_THROW(opt.clip_grad_norm({Grad{}}, 1.0), std::invalid_argument);  // no grad at all
+  EXPECT_THROW(opt.clip_grad_norm({g, g}, 1.0), std::invalid_argument);    // count
+  std::vector<float> bad(g);
+  bad[3] = std::numeric_limits<float>::infinity();
+  EXPECT_THROW(opt.clip_grad_norm({bad}, 1.0, 2.0, true), std::invalid_argument);
+  EXPECT_EQ(snapshot(opt), state);
+  opt.step({g});  // no clip pending after the failures
+  twin.step({g});
+  EXPECT_EQ(w, v);
+}
+
+}  // namespace
+}  // namespace fastoptim::test
