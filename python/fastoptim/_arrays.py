@@ -165,7 +165,7 @@ class Optimizer:
         return lock
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_step_lock"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("_step_lock", "_clip_coef")}
 
     def step(self, grads: Sequence[Any]) -> None:
         """Update every param in place from ``grads`` (one per param, in param order; None
@@ -220,11 +220,51 @@ class Optimizer:
                 else:  # SGD: 0 marks a new momentum buffer, which starts as the gradient
                     steps.append(0.0 if "momentum_buffer" in missing else 1.0)
             specs.append((group, names, params, grad_arrays, states, steps))
-        _core.step_buffers(self.rule, specs, get_num_threads())
+        _core.step_buffers(self.rule, specs, get_num_threads(),
+                           clip_coef=self.__dict__.get("_clip_coef", 1.0))
+        self.__dict__.pop("_clip_coef", None)
         for i, state in pending.items():
             if self.has_step:
                 state["step"] = np.array(float(state["step"]) + 1.0, dtype=np.float32)
             self.state[i] = state
+
+    def clip_grad_norm_(self, grads: Sequence[Any], max_norm: float,
+                        norm_type: float | str = 2.0, error_if_nonfinite: bool = False) -> float:
+        """torch.nn.utils.clip_grad_norm_ for the grads of the next step (one per param, in
+        param order, None skips one), folded into that step: returns the total norm from one
+        read-only pass, and the next step(grads) reads each grad multiplied by
+        min(1, max_norm / (norm + 1e-6)). The arrays are not rewritten. The norm is
+        accumulated in double, bit-identical for any thread count and SIMD level."""
+        try:
+            max_norm = float(max_norm)
+            order = float(norm_type)
+        except (TypeError, ValueError):
+            raise TypeError(f"clip_grad_norm_: max_norm and norm_type must be numbers, got "
+                            f"{max_norm!r} and {norm_type!r}") from None
+        if not max_norm >= 0:
+            raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
+        if not (order > 0 and order == order):
+            raise ValueError(f"clip_grad_norm_: norm_type must be a positive number or inf, "
+                             f"got {norm_type!r}")
+        if isinstance(grads, np.ndarray) or hasattr(grads, "__dlpack__"):
+            raise TypeError("grads must be a list with one array (or None) per param")
+        grads = list(grads)
+        count = sum(len(g["params"]) for g in self.param_groups)
+        if len(grads) != count:
+            raise ValueError(f"clip_grad_norm_() got {len(grads)} grads for {count} params; "
+                             "pass one grad (or None) per param, in param order")
+        live = [_as_array(g, f"param {i} grad") for i, g in enumerate(grads) if g is not None]
+        if not live:
+            raise ValueError("clip_grad_norm_: no param has a grad")
+        with self._lock():
+            norm, _ = _core.grad_norm_buffers(live, order, get_num_threads())
+            if error_if_nonfinite and not np.isfinite(norm):
+                raise RuntimeError(
+                    f"The total norm of order {order} for gradients from `parameters` is "
+                    "non-finite, so it cannot be clipped. To disable this error and scale the "
+                    "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
+            self.__dict__["_clip_coef"] = _core.clip_coefficient(max_norm, norm)
+        return float(norm)
 
     @staticmethod
     def _new_buffer(p: np.ndarray, name: str, value: float) -> np.ndarray:

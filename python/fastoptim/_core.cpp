@@ -162,11 +162,13 @@ struct GroupOptions {
   }
 
   // Everything the driver checks (pointers, step counts, per-step scalars), nothing written.
-  void check(DType dtype, std::span<const ParamBuffers> buffers) const {
-    visit([&](const auto& o) { fastoptim::check_step(o, dtype, buffers); });
+  void check(DType dtype, std::span<const ParamBuffers> buffers,
+             const fastoptim::GradFactors& factors) const {
+    visit([&](const auto& o) { fastoptim::check_step(o, dtype, buffers, factors); });
   }
-  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads) const {
-    visit([&](const auto& o) { fastoptim::step(o, dtype, buffers, threads); });
+  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads,
+           const fastoptim::GradFactors& factors) const {
+    visit([&](const auto& o) { fastoptim::step(o, dtype, buffers, threads, factors); });
   }
 };
 
@@ -315,16 +317,51 @@ struct Batch {
 
 // Validates every batch of the call, then runs them all: a bad step count or option in the
 // last group leaves the first one untouched.
-void check_then_run(const std::vector<Batch>& batches, int num_threads) {
-  for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers);
+void check_then_run(const std::vector<Batch>& batches, int num_threads,
+                    const fastoptim::GradFactors& factors) {
+  for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers, factors);
   py::gil_scoped_release release;
-  for (const Batch& batch : batches) batch.options->run(batch.dtype, batch.buffers, num_threads);
+  for (const Batch& batch : batches)
+    batch.options->run(batch.dtype, batch.buffers, num_threads, factors);
+}
+
+// The total grad norm of batches of one or two dtypes, as torch.nn.utils.clip_grad_norm_
+// combines per-tensor norms: the norm of the per-dtype norms. Returns (norm, any non-finite).
+py::tuple total_norm(const std::vector<std::pair<DType, std::vector<ParamBuffers>>>& batches,
+                     double norm_type, int num_threads) {
+  std::vector<ParamBuffers> by_dtype[2];
+  for (const auto& [dtype, buffers] : batches)
+    by_dtype[dtype == DType::float32 ? 0 : 1].insert(by_dtype[dtype == DType::float32 ? 0 : 1].end(),
+                                                     buffers.begin(), buffers.end());
+  double norms[2] = {0.0, 0.0};
+  bool nonfinite = false;
+  {
+    py::gil_scoped_release release;
+    for (int d = 0; d < 2; ++d) {
+      if (by_dtype[d].empty()) continue;
+      bool bad = false;
+      norms[d] = fastoptim::grad_norm(d == 0 ? DType::float32 : DType::float64, by_dtype[d],
+                                      norm_type, num_threads, &bad);
+      nonfinite = nonfinite || bad;
+    }
+  }
+  double total;
+  if (by_dtype[0].empty() || by_dtype[1].empty()) {
+    total = by_dtype[0].empty() ? norms[1] : norms[0];
+  } else {
+    ParamBuffers pair;
+    pair.grad = norms;
+    pair.size = 2;
+    total = fastoptim::grad_norm(DType::float64, std::span(&pair, 1), norm_type, 1);
+  }
+  return py::make_tuple(total, nonfinite);
 }
 
 // groups: list of (group dict, names, params, grads, states, steps), where states[i] is a list
 // of 3 buffers or None per slot and steps[i] the param's step count so far (SGD: 0 for a new
 // momentum buffer, else 1). Everything is checked before anything is written.
-void step_buffers(const std::string& rule_name, py::list groups, int num_threads) {
+void step_buffers(const std::string& rule_name, py::list groups, int num_threads,
+                  double inv_scale, double clip_coef) {
   const Rule rule = parse_rule(rule_name);
   std::vector<std::unique_ptr<GroupOptions>> options;
   std::vector<std::unique_ptr<BufferView>> views;
@@ -401,7 +438,7 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
   check_overlaps(ranges, [&](const Range& r) {
     return range_names[static_cast<std::size_t>(r.param)];
   });
-  check_then_run(batches, num_threads);
+  check_then_run(batches, num_threads, {inv_scale, clip_coef});
 }
 
 // ---- the torch front's cached plan -----------------------------------------------------------
@@ -484,7 +521,8 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
 // batches: list of (group dict, table, step dtype, dtype); written: check_plan_memory's ranges
 // of the same tables (the grads are the only pointers that change between plan rebuilds).
 void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer written_obj,
-                int num_threads, bool check_only) {
+                int num_threads, bool check_only, double inv_scale, double clip_coef) {
+  const fastoptim::GradFactors factors{inv_scale, clip_coef};
   const Rule rule = parse_rule(rule_name);
   const py::buffer_info written_info = written_obj.request();
   if (written_info.ndim != 2 || written_info.itemsize != 8 || written_info.shape[1] != 2 ||
@@ -542,16 +580,55 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
     batches.push_back(std::move(batch));
   }
   if (check_only) {
-    for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers);
+    for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers, factors);
     return;
   }
-  check_then_run(batches, num_threads);
+  check_then_run(batches, num_threads, factors);
   for (const PlanTable& table : tables)
     for (std::size_t i = 0; i < table.count; ++i) {
       const std::int64_t address = table.rows[kColumns * i + 6];
       if (table.step_f64) *reinterpret_cast<double*>(address) += 1.0;
       else *reinterpret_cast<float*>(address) += 1.0f;
     }
+}
+
+// The grads of plan tables (column 1, sizes in column 5): (total norm, any non-finite).
+py::tuple grad_norm_plans(py::list tables_spec, double norm_type, int num_threads) {
+  std::vector<py::buffer_info> infos(py::len(tables_spec));
+  std::vector<std::pair<DType, std::vector<ParamBuffers>>> batches;
+  std::size_t t = 0;
+  for (py::handle item : tables_spec) {
+    py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
+    const PlanTable table = plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(),
+                                       "float32", infos[t++]);
+    std::vector<ParamBuffers> buffers(table.count);
+    for (std::size_t i = 0; i < table.count; ++i) {
+      buffers[i].grad = reinterpret_cast<const void*>(table.rows[kColumns * i + 1]);
+      buffers[i].size = static_cast<std::size_t>(table.rows[kColumns * i + 5]);
+    }
+    batches.emplace_back(table.dtype, std::move(buffers));
+  }
+  return total_norm(batches, norm_type, num_threads);
+}
+
+// The array front's grads (any buffer-protocol float32/float64 arrays, read only).
+py::tuple grad_norm_buffers(py::list grads, double norm_type, int num_threads) {
+  std::vector<std::unique_ptr<BufferView>> views;
+  std::vector<std::pair<DType, std::vector<ParamBuffers>>> batches(2);
+  batches[0].first = DType::float32;
+  batches[1].first = DType::float64;
+  std::size_t index = 0;
+  for (py::handle grad : grads) {
+    views.push_back(std::make_unique<BufferView>());
+    const DType dtype =
+        acquire(*views.back(), grad, false, "grad " + std::to_string(index++));
+    ParamBuffers b;
+    b.grad = views.back()->view.buf;
+    b.size = static_cast<std::size_t>(views.back()->view.len / views.back()->view.itemsize);
+    batches[dtype == DType::float32 ? 0 : 1].second.push_back(b);
+  }
+  std::erase_if(batches, [](const auto& batch) { return batch.second.empty(); });
+  return total_norm(batches, norm_type, num_threads);
 }
 
 // Benchmark only: the same traffic as a rule with `state_count` state slots, through the same
@@ -603,9 +680,16 @@ PYBIND11_MODULE(_core, m) {
     }
   });
   m.def("step_buffers", &step_buffers, py::arg("rule"), py::arg("groups"),
-        py::arg("num_threads") = 0);
+        py::arg("num_threads") = 0, py::arg("inv_scale") = 1.0, py::arg("clip_coef") = 1.0);
+  m.def("grad_norm_plans", &grad_norm_plans, py::arg("tables"), py::arg("norm_type"),
+        py::arg("num_threads"));
+  m.def("grad_norm_buffers", &grad_norm_buffers, py::arg("grads"), py::arg("norm_type"),
+        py::arg("num_threads"));
+  m.def("clip_coefficient", &fastoptim::clip_coefficient, py::arg("max_norm"),
+        py::arg("total_norm"));
   m.def("step_plans", &step_plans, py::arg("rule"), py::arg("batches"), py::arg("written"),
-        py::arg("num_threads"), py::arg("check_only") = false);
+        py::arg("num_threads"), py::arg("check_only") = false, py::arg("inv_scale") = 1.0,
+        py::arg("clip_coef") = 1.0);
   m.def("check_plan_memory", &check_plan_memory, py::arg("rule"), py::arg("group"),
         py::arg("tables"));
   m.attr("max_step_count") = fastoptim::kMaxStepCount;

@@ -15,6 +15,8 @@ copies: slower, never wrong.
 from __future__ import annotations
 
 import copy
+import functools
+import math
 import threading
 from collections import defaultdict
 from operator import attrgetter, is_
@@ -206,6 +208,9 @@ class _FusedStep:
 
     _rule: str
     _has_step = True
+    # GradScaler hands step() its scale and inf flag (rather than unscaling and checking the
+    # grads itself): both are folded into the step
+    _step_supports_amp_scaling = True
 
     # ---- plans -------------------------------------------------------------------------------
     def _generation(self) -> int:
@@ -412,19 +417,33 @@ class _FusedStep:
                 except _TorchSteps:
                     pass
             # autograd through the update, or sparse grads (SGD, Adagrad): torch's own
-            # implementation, slower and exact
-            return self._torch_class().step(self, closure=lambda: loss)
+            # implementation, slower and exact; GradScaler's scale and a pending clip are
+            # applied to the grads first, as torch's unscale_ and clip would have
+            return self._torch_step(loss)
+
+    def _torch_step(self, loss: Any) -> Any:
+        found_inf = getattr(self, "found_inf", None)
+        clip_coef = self.__dict__.pop("_fastoptim_clip", 1.0)
+        if found_inf is not None and bool(found_inf.item()):
+            return loss
+        grad_scale = getattr(self, "grad_scale", None)
+        grads = [p.grad for group in self.param_groups for p in group["params"]
+                 if p.grad is not None]
+        if grad_scale is not None:
+            inv_scale = grad_scale.double().reciprocal().float()
+            for g in grads:
+                (g._values() if g.is_sparse else g).mul_(inv_scale)
+        if clip_coef != 1.0:
+            for g in grads:
+                (g._values() if g.is_sparse else g).mul_(clip_coef)
+        return self._torch_class().step(self, closure=lambda: loss)
 
     def _torch_class(self) -> type:
         return next(c for c in type(self).__mro__ if c.__module__.startswith("torch.optim"))
 
-    def _fused_step(self) -> None:
-        # GradScaler hands a step that supports AMP scaling (torch sets that for fused=True)
-        # its scale and inf flag instead of unscaling the grads and skipping the step itself.
-        found_inf = getattr(self, "found_inf", None)
-        if found_inf is not None and bool(found_inf.item()):
-            return  # an inf/NaN grad: skip the whole step, nothing changes
-        grad_scale = getattr(self, "grad_scale", None)
+    def _prepare(self) -> tuple[Any, list, list, Any]:
+        """Every group's plan, checked or rebuilt, and the memory check over all of them:
+        (state, [(index, group, plan)], core batch specs, written ranges). Changes nothing."""
         if type(self.state) is not _State:  # replaced by hand: count its changes from now on
             self.state = _State(self.state)
         state = self.state
@@ -468,23 +487,34 @@ class _FusedStep:
             self.__dict__.pop("_fastoptim_written", None)
             written = _core.check_plan_memory(
                 self._rule, self.param_groups[0], [(t, d, s) for _, t, s, d in specs])
-        threads = get_num_threads()
-        if grad_scale is not None and specs:
-            # the grads are unscaled in place (as torch's fused kernels do), so the step is
-            # checked first: a failed step leaves the grads as they were
-            _core.step_plans(self._rule, specs, written, threads, check_only=True)
-            live = [_memory(g) for _, _, plan in ready for g in plan.grads if g is not None]
-            # as GradScaler.unscale_: multiply by the float32 reciprocal of the scale
-            inv_scale = grad_scale.double().reciprocal().float()
-            torch._foreach_mul_(live, inv_scale.to(live[0].device))
-        for _, group, plan in ready:
+        for _, _, plan in ready:
             for staged, grad in plan.staged_grads:
                 staged.copy_(grad)
+        return state, ready, specs, written
+
+    def _fused_step(self) -> None:
+        # GradScaler hands a step that supports AMP scaling its scale and inf flag instead of
+        # unscaling the grads and skipping the step itself: unscaling is folded into the grad
+        # read, and an inf/NaN grad skips the whole step.
+        found_inf = getattr(self, "found_inf", None)
+        if found_inf is not None and bool(found_inf.item()):
+            self.__dict__.pop("_fastoptim_clip", None)  # it was for these grads
+            return
+        grad_scale = getattr(self, "grad_scale", None)
+        inv_scale = 1.0
+        if grad_scale is not None:
+            # as GradScaler.unscale_: the float32 reciprocal of the scale
+            inv_scale = float(grad_scale.double().reciprocal().float())
+        clip_coef = self.__dict__.get("_fastoptim_clip", 1.0)
+        state, ready, specs, written = self._prepare()
+        for _, _, plan in ready:
             for staged, param in plan.staged_params:
                 staged.copy_(param)
         if specs:
-            _core.step_plans(self._rule, specs, written, threads)
+            _core.step_plans(self._rule, specs, written, get_num_threads(),
+                             inv_scale=inv_scale, clip_coef=clip_coef)
         self.__dict__["_fastoptim_written"] = written
+        self.__dict__.pop("_fastoptim_clip", None)
         for index, _, plan in ready:
             for staged, param in plan.staged_params:
                 param.copy_(staged)
@@ -498,9 +528,56 @@ class _FusedStep:
                 else:
                     entry.update(added)
             plan.new_state = []
-            plans[index] = plan
+            self._fastoptim_plans[index] = plan
         for _, _, plan in ready:
             plan.changes = _changes[0]
+
+    # ---- clipping ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: float, norm_type: float | str = 2.0,
+                        error_if_nonfinite: bool = False,
+                        foreach: bool | None = None) -> torch.Tensor:
+        """torch.nn.utils.clip_grad_norm_ over every grad of every group, folded into the next
+        step(): returns the total norm (a 0-d tensor) from one read-only pass, and the next
+        step reads each grad multiplied by min(1, max_norm / (norm + 1e-6)). Unlike torch, the
+        grads themselves are not rewritten. The norm is accumulated in double, bit-identical
+        for any thread count and SIMD level. ``foreach`` is accepted and ignored."""
+        try:
+            max_norm = float(max_norm)
+            order = float(norm_type)
+        except (TypeError, ValueError):
+            raise TypeError(f"clip_grad_norm_: max_norm and norm_type must be numbers, got "
+                            f"{max_norm!r} and {norm_type!r}") from None
+        if not max_norm >= 0:
+            raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
+        if not (order > 0 and order == order):
+            raise ValueError(f"clip_grad_norm_: norm_type must be a positive number or inf, "
+                             f"got {norm_type!r}")
+        with self._lock():
+            params = [p for group in self.param_groups for p in group["params"]]
+            grads = [p.grad for p in params if p.grad is not None]
+            if not grads:
+                raise ValueError("clip_grad_norm_: no param has a grad")
+            if any(group.get("differentiable") for group in self.param_groups) or any(
+                    g.layout != torch.strided or (g.is_complex() and order != 2.0)
+                    for g in grads):
+                # torch's own clip (rewrites the grads) where the fused norm does not apply:
+                # autograd through the step, sparse grads, complex grads of another order
+                return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
+                                                      error_if_nonfinite)
+            _, ready, specs, _ = self._prepare()
+            norm, _ = _core.grad_norm_plans([(t, d) for _, t, _, d in specs], order,
+                                            get_num_threads())
+            if error_if_nonfinite and not math.isfinite(norm):
+                raise RuntimeError(
+                    f"The total norm of order {order} for gradients from `parameters` is "
+                    "non-finite, so it cannot be clipped. To disable this error and scale the "
+                    "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
+            self.__dict__["_fastoptim_clip"] = _core.clip_coefficient(max_norm, norm)
+            dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads))
+            if dtype.is_complex:
+                dtype = torch.float64 if dtype == torch.complex128 else torch.float32
+            return torch.tensor(norm, dtype=dtype)
 
     # ---- state -------------------------------------------------------------------------------
     def add_param_group(self, param_group: dict[str, Any]) -> None:

@@ -1,0 +1,264 @@
+"""Gradient clipping and AMP scaling inside the step: opt.clip_grad_norm_ on both fronts (the
+norm against torch.nn.utils.clip_grad_norm_, the clip folded into the next step, bit-identical
+norms across thread counts and SIMD levels, bad input) and torch.amp.GradScaler driving the
+fused step (unscale folded in, whole step skipped on inf/NaN), against torch.optim."""
+
+from __future__ import annotations
+
+import math
+
+import fastoptim
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import fastoptim.torch as fo_torch  # noqa: E402
+from _support import RULES  # noqa: E402
+
+RICH = {
+    "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
+    "Adagrad": dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+    "Adadelta": dict(lr=0.5, rho=0.8, weight_decay=0.01),
+    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
+    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+    "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.05),
+}
+NORMS = [1.0, 2.0, 3.0, math.inf]
+
+
+def _params(dtypes=(torch.float32, torch.float64, torch.float32), seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    shapes = [(40, 7), (17,), (5, 3, 2)]
+    return [torch.nn.Parameter(torch.randn(*s, generator=g, dtype=d))
+            for s, d in zip(shapes, dtypes)]
+
+
+def _grads(ps, k: int, none_at: int | None = None) -> None:
+    for i, p in enumerate(ps):
+        if i == none_at:
+            p.grad = None
+            continue
+        t = torch.arange(p.numel(), dtype=torch.float64) * (0.37 + 0.11 * k + i)
+        p.grad = (torch.sin(t) * (3.0 + i)).to(p.dtype).reshape(p.shape)
+
+
+def _tol(dtype) -> dict:
+    return dict(rtol=1e-12, atol=0) if dtype == torch.float64 else dict(rtol=1e-6, atol=0)
+
+
+# ---- the norm ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtypes", [(torch.float32,) * 3, (torch.float64,) * 3,
+                                    (torch.float32, torch.float64, torch.float32)],
+                         ids=["float32", "float64", "mixed"])
+@pytest.mark.parametrize("norm_type", NORMS)
+def test_norm_matches_torch(norm_type: float, dtypes) -> None:
+    ps, qs = _params(dtypes), _params(dtypes)
+    opt = fo_torch.SGD([{"params": ps[:1]}, {"params": ps[1:], "lr": 0.5}], lr=0.1)
+    _grads(ps, 0, none_at=1 if len(set(dtypes)) == 1 else None)
+    _grads(qs, 0, none_at=1 if len(set(dtypes)) == 1 else None)
+    before = [None if p.grad is None else p.grad.clone() for p in ps]
+    got = opt.clip_grad_norm_(1.0, norm_type=norm_type)
+    want = torch.nn.utils.clip_grad_norm_(qs, 1.0, norm_type=norm_type)
+    assert isinstance(got, torch.Tensor) and got.dim() == 0 and got.dtype == want.dtype
+    # torch computes each float32 grad's norm in float32: float32's tolerance when any is
+    torch.testing.assert_close(got, want, **_tol(min(dtypes, key=lambda d: d.itemsize)))
+    for p, g in zip(ps, before):  # fastoptim does not rewrite the grads
+        assert (p.grad is None and g is None) or torch.equal(p.grad, g)
+
+
+@pytest.mark.parametrize("norm_type", NORMS)
+def test_array_front_norm_matches_torch(norm_type: float) -> None:
+    qs = _params()
+    _grads(qs, 0)
+    grads = [q.grad.numpy().copy() for q in qs]
+    ws = [q.detach().numpy().copy() for q in qs]
+    opt = fastoptim.SGD(ws, lr=0.1)
+    got = opt.clip_grad_norm_([grads[0], None, grads[2]], 1.0, norm_type=norm_type)
+    qs[1].grad = None
+    want = torch.nn.utils.clip_grad_norm_(qs, 1.0, norm_type=norm_type)
+    assert isinstance(got, float)
+    assert got == pytest.approx(float(want), rel=1e-6)
+
+
+def test_norm_bit_identical_across_threads_and_levels(restore_threads) -> None:
+    ps = [torch.nn.Parameter(torch.zeros(300_001)), torch.nn.Parameter(torch.zeros(7, 5,
+                                                                                   dtype=torch.float64))]
+    _grads(ps, 3)
+    opt = fo_torch.Adam(ps)
+    previous = fastoptim.simd_level()
+    norms = {}
+    try:
+        for level in fastoptim.available_simd_levels():
+            fastoptim.set_simd_level(level)
+            for threads in (1, 2, 3):
+                fastoptim.set_num_threads(threads)
+                for p in NORMS:
+                    norms[(level, threads, p)] = float(opt.clip_grad_norm_(1.0, p))
+    finally:
+        fastoptim.set_simd_level(previous)
+    for (_, _, p), value in norms.items():
+        assert value == norms[(previous, 1, p)]
+
+
+# ---- clip + step against torch -----------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rule", RULES)
+def test_clip_then_step_matches_torch(rule: str, dtype: torch.dtype) -> None:
+    ref_ps, fo_ps = _params((dtype,) * 3), _params((dtype,) * 3)
+    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule])
+    for k in range(50):
+        _grads(ref_ps, k, none_at=k % 7 if k % 5 == 0 else None)
+        _grads(fo_ps, k, none_at=k % 7 if k % 5 == 0 else None)
+        norm_type = NORMS[k % len(NORMS)]
+        want = torch.nn.utils.clip_grad_norm_(ref_ps, 2.0, norm_type=norm_type)
+        got = fo.clip_grad_norm_(2.0, norm_type=norm_type)
+        torch.testing.assert_close(got, want, **_tol(dtype))
+        ref.step()
+        fo.step()
+    tol = dict(rtol=1e-10, atol=0) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for a, b in zip(fo_ps, ref_ps):
+        torch.testing.assert_close(a.detach(), b.detach(), **tol)
+
+
+@pytest.mark.parametrize("rule", ["SGD", "Adam", "RMSprop"])
+def test_array_front_clip_then_step_matches_torch(rule: str) -> None:
+    ref_ps = _params((torch.float64,) * 3)
+    ws = [p.detach().numpy().copy() for p in ref_ps]
+    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    fo = getattr(fastoptim, rule)(ws, **RICH[rule])
+    for k in range(50):
+        _grads(ref_ps, k)
+        grads = [p.grad.numpy().copy() for p in ref_ps]
+        torch.nn.utils.clip_grad_norm_(ref_ps, 2.0)
+        fo.clip_grad_norm_(grads, 2.0)
+        ref.step()
+        fo.step(grads)
+    for a, b in zip(ws, ref_ps):
+        np.testing.assert_allclose(a, b.detach().numpy(), rtol=1e-10, atol=0)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [dict(max_norm=-1.0), dict(max_norm=float("nan")),
+                                 dict(norm_type=0), dict(norm_type=-2.0),
+                                 dict(norm_type="fro"), dict(norm_type=float("nan"))])
+def test_bad_clip_arguments_change_nothing(bad: dict) -> None:
+    ps = _params()
+    opt = fo_torch.Adam(ps, lr=0.1)
+    _grads(ps, 0)
+    kwargs = {"max_norm": 1.0, **bad}
+    with pytest.raises((ValueError, TypeError)):
+        opt.clip_grad_norm_(**kwargs)
+    twin_ps = _params()
+    twin = fo_torch.Adam(twin_ps, lr=0.1)
+    _grads(twin_ps, 0)
+    opt.step()
+    twin.step()
+    for a, b in zip(ps, twin_ps):  # no clip was left pending
+        assert torch.equal(a, b)
+    ws = [np.ones(3)]
+    arr = fastoptim.Adam(ws)
+    with pytest.raises((ValueError, TypeError)):
+        arr.clip_grad_norm_([np.ones(3)], **kwargs)
+    assert "_clip_coef" not in arr.__dict__
+
+
+def test_clip_with_no_grads_is_an_error() -> None:
+    ps = _params()
+    opt = fo_torch.Adam(ps)
+    with pytest.raises(ValueError, match="no param has a grad"):
+        opt.clip_grad_norm_(1.0)
+    arr = fastoptim.Adam([np.ones(3)])
+    with pytest.raises(ValueError, match="no param has a grad"):
+        arr.clip_grad_norm_([None], 1.0)
+
+
+@pytest.mark.parametrize("front", ["torch", "array"])
+def test_nonfinite_norm_with_error_if_nonfinite_changes_nothing(front: str) -> None:
+    ps = _params((torch.float32,) * 3)
+    _grads(ps, 0)
+    ps[1].grad[3] = float("inf")
+    if front == "torch":
+        opt = fo_torch.Adam(ps)
+        with pytest.raises(RuntimeError, match="non-finite"):
+            opt.clip_grad_norm_(1.0, error_if_nonfinite=True)
+        assert "_fastoptim_clip" not in opt.__dict__
+        assert math.isinf(float(opt.clip_grad_norm_(1.0)))  # without the flag: like torch
+    else:
+        opt = fastoptim.Adam([p.detach().numpy().copy() for p in ps])
+        with pytest.raises(RuntimeError, match="non-finite"):
+            opt.clip_grad_norm_([p.grad.numpy() for p in ps], 1.0, error_if_nonfinite=True)
+        assert "_clip_coef" not in opt.__dict__
+
+
+# ---- GradScaler --------------------------------------------------------------------------------
+
+def _amp_run(make_opt, clip: str | None, inf_steps: set[int], steps: int = 16):
+    """A small model trained under fp16 autocast on CPU with GradScaler; infs/NaNs injected into
+    one grad at `inf_steps`. clip: None, "torch" (torch.nn.utils.clip_grad_norm_) or "fused"
+    (opt.clip_grad_norm_), after scaler.unscale_(opt)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    opt = make_opt(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=4)
+    gen = torch.Generator().manual_seed(1)
+    history = []
+    for k in range(steps):
+        x, y = torch.randn(32, 8, generator=gen), torch.randn(32, 1, generator=gen)
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = torch.nn.functional.mse_loss(model(x).float(), y)
+        scaler.scale(loss).backward()
+        if k in inf_steps:
+            model[0].weight.grad[1, 2] = float("inf") if k % 2 else float("nan")
+        if clip is not None:
+            scaler.unscale_(opt)
+            if clip == "torch":
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+            else:
+                opt.clip_grad_norm_(0.5)
+        scaler.step(opt)
+        scaler.update()
+        history.append(([p.detach().clone() for p in model.parameters()],
+                        {i: {k2: v.clone() for k2, v in opt.state[p].items()}
+                         for i, p in enumerate(model.parameters()) if p in opt.state},
+                        scaler.get_scale()))
+    return history
+
+
+# Centered RMSprop with momentum amplifies float32 rounding on this model even without AMP
+# (sqrt of square_avg - grad_avg**2 near zero): the AMP runs use plain RMSprop with momentum.
+AMP_OPTS = {**RICH, "RMSprop": dict(lr=0.01, momentum=0.5, weight_decay=0.01)}
+
+
+@pytest.mark.parametrize("clip", [None, "clip"])
+@pytest.mark.parametrize("rule", RULES)
+def test_gradscaler_matches_torch_step_for_step(rule: str, clip: str | None) -> None:
+    inf_steps = {0, 3, 4, 9}
+    opts = AMP_OPTS[rule]
+    want = _amp_run(lambda ps: getattr(torch.optim, rule)(ps, foreach=False, **opts),
+                    None if clip is None else "torch", inf_steps)
+    got = _amp_run(lambda ps: getattr(fo_torch, rule)(ps, **opts),
+                   None if clip is None else "fused", inf_steps)
+    for k, ((gp, gs, gscale), (wp, ws, wscale)) in enumerate(zip(got, want)):
+        assert gscale == wscale, f"step {k}: the scaler saw different infs"
+        # float32 grads from a model: rounding differences feed back into later grads, so
+        # the model-training tolerance of test_torch_front.py
+        for a, b in zip(gp, wp):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        assert gs.keys() == ws.keys()
+        for i in ws:
+            for key in ws[i]:
+                torch.testing.assert_close(gs[i][key].double(), ws[i][key].double(),
+                                           rtol=1e-4, atol=1e-5)
+        if k in inf_steps and k > 0:  # a skipped step changes nothing, bit for bit
+            prev_p, prev_s, _ = got[k - 1]
+            assert all(torch.equal(a, b) for a, b in zip(gp, prev_p))
+            assert gs.keys() == prev_s.keys()
+            for i in gs:
+                assert all(torch.equal(gs[i][key], prev_s[i][key]) for key in gs[i])
+    if rule != "Adagrad":  # torch.optim.Adagrad makes its state in the constructor
+        assert not got[0][1], "a skipped first step allocated state"
