@@ -214,7 +214,9 @@ def _amp_run(make_opt, clip: str | None, inf_steps: set[int], steps: int = 16):
         scaler.scale(loss).backward()
         if k in inf_steps:
             model[0].weight.grad[1, 2] = float("inf") if k % 2 else float("nan")
-        if clip is not None:
+        if clip == "two-pass":  # no unscale_: the clip's pass checks for infs, the step unscales
+            opt.clip_grad_norm_(0.5, grad_scaler=scaler)
+        elif clip is not None:
             scaler.unscale_(opt)
             if clip == "torch":
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
@@ -234,15 +236,24 @@ def _amp_run(make_opt, clip: str | None, inf_steps: set[int], steps: int = 16):
 AMP_OPTS = {**RICH, "RMSprop": dict(lr=0.01, momentum=0.5, weight_decay=0.01)}
 
 
-@pytest.mark.parametrize("clip", [None, "clip"])
+@pytest.mark.parametrize("clip", [None, "fused", "two-pass"])
 @pytest.mark.parametrize("rule", RULES)
-def test_gradscaler_matches_torch_step_for_step(rule: str, clip: str | None) -> None:
+def test_gradscaler_matches_torch_step_for_step(rule: str, clip: str | None, monkeypatch) -> None:
     inf_steps = {0, 3, 4, 9}
     opts = AMP_OPTS[rule]
     want = _amp_run(lambda ps: getattr(torch.optim, rule)(ps, foreach=False, **opts),
                     None if clip is None else "torch", inf_steps)
-    got = _amp_run(lambda ps: getattr(fo_torch, rule)(ps, **opts),
-                   None if clip is None else "fused", inf_steps)
+    torch_passes = []
+    real = torch._amp_foreach_non_finite_check_and_unscale_
+
+    def counting(*args, **kwargs):
+        torch_passes.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_amp_foreach_non_finite_check_and_unscale_", counting)
+    got = _amp_run(lambda ps: getattr(fo_torch, rule)(ps, **opts), clip, inf_steps)
+    if clip == "two-pass":  # torch's unscale/inf-check pass never ran
+        assert not torch_passes
     for k, ((gp, gs, gscale), (wp, ws, wscale)) in enumerate(zip(got, want)):
         assert gscale == wscale, f"step {k}: the scaler saw different infs"
         # float32 grads from a model: rounding differences feed back into later grads, so

@@ -182,6 +182,12 @@ def _memory(t: torch.Tensor) -> torch.Tensor:
     return getattr(t, "_local_tensor", t) if isinstance(t, _DTensor) else t
 
 
+def _optim_state() -> Any:
+    from torch.amp.grad_scaler import OptState
+
+    return OptState
+
+
 class _TorchSteps(Exception):
     """Raised while a plan is built (nothing changed yet): this step is torch's to run."""
 
@@ -498,10 +504,11 @@ class _FusedStep:
         # read, and an inf/NaN grad skips the whole step.
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and bool(found_inf.item()):
-            self.__dict__.pop("_fastoptim_clip", None)  # it was for these grads
+            self.__dict__.pop("_fastoptim_clip", None)  # they were for these grads
+            self.__dict__.pop("_fastoptim_unscale", None)
             return
         grad_scale = getattr(self, "grad_scale", None)
-        inv_scale = 1.0
+        inv_scale = self.__dict__.get("_fastoptim_unscale", 1.0)  # clip_grad_norm_(grad_scaler=)
         if grad_scale is not None:
             # as GradScaler.unscale_: the float32 reciprocal of the scale
             inv_scale = float(grad_scale.double().reciprocal().float())
@@ -515,6 +522,7 @@ class _FusedStep:
                              inv_scale=inv_scale, clip_coef=clip_coef)
         self.__dict__["_fastoptim_written"] = written
         self.__dict__.pop("_fastoptim_clip", None)
+        self.__dict__.pop("_fastoptim_unscale", None)
         for index, _, plan in ready:
             for staged, param in plan.staged_params:
                 param.copy_(staged)
@@ -533,15 +541,37 @@ class _FusedStep:
             plan.changes = _changes[0]
 
     # ---- clipping ----------------------------------------------------------------------------
+    def _scaler_state(self, scaler: Any) -> tuple[dict[str, Any], float]:
+        """The scaler's record for this optimizer, checked as scaler.unscale_ checks it, and the
+        float32 reciprocal of its scale (as unscale_ computes it)."""
+        opt_state = _optim_state()
+        record = scaler._per_optimizer_states[id(self)]
+        if record["stage"] is opt_state.UNSCALED:
+            raise RuntimeError(
+                "unscale_() has already been called on this optimizer since the last update().")
+        if record["stage"] is opt_state.STEPPED:
+            raise RuntimeError("unscale_() is being called after step().")
+        scale = scaler._scale
+        if scale is None:
+            raise RuntimeError("Attempted unscale_ but _scale is None.  This may indicate "
+                               "your script did not use scaler.scale(loss or outputs) earlier "
+                               "in the iteration.")
+        return record, float(scale.double().reciprocal().float())
+
     @torch.no_grad()
     def clip_grad_norm_(self, max_norm: float, norm_type: float | str = 2.0,
-                        error_if_nonfinite: bool = False,
-                        foreach: bool | None = None) -> torch.Tensor:
+                        error_if_nonfinite: bool = False, foreach: bool | None = None, *,
+                        grad_scaler: Any = None) -> torch.Tensor:
         """torch.nn.utils.clip_grad_norm_ over every grad of every group, folded into the next
         step(): returns the total norm (a 0-d tensor) from one read-only pass, and the next
         step reads each grad multiplied by min(1, max_norm / (norm + 1e-6)). Unlike torch, the
         grads themselves are not rewritten. The norm is accumulated in double, bit-identical
-        for any thread count and SIMD level. ``foreach`` is accepted and ignored."""
+        for any thread count and SIMD level. ``foreach`` is accepted and ignored.
+
+        With ``grad_scaler`` (a torch.amp.GradScaler, in place of ``scaler.unscale_(opt)``
+        before the clip), the same pass reads the still-scaled grads, returns the norm of the
+        unscaled ones and hands the scaler its inf/NaN check; the next ``scaler.step(opt)``
+        then unscales inside the step: clip, scaler and step in two passes over the grads."""
         try:
             max_norm = float(max_norm)
             order = float(norm_type)
@@ -563,11 +593,25 @@ class _FusedStep:
                     for g in grads):
                 # torch's own clip (rewrites the grads) where the fused norm does not apply:
                 # autograd through the step, sparse grads, complex grads of another order
+                if grad_scaler is not None and grad_scaler.is_enabled():
+                    grad_scaler.unscale_(self)
                 return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
                                                       error_if_nonfinite)
+            scaler_state, inv_scale = None, 1.0
+            if grad_scaler is not None and grad_scaler.is_enabled():
+                scaler_state, inv_scale = self._scaler_state(grad_scaler)
             _, ready, specs, _ = self._prepare()
-            norm, _ = _core.grad_norm_plans([(t, d) for _, t, _, d in specs], order,
-                                            get_num_threads())
+            norm, nonfinite = _core.grad_norm_plans([(t, d) for _, t, _, d in specs], order,
+                                                    get_num_threads())
+            norm *= inv_scale  # the norm of grad * inv_scale (the unscaled grads)
+            if scaler_state is not None:
+                # what scaler.unscale_(opt) would have recorded; the step unscales
+                scaler_state["found_inf_per_device"] = {
+                    torch.device("cpu"): torch.full((), float(nonfinite), dtype=torch.float32)}
+                scaler_state["stage"] = _optim_state().UNSCALED
+                self.__dict__["_fastoptim_unscale"] = inv_scale
+                if nonfinite:  # the scaler skips this step: nothing to clip
+                    return torch.tensor(norm, dtype=grads[0].dtype)
             if error_if_nonfinite and not math.isfinite(norm):
                 raise RuntimeError(
                     f"The total norm of order {order} for gradients from `parameters` is "
