@@ -451,59 +451,76 @@ constexpr int kNormLanes = 8;  // accumulators per block, element k of a block i
 
 enum class NormKind { kOne, kTwo, kInf, kPow };
 
+#if defined(_MSC_VER)
+#define FASTOPTIM_NORM_INLINE __forceinline
+#else
+#define FASTOPTIM_NORM_INLINE inline __attribute__((always_inline))
+#endif
+
 struct NormPartial {
-  double value;   // sum of |g|^p, or the largest |g|
-  bool nonfinite;
+  double value;  // sum of |g|^p, or the largest |g|
 };
 
-// |g|^p accumulated over elements [lo, hi) of one buffer into acc (lane by position in block).
-template <class T>
-void accumulate(const T* g, std::size_t lo, std::size_t hi, std::size_t block_start,
-                NormKind kind, double p, double* acc, double* finite) {
-  for (std::size_t i = lo; i < hi; ++i) {
-    const double x = static_cast<double>(g[i]);
-    const std::size_t lane = (block_start + i - lo) % kNormLanes;
-    finite[lane] += x * 0.0;  // NaN once any element is inf or NaN
-    const double a = std::fabs(x);
-    switch (kind) {
-      case NormKind::kOne: acc[lane] += a; break;
-      case NormKind::kTwo: acc[lane] += x * x; break;
-      case NormKind::kPow: acc[lane] += std::pow(a, p); break;
-      case NormKind::kInf:
-        // NaN-propagating max: a NaN element makes the norm NaN, as torch's does
-        if (!(a <= acc[lane])) acc[lane] = a;
-        break;
-    }
-  }
+template <NormKind K>
+FASTOPTIM_NORM_INLINE double norm_term(double x) {
+  if constexpr (K == NormKind::kTwo) return x * x;
+  else return std::fabs(x);
 }
 
-template <class T>
+// NaN-propagating max: a NaN element makes the norm NaN, as torch's does.
+FASTOPTIM_NORM_INLINE double nan_max(double a, double b) { return a <= b ? b : (a > b ? a : a + b); }
+
+// |g|^p of elements [0, n) of one buffer into acc; element k goes to lane (lane0 + k) % 8. The
+// middle runs whole groups of 8 with a fixed lane per position, which the compiler vectorizes
+// without reordering any lane's additions.
+template <NormKind K, class T>
+void accumulate(const T* g, std::size_t n, std::size_t lane0, double p, double* acc) {
+  auto add = [&](std::size_t lane, double x) {
+    if constexpr (K == NormKind::kInf) acc[lane] = nan_max(acc[lane], std::fabs(x));
+    else if constexpr (K == NormKind::kPow) acc[lane] += std::pow(std::fabs(x), p);
+    else acc[lane] += norm_term<K>(x);
+  };
+  std::size_t i = 0;
+  for (; i < n && (lane0 + i) % kNormLanes != 0; ++i) add((lane0 + i) % kNormLanes, g[i]);
+  for (; i + kNormLanes <= n; i += kNormLanes)
+    for (int j = 0; j < kNormLanes; ++j) add(j, static_cast<double>(g[i + j]));
+  for (; i < n; ++i) add((lane0 + i) % kNormLanes, g[i]);
+}
+
+template <NormKind K, class T>
 NormPartial norm_block(std::span<const ParamBuffers> buffers, const std::vector<std::size_t>& starts,
-                       std::size_t lo, std::size_t hi, NormKind kind, double p) {
-  double acc[kNormLanes] = {}, finite[kNormLanes] = {};
+                       std::size_t lo, std::size_t hi, double p) {
+  double acc[kNormLanes] = {};
   std::size_t b = static_cast<std::size_t>(
       std::upper_bound(starts.begin(), starts.end(), lo) - starts.begin() - 1);
   for (; b < buffers.size() && starts[b] < hi; ++b) {
     const std::size_t first = std::max(lo, starts[b]) - starts[b];
     const std::size_t last = std::min(hi, starts[b] + buffers[b].size) - starts[b];
     if (first < last)
-      accumulate(static_cast<const T*>(buffers[b].grad), first, last, starts[b] + first - lo,
-                 kind, p, acc, finite);
+      accumulate<K>(static_cast<const T*>(buffers[b].grad) + first, last - first,
+                    (starts[b] + first - lo) % kNormLanes, p, acc);
   }
-  double value, check = 0.0;
-  if (kind == NormKind::kInf) {
-    value = 0.0;
-    for (double a : acc)
-      if (!(a <= value)) value = a;
+  if constexpr (K == NormKind::kInf) {
+    double value = 0.0;
+    for (double a : acc) value = nan_max(value, a);
+    return {value};
   } else {
-    value = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    return {((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))};
   }
-  for (double f : finite) check += f;
-  return {value, check != 0.0 || std::isnan(check)};
 }
 
+// Whether any element is inf or NaN: asked only when the norm came out non-finite, which a
+// finite float64 grad can also give (its squares overflow), so the flag is exact.
 template <class T>
-double norm_of(std::span<const ParamBuffers> buffers, NormKind kind, double p, int num_threads,
+bool any_nonfinite(std::span<const ParamBuffers> buffers) {
+  for (const ParamBuffers& b : buffers)
+    for (std::size_t i = 0; i < b.size; ++i)
+      if (!std::isfinite(static_cast<const T*>(b.grad)[i])) return true;
+  return false;
+}
+
+template <NormKind K, class T>
+double norm_of(std::span<const ParamBuffers> buffers, double p, int num_threads,
                bool* nonfinite) {
   std::vector<std::size_t> starts(buffers.size() + 1, 0);
   for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
@@ -511,8 +528,8 @@ double norm_of(std::span<const ParamBuffers> buffers, NormKind kind, double p, i
   const std::size_t blocks = (total + kNormBlock - 1) / kNormBlock;
   std::vector<NormPartial> partials(blocks);
   auto run_block = [&](std::size_t k) {
-    partials[k] = norm_block<T>(buffers, starts, k * kNormBlock,
-                                std::min(total, (k + 1) * kNormBlock), kind, p);
+    partials[k] = norm_block<K, T>(buffers, starts, k * kNormBlock,
+                                   std::min(total, (k + 1) * kNormBlock), p);
   };
   const int threads = resolve_threads(num_threads, total);
 #if defined(FASTOPTIM_OPENMP)
@@ -528,23 +545,24 @@ double norm_of(std::span<const ParamBuffers> buffers, NormKind kind, double p, i
     for (std::size_t k = 0; k < blocks; ++k) run_block(k);
   }
   double sum = 0.0;
-  bool bad = false;
-  for (const NormPartial& part : partials) {
-    if (kind == NormKind::kInf) {
-      if (!(part.value <= sum)) sum = part.value;
-    } else {
-      sum += part.value;
-    }
-    bad = bad || part.nonfinite;
-  }
-  if (nonfinite != nullptr) *nonfinite = bad;
+  for (const NormPartial& part : partials)
+    sum = K == NormKind::kInf ? nan_max(sum, part.value) : sum + part.value;
+  if (nonfinite != nullptr) *nonfinite = !std::isfinite(sum) && any_nonfinite<T>(buffers);
+  if constexpr (K == NormKind::kTwo) return std::sqrt(sum);
+  else if constexpr (K == NormKind::kPow) return std::pow(sum, 1.0 / p);
+  else return sum;
+}
+
+template <class T>
+double norm_of(NormKind kind, std::span<const ParamBuffers> buffers, double p, int threads,
+               bool* nonfinite) {
   switch (kind) {
-    case NormKind::kOne:
-    case NormKind::kInf: return sum;
-    case NormKind::kTwo: return std::sqrt(sum);
+    case NormKind::kOne: return norm_of<NormKind::kOne, T>(buffers, p, threads, nonfinite);
+    case NormKind::kTwo: return norm_of<NormKind::kTwo, T>(buffers, p, threads, nonfinite);
+    case NormKind::kInf: return norm_of<NormKind::kInf, T>(buffers, p, threads, nonfinite);
     case NormKind::kPow: break;
   }
-  return std::pow(sum, 1.0 / p);
+  return norm_of<NormKind::kPow, T>(buffers, p, threads, nonfinite);
 }
 
 }  // namespace
@@ -562,9 +580,9 @@ double grad_norm(DType dtype, std::span<const ParamBuffers> buffers, double norm
   for (std::size_t i = 0; i < buffers.size(); ++i)
     if (buffers[i].size != 0 && buffers[i].grad == nullptr)
       throw std::invalid_argument(buffer_name(i) + ": grad is null");
-  if (dtype == DType::float32) return norm_of<float>(buffers, kind, norm_type, num_threads, nonfinite);
+  if (dtype == DType::float32) return norm_of<float>(kind, buffers, norm_type, num_threads, nonfinite);
   if (dtype == DType::float64)
-    return norm_of<double>(buffers, kind, norm_type, num_threads, nonfinite);
+    return norm_of<double>(kind, buffers, norm_type, num_threads, nonfinite);
   throw std::invalid_argument("unsupported dtype");
 }
 
