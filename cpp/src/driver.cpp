@@ -482,8 +482,15 @@ void accumulate(const T* g, std::size_t n, std::size_t lane0, double p, double* 
   };
   std::size_t i = 0;
   for (; i < n && (lane0 + i) % kNormLanes != 0; ++i) add((lane0 + i) % kNormLanes, g[i]);
-  for (; i + kNormLanes <= n; i += kNormLanes)
-    for (int j = 0; j < kNormLanes; ++j) add(j, static_cast<double>(g[i + j]));
+  const std::size_t whole = (n - i) / kNormLanes * kNormLanes;
+  if constexpr (K == NormKind::kOne || K == NormKind::kTwo) {
+    // the dispatched kernel: the same eight lanes, added in the same order, at any level
+    kernels::active_table().norms[K == NormKind::kTwo][sizeof(T) == 8](g + i, whole, acc);
+    i += whole;
+  } else {
+    for (; i + kNormLanes <= n; i += kNormLanes)
+      for (int j = 0; j < kNormLanes; ++j) add(j, static_cast<double>(g[i + j]));
+  }
   for (; i < n; ++i) add((lane0 + i) % kNormLanes, g[i]);
 }
 

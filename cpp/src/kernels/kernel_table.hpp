@@ -19,9 +19,13 @@ struct Streams {
 // per-step scalars (scalars.hpp) in the buffers' element type.
 using Kernel = void (*)(const void* scalars, const Streams& streams, size_t count);
 
+// Adds |g| (or g * g) of grad elements [0, n), n a multiple of 8, into lanes[k % 8].
+using NormKernel = void (*)(const void* grad, size_t n, double* lanes);
+
 struct KernelTable {
   const char* level;
   Kernel kernels[kRuleCount][2];  // [rule][0 = float32, 1 = float64]
+  NormKernel norms[2][2];         // [0 = sum |g|, 1 = sum g * g][0 = float32, 1 = float64]
 };
 
 }  // namespace fastoptim::kernels

@@ -41,3 +41,10 @@ template <>
 struct VecOf<double> {
   using type = F64;
 };
+
+// The norm pass: 8 floats widened to doubles (lane order), |x|.
+FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
+  out[0] = {_mm256_cvtps_pd(_mm_loadu_ps(p))};
+  out[1] = {_mm256_cvtps_pd(_mm_loadu_ps(p + 4))};
+}
+FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v)}; }

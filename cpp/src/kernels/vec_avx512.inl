@@ -41,3 +41,9 @@ template <>
 struct VecOf<double> {
   using type = F64;
 };
+
+// The norm pass: 8 floats widened to doubles (lane order), |x|.
+FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
+  out[0] = {_mm512_cvtps_pd(_mm256_loadu_ps(p))};
+}
+FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a.v), _mm512_set1_epi64(INT64_MAX)))}; }

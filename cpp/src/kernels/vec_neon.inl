@@ -43,3 +43,13 @@ template <>
 struct VecOf<double> {
   using type = F64;
 };
+
+// The norm pass: 8 floats widened to doubles (lane order), |x|.
+FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
+  const float32x4_t lo = vld1q_f32(p), hi = vld1q_f32(p + 4);
+  out[0] = {vcvt_f64_f32(vget_low_f32(lo))};
+  out[1] = {vcvt_high_f64_f32(lo)};
+  out[2] = {vcvt_f64_f32(vget_low_f32(hi))};
+  out[3] = {vcvt_high_f64_f32(hi)};
+}
+FASTOPTIM_INLINE F64 abs(F64 a) { return {vabsq_f64(a.v)}; }

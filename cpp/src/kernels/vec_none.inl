@@ -4,3 +4,9 @@ template <class T>
 struct VecOf {
   using type = Scalar<T>;
 };
+
+// The norm pass: 8 floats widened to doubles, |x|.
+FASTOPTIM_INLINE void load8_widened(const float* p, Scalar<double>* out) {
+  for (int k = 0; k < 8; ++k) out[k] = {static_cast<double>(p[k])};
+}
+FASTOPTIM_INLINE Scalar<double> abs(Scalar<double> a) { return {a.v < 0 ? -a.v : a.v}; }

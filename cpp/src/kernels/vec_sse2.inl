@@ -41,3 +41,13 @@ template <>
 struct VecOf<double> {
   using type = F64;
 };
+
+// The norm pass: 8 floats widened to doubles (lane order), |x|.
+FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
+  const __m128 lo = _mm_loadu_ps(p), hi = _mm_loadu_ps(p + 4);
+  out[0] = {_mm_cvtps_pd(lo)};
+  out[1] = {_mm_cvtps_pd(_mm_movehl_ps(lo, lo))};
+  out[2] = {_mm_cvtps_pd(hi)};
+  out[3] = {_mm_cvtps_pd(_mm_movehl_ps(hi, hi))};
+}
+FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm_andnot_pd(_mm_set1_pd(-0.0), a.v)}; }
