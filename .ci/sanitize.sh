@@ -160,7 +160,8 @@ EOF
 # path (the binding's checks before it releases the GIL), the torch front, and exactness at
 # every size and level, with the big option grid at the scalar level and the widest one only
 # (sse2/avx2 repeat the same code paths). tests/test_reliability*.py is included when present.
-pytest_files=(tests/test_validation.py tests/test_torch_front.py tests/test_exactness.py)
+pytest_files=(tests/test_validation.py tests/test_torch_front.py tests/test_exactness.py
+              tests/test_clip.py tests/test_layouts.py)
 for extra in "$repo"/tests/test_reliability*.py; do
   [[ -e "$extra" ]] && pytest_files+=("tests/$(basename "$extra")")
 done
