@@ -24,11 +24,10 @@ import statistics
 import time
 from datetime import datetime, timezone
 
-import numpy as np
-import torch
-
 import fastoptim
 import fastoptim.torch as fo_torch
+import numpy as np
+import torch
 from fastoptim import _core
 from fastoptim.bench import gpt2_small_shapes, tiny_mlp_shapes
 

@@ -3,10 +3,9 @@ line, so that the kernels' vector loop (aligned to the param) reads every stream
 
 from __future__ import annotations
 
+import fastoptim
 import numpy as np
 import pytest
-
-import fastoptim
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -7,6 +7,7 @@ buffers of all groups before it writes any.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
@@ -59,6 +60,31 @@ def step_count(step: Any, where: str) -> float:
         raise ValueError(f"{where}: state 'step' is {value!r}; a step count must be a whole "
                          f"number in 0..{_core.max_step_count - 1}")
     return value
+
+
+def clip_arguments(max_norm: Any, norm_type: Any) -> tuple[float, float]:
+    """clip_grad_norm_'s max_norm and norm_type as floats, checked (both fronts)."""
+    try:
+        max_norm, order = float(max_norm), float(norm_type)
+    except (TypeError, ValueError):
+        raise TypeError(f"clip_grad_norm_: max_norm and norm_type must be numbers, got "
+                        f"{max_norm!r} and {norm_type!r}") from None
+    if not max_norm >= 0:
+        raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
+    if not (order > 0 and order == order):
+        raise ValueError(f"clip_grad_norm_: norm_type must be a positive number or inf, got "
+                         f"{norm_type!r}")
+    return max_norm, order
+
+
+def clip_coefficient(max_norm: float, norm: float, order: float, error_if_nonfinite: bool) -> float:
+    """The factor the next step multiplies grads by; torch's error for a non-finite norm."""
+    if error_if_nonfinite and not math.isfinite(norm):
+        raise RuntimeError(
+            f"The total norm of order {order} for gradients from `parameters` is non-finite, so "
+            "it cannot be clipped. To disable this error and scale the gradients by the "
+            "non-finite norm anyway, set `error_if_nonfinite=False`")
+    return _core.clip_coefficient(max_norm, norm)
 
 
 def _as_array(obj: Any, what: str) -> np.ndarray:
@@ -235,17 +261,7 @@ class Optimizer:
         read-only pass, and the next step(grads) reads each grad multiplied by
         min(1, max_norm / (norm + 1e-6)). The arrays are not rewritten. The norm is
         accumulated in double, bit-identical for any thread count and SIMD level."""
-        try:
-            max_norm = float(max_norm)
-            order = float(norm_type)
-        except (TypeError, ValueError):
-            raise TypeError(f"clip_grad_norm_: max_norm and norm_type must be numbers, got "
-                            f"{max_norm!r} and {norm_type!r}") from None
-        if not max_norm >= 0:
-            raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
-        if not (order > 0 and order == order):
-            raise ValueError(f"clip_grad_norm_: norm_type must be a positive number or inf, "
-                             f"got {norm_type!r}")
+        max_norm, order = clip_arguments(max_norm, norm_type)
         if isinstance(grads, np.ndarray) or hasattr(grads, "__dlpack__"):
             raise TypeError("grads must be a list with one array (or None) per param")
         grads = list(grads)
@@ -258,12 +274,8 @@ class Optimizer:
             raise ValueError("clip_grad_norm_: no param has a grad")
         with self._lock():
             norm, _ = _core.grad_norm_buffers(live, order, get_num_threads())
-            if error_if_nonfinite and not np.isfinite(norm):
-                raise RuntimeError(
-                    f"The total norm of order {order} for gradients from `parameters` is "
-                    "non-finite, so it cannot be clipped. To disable this error and scale the "
-                    "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
-            self.__dict__["_clip_coef"] = _core.clip_coefficient(max_norm, norm)
+            self.__dict__["_clip_coef"] = clip_coefficient(max_norm, norm, order,
+                                                           error_if_nonfinite)
         return float(norm)
 
     @staticmethod

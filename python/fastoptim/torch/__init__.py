@@ -23,7 +23,6 @@ from torch.optim import (
     Rprop,
     SparseAdam,
     lr_scheduler,
-    optimizer,
     swa_utils,
     swap_in_optimizer_params_and_state,
 )
@@ -34,6 +33,7 @@ from ._optimizers import SGD, Adadelta, Adagrad, Adam, AdamW, RMSProp, RMSprop
 # find torch's modules themselves: same classes, same isinstance checks.
 for _name in ("lr_scheduler", "swa_utils", "optimizer"):
     _sys.modules[f"{__name__}.{_name}"] = _sys.modules[f"torch.optim.{_name}"]
+optimizer = _sys.modules["torch.optim.optimizer"]  # `from torch.optim.optimizer import ...`
 
 __all__ = [
     "ASGD",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import threading
 from collections import defaultdict
 from operator import attrgetter, is_
@@ -32,7 +31,7 @@ except ImportError:  # torch built without distributed
     _DTensor = ()
 
 from .. import _core
-from .._arrays import state_slots, step_count
+from .._arrays import clip_arguments, clip_coefficient, state_slots, step_count
 from .._runtime import get_num_threads
 
 __all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
@@ -572,17 +571,7 @@ class _FusedStep:
         before the clip), the same pass reads the still-scaled grads, returns the norm of the
         unscaled ones and hands the scaler its inf/NaN check; the next ``scaler.step(opt)``
         then unscales inside the step: clip, scaler and step in two passes over the grads."""
-        try:
-            max_norm = float(max_norm)
-            order = float(norm_type)
-        except (TypeError, ValueError):
-            raise TypeError(f"clip_grad_norm_: max_norm and norm_type must be numbers, got "
-                            f"{max_norm!r} and {norm_type!r}") from None
-        if not max_norm >= 0:
-            raise ValueError(f"clip_grad_norm_: max_norm must be >= 0, got {max_norm!r}")
-        if not (order > 0 and order == order):
-            raise ValueError(f"clip_grad_norm_: norm_type must be a positive number or inf, "
-                             f"got {norm_type!r}")
+        max_norm, order = clip_arguments(max_norm, norm_type)
         with self._lock():
             params = [p for group in self.param_groups for p in group["params"]]
             grads = [p.grad for p in params if p.grad is not None]
@@ -612,12 +601,8 @@ class _FusedStep:
                 self.__dict__["_fastoptim_unscale"] = inv_scale
                 if nonfinite:  # the scaler skips this step: nothing to clip
                     return torch.tensor(norm, dtype=grads[0].dtype)
-            if error_if_nonfinite and not math.isfinite(norm):
-                raise RuntimeError(
-                    f"The total norm of order {order} for gradients from `parameters` is "
-                    "non-finite, so it cannot be clipped. To disable this error and scale the "
-                    "gradients by the non-finite norm anyway, set `error_if_nonfinite=False`")
-            self.__dict__["_fastoptim_clip"] = _core.clip_coefficient(max_norm, norm)
+            self.__dict__["_fastoptim_clip"] = clip_coefficient(max_norm, norm, order,
+                                                                 error_if_nonfinite)
             dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads))
             if dtype.is_complex:
                 dtype = torch.float64 if dtype == torch.complex128 else torch.float32
