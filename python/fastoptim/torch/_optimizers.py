@@ -115,6 +115,7 @@ class _Plan:
         self.grad_sig: tuple[list[int], list[int], list[tuple[int, ...]]] = ([], [], [])
         self.strided = False
         self.distributed = False  # DTensor params: their local shards are what is stepped
+        self.sparse: list[dict[str, Any]] = []  # sparse grads, stepped row by row
         self.present: list[bool] = []  # which params had a grad
         self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
         self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
@@ -138,6 +139,8 @@ class _Plan:
         those changed (zero_grad(set_to_none=True) then backward makes new ones each step).
         Address, byte size and contiguity of every param and grad are what keeps reads and
         writes inside each tensor's current memory; they cost ~25 ns a tensor each."""
+        if self.sparse:  # new indices every step: the row tables are rebuilt
+            return False
         if len(params) != len(self.params) or not all(map(is_, params, self.params)):
             return False
         if self.distributed:
@@ -269,7 +272,11 @@ class _FusedStep:
                                  "a param may appear only once")
             if g.layout != torch.strided:
                 if g.is_sparse and self._rule in ("sgd", "adagrad"):
-                    raise _TorchSteps  # torch's own sparse update
+                    touched = self._sparse_rows(group, p, g, first_index + index)
+                    if touched is None:
+                        raise _TorchSteps  # torch's own sparse update
+                    plan.sparse.append(touched)
+                    continue
                 raise RuntimeError(f"{name} does not support sparse gradients" + (
                     ", please consider SparseAdam instead" if self._rule in ("adam", "adamw")
                     else ""))
@@ -401,6 +408,55 @@ class _FusedStep:
             plan.batch_rows.append(row_live[(dtype, step_dtype)])
         return plan
 
+    def _sparse_rows(self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor,
+                     param_index: int) -> dict[str, Any] | None:
+        """A sparse grad (nn.Embedding(sparse=True)) as a table of the rows it touches, stepped
+        by the same kernel as dense rows: SGD without momentum or weight decay, and Adagrad
+        without weight decay (whose sparse update torch defines on the coalesced grad, the
+        same element math). None: torch's own sparse path runs the step (SGD with momentum
+        keeps a sparse momentum buffer; weight decay raises or densifies there)."""
+        if group.get("weight_decay") or (self._rule == "sgd" and group.get("momentum")):
+            return None
+        dtype = _DTYPES.get(p.dtype)
+        if (dtype is None or g.dtype != p.dtype or g.shape != p.shape or p.dim() < 1
+                or not p.is_contiguous() or p.device.type != "cpu" or g.sparse_dim() != 1
+                or isinstance(p, _DTensor)):
+            return None
+        coalesced = g.coalesce()  # torch steps the coalesced grad too
+        values = coalesced._values().contiguous()
+        rows = coalesced._indices()[0].numpy()
+        width = p[0].numel() if p.dim() > 1 else 1
+        row_bytes = width * p.element_size()
+        added: dict[str, Any] = {}
+        table = np.zeros((len(rows), 8), dtype=np.int64)
+        table[:, 0] = _data_ptr(p) + rows * row_bytes
+        table[:, 1] = _data_ptr(values) + np.arange(len(rows), dtype=np.int64) * row_bytes
+        table[:, 5] = width
+        table[:, 7] = param_index
+        keep: list[Any] = [values]
+        step = None
+        count = 1.0  # SGD: an existing momentum buffer (none is used without momentum)
+        if self._rule == "adagrad":
+            state = self.state.get(p) or {}
+            step, total = state.get("step"), state.get("sum")
+            if step is None:
+                step = added["step"] = self._new_step_tensor(group)
+            if total is None:
+                total = added["sum"] = torch.full_like(
+                    p, self._initial_value("sum", group), memory_format=torch.contiguous_format)
+            if not (isinstance(total, torch.Tensor) and total.is_contiguous()
+                    and total.dtype == p.dtype and total.shape == p.shape):
+                return None
+            table[:, 2] = _data_ptr(total) + rows * row_bytes
+            keep.append(total)
+            count = step_count(step, f"param {param_index}")
+        # every row reads the param's step count from one scratch cell
+        counter = np.array([count], dtype=np.float64)
+        table[:, 6] = counter.ctypes.data
+        keep.append(counter)
+        return {"param": p, "batch": (group, table, "float64", dtype), "keep": keep,
+                "step": step, "added": added}
+
     # ---- step --------------------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
@@ -495,6 +551,9 @@ class _FusedStep:
         for _, _, plan in ready:
             for staged, grad in plan.staged_grads:
                 staged.copy_(grad)
+        # sparse rows: fresh coalesced values (no overlap with anything), unique rows; their
+        # rows share one scratch step counter, so they stay out of the memory check
+        specs += [rows["batch"] for _, _, plan in ready for rows in plan.sparse]
         return state, ready, specs, written
 
     def _fused_step(self) -> None:
@@ -528,6 +587,12 @@ class _FusedStep:
             if plan.direct_params:
                 # written through raw pointers: tell autograd these tensors changed
                 torch.autograd.graph.increment_version(plan.direct_params)
+            for rows in plan.sparse:
+                torch.autograd.graph.increment_version([rows["param"]])
+                if rows["step"] is not None:
+                    rows["step"].add_(1)  # once per param (its rows read one scratch counter)
+                if rows["added"]:
+                    plan.new_state.append((rows["param"], rows["added"]))
             for p, added in plan.new_state:
                 entry = state.get(p)
                 if entry is None:
