@@ -223,16 +223,29 @@ def test_meta_device_gets_torchs_fused_error() -> None:
         opt.step()
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.int32])
-def test_unsupported_dtype_raises(dtype: torch.dtype) -> None:
-    p = torch.zeros(3, dtype=dtype)
-    if dtype.is_floating_point:
-        p.requires_grad_()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("rule", RULES)
+def test_half_precision_params_run_torchs_update(rule: str, dtype: torch.dtype) -> None:
+    """bfloat16/float16 params (until fused kernels for them exist): torch's own update,
+    bit for bit."""
+    results = []
+    for cls, kw in ((getattr(torch.optim, rule), {"foreach": False}), (getattr(fo_torch, rule), {})):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 19).to(dtype))
+        opt = cls([p], **RICH[rule], **kw)
+        for k in range(5):
+            p.grad = torch.cos(torch.arange(19.0) * (k + 1)).to(dtype)
+            opt.step()
+        results.append(p.detach().clone())
+    assert torch.equal(results[0], results[1])
+
+
+def test_integer_params_get_torchs_error() -> None:
+    p = torch.zeros(3, dtype=torch.int32)
     opt = fo_torch.Adam([p])
-    p.grad = torch.ones(3, dtype=dtype)
-    with pytest.raises((TypeError, ValueError)):
+    p.grad = torch.ones(3, dtype=torch.int32)
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch.optim raises
         opt.step()
-    assert torch.count_nonzero(p.detach()) == 0
+    assert torch.count_nonzero(p) == 0
 
 
 # ---- LR schedulers ----------------------------------------------------------------------------

@@ -287,12 +287,10 @@ class _FusedStep:
                     f"point Tensors of supported devices: ['cpu'] but {p.dtype} and "
                     f"{p.device.type} ({where}, grad on {g.device.type})")
             dtype = _PARAM_DTYPES.get(p.dtype)
-            if dtype is None:
-                raise TypeError(f"fastoptim.torch.{name} supports float32, float64, complex64 "
-                                f"and complex128 params, got {p.dtype} ({where})")
-            if g.dtype != p.dtype:
-                raise TypeError(f"{where}: grad dtype {g.dtype} does not match param dtype "
-                                f"{p.dtype}")
+            if dtype is None or g.dtype != p.dtype:
+                # bfloat16/float16 params, a grad_dtype other than the param's, or a dtype
+                # torch rejects: torch's own update (and its errors) until fused kernels exist
+                raise _TorchSteps
             if g.shape != p.shape:
                 raise RuntimeError(f"{where}: grad shape {tuple(g.shape)} does not match param "
                                    f"shape {tuple(p.shape)}")
@@ -654,7 +652,15 @@ class _FusedStep:
             scaler_state, inv_scale = None, 1.0
             if grad_scaler is not None and grad_scaler.is_enabled():
                 scaler_state, inv_scale = self._scaler_state(grad_scaler)
-            _, ready, specs, _ = self._prepare()
+            try:
+                _, ready, specs, _ = self._prepare()
+            except _TorchSteps:  # params the fused step hands to torch: torch's clip as well
+                if scaler_state is not None:
+                    raise RuntimeError("clip_grad_norm_(grad_scaler=...) needs every param "
+                                       "stepped by the fused kernels; call "
+                                       "scaler.unscale_(opt) and clip without it") from None
+                return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
+                                                      error_if_nonfinite)
             norm, nonfinite = _core.grad_norm_plans([(t, d) for _, t, _, d in specs], order,
                                                     get_num_threads())
             norm *= inv_scale  # the norm of grad * inv_scale (the unscaled grads)
