@@ -37,6 +37,17 @@ STATE_KEYS = {
     "AdamW": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
 }
 
+# One option set per rule with most features on (momentum, decay, amsgrad, centered, ...), for
+# tests that exercise a front's machinery rather than the option grid.
+RICH = {
+    "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
+    "Adagrad": dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
+    "Adadelta": dict(lr=0.5, rho=0.8, weight_decay=0.01),
+    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
+    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
+    "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.05),
+}
+
 # Shapes of the grid problem: one group whose buffers end on every SIMD tail (1, 7, 15, 16, 17).
 GRID_SHAPES = ((1,), (7,), (3, 5), (16,), (17,))
 

@@ -14,16 +14,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RULES  # noqa: E402
+from _support import RICH, RULES  # noqa: E402
 
-RICH = {
-    "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
-    "Adagrad": dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
-    "Adadelta": dict(lr=0.5, rho=0.8, weight_decay=0.01),
-    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
-    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.05),
-}
 STATEFUL = [r for r in RULES if r != "SGD"]
 
 

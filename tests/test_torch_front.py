@@ -18,16 +18,7 @@ import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-from _support import RULES, STATE_KEYS
-
-RICH = {
-    "SGD": dict(lr=0.05, momentum=0.9, weight_decay=0.01, nesterov=True),
-    "Adagrad": dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
-    "Adadelta": dict(lr=0.5, rho=0.8, weight_decay=0.01),
-    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
-    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.05),
-}
+from _support import RICH, RULES, STATE_KEYS
 
 
 def _tol(dtype: torch.dtype) -> dict[str, float]:

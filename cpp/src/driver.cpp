@@ -593,6 +593,25 @@ double grad_norm(DType dtype, std::span<const ParamBuffers> buffers, double norm
   throw std::invalid_argument("unsupported dtype");
 }
 
+double grad_norm(std::span<const ParamBuffers> float32_grads,
+                 std::span<const ParamBuffers> float64_grads, double norm_type, int num_threads,
+                 bool* nonfinite) {
+  if (float32_grads.empty() && float64_grads.empty())
+    throw std::invalid_argument("grad_norm: no grads");
+  bool bad32 = false, bad64 = false;
+  if (float64_grads.empty())
+    return grad_norm(DType::float32, float32_grads, norm_type, num_threads, nonfinite);
+  if (float32_grads.empty())
+    return grad_norm(DType::float64, float64_grads, norm_type, num_threads, nonfinite);
+  double norms[2] = {grad_norm(DType::float32, float32_grads, norm_type, num_threads, &bad32),
+                     grad_norm(DType::float64, float64_grads, norm_type, num_threads, &bad64)};
+  if (nonfinite != nullptr) *nonfinite = bad32 || bad64;
+  ParamBuffers pair;
+  pair.grad = norms;
+  pair.size = 2;
+  return grad_norm(DType::float64, std::span(&pair, 1), norm_type, 1);
+}
+
 double clip_coefficient(double max_norm, double total_norm) {
   const double coef = max_norm / (total_norm + 1e-6);
   return std::isnan(coef) || coef < 1.0 ? coef : 1.0;  // torch's clamp(max=1) keeps NaN

@@ -334,25 +334,7 @@ double Optimizer::clip_grad_norm(std::span<const Grad> grads, double max_norm, d
   }
   if (by_dtype[0].empty() && by_dtype[1].empty())
     throw std::invalid_argument("clip_grad_norm(): no param has a grad");
-  // torch: the norm of the per-dtype norms (a float32 and a float64 norm combine in double)
-  double norms[2] = {0.0, 0.0};
-  bool nonfinite = false;
-  for (int d = 0; d < 2; ++d) {
-    if (by_dtype[d].empty()) continue;
-    bool bad = false;
-    norms[d] = grad_norm(d == 0 ? DType::float32 : DType::float64, by_dtype[d], norm_type,
-                         num_threads_, &bad);
-    nonfinite = nonfinite || bad;
-  }
-  double total;
-  if (by_dtype[0].empty() || by_dtype[1].empty()) {
-    total = by_dtype[0].empty() ? norms[1] : norms[0];
-  } else {
-    ParamBuffers pair;
-    pair.grad = norms;
-    pair.size = 2;
-    total = grad_norm(DType::float64, std::span(&pair, 1), norm_type, 1);
-  }
+  const double total = grad_norm(by_dtype[0], by_dtype[1], norm_type, num_threads_);
   if (error_if_nonfinite && !std::isfinite(total))
     throw std::invalid_argument("The total norm of order " + detail::py_float(norm_type) +
                                 " for gradients from `parameters` is non-finite, so it cannot "
@@ -360,7 +342,6 @@ double Optimizer::clip_grad_norm(std::span<const Grad> grads, double max_norm, d
                                 "the non-finite norm anyway, set `error_if_nonfinite=False`");
   impl_->pending_clip = clip_coefficient(max_norm, total);
   impl_->has_pending_clip = true;
-  (void)nonfinite;
   return total;
 }
 

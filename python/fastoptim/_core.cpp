@@ -330,31 +330,17 @@ void check_then_run(const std::vector<Batch>& batches, int num_threads,
 py::tuple total_norm(const std::vector<std::pair<DType, std::vector<ParamBuffers>>>& batches,
                      double norm_type, int num_threads) {
   std::vector<ParamBuffers> by_dtype[2];
-  for (const auto& [dtype, buffers] : batches)
-    by_dtype[dtype == DType::float32 ? 0 : 1].insert(by_dtype[dtype == DType::float32 ? 0 : 1].end(),
-                                                     buffers.begin(), buffers.end());
-  double norms[2] = {0.0, 0.0};
+  for (const auto& [dtype, buffers] : batches) {
+    auto& into = by_dtype[dtype == DType::float32 ? 0 : 1];
+    into.insert(into.end(), buffers.begin(), buffers.end());
+  }
   bool nonfinite = false;
+  double norm;
   {
     py::gil_scoped_release release;
-    for (int d = 0; d < 2; ++d) {
-      if (by_dtype[d].empty()) continue;
-      bool bad = false;
-      norms[d] = fastoptim::grad_norm(d == 0 ? DType::float32 : DType::float64, by_dtype[d],
-                                      norm_type, num_threads, &bad);
-      nonfinite = nonfinite || bad;
-    }
+    norm = fastoptim::grad_norm(by_dtype[0], by_dtype[1], norm_type, num_threads, &nonfinite);
   }
-  double total;
-  if (by_dtype[0].empty() || by_dtype[1].empty()) {
-    total = by_dtype[0].empty() ? norms[1] : norms[0];
-  } else {
-    ParamBuffers pair;
-    pair.grad = norms;
-    pair.size = 2;
-    total = fastoptim::grad_norm(DType::float64, std::span(&pair, 1), norm_type, 1);
-  }
-  return py::make_tuple(total, nonfinite);
+  return py::make_tuple(norm, nonfinite);
 }
 
 // groups: list of (group dict, names, params, grads, states, steps), where states[i] is a list

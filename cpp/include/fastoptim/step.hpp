@@ -58,6 +58,12 @@ struct GradFactors {
 double grad_norm(DType dtype, std::span<const ParamBuffers> buffers, double norm_type,
                  int num_threads = 0, bool* nonfinite = nullptr);
 
+// The total norm over float32 and float64 grads together, as torch combines them: the norm of
+// the two per-dtype norms. std::invalid_argument if both are empty.
+double grad_norm(std::span<const ParamBuffers> float32_grads,
+                 std::span<const ParamBuffers> float64_grads, double norm_type,
+                 int num_threads = 0, bool* nonfinite = nullptr);
+
 // max_norm / (total_norm + 1e-6), at most 1: the factor clip_grad_norm_ multiplies grads by.
 double clip_coefficient(double max_norm, double total_norm);
 

@@ -220,6 +220,12 @@ class _FusedStep:
     # grads itself): both are folded into the step
     _step_supports_amp_scaling = True
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__module__ == __name__:  # the six classes below, not users' subclasses
+            cls.__module__ = "fastoptim.torch"  # where users import them from (repr, pickle)
+            cls.__doc__ = cls._torch_class(cls).__doc__
+
     # ---- plans -------------------------------------------------------------------------------
     def _generation(self) -> int:
         return self.__dict__.setdefault("_fastoptim_generation", 0)
@@ -498,7 +504,9 @@ class _FusedStep:
         return self._torch_class().step(self, closure=lambda: loss)
 
     def _torch_class(self) -> type:
-        return next(c for c in type(self).__mro__ if c.__module__.startswith("torch.optim"))
+        """The torch.optim class this one replaces (self may also be the class itself)."""
+        cls = self if isinstance(self, type) else type(self)
+        return next(c for c in cls.__mro__ if c.__module__.startswith("torch.optim"))
 
     def _prepare(self) -> tuple[Any, list, list, Any]:
         """Every group's plan, checked or rebuilt, and the memory check over all of them:
@@ -731,15 +739,11 @@ class _FusedStep:
 
 
 class SGD(_FusedStep, torch.optim.SGD):
-    __doc__ = torch.optim.SGD.__doc__
-    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "sgd"
     _has_step = False
 
 
 class Adagrad(_FusedStep, torch.optim.Adagrad):
-    __doc__ = torch.optim.Adagrad.__doc__
-    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adagrad"
 
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
@@ -749,14 +753,10 @@ class Adagrad(_FusedStep, torch.optim.Adagrad):
 
 
 class Adadelta(_FusedStep, torch.optim.Adadelta):
-    __doc__ = torch.optim.Adadelta.__doc__
-    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adadelta"
 
 
 class RMSprop(_FusedStep, torch.optim.RMSprop):
-    __doc__ = torch.optim.RMSprop.__doc__
-    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "rmsprop"
 
 
@@ -764,12 +764,8 @@ RMSProp = RMSprop
 
 
 class Adam(_FusedStep, torch.optim.Adam):
-    __doc__ = torch.optim.Adam.__doc__
-    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adam"
 
 
 class AdamW(_FusedStep, torch.optim.AdamW):
-    __doc__ = torch.optim.AdamW.__doc__
-    __module__ = "fastoptim.torch"  # where users import it from (repr, pickle)
     _rule = "adamw"
