@@ -143,6 +143,23 @@ def _full(model: torch.nn.Module) -> list[torch.Tensor]:
     return [p.full_tensor().detach().clone() for p in model.parameters()]
 
 
+def _train_clipped(model: torch.nn.Module, opt: Any, rank: int, first: int, steps: int,
+                   fused: bool) -> list[float]:
+    losses = []
+    for step in range(first, first + steps):
+        x, y = _batch(rank, step)
+        opt.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        if fused:
+            norm = opt.clip_grad_norm_(0.05)
+        else:
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.05)
+        opt.step()
+        losses.append(float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm))
+    return losses
+
+
 def _fsdp2_worker(rank: int) -> dict[str, Any]:
     """FSDP2 (fully_shard) training with fastoptim.torch.AdamW next to torch.optim.AdamW; then
     fastoptim's sharded optimizer state (torch.distributed.checkpoint's state_dict API) loads into
@@ -177,6 +194,15 @@ def _fsdp2_worker(rank: int) -> dict[str, Any]:
     _train(resumed_model, resumed, rank, STEPS, STEPS)
     _train(reference, opt_reference, rank, STEPS, STEPS)
     out["resumed"], out["reference_continued"] = _full(resumed_model), _full(reference)
+
+    # clip_grad_norm_ over sharded grads: the norm is the global one (every rank's shard)
+    clipped, clipped_ref = _fsdp2_model(), _fsdp2_model()
+    opt_c = fastoptim.torch.AdamW(clipped.parameters(), lr=LR, weight_decay=WEIGHT_DECAY)
+    opt_c_ref = torch.optim.AdamW(clipped_ref.parameters(), lr=LR, weight_decay=WEIGHT_DECAY,
+                                  foreach=False)
+    out["clip_norms"] = _train_clipped(clipped, opt_c, rank, 0, 4, fused=True)
+    out["clip_norms_ref"] = _train_clipped(clipped_ref, opt_c_ref, rank, 0, 4, fused=False)
+    out["clipped"], out["clipped_ref"] = _full(clipped), _full(clipped_ref)
     return out
 
 
@@ -330,6 +356,10 @@ def test_fsdp2_adamw_matches_torch_and_state_loads_into_torch(tmp_path: Path) ->
     assert_same_on_both_ranks(results, "resumed")
     assert_close(results[0]["resumed"], results[0]["reference_continued"],
                  "torch AdamW resumed from fastoptim's sharded FSDP2 state vs torch all along")
+    for r in results:  # the global norm, the same on both ranks, as torch's
+        assert r["clip_norms"] == pytest.approx(r["clip_norms_ref"], rel=1e-5)
+    assert results[0]["clip_norms"] == results[1]["clip_norms"]
+    assert_close(results[0]["clipped"], results[0]["clipped_ref"], "FSDP2 clip + AdamW")
 
 
 def test_distribute_tensor_params_match_torch(tmp_path: Path) -> None:

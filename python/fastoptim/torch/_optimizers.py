@@ -650,9 +650,10 @@ class _FusedStep:
                 raise ValueError("clip_grad_norm_: no param has a grad")
             if any(group.get("differentiable") for group in self.param_groups) or any(
                     g.layout != torch.strided or (g.is_complex() and order != 2.0)
-                    for g in grads):
+                    or isinstance(g, _DTensor) for g in grads):
                 # torch's own clip (rewrites the grads) where the fused norm does not apply:
-                # autograd through the step, sparse grads, complex grads of another order
+                # autograd through the step, sparse grads, complex grads of another order, and
+                # DTensor grads, whose norm is over every rank's shard (torch reduces it)
                 if grad_scaler is not None and grad_scaler.is_enabled():
                     grad_scaler.unscale_(self)
                 return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
