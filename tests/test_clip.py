@@ -265,3 +265,27 @@ def test_gradscaler_matches_torch_step_for_step(rule: str, clip: str | None, mon
                 assert all(torch.equal(gs[i][key], prev_s[i][key]) for key in gs[i])
     if rule != "Adagrad":  # torch.optim.Adagrad makes its state in the constructor
         assert not got[0][1], "a skipped first step allocated state"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16])  # float16 grads: GradScaler refuses them
+def test_half_precision_clip_and_scaler_fall_back_to_torch(dtype: torch.dtype) -> None:
+    """Params the fused step hands to torch (bfloat16): clip_grad_norm_(grad_scaler=) is torch's
+    unscale_ + clip, the step torch's, and the whole sequence matches torch."""
+    results = []
+    for cls, kw, fused_clip in ((torch.optim.SGD, {"foreach": False}, False),
+                                (fo_torch.SGD, {}, True)):
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 12).to(dtype))
+        opt = cls([p], lr=0.1, momentum=0.9, **kw)
+        scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        scaler.scale(torch.ones(()))
+        for k in range(4):
+            p.grad = (torch.cos(torch.arange(12.0) * (k + 1)) * 4.0).to(dtype)
+            if fused_clip:
+                norm = opt.clip_grad_norm_(0.5, grad_scaler=scaler)
+            else:
+                scaler.unscale_(opt)
+                norm = torch.nn.utils.clip_grad_norm_([p], 0.5)
+            scaler.step(opt)
+            scaler.update()
+        results.append((p.detach().clone(), float(norm)))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]

@@ -251,3 +251,25 @@ def test_sparse_rows_are_fused_and_exact(rule: str, opts: dict, dtype: torch.dty
         torch.testing.assert_close(fo_m.weight, ref_m.weight, **tol)
     for key, value in ref.state[ref_m.weight].items():
         torch.testing.assert_close(fo.state[fo_m.weight][key], value)
+
+
+@pytest.mark.parametrize("opts", [dict(lr=0.1, momentum=0.9), dict(lr=0.1)])
+def test_sparse_grads_under_gradscaler_like_torch(opts: dict) -> None:
+    """GradScaler hands every fastoptim.torch step its scale and inf flag, on the fused sparse
+    rows and on torch's own sparse path (SGD with momentum) alike."""
+    results = []
+    for cls, kw in ((torch.optim.SGD, {"foreach": False}), (fo_torch.SGD, {})):
+        torch.manual_seed(1)
+        emb = torch.nn.Embedding(30, 4, sparse=True)
+        opt = cls(emb.parameters(), **opts, **kw)
+        scaler = torch.amp.GradScaler("cpu", init_scale=8.0)
+        for k in range(6):
+            opt.zero_grad()
+            loss = emb(torch.tensor([k, 2 * k % 30, k])).square().sum()
+            scaler.scale(loss).backward()
+            if k == 3:
+                emb.weight.grad._values()[0, 0] = float("inf")
+            scaler.step(opt)
+            scaler.update()
+        results.append(emb.weight.detach().clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-6, atol=1e-7)

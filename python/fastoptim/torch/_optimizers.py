@@ -501,6 +501,10 @@ class _FusedStep:
         if clip_coef != 1.0:
             for g in grads:
                 (g._values() if g.is_sparse else g).mul_(clip_coef)
+        # both applied above: torch's non-fused step requires them unset
+        for name in ("grad_scale", "found_inf"):
+            if name in self.__dict__:
+                self.__dict__[name] = None
         return self._torch_class().step(self, closure=lambda: loss)
 
     def _torch_class(self) -> type:
@@ -665,9 +669,7 @@ class _FusedStep:
                 _, ready, specs, _ = self._prepare()
             except _TorchSteps:  # params the fused step hands to torch: torch's clip as well
                 if scaler_state is not None:
-                    raise RuntimeError("clip_grad_norm_(grad_scaler=...) needs every param "
-                                       "stepped by the fused kernels; call "
-                                       "scaler.unscale_(opt) and clip without it") from None
+                    grad_scaler.unscale_(self)
                 return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
                                                       error_if_nonfinite)
             norm, nonfinite = _core.grad_norm_plans([(t, d) for _, t, _, d in specs], order,
