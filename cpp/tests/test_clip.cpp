@@ -119,3 +119,47 @@ TEST(ClipGradNorm, BadInputChangesNothing) {
 
 }  // namespace
 }  // namespace fastoptim::test
+
+namespace fastoptim::test {
+namespace {
+
+// The driver's GradFactors: unscale then clip, each a multiply in the element type as the grad
+// is read, bit-identical to multiplying the grads first (torch's in-place unscale_ and clip_).
+TEST(GradFactors, SameBitsAsMultiplyingTheGradsFirst) {
+  const std::vector<float> g = wave<float>(40000, 0.3);
+  const double inv_scale = 1.0 / 1024.0, clip = 0.37;
+  std::vector<float> scaled(g);
+  for (float& x : scaled) x = (x * static_cast<float>(inv_scale)) * static_cast<float>(clip);
+  for (const std::string& level : available_simd_levels()) {
+    const std::string before = simd_level();
+    set_simd_level(level);
+    std::vector<float> a(g.size(), 0.5f), b(g.size(), 0.5f);
+    std::vector<float> a_m(g.size()), a_v(g.size()), b_m(g.size()), b_v(g.size());
+    ParamBuffers x, y;
+    x.param = a.data(), x.grad = g.data(), x.state[0] = a_m.data(), x.state[1] = a_v.data();
+    y.param = b.data(), y.grad = scaled.data(), y.state[0] = b_m.data(), y.state[1] = b_v.data();
+    x.size = y.size = g.size();
+    step(AdamOptions{}, DType::float32, std::span(&x, 1), 2, GradFactors{inv_scale, clip});
+    step(AdamOptions{}, DType::float32, std::span(&y, 1), 2);
+    EXPECT_EQ(a, b) << level;
+    EXPECT_EQ(a_v, b_v) << level;
+    set_simd_level(before);
+  }
+}
+
+TEST(GradFactors, BadFactorsAreRejectedBeforeAnyWrite) {
+  std::vector<double> w(8, 1.0), g(8, 1.0), m(8, 0.0);
+  ParamBuffers b;
+  b.param = w.data(), b.grad = g.data(), b.state[0] = m.data(), b.size = 8;
+  const double inf = std::numeric_limits<double>::infinity();
+  for (GradFactors f : {GradFactors{-1.0, 1.0}, GradFactors{inf, 1.0}, GradFactors{1.0, -0.5},
+                        GradFactors{1.0, inf}})
+    EXPECT_THROW(step(SgdOptions{.lr = 0.1, .momentum = 0.9}, DType::float64, std::span(&b, 1), 1,
+                      f),
+                 std::invalid_argument);
+  EXPECT_EQ(w, std::vector<double>(8, 1.0));
+  EXPECT_EQ(m, std::vector<double>(8, 0.0));
+}
+
+}  // namespace
+}  // namespace fastoptim::test
