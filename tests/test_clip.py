@@ -71,6 +71,11 @@ def test_array_front_norm_matches_torch(norm_type: float) -> None:
     want = torch.nn.utils.clip_grad_norm_(qs, 1.0, norm_type=norm_type)
     assert isinstance(got, float)
     assert got == pytest.approx(float(want), rel=1e-6)
+    # torch's argument order, grads by keyword: the same norm
+    again = opt.clip_grad_norm_(1.0, norm_type, grads=[grads[0], None, grads[2]])
+    assert again == got
+    with pytest.raises(TypeError, match="needs the grads"):
+        opt.clip_grad_norm_(1.0)
 
 
 def test_norm_bit_identical_across_threads_and_levels(restore_threads) -> None:

@@ -254,13 +254,26 @@ class Optimizer:
                 state["step"] = np.array(float(state["step"]) + 1.0, dtype=np.float32)
             self.state[i] = state
 
-    def clip_grad_norm_(self, grads: Sequence[Any], max_norm: float,
-                        norm_type: float | str = 2.0, error_if_nonfinite: bool = False) -> float:
-        """torch.nn.utils.clip_grad_norm_ for the grads of the next step (one per param, in
-        param order, None skips one), folded into that step: returns the total norm from one
+    def clip_grad_norm_(self, *args: Any, grads: Sequence[Any] | None = None,
+                        **kwargs: Any) -> float:
+        """clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite=False), or with
+        torch's argument order clip_grad_norm_(max_norm, ..., grads=grads).
+
+        torch.nn.utils.clip_grad_norm_ for the grads of the next step (one per param, in param
+        order, None skips one), folded into that step: returns the total norm from one
         read-only pass, and the next step(grads) reads each grad multiplied by
         min(1, max_norm / (norm + 1e-6)). The arrays are not rewritten. The norm is
         accumulated in double, bit-identical for any thread count and SIMD level."""
+        if grads is None:
+            if not args or isinstance(args[0], (int, float, np.number)):
+                raise TypeError("clip_grad_norm_: the array front needs the grads of the next "
+                                "step: clip_grad_norm_(grads, max_norm) or "
+                                "clip_grad_norm_(max_norm, grads=grads)")
+            grads, args = args[0], args[1:]
+        return self._clip(grads, *args, **kwargs)
+
+    def _clip(self, grads: Sequence[Any], max_norm: float, norm_type: float | str = 2.0,
+              error_if_nonfinite: bool = False) -> float:
         max_norm, order = clip_arguments(max_norm, norm_type)
         if isinstance(grads, np.ndarray) or hasattr(grads, "__dlpack__"):
             raise TypeError("grads must be a list with one array (or None) per param")
