@@ -294,3 +294,26 @@ def test_half_precision_clip_and_scaler_fall_back_to_torch(dtype: torch.dtype) -
             scaler.update()
         results.append((p.detach().clone(), float(norm)))
     assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1.0, math.inf])
+def test_complex_grads_norm_matches_torch(norm_type: float) -> None:
+    """Order 2 is the real view's norm (fused); other orders use |z| (torch's clip)."""
+    def params():
+        g = torch.Generator().manual_seed(4)
+        return [torch.nn.Parameter(torch.randn(6, 5, dtype=torch.complex128, generator=g)),
+                torch.nn.Parameter(torch.randn(7, dtype=torch.float64, generator=g))]
+
+    ps, qs = params(), params()
+    for group in (ps, qs):
+        for i, p in enumerate(group):
+            p.grad = torch.ones_like(p) * (1.5 + i) + (1j if p.is_complex() else 0)
+    opt = fo_torch.Adam(ps)
+    got = opt.clip_grad_norm_(1.0, norm_type)
+    want = torch.nn.utils.clip_grad_norm_(qs, 1.0, norm_type)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    opt.step()
+    ref = torch.optim.Adam(qs, foreach=False)
+    ref.step()
+    for a, b in zip(ps, qs):
+        torch.testing.assert_close(a.detach(), b.detach(), rtol=1e-10, atol=0)

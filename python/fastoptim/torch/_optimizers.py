@@ -15,7 +15,6 @@ copies: slower, never wrong.
 from __future__ import annotations
 
 import copy
-import functools
 import threading
 from collections import defaultdict
 from operator import attrgetter, is_
@@ -116,6 +115,7 @@ class _Plan:
         self.strided = False
         self.distributed = False  # DTensor params: their local shards are what is stepped
         self.sparse: list[dict[str, Any]] = []  # sparse grads, stepped row by row
+        self.complex = False  # complex params (stepped as their real view)
         self.present: list[bool] = []  # which params had a grad
         self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
         self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
@@ -255,6 +255,7 @@ class _FusedStep:
         plan.grads = list(grads)
         plan.present = [g is not None for g in grads]
         plan.distributed = any(isinstance(t, _DTensor) for t in params)
+        plan.complex = any(p.is_complex() for p in params)
         memory = list(map(_memory, params))
         plan.param_sig = (list(map(_data_ptr, memory)), list(map(_nbytes, memory)),
                           list(map(_stride, memory)))
@@ -649,32 +650,37 @@ class _FusedStep:
         max_norm, order = clip_arguments(max_norm, norm_type)
         with self._lock():
             params = [p for group in self.param_groups for p in group["params"]]
-            grads = [p.grad for p in params if p.grad is not None]
-            if not grads:
-                raise ValueError("clip_grad_norm_: no param has a grad")
-            if any(group.get("differentiable") for group in self.param_groups) or any(
-                    g.layout != torch.strided or (g.is_complex() and order != 2.0)
-                    or isinstance(g, _DTensor) for g in grads):
-                # torch's own clip (rewrites the grads) where the fused norm does not apply:
-                # autograd through the step, sparse grads, complex grads of another order, and
-                # DTensor grads, whose norm is over every rank's shard (torch reduces it)
-                if grad_scaler is not None and grad_scaler.is_enabled():
-                    grad_scaler.unscale_(self)
+            scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
+
+            def torch_clip() -> torch.Tensor:
+                # torch's own clip (it rewrites the grads) where the fused norm does not
+                # apply: autograd through the step, params the step hands to torch, sparse
+                # grads, complex grads of an order other than 2 (|z| is not the real view's),
+                # DTensor grads (their norm is over every rank's shard, which torch reduces)
+                if scaler is not None:
+                    scaler.unscale_(self)
                 return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
                                                       error_if_nonfinite)
+
+            if any(group.get("differentiable") for group in self.param_groups):
+                return torch_clip()
             scaler_state, inv_scale = None, 1.0
-            if grad_scaler is not None and grad_scaler.is_enabled():
-                scaler_state, inv_scale = self._scaler_state(grad_scaler)
+            if scaler is not None:
+                scaler_state, inv_scale = self._scaler_state(scaler)
             try:
                 _, ready, specs, _ = self._prepare()
-            except _TorchSteps:  # params the fused step hands to torch: torch's clip as well
-                if scaler_state is not None:
-                    grad_scaler.unscale_(self)
-                return torch.nn.utils.clip_grad_norm_(params, max_norm, norm_type,
-                                                      error_if_nonfinite)
+            except _TorchSteps:
+                return torch_clip()
+            if any(plan.sparse or plan.distributed or (plan.complex and order != 2.0)
+                   for _, _, plan in ready):
+                return torch_clip()
+            if not specs:
+                raise ValueError("clip_grad_norm_: no param has a grad")
             norm, nonfinite = _core.grad_norm_plans([(t, d) for _, t, _, d in specs], order,
                                                     get_num_threads())
             norm *= inv_scale  # the norm of grad * inv_scale (the unscaled grads)
+            # torch's result dtype: the promotion of the grads' (real) dtypes
+            dtype = torch.float64 if any(d == "float64" for *_, d in specs) else torch.float32
             if scaler_state is not None:
                 # what scaler.unscale_(opt) would have recorded; the step unscales
                 scaler_state["found_inf_per_device"] = {
@@ -682,12 +688,9 @@ class _FusedStep:
                 scaler_state["stage"] = _optim_state().UNSCALED
                 self.__dict__["_fastoptim_unscale"] = inv_scale
                 if nonfinite:  # the scaler skips this step: nothing to clip
-                    return torch.tensor(norm, dtype=grads[0].dtype)
+                    return torch.tensor(norm, dtype=dtype)
             self.__dict__["_fastoptim_clip"] = clip_coefficient(max_norm, norm, order,
                                                                  error_if_nonfinite)
-            dtype = functools.reduce(torch.promote_types, (g.dtype for g in grads))
-            if dtype.is_complex:
-                dtype = torch.float64 if dtype == torch.complex128 else torch.float32
             return torch.tensor(norm, dtype=dtype)
 
     # ---- state -------------------------------------------------------------------------------
