@@ -3,13 +3,18 @@ Adadelta, RMSprop, Adam and AdamW on CPU tensors.
 
 Each class subclasses its torch.optim namesake, so the constructor (names, order, defaults,
 validation), param groups, hooks, LR schedulers and state_dict layout are torch's own; only
-``step`` differs: one fused C++ call per param group and dtype instead of a Python loop.
+``step`` (and the added ``clip_grad_norm_``) differ: one fused C++ call for every group and
+dtype, which validates everything before it writes anything.
 
 Per group the front caches a *plan*: the addresses of every param, grad, state buffer and step
-counter. It is rebuilt only when a grad or param changes identity or memory, or when the state
-is loaded or a group is added, so a step costs one ``.grad`` read per tensor plus the kernel.
-Non-contiguous params and grads (transposed or sliced views) go through contiguous staging
-copies: slower, never wrong.
+counter. Before every step it re-checks each param's and grad's address, byte size and
+contiguity (strides for other dense layouts) and whether any state mapping changed, so nothing
+is read or written outside a tensor's current memory; new grad tensors only update the grad
+column. Dense layouts (channels_last, transposed, permuted) are stepped in place, gapped views
+through staging copies, DTensors on their local shards, complex params as their real view, and
+sparse grads (Adagrad; SGD without momentum) row by row. Half-precision params, differentiable
+groups and SGD's sparse momentum run torch's own update. GradScaler's scale and inf flag, and a
+pending clip, are folded into the kernel's grad read.
 """
 
 from __future__ import annotations
