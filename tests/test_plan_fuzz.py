@@ -9,11 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
 import fastoptim.torch as fo_torch  # noqa: E402
 from _support import RICH, RULES  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 OPS = ("step", "new_grads", "inplace_grads", "none_grad", "swap_data", "transpose", "shrink",
        "replace_state", "clear_param_state", "reload", "lr")
