@@ -98,8 +98,8 @@ def test_random_changes_between_steps_follow_torch(rule: str, ops: list[str]) ->
                     torch.testing.assert_close(fo.state[a][key].double(), value.double(),
                                                rtol=1e-12, atol=1e-15, equal_nan=True)
         else:
-            want = _outcome(lambda: _apply(op, k, ref_ps, ref))
-            got = _outcome(lambda: _apply(op, k, fo_ps, fo))
+            want = _outcome(lambda op=op, k=k: _apply(op, k, ref_ps, ref))
+            got = _outcome(lambda op=op, k=k: _apply(op, k, fo_ps, fo))
             if want is not None or got is not None:
                 # fastoptim's load_state_dict checks state shapes against the params, which
                 # torch leaves to the next step (where it raises): the one allowed difference
