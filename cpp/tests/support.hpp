@@ -11,8 +11,10 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <sstream>
 #include <span>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <variant>
 #include <vector>
@@ -346,5 +348,56 @@ struct RefOptimizer {
       if (grads[i]) std::visit([&](const auto& o) { ref_step(o, params[i], *grads[i]); }, options);
   }
 };
+
+// ---- checkpoint bytes and error messages (the stateful-API tests) ------------------------------
+
+// The whole observable state of an optimizer, as bytes: its options and state (save()).
+inline std::string saved(const Optimizer& opt) {
+  std::ostringstream out;
+  opt.save(out);
+  return out.str();
+}
+
+// The message of the std::invalid_argument `fn` throws; anything else is a failure.
+template <class Fn>
+std::string invalid_argument_message(Fn&& fn) {
+  try {
+    fn();
+  } catch (const std::invalid_argument& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    return std::string("wrong exception type: ") + e.what();
+  } catch (...) {
+    return "wrong exception type: not a std::exception";
+  }
+  return "no exception";
+}
+
+#define EXPECT_INVALID(statement, fragment)                                    \
+  do {                                                                         \
+    const std::string message_ = invalid_argument_message([&] { statement; }); \
+    EXPECT_NE(message_.find(fragment), std::string::npos) << message_;         \
+  } while (0)
+
+// The checkpoint format's FNV-1a 64 and little-endian fields, to edit saved bytes.
+inline std::uint64_t fnv1a(std::string_view bytes) {
+  std::uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+template <class U>
+U read_le(const std::string& bytes, std::size_t offset) {
+  U value = 0;
+  for (std::size_t i = 0; i < sizeof(U); ++i)
+    value |= static_cast<U>(static_cast<unsigned char>(bytes[offset + i])) << (8 * i);
+  return value;
+}
+
+template <class U>
+void write_le(std::string& bytes, std::size_t offset, U value) {
+  for (std::size_t i = 0; i < sizeof(U); ++i)
+    bytes[offset + i] = static_cast<char>((static_cast<std::uint64_t>(value) >> (8 * i)) & 0xFF);
+}
 
 }  // namespace fastoptim::test

@@ -8,32 +8,6 @@
 namespace fastoptim::test {
 namespace {
 
-std::string saved(const Optimizer& opt) {
-  std::ostringstream out;
-  opt.save(out);
-  return out.str();
-}
-
-std::uint64_t fnv1a(std::string_view bytes) {
-  std::uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-template <class U>
-U read_le(const std::string& bytes, std::size_t offset) {
-  U value = 0;
-  for (std::size_t i = 0; i < sizeof(U); ++i)
-    value |= static_cast<U>(static_cast<unsigned char>(bytes[offset + i])) << (8 * i);
-  return value;
-}
-
-template <class U>
-void write_le(std::string& bytes, std::size_t offset, U value) {
-  for (std::size_t i = 0; i < sizeof(U); ++i)
-    bytes[offset + i] = static_cast<char>((static_cast<std::uint64_t>(value) >> (8 * i)) & 0xFF);
-}
-
 // Re-seals an edited file with a valid checksum, so that the check under test is the one
 // that has to catch it.
 void reseal(std::string& bytes) {

@@ -9,12 +9,6 @@
 namespace fastoptim::test {
 namespace {
 
-std::string snapshot(const Optimizer& opt) {
-  std::ostringstream out;
-  opt.save(out);
-  return out.str();
-}
-
 template <class T>
 std::vector<T> wave(std::size_t n, double phase) {
   std::vector<T> v(n);
@@ -100,7 +94,7 @@ TEST(ClipGradNorm, BadInputChangesNothing) {
   twin.add_param(v);
   opt.step({g});
   twin.step({g});
-  const std::string state = snapshot(opt);
+  const std::string state = saved(opt);
   const double nan = std::numeric_limits<double>::quiet_NaN();
   EXPECT_THROW(opt.clip_grad_norm({g}, -1.0), std::invalid_argument);
   EXPECT_THROW(opt.clip_grad_norm({g}, nan), std::invalid_argument);
@@ -111,7 +105,7 @@ TEST(ClipGradNorm, BadInputChangesNothing) {
   std::vector<float> bad(g);
   bad[3] = std::numeric_limits<float>::infinity();
   EXPECT_THROW(opt.clip_grad_norm({bad}, 1.0, 2.0, true), std::invalid_argument);
-  EXPECT_EQ(snapshot(opt), state);
+  EXPECT_EQ(saved(opt), state);
   opt.step({g});  // no clip pending after the failures
   twin.step({g});
   EXPECT_EQ(w, v);

@@ -7,31 +7,6 @@
 namespace fastoptim::test {
 namespace {
 
-// The whole observable state of an optimizer, as bytes: its options and state (save()).
-std::string snapshot(const Optimizer& opt) {
-  std::ostringstream out;
-  opt.save(out);
-  return out.str();
-}
-
-template <class Fn>
-std::string invalid_argument_message(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("wrong exception type: ") + e.what();
-  }
-  return "no exception";
-}
-
-#define EXPECT_INVALID(statement, fragment)                                  \
-  do {                                                                       \
-    const std::string message_ = invalid_argument_message([&] { statement; }); \
-    EXPECT_NE(message_.find(fragment), std::string::npos) << message_;       \
-  } while (0)
-
 TEST(Options, DefaultsAreTorchs) {
   EXPECT_EQ(Sgd().options().lr, 1e-3);
   EXPECT_EQ(Adagrad().options().lr, 1e-2);
@@ -78,12 +53,12 @@ TEST(Validation, NothingIsWrittenWhenAStepFails) {
   opt.step({ga, gb, gc});  // state exists now
   const auto a0 = a, b0 = b;
   const auto c0 = c;
-  const std::string state0 = snapshot(opt);
+  const std::string state0 = saved(opt);
   auto unchanged = [&] {
     EXPECT_EQ(a, a0);
     EXPECT_EQ(b, b0);
     EXPECT_EQ(c, c0);
-    EXPECT_EQ(snapshot(opt), state0);
+    EXPECT_EQ(saved(opt), state0);
   };
 
   std::vector<float> short_grad(8, 1.0f);

@@ -15,27 +15,6 @@ constexpr double kSubnormal = -1e-310;
 constexpr std::int64_t kInt64Max = std::numeric_limits<std::int64_t>::max();
 constexpr std::int64_t kInt64Min = std::numeric_limits<std::int64_t>::min();
 
-std::string saved(const Optimizer& opt) {
-  std::ostringstream out;
-  opt.save(out);
-  return out.str();
-}
-
-// The message of the std::invalid_argument `fn` throws; anything else is a failure.
-template <class Fn>
-std::string invalid_argument_message(Fn&& fn) {
-  try {
-    fn();
-  } catch (const std::invalid_argument& e) {
-    return e.what();
-  } catch (const std::exception& e) {
-    return std::string("wrong exception type: ") + e.what();
-  } catch (...) {
-    return "wrong exception type: not a std::exception";
-  }
-  return "no exception";
-}
-
 #define EXPECT_MESSAGE(statement, expected) \
   EXPECT_EQ(invalid_argument_message([&] { statement; }), expected)
 
@@ -240,26 +219,6 @@ struct Saved {
               random_vector<double>(5, 10)});
   }
 };
-
-std::uint64_t fnv1a(std::string_view bytes) {
-  std::uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : bytes) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-template <class U>
-U read_le(const std::string& bytes, std::size_t offset) {
-  U value = 0;
-  for (std::size_t i = 0; i < sizeof(U); ++i)
-    value |= static_cast<U>(static_cast<unsigned char>(bytes[offset + i])) << (8 * i);
-  return value;
-}
-
-template <class U>
-void write_le(std::string& bytes, std::size_t offset, U value) {
-  for (std::size_t i = 0; i < sizeof(U); ++i)
-    bytes[offset + i] = static_cast<char>((static_cast<std::uint64_t>(value) >> (8 * i)) & 0xFF);
-}
 
 // `bytes` with param `index`'s step count replaced and the checksum recomputed.
 std::string with_step(std::string bytes, std::size_t index, std::int64_t step) {
