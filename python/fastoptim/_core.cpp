@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -327,18 +328,15 @@ void check_then_run(const std::vector<Batch>& batches, int num_threads,
 
 // The total grad norm of batches of one or two dtypes, as torch.nn.utils.clip_grad_norm_
 // combines per-tensor norms: the norm of the per-dtype norms. Returns (norm, any non-finite).
-py::tuple total_norm(const std::vector<std::pair<DType, std::vector<ParamBuffers>>>& batches,
-                     double norm_type, int num_threads) {
-  std::vector<ParamBuffers> by_dtype[2];
-  for (const auto& [dtype, buffers] : batches) {
-    auto& into = by_dtype[dtype == DType::float32 ? 0 : 1];
-    into.insert(into.end(), buffers.begin(), buffers.end());
-  }
+// Grads by element type: [0] float32, [1] float64.
+using GradsByDtype = std::array<std::vector<ParamBuffers>, 2>;
+
+py::tuple total_norm(const GradsByDtype& grads, double norm_type, int num_threads) {
   bool nonfinite = false;
   double norm;
   {
     py::gil_scoped_release release;
-    norm = fastoptim::grad_norm(by_dtype[0], by_dtype[1], norm_type, num_threads, &nonfinite);
+    norm = fastoptim::grad_norm(grads[0], grads[1], norm_type, num_threads, &nonfinite);
   }
   return py::make_tuple(norm, nonfinite);
 }
@@ -581,40 +579,37 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
 // The grads of plan tables (column 1, sizes in column 5): (total norm, any non-finite).
 py::tuple grad_norm_plans(py::list tables_spec, double norm_type, int num_threads) {
   std::vector<py::buffer_info> infos(py::len(tables_spec));
-  std::vector<std::pair<DType, std::vector<ParamBuffers>>> batches;
+  GradsByDtype grads;
   std::size_t t = 0;
   for (py::handle item : tables_spec) {
     py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
     const PlanTable table = plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(),
                                        "float32", infos[t++]);
-    std::vector<ParamBuffers> buffers(table.count);
+    auto& into = grads[table.dtype == DType::float32 ? 0 : 1];
     for (std::size_t i = 0; i < table.count; ++i) {
-      buffers[i].grad = reinterpret_cast<const void*>(table.rows[kColumns * i + 1]);
-      buffers[i].size = static_cast<std::size_t>(table.rows[kColumns * i + 5]);
+      ParamBuffers b;
+      b.grad = reinterpret_cast<const void*>(table.rows[kColumns * i + 1]);
+      b.size = static_cast<std::size_t>(table.rows[kColumns * i + 5]);
+      into.push_back(b);
     }
-    batches.emplace_back(table.dtype, std::move(buffers));
   }
-  return total_norm(batches, norm_type, num_threads);
+  return total_norm(grads, norm_type, num_threads);
 }
 
 // The array front's grads (any buffer-protocol float32/float64 arrays, read only).
-py::tuple grad_norm_buffers(py::list grads, double norm_type, int num_threads) {
+py::tuple grad_norm_buffers(py::list grad_list, double norm_type, int num_threads) {
   std::vector<std::unique_ptr<BufferView>> views;
-  std::vector<std::pair<DType, std::vector<ParamBuffers>>> batches(2);
-  batches[0].first = DType::float32;
-  batches[1].first = DType::float64;
+  GradsByDtype grads;
   std::size_t index = 0;
-  for (py::handle grad : grads) {
+  for (py::handle grad : grad_list) {
     views.push_back(std::make_unique<BufferView>());
-    const DType dtype =
-        acquire(*views.back(), grad, false, "grad " + std::to_string(index++));
+    const DType dtype = acquire(*views.back(), grad, false, "grad " + std::to_string(index++));
     ParamBuffers b;
     b.grad = views.back()->view.buf;
     b.size = static_cast<std::size_t>(views.back()->view.len / views.back()->view.itemsize);
-    batches[dtype == DType::float32 ? 0 : 1].second.push_back(b);
+    grads[dtype == DType::float32 ? 0 : 1].push_back(b);
   }
-  std::erase_if(batches, [](const auto& batch) { return batch.second.empty(); });
-  return total_norm(batches, norm_type, num_threads);
+  return total_norm(grads, norm_type, num_threads);
 }
 
 // Benchmark only: the same traffic as a rule with `state_count` state slots, through the same
