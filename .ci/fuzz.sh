@@ -11,23 +11,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 jobs="$(nproc 2>/dev/null || echo 2)"
 seconds="${FASTOPTIM_FUZZ_SECONDS:-60}"
-started=$SECONDS
-stage() { printf '\n=== [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
+source "$repo/.ci/lib.sh"
 
-sudo_cmd=()
-[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
-apt_install() {
-  stage "installing $*"
-  "${sudo_cmd[@]}" apt-get update
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y "$@"
-}
-
-# ---- dependencies ------------------------------------------------------------------------------
-missing=()
-command -v cmake >/dev/null || missing+=(cmake)
-command -v clang++ >/dev/null || missing+=(clang)
-command -v make >/dev/null || command -v ninja >/dev/null || missing+=(make)
-((${#missing[@]} == 0)) || apt_install "${missing[@]}"
+need cmake=cmake clang++=clang make=make
 
 # libFuzzer ships in Debian's libclang-rt-<major>-dev (older releases: libfuzzer-<major>-dev).
 has_libfuzzer() {

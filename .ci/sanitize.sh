@@ -14,24 +14,9 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 jobs="$(nproc 2>/dev/null || echo 2)"
 sanitizers="${FASTOPTIM_SANITIZE:-address,undefined}"
-started=$SECONDS
-stage() { printf '\n=== [%3ds] %s\n' "$((SECONDS - started))" "$*"; }
+source "$repo/.ci/lib.sh"
 
-# ---- dependencies ------------------------------------------------------------------------------
-missing=()
-for pkg in libgtest-dev libeigen3-dev; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-command -v cmake >/dev/null || missing+=(cmake)
-command -v g++ >/dev/null || missing+=(g++)
-command -v make >/dev/null || command -v ninja >/dev/null || missing+=(make)
-if ((${#missing[@]})); then
-  stage "installing ${missing[*]}"
-  sudo_cmd=()
-  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
-  "${sudo_cmd[@]}" apt-get update
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y "${missing[@]}"
-fi
+need libgtest-dev libeigen3-dev cmake=cmake g++=g++ make=make
 
 # One compiler for everything, so that the runtime preloaded into Python in step 2 is the one
 # the extension was built against.
