@@ -505,7 +505,7 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
 // batches: list of (group dict, table, step dtype, dtype); written: check_plan_memory's ranges
 // of the same tables (the grads are the only pointers that change between plan rebuilds).
 void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer written_obj,
-                int num_threads, bool check_only, double inv_scale, double clip_coef) {
+                int num_threads, double inv_scale, double clip_coef) {
   const fastoptim::GradFactors factors{inv_scale, clip_coef};
   const Rule rule = parse_rule(rule_name);
   const py::buffer_info written_info = written_obj.request();
@@ -563,10 +563,6 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
     }
     batches.push_back(std::move(batch));
   }
-  if (check_only) {
-    for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers, factors);
-    return;
-  }
   check_then_run(batches, num_threads, factors);
   for (const PlanTable& table : tables)
     for (std::size_t i = 0; i < table.count; ++i) {
@@ -613,7 +609,7 @@ py::tuple grad_norm_buffers(py::list grad_list, double norm_type, int num_thread
 }
 
 // Benchmark only: the same traffic as a rule with `state_count` state slots, through the same
-// driver, from a pointer table like step_pointers' (the step column is ignored), so that its
+// driver, from a pointer table like the torch front's plans (7 columns; the step column is ignored), so that its
 // per-call cost matches the torch front's.
 void roofline_pointers(py::buffer table_obj, int state_count, const std::string& dtype_name_,
                        int num_threads) {
@@ -669,7 +665,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("clip_coefficient", &fastoptim::clip_coefficient, py::arg("max_norm"),
         py::arg("total_norm"));
   m.def("step_plans", &step_plans, py::arg("rule"), py::arg("batches"), py::arg("written"),
-        py::arg("num_threads"), py::arg("check_only") = false, py::arg("inv_scale") = 1.0,
+        py::arg("num_threads"), py::arg("inv_scale") = 1.0,
         py::arg("clip_coef") = 1.0);
   m.def("check_plan_memory", &check_plan_memory, py::arg("rule"), py::arg("group"),
         py::arg("tables"));
