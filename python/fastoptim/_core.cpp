@@ -609,8 +609,8 @@ py::tuple grad_norm_buffers(py::list grad_list, double norm_type, int num_thread
 }
 
 // Benchmark only: the same traffic as a rule with `state_count` state slots, through the same
-// driver, from a pointer table like the torch front's plans (7 columns; the step column is ignored), so that its
-// per-call cost matches the torch front's.
+// driver, from a pointer table like the torch front's plans (7 columns; the step column is
+// ignored), so that its per-call cost matches the torch front's.
 void roofline_pointers(py::buffer table_obj, int state_count, const std::string& dtype_name_,
                        int num_threads) {
   const py::buffer_info table = table_obj.request();
