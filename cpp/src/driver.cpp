@@ -1,6 +1,7 @@
 // The one driver: validates a call, computes each rule's per-step scalars in double, splits the
 // total element count of all buffers over the threads, and runs the dispatched kernel.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cmath>
 #include <cstring>
@@ -22,7 +23,6 @@
 
 #include "fastoptim/step.hpp"
 #include "kernels/dispatch.hpp"
-#include "kernels/scalars.hpp"
 #include "py_float.hpp"
 
 namespace fastoptim {
@@ -64,7 +64,7 @@ struct Source {
   double value;
 };
 
-// A per-step scalar, computed in double, in the element type T. torch converts each Python
+// A per-step scalar, computed in double, in the compute type C. torch converts each Python
 // scalar to the tensor's dtype with an overflow check (c10's Scalar::to<T>: a finite value
 // beyond T's range raises, inf and nan pass); so do we, and also reject a scalar that the
 // double arithmetic itself overflowed from finite options (1 - lr * weight_decay), which
@@ -84,156 +84,88 @@ T saturate(double value) {
   return value > 0 ? std::numeric_limits<T>::infinity() : -std::numeric_limits<T>::infinity();
 }
 
-template <class T>
-T narrow(double value, std::initializer_list<Source> sources, const char* expression = nullptr) {
-  if (fits<T>(value)) return static_cast<T>(value);
-  for (const Source& source : sources)
-    if (!std::isfinite(source.value)) return saturate<T>(value);  // torch passes these on
-  std::string message;
-  for (const Source& source : sources) {
-    if (!message.empty()) message += " and ";
-    message += std::string(source.name) + "=" + detail::py_float(source.value);
+// What a rule's scalars<C>() computes with (rules/rule.hpp): conversions to C with torch's
+// overflow check, pow, and the rule's scalar state (read, and the values after this step).
+class ScalarContext {
+ public:
+  ScalarContext(const double* scalar_state, DType scalar_dtype) : dtype_(scalar_dtype) {
+    for (int k = 0; k < rules::kMaxScalarSlots; ++k) next[k] = scalar_state[k];
   }
-  message += sources.size() == 1 ? " overflows " : " overflow ";
-  message += type_name<T>();
-  if (expression != nullptr) message += std::string(" in ") + expression;
-  throw std::invalid_argument(message);
-}
 
-// A scalar the kernel does not read with these options: not checked, as torch never
-// converts it.
-template <class T>
-T unused(double value) {
-  return saturate<T>(value);
-}
+  template <class C>
+  C narrow(double value, std::initializer_list<Source> sources,
+           const char* expression = nullptr) const {
+    if (fits<C>(value)) return static_cast<C>(value);
+    for (const Source& source : sources)
+      if (!std::isfinite(source.value)) return saturate<C>(value);  // torch passes these on
+    std::string message;
+    for (const Source& source : sources) {
+      if (!message.empty()) message += " and ";
+      message += std::string(source.name) + "=" + detail::py_float(source.value);
+    }
+    message += sources.size() == 1 ? " overflows " : " overflow ";
+    message += type_name<C>();
+    if (expression != nullptr) message += std::string(" in ") + expression;
+    throw std::invalid_argument(message);
+  }
 
-template <class T>
-kernels::Lerp<T> make_lerp(T w) {
-  return {w, static_cast<T>(T(1) - w), (w < T(0) ? -w : w) < T(0.5)};
-}
+  // A scalar the kernel does not read with these options: not checked, as torch never
+  // converts it.
+  template <class C>
+  C unused(double value) const {
+    return saturate<C>(value);
+  }
 
-template <class T>
-kernels::SgdScalars<T> make_scalars(const SgdOptions& o, std::int64_t step) {
-  const bool decay = o.weight_decay != 0.0, momentum = o.momentum != 0.0, first = step == 1;
-  return {narrow<T>(-o.lr, {{"lr", o.lr}}),
-          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
-                : unused<T>(o.weight_decay),
-          momentum ? narrow<T>(o.momentum, {{"momentum", o.momentum}}) : unused<T>(o.momentum),
-          momentum && !first ? narrow<T>(1.0 - o.dampening, {{"dampening", o.dampening}})
-                             : unused<T>(1.0 - o.dampening),
-          o.maximize,
-          decay,
-          momentum,
-          o.nesterov,
-          first,
-          {}};
-}
+  double pow(double base, double exponent) const { return std::pow(base, exponent); }
 
-template <class T>
-kernels::AdagradScalars<T> make_scalars(const AdagradOptions& o, std::int64_t step) {
-  const double clr = o.lr / (1.0 + static_cast<double>(step - 1) * o.lr_decay);
-  const bool decay = o.weight_decay != 0.0;
-  return {narrow<T>(-clr, {{"lr", o.lr}, {"lr_decay", o.lr_decay}},
-                    "lr / (1 + (step - 1) * lr_decay)"),
-          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
-                : unused<T>(o.weight_decay),
-          narrow<T>(o.eps, {{"eps", o.eps}}), o.maximize, decay, {}};
-}
+  // scalar_state[k] *= factor, as torch multiplies a 0-d tensor of the scalar's type by a
+  // Python float (the factor converted to that type first); returns the new value.
+  double scale_scalar(int k, double factor) {
+    if (dtype_ == DType::float32)
+      next[k] = static_cast<float>(static_cast<float>(next[k]) * saturate<float>(factor));
+    else
+      next[k] = next[k] * factor;
+    return next[k];
+  }
 
-template <class T>
-kernels::AdadeltaScalars<T> make_scalars(const AdadeltaOptions& o, std::int64_t) {
-  const bool decay = o.weight_decay != 0.0;
-  return {narrow<T>(-o.lr, {{"lr", o.lr}}),
-          narrow<T>(o.rho, {{"rho", o.rho}}),
-          narrow<T>(1.0 - o.rho, {{"rho", o.rho}}),
-          narrow<T>(o.eps, {{"eps", o.eps}}),
-          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
-                : unused<T>(o.weight_decay),
-          o.maximize,
-          decay,
-          {}};
-}
+  double next[rules::kMaxScalarSlots];
 
-template <class T>
-kernels::RmspropScalars<T> make_scalars(const RmspropOptions& o, std::int64_t) {
-  const bool decay = o.weight_decay != 0.0, momentum = o.momentum > 0.0;
-  const T one_minus_alpha = narrow<T>(1.0 - o.alpha, {{"alpha", o.alpha}});
-  return {narrow<T>(-o.lr, {{"lr", o.lr}}),
-          narrow<T>(o.alpha, {{"alpha", o.alpha}}),
-          one_minus_alpha,
-          narrow<T>(o.eps, {{"eps", o.eps}}),
-          decay ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
-                : unused<T>(o.weight_decay),
-          momentum ? narrow<T>(o.momentum, {{"momentum", o.momentum}}) : unused<T>(o.momentum),
-          make_lerp<T>(one_minus_alpha),
-          o.maximize,
-          decay,
-          momentum,
-          o.centered,
-          {}};
-}
-
-template <class T>
-kernels::AdamScalars<T> make_scalars(const AdamOptions& o, std::int64_t step) {
-  // As torch: Python floats, beta ** step with a float step, bias_correction2 ** 0.5.
-  const double s = static_cast<double>(step);
-  const double bias_correction1 = 1.0 - std::pow(o.beta1, s);
-  const double bias_correction2 = 1.0 - std::pow(o.beta2, s);
-  const double step_size = o.lr / bias_correction1;
-  const bool decay = o.weight_decay != 0.0;
-  const bool coupled = decay && !o.decoupled_weight_decay;
-  const bool decoupled = decay && o.decoupled_weight_decay;
-  const double decay_factor = 1.0 - o.lr * o.weight_decay;
-  return {narrow<T>(-step_size, {{"lr", o.lr}, {"beta1", o.beta1}},
-                    "lr / (1 - beta1 ** step)"),
-          narrow<T>(o.beta2, {{"beta2", o.beta2}}),
-          narrow<T>(1.0 - o.beta2, {{"beta2", o.beta2}}),
-          narrow<T>(std::pow(bias_correction2, 0.5), {{"beta2", o.beta2}}),
-          narrow<T>(o.eps, {{"eps", o.eps}}),
-          coupled ? narrow<T>(o.weight_decay, {{"weight_decay", o.weight_decay}})
-                  : unused<T>(o.weight_decay),
-          decoupled ? narrow<T>(decay_factor, {{"lr", o.lr}, {"weight_decay", o.weight_decay}},
-                                "1 - lr * weight_decay")
-                    : unused<T>(decay_factor),
-          make_lerp<T>(narrow<T>(1.0 - o.beta1, {{"beta1", o.beta1}})),
-          o.maximize,
-          coupled,
-          decoupled,
-          o.amsgrad,
-          {}};
-}
-
-template <class T>
-kernels::RooflineScalars make_scalars(int state_count, std::int64_t) {
-  return {state_count};
-}
+ private:
+  DType dtype_;
+};
 
 std::string buffer_name(std::size_t index) { return "buffer " + std::to_string(index); }
 
-bool uses_slot(int state_count, int slot) { return slot < state_count; }
-const char* slot_name(int, int) { return "state"; }
-template <class Options>
-bool uses_slot(const Options& o, int slot) { return uses_state_slot(o, slot); }
-template <class Options>
-const char* slot_name(const Options& o, int slot) { return state_slot_name(o, slot); }
-
-void validate(int state_count) {
-  if (state_count < 0 || state_count > 3)
-    throw std::invalid_argument("roofline state_count must be 0..3, got " +
-                                std::to_string(state_count));
+template <class R>
+bool uses_slot(const typename R::Options& o, int slot) {
+  if (slot < 0 || static_cast<std::size_t>(slot) >= R::slots.size) return false;
+  const auto& s = R::slots[static_cast<std::size_t>(slot)];
+  return s.used == nullptr || s.used(o);
 }
 
-template <class Options>
-void validate_buffers(const Options& o, std::span<const ParamBuffers> buffers) {
+double read_scalar(const ParamBuffers& b, int k) {
+  return b.scalar_dtype == DType::float32 ? static_cast<const float*>(b.scalar_state)[k]
+                                          : static_cast<const double*>(b.scalar_state)[k];
+}
+
+template <class R>
+void validate_buffers(const typename R::Options& o, std::span<const ParamBuffers> buffers) {
   check_step_counts(buffers);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     const ParamBuffers& b = buffers[i];
+    if constexpr (R::scalar_slots.size > 0) {
+      if (b.scalar_state == nullptr)
+        throw std::invalid_argument(buffer_name(i) + ": scalar state " + R::scalar_slots[0].name +
+                                    " is null");
+      if (b.scalar_dtype != DType::float32 && b.scalar_dtype != DType::float64)
+        throw std::invalid_argument(buffer_name(i) + ": unsupported scalar state dtype");
+    }
     if (b.size == 0) continue;
     if (b.param == nullptr) throw std::invalid_argument(buffer_name(i) + ": param is null");
     if (b.grad == nullptr) throw std::invalid_argument(buffer_name(i) + ": grad is null");
-    for (int slot = 0; slot < 3; ++slot)
-      if (uses_slot(o, slot) && b.state[slot] == nullptr)
-        throw std::invalid_argument(buffer_name(i) + ": state " + slot_name(o, slot) +
+    for (int slot = 0; slot < rules::kMaxSlots; ++slot)
+      if (uses_slot<R>(o, slot) && b.state[slot] == nullptr)
+        throw std::invalid_argument(buffer_name(i) + ": state " + R::slots[slot].name +
                                     " is null");
   }
 }
@@ -241,8 +173,10 @@ void validate_buffers(const Options& o, std::span<const ParamBuffers> buffers) {
 Streams offset(const ParamBuffers& b, std::size_t first, std::size_t element_size) {
   const std::size_t bytes = first * element_size;
   auto shift = [bytes](void* p) { return p ? static_cast<char*>(p) + bytes : nullptr; };
-  return {shift(b.param), static_cast<const char*>(b.grad) + bytes,
-          {shift(b.state[0]), shift(b.state[1]), shift(b.state[2])}};
+  return {shift(b.param),
+          static_cast<const char*>(b.grad) + bytes,
+          {shift(b.state[0]), shift(b.state[1]), shift(b.state[2])},
+          nullptr};
 }
 
 int resolve_threads(int requested, std::size_t total) {
@@ -252,11 +186,48 @@ int resolve_threads(int requested, std::size_t total) {
   return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), most));
 }
 
+// One buffer's per-step scalars, and its scalar state after the step.
+template <class R, class C>
+struct StepScalars {
+  typename R::template Scalars<C> kernel;
+  double next_scalar_state[rules::kMaxScalarSlots];
+};
+
+// Per-buffer scalars; tensors of a group usually share a step (and scalar state), so computed
+// once per change. Throws (nothing written yet) when a scalar overflows C.
+template <class R, class C>
+std::vector<StepScalars<R, C>> make_all_scalars(const typename R::Options& options,
+                                                std::span<const ParamBuffers> buffers) {
+  std::vector<StepScalars<R, C>> out;
+  out.reserve(buffers.size());
+  double previous[rules::kMaxScalarSlots] = {};
+  for (std::size_t i = 0; i < buffers.size(); ++i) {
+    const ParamBuffers& b = buffers[i];
+    rules::StepInput in{static_cast<double>(b.step), {0.0, 0.0}};
+    for (std::size_t k = 0; k < R::scalar_slots.size; ++k) in.scalar_state[k] = read_scalar(b, k);
+    bool same = i > 0 && b.step == buffers[i - 1].step &&
+                (R::scalar_slots.size == 0 || b.scalar_dtype == buffers[i - 1].scalar_dtype);
+    for (std::size_t k = 0; k < R::scalar_slots.size; ++k)
+      same = same && std::memcmp(&in.scalar_state[k], &previous[k], sizeof(double)) == 0;
+    for (std::size_t k = 0; k < R::scalar_slots.size; ++k) previous[k] = in.scalar_state[k];
+    if (same) {
+      out.push_back(out.back());
+      continue;
+    }
+    ScalarContext ctx(in.scalar_state, b.scalar_dtype);
+    StepScalars<R, C> s{R::template scalars<C>(options, in, ctx), {}};
+    for (int k = 0; k < rules::kMaxScalarSlots; ++k) s.next_scalar_state[k] = ctx.next[k];
+    out.push_back(s);
+  }
+  return out;
+}
+
 // Runs `kernel` over elements [lo, hi) of the concatenation of all buffers.
-template <class Scalars>
+template <class Scalars, class C>
 void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
-               std::span<const ParamBuffers> buffers, const std::vector<std::size_t>& starts,
-               std::size_t element_size, std::size_t lo, std::size_t hi) {
+               const kernels::GradFactors<C>& factors, std::span<const ParamBuffers> buffers,
+               const std::vector<std::size_t>& starts, std::size_t element_size, std::size_t lo,
+               std::size_t hi) {
   if (lo >= hi) return;
   std::size_t b = static_cast<std::size_t>(
       std::upper_bound(starts.begin(), starts.end(), lo) - starts.begin() - 1);
@@ -264,24 +235,8 @@ void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
     const std::size_t first = std::max(lo, starts[b]) - starts[b];
     const std::size_t last = std::min(hi, starts[b] + buffers[b].size) - starts[b];
     if (first < last)
-      kernel(&scalars[b], offset(buffers[b], first, element_size), last - first);
+      kernel(&scalars[b].kernel, &factors, offset(buffers[b], first, element_size), last - first);
   }
-}
-
-// Per-tensor scalars, one per buffer; tensors of a group usually share a step, so computed
-// once per change. Throws (nothing written yet) when a scalar overflows T.
-template <class T, class Options>
-auto make_all_scalars(const Options& options, std::span<const ParamBuffers> buffers) {
-  using Scalars = decltype(make_scalars<T>(options, 1));
-  std::vector<Scalars> scalars;
-  scalars.reserve(buffers.size());
-  for (std::size_t i = 0; i < buffers.size(); ++i) {
-    if (i > 0 && buffers[i].step == buffers[i - 1].step)
-      scalars.push_back(scalars.back());
-    else
-      scalars.push_back(make_scalars<T>(options, buffers[i].step));
-  }
-  return scalars;
 }
 
 void check_factors(const GradFactors& f) {
@@ -294,21 +249,18 @@ void check_factors(const GradFactors& f) {
                                 detail::py_float(f.clip_coef));
 }
 
-template <class T, class Scalars>
-void set_factors(std::vector<Scalars>& scalars, const GradFactors& f) {
-  if constexpr (requires(Scalars s) { s.grad; }) {
-    const kernels::GradFactors<T> factors{saturate<T>(f.inv_scale), saturate<T>(f.clip_coef),
-                                          f.inv_scale != 1.0, f.clip_coef != 1.0};
-    for (Scalars& s : scalars) s.grad = factors;
-  }
-}
-
-template <class T, class Options>
-void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBuffers> buffers,
-           int num_threads, const GradFactors& factors) {
-  const Kernel kernel = kernels::active_table().kernels[rule][sizeof(T) == 8 ? 1 : 0];
-  auto scalars = make_all_scalars<T>(options, buffers);
-  set_factors<T>(scalars, factors);
+// The whole call for one rule and compute type C: scalars (checked), then, if `write`, the
+// kernels over every buffer and the new scalar state.
+template <class R, class C>
+void apply(const typename R::Options& options, std::size_t layout,
+           std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& f,
+           bool write) {
+  auto scalars = make_all_scalars<R, C>(options, buffers);
+  if (!write) return;
+  const kernels::GradFactors<C> factors{saturate<C>(f.inv_scale), saturate<C>(f.clip_coef),
+                                        f.inv_scale != 1.0, f.clip_coef != 1.0};
+  const Kernel kernel =
+      kernels::active_table().kernels[static_cast<std::size_t>(rules::id<R>)][layout];
   std::vector<std::size_t> starts(buffers.size() + 1, 0);
   for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
   const std::size_t total = starts.back();
@@ -324,68 +276,89 @@ void apply(kernels::RuleId rule, const Options& options, std::span<const ParamBu
       auto boundary = [&](std::size_t k) {
         return k == n ? total : (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
       };
-      run_range(kernel, scalars, buffers, starts, sizeof(T), boundary(t), boundary(t + 1));
+      run_range(kernel, scalars, factors, buffers, starts, sizeof(C), boundary(t),
+                boundary(t + 1));
     }
-    return;
-  }
+  } else
 #endif
-  (void)threads;
-  run_range(kernel, scalars, buffers, starts, sizeof(T), 0, total);
+  {
+    (void)threads;
+    run_range(kernel, scalars, factors, buffers, starts, sizeof(C), 0, total);
+  }
+  for (std::size_t i = 0; i < buffers.size(); ++i)
+    for (std::size_t k = 0; k < R::scalar_slots.size; ++k) {
+      const double v = scalars[i].next_scalar_state[k];
+      if (buffers[i].scalar_dtype == DType::float32)
+        static_cast<float*>(buffers[i].scalar_state)[k] = static_cast<float>(v);
+      else
+        static_cast<double*>(buffers[i].scalar_state)[k] = v;
+    }
 }
 
-template <class Options>
-void check_call(const Options& options, DType dtype, std::span<const ParamBuffers> buffers,
-                const GradFactors& factors = {}) {
+// Validates everything; then, if `write`, updates every buffer.
+template <class R>
+void call(const void* options_ptr, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads, const GradFactors& factors, bool write) {
+  const auto& options = *static_cast<const typename R::Options*>(options_ptr);
   check_factors(factors);
   validate(options);
-  validate_buffers(options, buffers);
+  validate_buffers<R>(options, buffers);
+  const int id = static_cast<int>(dtype);
+  const int layout = kernels::find_layout(id, id, id);
+  if (layout < 0) throw std::invalid_argument("unsupported dtype");
+  const auto index = static_cast<std::size_t>(layout);
   if (dtype == DType::float32)
-    (void)make_all_scalars<float>(options, buffers);
-  else if (dtype == DType::float64)
-    (void)make_all_scalars<double>(options, buffers);
+    apply<R, float>(options, index, buffers, num_threads, factors, write);
   else
-    throw std::invalid_argument("unsupported dtype");
+    apply<R, double>(options, index, buffers, num_threads, factors, write);
 }
 
-template <class Options>
-void checked_apply(kernels::RuleId rule, const Options& options, DType dtype,
-                   std::span<const ParamBuffers> buffers, int num_threads,
-                   const GradFactors& factors = {}) {
-  check_factors(factors);
-  validate(options);
-  validate_buffers(options, buffers);
-  if (dtype == DType::float32)
-    apply<float>(rule, options, buffers, num_threads, factors);
-  else if (dtype == DType::float64)
-    apply<double>(rule, options, buffers, num_threads, factors);
-  else
-    throw std::invalid_argument("unsupported dtype");
+// Every registered rule's entry points, by Rule id.
+struct RuleEntry {
+  void (*call)(const void*, DType, std::span<const ParamBuffers>, int, const GradFactors&, bool);
+  bool (*uses_slot)(const void*, int);
+  const char* (*slot_name)(int);
+};
+
+template <class R>
+constexpr RuleEntry entry_of() {
+  return {&call<R>,
+          [](const void* o, int slot) {
+            return uses_slot<R>(*static_cast<const typename R::Options*>(o), slot);
+          },
+          [](int slot) -> const char* {
+            return slot >= 0 && static_cast<std::size_t>(slot) < R::slots.size
+                       ? R::slots[static_cast<std::size_t>(slot)].name
+                       : "";
+          }};
+}
+
+const RuleEntry& entry(Rule rule) {
+  static constexpr auto table = [] {
+    std::array<RuleEntry, rules::All::size> entries{};
+    std::size_t i = 0;
+    rules::for_each_rule([&](auto r) { entries[i++] = entry_of<decltype(r)>(); });
+    return entries;
+  }();
+  const auto index = static_cast<std::size_t>(rule);
+  if (index >= table.size()) throw std::invalid_argument("unknown rule");
+  return table[index];
 }
 
 }  // namespace
 
-bool uses_state_slot(const SgdOptions& o, int slot) { return slot == 0 && o.momentum != 0.0; }
-bool uses_state_slot(const AdagradOptions&, int slot) { return slot == 0; }
-bool uses_state_slot(const AdadeltaOptions&, int slot) { return slot == 0 || slot == 1; }
-bool uses_state_slot(const RmspropOptions& o, int slot) {
-  return slot == 0 || (slot == 1 && o.momentum > 0.0) || (slot == 2 && o.centered);
+bool detail::uses_state_slot(Rule rule, const void* options, int slot) {
+  return entry(rule).uses_slot(options, slot);
 }
-bool uses_state_slot(const AdamOptions& o, int slot) {
-  return slot == 0 || slot == 1 || (slot == 2 && o.amsgrad);
+const char* detail::state_slot_name(Rule rule, int slot) { return entry(rule).slot_name(slot); }
+void detail::step(Rule rule, const void* options, DType dtype,
+                  std::span<const ParamBuffers> buffers, int num_threads,
+                  const GradFactors& factors) {
+  entry(rule).call(options, dtype, buffers, num_threads, factors, true);
 }
-
-const char* state_slot_name(const SgdOptions&, int slot) {
-  return slot == 0 ? "momentum_buffer" : "";
-}
-const char* state_slot_name(const AdagradOptions&, int slot) { return slot == 0 ? "sum" : ""; }
-const char* state_slot_name(const AdadeltaOptions&, int slot) {
-  return slot == 0 ? "square_avg" : slot == 1 ? "acc_delta" : "";
-}
-const char* state_slot_name(const RmspropOptions&, int slot) {
-  return slot == 0 ? "square_avg" : slot == 1 ? "momentum_buffer" : slot == 2 ? "grad_avg" : "";
-}
-const char* state_slot_name(const AdamOptions&, int slot) {
-  return slot == 0 ? "exp_avg" : slot == 1 ? "exp_avg_sq" : slot == 2 ? "max_exp_avg_sq" : "";
+void detail::check_step(Rule rule, const void* options, DType dtype,
+                        std::span<const ParamBuffers> buffers, const GradFactors& factors) {
+  entry(rule).call(options, dtype, buffers, 0, factors, false);
 }
 
 void check_step_counts(std::span<const ParamBuffers> buffers) {
@@ -394,51 +367,6 @@ void check_step_counts(std::span<const ParamBuffers> buffers) {
       throw std::invalid_argument(buffer_name(i) + ": step must be in 1.." +
                                   std::to_string(kMaxStepCount) + ", got " +
                                   std::to_string(buffers[i].step));
-}
-
-void check_step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b,
-                const GradFactors& f) {
-  check_call(o, d, b, f);
-}
-void check_step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b,
-                const GradFactors& f) {
-  check_call(o, d, b, f);
-}
-void check_step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b,
-                const GradFactors& f) {
-  check_call(o, d, b, f);
-}
-void check_step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b,
-                const GradFactors& f) {
-  check_call(o, d, b, f);
-}
-void check_step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b,
-                const GradFactors& f) {
-  check_call(o, d, b, f);
-}
-
-void step(const SgdOptions& o, DType d, std::span<const ParamBuffers> b, int n,
-          const GradFactors& f) {
-  checked_apply(kernels::kSgd, o, d, b, n, f);
-}
-void step(const AdagradOptions& o, DType d, std::span<const ParamBuffers> b, int n,
-          const GradFactors& f) {
-  checked_apply(kernels::kAdagrad, o, d, b, n, f);
-}
-void step(const AdadeltaOptions& o, DType d, std::span<const ParamBuffers> b, int n,
-          const GradFactors& f) {
-  checked_apply(kernels::kAdadelta, o, d, b, n, f);
-}
-void step(const RmspropOptions& o, DType d, std::span<const ParamBuffers> b, int n,
-          const GradFactors& f) {
-  checked_apply(kernels::kRmsprop, o, d, b, n, f);
-}
-void step(const AdamOptions& o, DType d, std::span<const ParamBuffers> b, int n,
-          const GradFactors& f) {
-  checked_apply(kernels::kAdam, o, d, b, n, f);
-}
-void roofline_step(int state_count, DType d, std::span<const ParamBuffers> b, int n) {
-  checked_apply(kernels::kRoofline, state_count, d, b, n);
 }
 
 // ---- the grad norm ---------------------------------------------------------------------------

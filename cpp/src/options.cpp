@@ -1,9 +1,11 @@
 // Hyperparameter checks, worded as torch.optim words them.
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "fastoptim/options.hpp"
 #include "py_float.hpp"
@@ -55,62 +57,58 @@ std::string detail::py_float(double value) {
   return out;
 }
 
+InvalidOption::InvalidOption(std::string key, int index, double value, std::string problem)
+    : std::invalid_argument(problem + (key.empty() ? "" : ": " + detail::py_float(value))),
+      key_(std::move(key)),
+      index_(index),
+      value_(value),
+      problem_(std::move(problem)) {}
+
 namespace {
 
-[[noreturn]] void fail(const std::string& what, double value) {
-  throw std::invalid_argument(what + detail::py_float(value));
+bool in_range(double v, rules::Range range) {
+  switch (range) {
+    case rules::Range::non_negative: return v >= 0.0;
+    case rules::Range::unit_closed: return v >= 0.0 && v <= 1.0;
+    case rules::Range::unit_half_open: return v >= 0.0 && v < 1.0;
+  }
+  return false;
 }
 
-void check_lr(double lr) {
-  if (!(lr >= 0.0)) fail("Invalid learning rate: ", lr);
+// The param-group key (and pair index) of an option member, from the rule's fields.
+template <class R, class Member>
+const auto& field_of(Member member) {
+  for (const auto& f : R::fields)
+    if (f.number == member) return f;
+  throw std::logic_error("rule description: a check names a member that is not a field");
 }
-void check_eps(double eps) {
-  if (!(eps >= 0.0)) fail("Invalid epsilon value: ", eps);
-}
-void check_weight_decay(double weight_decay) {
-  if (!(weight_decay >= 0.0)) fail("Invalid weight_decay value: ", weight_decay);
+
+template <class R>
+void validate_rule(const void* options) {
+  const auto& o = *static_cast<const typename R::Options*>(options);
+  for (const auto& c : R::checks) {
+    const double v = o.*c.member;
+    if (!in_range(v, c.range)) {
+      const auto& f = field_of<R>(c.member);
+      throw InvalidOption(f.key, f.index, v, c.what);
+    }
+  }
+  if (const char* problem = R::invalid(o)) throw InvalidOption("", -1, 0.0, problem);
 }
 
 }  // namespace
 
-void validate(const SgdOptions& o) {
-  check_lr(o.lr);
-  if (!(o.momentum >= 0.0)) fail("Invalid momentum value: ", o.momentum);
-  check_weight_decay(o.weight_decay);
-  if (o.nesterov && (o.momentum <= 0.0 || o.dampening != 0.0))
-    throw std::invalid_argument("Nesterov momentum requires a momentum and zero dampening");
-}
-
-void validate(const AdagradOptions& o) {
-  check_lr(o.lr);
-  if (!(o.lr_decay >= 0.0)) fail("Invalid lr_decay value: ", o.lr_decay);
-  check_weight_decay(o.weight_decay);
-  if (!(o.initial_accumulator_value >= 0.0))
-    fail("Invalid initial_accumulator_value value: ", o.initial_accumulator_value);
-  check_eps(o.eps);
-}
-
-void validate(const AdadeltaOptions& o) {
-  check_lr(o.lr);
-  if (!(o.rho >= 0.0 && o.rho <= 1.0)) fail("Invalid rho value: ", o.rho);
-  check_eps(o.eps);
-  check_weight_decay(o.weight_decay);
-}
-
-void validate(const RmspropOptions& o) {
-  check_lr(o.lr);
-  check_eps(o.eps);
-  if (!(o.momentum >= 0.0)) fail("Invalid momentum value: ", o.momentum);
-  check_weight_decay(o.weight_decay);
-  if (!(o.alpha >= 0.0)) fail("Invalid alpha value: ", o.alpha);
-}
-
-void validate(const AdamOptions& o) {
-  check_lr(o.lr);
-  check_eps(o.eps);
-  if (!(o.beta1 >= 0.0 && o.beta1 < 1.0)) fail("Invalid beta parameter at index 0: ", o.beta1);
-  if (!(o.beta2 >= 0.0 && o.beta2 < 1.0)) fail("Invalid beta parameter at index 1: ", o.beta2);
-  check_weight_decay(o.weight_decay);
+void detail::validate(Rule rule, const void* options) {
+  using Fn = void (*)(const void*);
+  static constexpr auto table = [] {
+    std::array<Fn, rules::All::size> fns{};
+    std::size_t i = 0;
+    rules::for_each_rule([&](auto r) { fns[i++] = &validate_rule<decltype(r)>; });
+    return fns;
+  }();
+  const auto index = static_cast<std::size_t>(rule);
+  if (index >= table.size()) throw std::invalid_argument("unknown rule");
+  table[index](options);
 }
 
 }  // namespace fastoptim

@@ -126,7 +126,7 @@ TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
   const std::string bytes = saved(f.opt);
   std::size_t at = 0;
   EXPECT_EQ(bytes.substr(0, 8), "FOPTSTAT");
-  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 1u);
+  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 2u);
   EXPECT_EQ(bytes[12], static_cast<char>(Rule::adam));
   EXPECT_EQ(bytes.substr(13, 3), std::string(3, '\0'));
   ASSERT_EQ(read_le<std::uint32_t>(bytes, 16), 8u);
@@ -136,9 +136,10 @@ TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
   at = 20 + 64;
   EXPECT_EQ(read_le<std::uint64_t>(bytes, at), 2u);
   at += 8;
-  // param 0: float32, slots 0-2, 3 elements, step 2
+  // param 0: float32, slots 0-2 stored as float32, 3 elements, step 2
   EXPECT_EQ(bytes[at], 0);
   EXPECT_EQ(bytes[at + 1], 0b111);
+  EXPECT_EQ(bytes.substr(at + 2, 6), std::string(6, '\0'));
   EXPECT_EQ(read_le<std::uint64_t>(bytes, at + 8), 3u);
   EXPECT_EQ(read_le<std::int64_t>(bytes, at + 16), 2);
   at += 24;
@@ -146,9 +147,10 @@ TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
   for (int slot = 0; slot < 3; ++slot)
     for (std::size_t i = 0; i < 3; ++i, at += 4)
       EXPECT_EQ(std::bit_cast<float>(read_le<std::uint32_t>(bytes, at)), v0.buffer<float>(slot)[i]);
-  // param 1: float64, step 1
+  // param 1: float64, slots stored as float64, step 1
   EXPECT_EQ(bytes[at], 1);
   EXPECT_EQ(bytes[at + 1], 0b111);
+  EXPECT_EQ(bytes.substr(at + 2, 6), std::string("\1\1\1\0\0\0", 6));
   EXPECT_EQ(read_le<std::uint64_t>(bytes, at + 8), 2u);
   EXPECT_EQ(read_le<std::int64_t>(bytes, at + 16), 1);
   at += 24;
@@ -158,6 +160,46 @@ TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
       EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, at)), v1.buffer<double>(slot)[i]);
   EXPECT_EQ(read_le<std::uint64_t>(bytes, at), fnv1a(std::string_view(bytes).substr(0, at)));
   EXPECT_EQ(bytes.size(), at + 8);
+}
+
+// fastoptim 0.1 wrote version 1: no storage type bytes (every slot in the param's type).
+TEST(CheckpointFormat, Version1FilesStillLoad) {
+  Fixture f;
+  std::string bytes = saved(f.opt);
+  write_le<std::uint32_t>(bytes, 8, 1);
+  const std::size_t param0 = 20 + 64 + 8, param1 = param0 + 24 + 9 * 4;
+  for (std::size_t at : {param0, param1})
+    for (std::size_t k = 2; k < 8; ++k) bytes[at + k] = 0;
+  reseal(bytes);
+  std::vector<float> a = f.a;
+  std::vector<double> b = f.b;
+  Adam target{AdamOptions{}};
+  target.add_param(a);
+  target.add_param(b);
+  std::istringstream in(bytes);
+  target.load(in);
+  EXPECT_EQ(saved(target), saved(f.opt));
+  // a version 1 file with storage bytes set is corrupt
+  bytes[param0 + 2] = 1;
+  reseal(bytes);
+  EXPECT_NE(load_error(target, bytes).find("reserved header bytes"), std::string::npos);
+}
+
+TEST(CheckpointFormat, StorageTypesThatDifferAreRejected) {
+  Fixture f;
+  std::string bytes = saved(f.opt);
+  const std::size_t param0 = 20 + 64 + 8;
+  std::vector<float> a = f.a;
+  std::vector<double> b = f.b;
+  Adam target{AdamOptions{}};
+  target.add_param(a);
+  target.add_param(b);
+  const std::string before = saved(target);
+  bytes[param0 + 3] = 1;  // exp_avg_sq of the float32 param "saved as float64"
+  reseal(bytes);
+  EXPECT_NE(load_error(target, bytes).find("state 'exp_avg_sq' saved as storage type 1"),
+            std::string::npos);
+  EXPECT_EQ(saved(target), before);
 }
 
 TEST(CheckpointFormat, MismatchesAreNamed) {
@@ -212,8 +254,8 @@ TEST(CheckpointFormat, MismatchesAreNamed) {
     return load_error(target, copy);
   };
   EXPECT_NE(edited([](std::string& s) { s[0] = 'X'; }).find("bad magic"), std::string::npos);
-  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 2); })
-                .find("format version 2 is not supported"),
+  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 3); })
+                .find("format version 3 is not supported"),
             std::string::npos);
   EXPECT_NE(edited([](std::string& s) { s[12] = 9; }).find("unknown rule id 9"), std::string::npos);
   EXPECT_NE(edited([](std::string& s) { s[14] = 1; }).find("reserved header bytes"), std::string::npos);

@@ -21,6 +21,7 @@
 #include <initializer_list>
 #include <iosfwd>
 #include <memory>
+#include <stdexcept>
 #include <ranges>
 #include <span>
 #include <string_view>
@@ -32,10 +33,7 @@
 
 namespace fastoptim {
 
-// The six rules; the numbers are stored in saved state, so they never change.
-enum class Rule : std::uint8_t { sgd = 0, adagrad = 1, adadelta = 2, rmsprop = 3, adam = 4, adamw = 5 };
-
-// "sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw".
+// The rule's name as its description gives it: "sgd", "adagrad", ..., "adamax".
 std::string_view rule_name(Rule rule);
 
 // One gradient for one param: a contiguous float or double buffer, or none (torch's
@@ -77,12 +75,16 @@ class Grad {
 // Adam: exp_avg, exp_avg_sq, max_exp_avg_sq); nullptr where a slot is not allocated. Writing
 // through them is allowed. The pointers stay valid until load() or the optimizer's
 // destruction; `step` is a copy, and a view does not show slots allocated after it was taken.
+// `scalars` are copies of the rule's per-param scalar state (NAdam: mu_product, kept in
+// float32 as torch keeps it); set_scalar_state() changes them.
 struct ParamStateView {
   DType dtype = DType::float32;
   std::size_t size = 0;     // elements of the param and of every allocated buffer
   std::int64_t step = 0;    // updates this param has had
   std::array<std::string_view, 3> names{};  // torch's state_dict key per slot, "" if unused
   std::array<void*, 3> buffers{};
+  std::array<std::string_view, 2> scalar_names{};  // "" where the rule has no such scalar
+  std::array<double, 2> scalars{};
 
   // The buffer of `slot` as T (float or double); empty if not allocated.
   // std::invalid_argument if T is not this param's dtype or slot is not 0..2.
@@ -90,7 +92,7 @@ struct ParamStateView {
   std::span<T> buffer(int slot) const;
 };
 
-// The part shared by the six rule classes: params, state, step(), save()/load().
+// The part shared by the rule classes: params, state, step(), save()/load().
 // Move-only: the params belong to the caller, the state to exactly one optimizer (a moved-from
 // optimizer can only be assigned to or destroyed). Not synchronised: one step() at a time.
 class Optimizer {
@@ -158,25 +160,31 @@ class Optimizer {
   // std::ios_base::failure (if the caller enabled stream exceptions). A saved step count must
   // be in 0..kMaxStepCount - 1 (so that the next step is valid), as for set_step_count().
   //
-  // Format version 1, all integers and floats little-endian, floats IEEE-754:
+  // Format version 2, all integers and floats little-endian, floats IEEE-754:
   //   char[8]  magic "FOPTSTAT"
-  //   u32      format version (1)
+  //   u32      format version (2)
   //   u8       rule (enum Rule)
   //   u8[3]    zero
   //   u32      K, number of option values, then K x f64 options in the order of the rule's
-  //            options struct (options.hpp), bools as 0.0/1.0
-  //            (SGD 6, Adagrad 6, Adadelta 5, RMSprop 7, Adam/AdamW 8)
+  //            `fields` (fastoptim/rules/<rule>.hpp), bools as 0.0/1.0
+  //            (SGD 6, Adagrad 6, Adadelta 5, RMSprop 7, Adam/AdamW 8, NAdam 8, RAdam 7,
+  //            Adamax 6)
   //   u64      N, number of params, then per param:
-  //     u8       dtype (0 float32, 1 float64)
+  //     u8       param storage type (0 float32, 1 float64)
   //     u8       slot mask (bit k set: state slot k is stored)
-  //     u8[6]    zero
+  //     u8[3]    storage type of state slot 0, 1, 2 (0 if the slot is not stored)
+  //     u8       storage type of the scalar state (0 if the rule keeps none)
+  //     u8[2]    zero
   //     u64      element count
   //     i64      step count
-  //     for each stored slot k, ascending: element count values of the dtype
+  //     for each stored slot k, ascending: element count values of its storage type
+  //     S x f64  the rule's scalar state values (S: the rule's scalar slots, NAdam 1)
   //   u64      FNV-1a 64 hash of every byte before it
+  // Version 1 (fastoptim 0.1) is version 2 with the per-slot and scalar storage bytes zero and
+  // every slot in the param's type; load() reads both.
   void save(std::ostream& out) const;
   void load(std::istream& in);
-  static constexpr std::uint32_t kStateFormatVersion = 1;
+  static constexpr std::uint32_t kStateFormatVersion = 2;
 
   // The struct-of-spans alternative: views of each param's state, and what a program that
   // restores its own checkpoint needs besides writing into them.
@@ -188,6 +196,9 @@ class Optimizer {
   void allocate_state(std::size_t index);
   // std::invalid_argument unless 0 <= step < kMaxStepCount (the next update must be valid).
   void set_step_count(std::size_t index, std::int64_t step);
+  // Sets scalar state `slot` of a param (NAdam: 0 = mu_product), rounded to float32 as torch
+  // keeps it. std::invalid_argument if the rule has no such scalar or the value is not finite.
+  void set_scalar_state(std::size_t index, int slot, double value);
 
  protected:
   explicit Optimizer(Rule rule);
@@ -204,6 +215,15 @@ class Optimizer {
   virtual std::vector<double> options_vector() const = 0;        // for save()
   virtual void set_options_vector(const std::vector<double>& values) = 0;  // validated by load()
   virtual std::size_t options_count() const = 0;
+  virtual int scalar_count() const = 0;                          // per-param scalar state
+  virtual double scalar_initial(int slot) const = 0;
+  virtual const char* scalar_name(int slot) const = 0;
+  virtual const char* slot_name(int slot) const = 0;
+
+  // For set_options_vector(): a loaded bool must be 0 or 1, and loaded options must be valid
+  // (std::invalid_argument "fastoptim state: ..." otherwise).
+  static bool loaded_flag(double value, const char* name);
+  [[noreturn]] static void loaded_options_invalid(Rule rule, const std::exception& error);
 
  private:
   struct Impl;
@@ -217,49 +237,77 @@ class Optimizer {
   std::unique_ptr<Impl> impl_;
 };
 
-// ---- the six rules ---------------------------------------------------------------------------
-// Each is constructed from its options struct (torch's defaults, options.hpp) and validates it
-// (std::invalid_argument with torch's wording). options() returns a reference: change lr (or
-// anything) between steps; step() validates again before it writes. set_options() validates
-// at once.
-template <class OptionsT, Rule kRule>
+// ---- the rule classes ------------------------------------------------------------------------
+// One class per rule description (fastoptim/rules/<rule>.hpp), constructed from its options
+// struct (torch's defaults) and validating it (std::invalid_argument with torch's wording).
+// options() returns a reference: change lr (or anything) between steps; step() validates again
+// before it writes. set_options() validates at once. The names (Adam, Nadam, ...) are declared
+// with each rule's description.
+template <class R>
 class RuleOptimizer final : public Optimizer {
  public:
-  using Options = OptionsT;
-  explicit RuleOptimizer(const Options& options = Options());
+  using Options = typename R::Options;
+  explicit RuleOptimizer(const Options& options = Options())
+      : Optimizer(rules::id<R>), options_(options) {
+    validate(options_);
+  }
   const Options& options() const { return options_; }
   Options& options() { return options_; }
-  void set_options(const Options& options);
+  void set_options(const Options& options) {
+    validate(options);
+    options_ = options;
+  }
 
  private:
-  void check_options() const override;
-  bool uses_slot(int slot) const override;
-  double initial_value(int slot) const override;
-  bool eager_state() const override;
+  void check_options() const override { validate(options_); }
+  bool uses_slot(int slot) const override { return uses_state_slot(options_, slot); }
+  double initial_value(int slot) const override {
+    if (slot < 0 || static_cast<std::size_t>(slot) >= R::slots.size) return 0.0;
+    const auto& s = R::slots[static_cast<std::size_t>(slot)];
+    return s.initial_from == nullptr ? 0.0 : options_.*s.initial_from;
+  }
+  bool eager_state() const override { return R::eager_state; }
   void run(DType dtype, std::span<const ParamBuffers> buffers, int threads,
-           const GradFactors& factors) const override;
+           const GradFactors& factors) const override {
+    fastoptim::step(options_, dtype, buffers, threads, factors);
+  }
   void check_run(DType dtype, std::span<const ParamBuffers> buffers,
-                 const GradFactors& factors) const override;
-  std::vector<double> options_vector() const override;
-  void set_options_vector(const std::vector<double>& values) override;
-  std::size_t options_count() const override;
+                 const GradFactors& factors) const override {
+    fastoptim::check_step(options_, dtype, buffers, factors);
+  }
+  std::vector<double> options_vector() const override {
+    std::vector<double> values;
+    for (const auto& f : R::fields)
+      values.push_back(f.number != nullptr ? options_.*f.number : (options_.*f.flag ? 1.0 : 0.0));
+    return values;
+  }
+  void set_options_vector(const std::vector<double>& values) override {
+    Options options = options_;
+    std::size_t i = 0;
+    for (const auto& f : R::fields) {
+      if (f.number != nullptr) options.*f.number = values[i];
+      else options.*f.flag = loaded_flag(values[i], f.key);
+      ++i;
+    }
+    try {
+      validate(options);
+    } catch (const std::invalid_argument& e) {
+      loaded_options_invalid(rule(), e);
+    }
+    options_ = options;
+  }
+  std::size_t options_count() const override { return R::fields.size; }
+  int scalar_count() const override { return static_cast<int>(R::scalar_slots.size); }
+  double scalar_initial(int slot) const override {
+    return R::scalar_slots[static_cast<std::size_t>(slot)].initial;
+  }
+  const char* scalar_name(int slot) const override {
+    return R::scalar_slots[static_cast<std::size_t>(slot)].name;
+  }
+  const char* slot_name(int slot) const override { return state_slot_name(options_, slot); }
 
   Options options_;
 };
-
-extern template class RuleOptimizer<SgdOptions, Rule::sgd>;
-extern template class RuleOptimizer<AdagradOptions, Rule::adagrad>;
-extern template class RuleOptimizer<AdadeltaOptions, Rule::adadelta>;
-extern template class RuleOptimizer<RmspropOptions, Rule::rmsprop>;
-extern template class RuleOptimizer<AdamOptions, Rule::adam>;
-extern template class RuleOptimizer<AdamWOptions, Rule::adamw>;
-
-using Sgd = RuleOptimizer<SgdOptions, Rule::sgd>;
-using Adagrad = RuleOptimizer<AdagradOptions, Rule::adagrad>;
-using Adadelta = RuleOptimizer<AdadeltaOptions, Rule::adadelta>;
-using Rmsprop = RuleOptimizer<RmspropOptions, Rule::rmsprop>;
-using Adam = RuleOptimizer<AdamOptions, Rule::adam>;
-using AdamW = RuleOptimizer<AdamWOptions, Rule::adamw>;
 
 // ---- inline definitions ----------------------------------------------------------------------
 namespace detail {

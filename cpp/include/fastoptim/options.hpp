@@ -1,68 +1,46 @@
-// Hyperparameters of the six update rules: names and defaults are those of torch.optim 2.13.
+// Hyperparameters of every rule: names and defaults are those of torch.optim 2.13. Each
+// options struct is part of its rule's description (fastoptim/rules/<rule>.hpp).
 #pragma once
+
+#include <stdexcept>
+#include <string>
+
+#include "fastoptim/rules.hpp"
 
 namespace fastoptim {
 
-struct SgdOptions {
-  double lr = 1e-3;
-  double momentum = 0.0;
-  double dampening = 0.0;
-  double weight_decay = 0.0;
-  bool nesterov = false;
-  bool maximize = false;
+// The options structs (SgdOptions, AdamOptions, ..., AdamaxOptions) are declared with their
+// rules (fastoptim/rules/<rule>.hpp).
+
+// A hyperparameter out of range, as a value: which option (torch's param-group key, and the
+// element of a pair such as betas, else -1), its value, and torch's words for the problem.
+// what() is the whole message as torch words it ("Invalid beta parameter at index 1: 1.0");
+// the Python binding rebuilds it from the value the user gave (torch prints 1, not 1.0).
+// `key` is empty for a rule about several options (SGD's Nesterov condition).
+class InvalidOption : public std::invalid_argument {
+ public:
+  InvalidOption(std::string key, int index, double value, std::string problem);
+  const std::string& key() const { return key_; }
+  int index() const { return index_; }
+  double value() const { return value_; }
+  const std::string& problem() const { return problem_; }
+
+ private:
+  std::string key_;
+  int index_;
+  double value_;
+  std::string problem_;
 };
 
-struct AdagradOptions {
-  double lr = 1e-2;
-  double lr_decay = 0.0;
-  double weight_decay = 0.0;
-  double initial_accumulator_value = 0.0;
-  double eps = 1e-10;
-  bool maximize = false;
-};
+namespace detail {
+void validate(Rule rule, const void* options);
+}
 
-struct AdadeltaOptions {
-  double lr = 1.0;
-  double rho = 0.9;
-  double eps = 1e-6;
-  double weight_decay = 0.0;
-  bool maximize = false;
-};
-
-struct RmspropOptions {
-  double lr = 1e-2;
-  double alpha = 0.99;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-  double momentum = 0.0;
-  bool centered = false;
-  bool maximize = false;
-};
-
-struct AdamOptions {
-  double lr = 1e-3;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
-  double weight_decay = 0.0;
-  bool amsgrad = false;
-  bool maximize = false;
-  bool decoupled_weight_decay = false;
-};
-
-// torch.optim.AdamW is Adam with decoupled weight decay and a default decay of 1e-2.
-struct AdamWOptions : AdamOptions {
-  AdamWOptions() {
-    weight_decay = 1e-2;
-    decoupled_weight_decay = true;
-  }
-};
-
-// Throw std::invalid_argument with torch's wording when a hyperparameter is out of range.
-void validate(const SgdOptions& options);
-void validate(const AdagradOptions& options);
-void validate(const AdadeltaOptions& options);
-void validate(const RmspropOptions& options);
-void validate(const AdamOptions& options);
+// Throws InvalidOption (a std::invalid_argument) with torch's wording when a hyperparameter
+// is out of range, checking in torch's order (the rule description's `checks`).
+template <class Options>
+void validate(const Options& options) {
+  detail::validate(rules::id<typename Options::Rule>, &options);
+}
 
 }  // namespace fastoptim

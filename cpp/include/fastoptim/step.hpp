@@ -11,25 +11,36 @@
 
 namespace fastoptim {
 
+// Storage types of the streams a kernel reads and writes. Today every stream of a call has the
+// param's type; a layout (cpp/src/kernels/layouts.hpp) names one type per stream.
 enum class DType : std::uint8_t { float32, float64 };
 
 // One parameter tensor and its optimizer state, all `size` elements of `dtype`, contiguous.
-// State slots per rule (a slot the options do not use may be null):
+// State slots are the rule's, in its description's order (fastoptim/rules/<rule>.hpp; a slot
+// the options do not use may be null), e.g.
 //   SGD       state[0] = momentum_buffer (momentum != 0)
 //   Adagrad   state[0] = sum
 //   Adadelta  state[0] = square_avg, state[1] = acc_delta
 //   RMSprop   state[0] = square_avg, state[1] = momentum_buffer (momentum > 0),
 //             state[2] = grad_avg (centered)
 //   Adam(W)   state[0] = exp_avg, state[1] = exp_avg_sq, state[2] = max_exp_avg_sq (amsgrad)
+//   NAdam     state[0] = exp_avg, state[1] = exp_avg_sq; scalar_state: mu_product
+//   RAdam     state[0] = exp_avg, state[1] = exp_avg_sq
+//   Adamax    state[0] = exp_avg, state[1] = exp_inf
 // `step` is this tensor's step count including the update being made (1 on its first update),
 // 1..kMaxStepCount. For SGD, step == 1 means the momentum buffer is new: it is set to the
 // gradient, as torch does.
+// `scalar_state` points to the rule's per-param scalars (NAdam: mu_product), one value of
+// `scalar_dtype` per scalar slot: read, and written with the new values after the update (torch
+// keeps them as 0-d float32 tensors, float64 under a float64 default dtype).
 struct ParamBuffers {
   void* param = nullptr;
   const void* grad = nullptr;
   void* state[3] = {nullptr, nullptr, nullptr};
   std::size_t size = 0;
   std::int64_t step = 1;
+  void* scalar_state = nullptr;
+  DType scalar_dtype = DType::float32;
 };
 
 // The largest step count: per-step scalars take the step as a double (beta ** step, as torch),
@@ -67,18 +78,26 @@ double grad_norm(std::span<const ParamBuffers> float32_grads,
 // max_norm / (total_norm + 1e-6), at most 1: the factor clip_grad_norm_ multiplies grads by.
 double clip_coefficient(double max_norm, double total_norm);
 
-// Which state slots of ParamBuffers a rule reads and writes with these options (the table
-// above), and torch's state_dict key for each slot ("" if the rule has no such slot).
-bool uses_state_slot(const SgdOptions& options, int slot);
-bool uses_state_slot(const AdagradOptions& options, int slot);
-bool uses_state_slot(const AdadeltaOptions& options, int slot);
-bool uses_state_slot(const RmspropOptions& options, int slot);
-bool uses_state_slot(const AdamOptions& options, int slot);
-const char* state_slot_name(const SgdOptions& options, int slot);
-const char* state_slot_name(const AdagradOptions& options, int slot);
-const char* state_slot_name(const AdadeltaOptions& options, int slot);
-const char* state_slot_name(const RmspropOptions& options, int slot);
-const char* state_slot_name(const AdamOptions& options, int slot);
+// Which state slots of ParamBuffers a rule reads and writes with these options (its
+// description's slots), and torch's state_dict key for each slot ("" if the rule has no such
+// slot). Defined for every rule's options (options.hpp).
+namespace detail {
+bool uses_state_slot(Rule rule, const void* options, int slot);
+const char* state_slot_name(Rule rule, int slot);
+void step(Rule rule, const void* options, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads, const GradFactors& grad_factors);
+void check_step(Rule rule, const void* options, DType dtype,
+                std::span<const ParamBuffers> buffers, const GradFactors& grad_factors);
+}  // namespace detail
+
+template <class Options>
+bool uses_state_slot(const Options& options, int slot) {
+  return detail::uses_state_slot(rules::id<typename Options::Rule>, &options, slot);
+}
+template <class Options>
+const char* state_slot_name(const Options&, int slot) {
+  return detail::state_slot_name(rules::id<typename Options::Rule>, slot);
+}
 
 // Each call validates everything (std::invalid_argument) before writing anything, then updates
 // every buffer in place. num_threads <= 0 means get_num_threads().
@@ -87,35 +106,21 @@ const char* state_slot_name(const AdamOptions& options, int slot);
 // finite in the element type (weight_decay = 1e300 in float32; 1 - lr * weight_decay beyond
 // the double range) is rejected naming the options ("weight_decay=1e+300 overflows float32"),
 // as torch rejects a Python float that overflows the tensor's dtype. Non-finite options that
-// torch accepts (lr = inf) are passed through.
-void step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0, const GradFactors& grad_factors = {});
-void step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0, const GradFactors& grad_factors = {});
-void step(const AdadeltaOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0, const GradFactors& grad_factors = {});
-void step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0, const GradFactors& grad_factors = {});
-void step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads = 0, const GradFactors& grad_factors = {});
+// torch accepts (lr = inf) are passed through. Defined for every rule's options.
+template <class Options>
+void step(const Options& options, DType dtype, std::span<const ParamBuffers> buffers,
+          int num_threads = 0, const GradFactors& grad_factors = {}) {
+  detail::step(rules::id<typename Options::Rule>, &options, dtype, buffers, num_threads,
+               grad_factors);
+}
 
 // Everything step() checks, and nothing written: validate every batch of a multi-batch update
 // (several dtypes, several groups) before running any of them. Same exceptions as step().
-void check_step(const SgdOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-                const GradFactors& grad_factors = {});
-void check_step(const AdagradOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-                const GradFactors& grad_factors = {});
-void check_step(const AdadeltaOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-                const GradFactors& grad_factors = {});
-void check_step(const RmspropOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-                const GradFactors& grad_factors = {});
-void check_step(const AdamOptions& options, DType dtype, std::span<const ParamBuffers> buffers,
-                const GradFactors& grad_factors = {});
-
-// Same traffic as a rule, minimal arithmetic: reads param, grad and `state_count` state buffers,
-// writes param and the state buffers back. The benchmark's roofline.
-void roofline_step(int state_count, DType dtype, std::span<const ParamBuffers> buffers,
-                   int num_threads = 0);
+template <class Options>
+void check_step(const Options& options, DType dtype, std::span<const ParamBuffers> buffers,
+                const GradFactors& grad_factors = {}) {
+  detail::check_step(rules::id<typename Options::Rule>, &options, dtype, buffers, grad_factors);
+}
 
 // SIMD level in use ("scalar", "sse2", "avx2", "avx512", "neon"), the levels this CPU and build
 // can run (lowest first), and a way to force one (tests, benchmarks). FASTOPTIM_SIMD=<level>

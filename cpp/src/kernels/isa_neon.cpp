@@ -5,5 +5,5 @@
 namespace fastoptim::kernels::neon {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_neon.inl"
-#include "kernels/rules.inl"
+#include "kernels/kernel.inl"
 }  // namespace fastoptim::kernels::neon

@@ -6,16 +6,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "fastoptim/rules.hpp"
 #include "kernels/kernel_table.hpp"
-#include "kernels/scalars.hpp"
+#include "kernels/layouts.hpp"
 
 #if defined(_MSC_VER)
 #include <math.h>
-#define FASTOPTIM_INLINE __forceinline
 #define FASTOPTIM_SQRTF(x) sqrtf(x)
 #define FASTOPTIM_SQRT(x) sqrt(x)
+#define FASTOPTIM_FABSF(x) fabsf(x)
+#define FASTOPTIM_FABS(x) fabs(x)
 #else
-#define FASTOPTIM_INLINE inline __attribute__((always_inline))
 #define FASTOPTIM_SQRTF(x) __builtin_sqrtf(x)
 #define FASTOPTIM_SQRT(x) __builtin_sqrt(x)
+#define FASTOPTIM_FABSF(x) __builtin_fabsf(x)
+#define FASTOPTIM_FABS(x) __builtin_fabs(x)
 #endif

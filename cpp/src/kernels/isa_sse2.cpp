@@ -5,5 +5,5 @@
 namespace fastoptim::kernels::sse2 {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_sse2.inl"
-#include "kernels/rules.inl"
+#include "kernels/kernel.inl"
 }  // namespace fastoptim::kernels::sse2

@@ -1,31 +1,46 @@
-// What each per-ISA translation unit exports: one table of kernels, indexed [rule][dtype].
+// What each per-ISA translation unit exports: one table of kernels, indexed [rule][layout].
 // Plain data only: this header is included by every ISA object, so it must emit no symbols.
 #pragma once
 
 #include <stddef.h>
 
+#include "fastoptim/rules.hpp"
+#include "kernels/layouts.hpp"
+
 namespace fastoptim::kernels {
 
-enum RuleId { kSgd, kAdagrad, kAdadelta, kRmsprop, kAdam, kRoofline, kRuleCount };
-
-// Pointers of one buffer set, already offset to the first element of a chunk.
+// Pointers of one buffer set, already offset to the first element of a chunk; each stream in
+// its layout's storage type.
 struct Streams {
   void* param;
   const void* grad;
-  void* state[3];
+  void* state[rules::kMaxSlots];
+  void* master;
 };
 
-// Applies a rule to elements [0, count) of `streams`; `scalars` points to that rule's
-// per-step scalars (scalars.hpp) in the buffers' element type.
-using Kernel = void (*)(const void* scalars, const Streams& streams, size_t count);
+// Factors every grad is multiplied by as it is read, in this order, as torch's in-place
+// multiplies apply them before the update: GradScaler's unscale (grad * inv_scale), then
+// clip_grad_norm_'s clip (grad * clip_coef). In the compute type; value-initialised: neither.
+template <class C>
+struct GradFactors {
+  C inv_scale, clip_coef;
+  bool unscale, clip;
+};
+
+// Applies a rule to elements [0, count) of `streams`: `scalars` points to the rule's
+// Scalars<C> and `factors` to GradFactors<C>, C the layout's compute type.
+using Kernel = void (*)(const void* scalars, const void* factors, const Streams& streams,
+                        size_t count);
 
 // Adds |g| (or g * g) of grad elements [0, n), n a multiple of 8, into lanes[k % 8].
 using NormKernel = void (*)(const void* grad, size_t n, double* lanes);
 
+inline constexpr size_t kRuleCount = rules::All::size;
+
 struct KernelTable {
   const char* level;
-  Kernel kernels[kRuleCount][2];  // [rule][0 = float32, 1 = float64]
-  NormKernel norms[2][2];         // [0 = sum |g|, 1 = sum g * g][0 = float32, 1 = float64]
+  Kernel kernels[kRuleCount][kLayoutCount];
+  NormKernel norms[2][2];  // [0 = sum |g|, 1 = sum g * g][0 = float32, 1 = float64]
 };
 
 }  // namespace fastoptim::kernels

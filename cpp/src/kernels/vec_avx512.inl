@@ -1,6 +1,7 @@
-// avx512 vectors for rules.inl. Included inside namespace fastoptim::kernels::avx512.
+// avx512 vectors for the rule math (kernel.inl). Included inside namespace fastoptim::kernels::avx512.
 
 struct F32 {
+  using Lane = float;
   static constexpr size_t kLanes = 16;
   __m512 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm512_loadu_ps(p)}; }
@@ -8,6 +9,7 @@ struct F32 {
   static FASTOPTIM_INLINE F32 set1(float x) { return {_mm512_set1_ps(x)}; }
 };
 struct F64 {
+  using Lane = double;
   static constexpr size_t kLanes = 8;
   __m512d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
@@ -47,3 +49,19 @@ FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   out[0] = {_mm512_cvtps_pd(_mm256_loadu_ps(p))};
 }
 FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a.v), _mm512_set1_epi64(INT64_MAX)))}; }
+
+// torch.maximum: the larger value, or NaN (all bits set, at every level) if either is NaN.
+FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
+  const __mmask16 nan = _mm512_cmp_ps_mask(a.v, b.v, _CMP_UNORD_Q);
+  return {_mm512_mask_mov_ps(_mm512_max_ps(a.v, b.v), nan,
+                             _mm512_castsi512_ps(_mm512_set1_epi32(-1)))};
+}
+FASTOPTIM_INLINE F32 abs(F32 a) {
+  return {_mm512_castsi512_ps(
+      _mm512_and_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(0x7fffffff)))};
+}
+FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
+  const __mmask8 nan = _mm512_cmp_pd_mask(a.v, b.v, _CMP_UNORD_Q);
+  return {_mm512_mask_mov_pd(_mm512_max_pd(a.v, b.v), nan,
+                             _mm512_castsi512_pd(_mm512_set1_epi64(-1)))};
+}

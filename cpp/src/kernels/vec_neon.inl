@@ -1,7 +1,8 @@
-// neon (AArch64 Advanced SIMD) vectors for rules.inl. Included inside
+// neon (AArch64 Advanced SIMD) vectors for the rule math (kernel.inl). Included inside
 // namespace fastoptim::kernels::neon.
 
 struct F32 {
+  using Lane = float;
   static constexpr size_t kLanes = 4;
   float32x4_t v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {vld1q_f32(p)}; }
@@ -9,6 +10,7 @@ struct F32 {
   static FASTOPTIM_INLINE F32 set1(float x) { return {vdupq_n_f32(x)}; }
 };
 struct F64 {
+  using Lane = double;
   static constexpr size_t kLanes = 2;
   float64x2_t v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {vld1q_f64(p)}; }
@@ -53,3 +55,17 @@ FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   out[3] = {vcvt_high_f64_f32(hi)};
 }
 FASTOPTIM_INLINE F64 abs(F64 a) { return {vabsq_f64(a.v)}; }
+
+// torch.maximum: the larger value, or NaN (all bits set, at every level) if either is NaN.
+FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
+  const uint32x4_t ordered = vandq_u32(vceqq_f32(a.v, a.v), vceqq_f32(b.v, b.v));
+  return {vreinterpretq_f32_u32(
+      vorrq_u32(vreinterpretq_u32_f32(max(a, b).v), vmvnq_u32(ordered)))};
+}
+FASTOPTIM_INLINE F32 abs(F32 a) { return {vabsq_f32(a.v)}; }
+FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
+  const uint32x4_t ordered =
+      vreinterpretq_u32_u64(vandq_u64(vceqq_f64(a.v, a.v), vceqq_f64(b.v, b.v)));
+  return {vreinterpretq_f64_u32(
+      vorrq_u32(vreinterpretq_u32_f64(max(a, b).v), vmvnq_u32(ordered)))};
+}

@@ -5,8 +5,7 @@ struct VecOf {
   using type = Scalar<T>;
 };
 
-// The norm pass: 8 floats widened to doubles, |x|.
+// The norm pass: 8 floats widened to doubles.
 FASTOPTIM_INLINE void load8_widened(const float* p, Scalar<double>* out) {
   for (int k = 0; k < 8; ++k) out[k] = {static_cast<double>(p[k])};
 }
-FASTOPTIM_INLINE Scalar<double> abs(Scalar<double> a) { return {a.v < 0 ? -a.v : a.v}; }

@@ -3,6 +3,7 @@
 
 template <class T>
 struct Scalar {
+  using Lane = T;
   static constexpr size_t kLanes = 1;
   T v;
   static FASTOPTIM_INLINE Scalar load(const T* p) { return {*p}; }
@@ -25,3 +26,22 @@ template <class T>
 FASTOPTIM_INLINE Scalar<T> max(Scalar<T> a, Scalar<T> b) { return {a.v > b.v ? a.v : b.v}; }
 FASTOPTIM_INLINE Scalar<float> sqrt(Scalar<float> a) { return {FASTOPTIM_SQRTF(a.v)}; }
 FASTOPTIM_INLINE Scalar<double> sqrt(Scalar<double> a) { return {FASTOPTIM_SQRT(a.v)}; }
+FASTOPTIM_INLINE Scalar<float> abs(Scalar<float> a) { return {FASTOPTIM_FABSF(a.v)}; }
+FASTOPTIM_INLINE Scalar<double> abs(Scalar<double> a) { return {FASTOPTIM_FABS(a.v)}; }
+
+// torch.maximum: the larger value (b unless a > b, as the vector levels' max), or NaN with
+// every bit set if either is NaN, as the vector levels give it.
+FASTOPTIM_INLINE Scalar<float> maximum(Scalar<float> a, Scalar<float> b) {
+  if (a.v != a.v || b.v != b.v) {
+    union { uint32_t bits; float value; } nan{0xffffffffu};
+    return {nan.value};
+  }
+  return max(a, b);
+}
+FASTOPTIM_INLINE Scalar<double> maximum(Scalar<double> a, Scalar<double> b) {
+  if (a.v != a.v || b.v != b.v) {
+    union { uint64_t bits; double value; } nan{~uint64_t{0}};
+    return {nan.value};
+  }
+  return max(a, b);
+}

@@ -1,6 +1,7 @@
-// sse2 vectors for rules.inl. Included inside namespace fastoptim::kernels::sse2.
+// sse2 vectors for the rule math (kernel.inl). Included inside namespace fastoptim::kernels::sse2.
 
 struct F32 {
+  using Lane = float;
   static constexpr size_t kLanes = 4;
   __m128 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm_loadu_ps(p)}; }
@@ -8,6 +9,7 @@ struct F32 {
   static FASTOPTIM_INLINE F32 set1(float x) { return {_mm_set1_ps(x)}; }
 };
 struct F64 {
+  using Lane = double;
   static constexpr size_t kLanes = 2;
   __m128d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm_loadu_pd(p)}; }
@@ -51,3 +53,12 @@ FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   out[3] = {_mm_cvtps_pd(_mm_movehl_ps(hi, hi))};
 }
 FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm_andnot_pd(_mm_set1_pd(-0.0), a.v)}; }
+
+// torch.maximum: the larger value, or NaN (all bits set, at every level) if either is NaN.
+FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
+  return {_mm_or_ps(_mm_max_ps(a.v, b.v), _mm_cmpunord_ps(a.v, b.v))};
+}
+FASTOPTIM_INLINE F32 abs(F32 a) { return {_mm_andnot_ps(_mm_set1_ps(-0.0f), a.v)}; }
+FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
+  return {_mm_or_pd(_mm_max_pd(a.v, b.v), _mm_cmpunord_pd(a.v, b.v))};
+}

@@ -1,0 +1,151 @@
+// What a rule description (rules/<name>.hpp) is made of. A rule is one struct holding
+//   Options           its hyperparameters (torch's names and defaults), `using Rule = <rule>`
+//   fields            every option as torch's param groups key it, in the checkpoint's order
+//   checks            the range checks, in the order (and wording) torch.optim checks them
+//   slots             per-element state buffers: torch's state key, when the options use it,
+//                     its initial value
+//   scalar_slots      per-param scalar state (NAdam's mu_product): name, initial value
+//   args              torch's constructor signature after `params` (the Python fronts' names,
+//                     order and keyword-only marker; options not in `fields` are accepted and
+//                     ignored)
+//   has_step          whether torch keeps a `step` count per param
+//   eager_state       whether torch creates the state in the constructor (Adagrad)
+//   Scalars<C>        the per-step scalars, in the compute type C
+//   scalars<C>(o, in, ctx)  computes them in double from the options, the step count and the
+//                     scalar state, converting each to C through ctx (which rejects a finite
+//                     option whose scalar overflows C, naming the options, as torch does)
+//   update<V>(s, io)  the element math, once, against a compute vector V: io loads and stores
+//                     each stream in its own storage type
+// Everything else (kernel tables, validation, the binding's option parsing, the slot names
+// Python uses, the checkpoint's field list, the C++ optimizer class) is derived from it.
+//
+// Plain data and templates only, no standard library: the per-ISA kernel objects include the
+// rule headers (cpp/src/kernels/README.md).
+#pragma once
+
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(_MSC_VER)
+#define FASTOPTIM_INLINE __forceinline
+#else
+#define FASTOPTIM_INLINE inline __attribute__((always_inline))
+#endif
+
+namespace fastoptim::rules {
+
+// An option as a param group holds it: group[key], or group[key][index] for a pair (betas).
+template <class O>
+struct Field {
+  const char* key;
+  int index;          // -1: the value itself
+  double O::*number;  // exactly one of number and flag
+  bool O::*flag;
+};
+template <class O>
+constexpr Field<O> number(const char* key, double O::*member, int index = -1) {
+  return {key, index, member, nullptr};
+}
+template <class O>
+constexpr Field<O> flag(const char* key, bool O::*member) {
+  return {key, -1, nullptr, member};
+}
+
+// A range check with torch's wording: "<what>: <value>".
+enum class Range : uint8_t {
+  non_negative,   // 0 <= x
+  unit_closed,    // 0 <= x <= 1
+  unit_half_open  // 0 <= x < 1
+};
+template <class O>
+struct Check {
+  double O::*member;
+  Range range;
+  const char* what;  // "Invalid learning rate"
+};
+template <class O>
+constexpr Check<O> check(double O::*member, Range range, const char* what) {
+  return {member, range, what};
+}
+
+// A per-element state buffer: torch's state key, the options that use it (null: always), and
+// the option holding its initial value (null: zero).
+template <class O>
+struct Slot {
+  const char* name;
+  bool (*used)(const O&) = nullptr;
+  double O::*initial_from = nullptr;
+};
+
+// A per-param scalar state, kept in the step counter's type (torch: a 0-d float32 tensor).
+struct ScalarSlot {
+  const char* name;
+  double initial;
+};
+
+// One argument of torch's constructor after `params`. An option field is named by its key
+// (its default is the Options default); the others are accepted and ignored, with the
+// default `ignored` (None or False) as torch has it.
+enum class Ignored : uint8_t { no, none, false_ };
+struct Arg {
+  const char* name;
+  bool keyword_only = false;
+  Ignored ignored = Ignored::no;
+};
+constexpr Arg kw(const char* name) { return {name, true, Ignored::no}; }
+constexpr Arg ignored_none(const char* name, bool keyword_only) {
+  return {name, keyword_only, Ignored::none};
+}
+constexpr Arg ignored_false(const char* name, bool keyword_only) {
+  return {name, keyword_only, Ignored::false_};
+}
+
+// What the per-step scalars are computed from, besides the options.
+struct StepInput {
+  double step;             // this update's count: 1 on a param's first update
+  double scalar_state[2];  // the scalar slots' values before the update
+};
+
+// The most state a rule may keep, and what the kernels' stream records hold.
+inline constexpr int kMaxSlots = 3;
+inline constexpr int kMaxScalarSlots = 2;
+
+// torch's lerp(start, end, w): start + w * (end - start) when |w| < 0.5, else
+// end - (end - start) * (1 - w), with 1 - w computed in C.
+template <class C>
+struct Lerp {
+  C weight;
+  C one_minus_weight;
+  bool from_start;
+};
+template <class C>
+constexpr Lerp<C> make_lerp(C w) {
+  return {w, static_cast<C>(C(1) - w), (w < C(0) ? -w : w) < C(0.5)};
+}
+template <class V, class C>
+FASTOPTIM_INLINE V lerp(V start, V end, const Lerp<C>& l) {
+  const V diff = end - start;
+  if (l.from_start) return start + V::set1(l.weight) * diff;
+  return end - diff * V::set1(l.one_minus_weight);
+}
+
+template <class A, class B>
+inline constexpr bool kSame = false;
+template <class A>
+inline constexpr bool kSame<A, A> = true;
+
+// A constant array that may be empty (C++ has no zero-length arrays).
+template <class T, size_t N>
+struct List {
+  T items[N == 0 ? 1 : N];
+  static constexpr size_t size = N;
+  constexpr const T* begin() const { return items; }
+  constexpr const T* end() const { return items + N; }
+  constexpr const T& operator[](size_t i) const { return items[i]; }
+};
+template <class T, class... A>
+constexpr List<T, sizeof...(A)> list(A... items) {
+  return {{T(items)...}};
+}
+
+}  // namespace fastoptim::rules

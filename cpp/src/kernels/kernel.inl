@@ -1,0 +1,125 @@
+// The kernels of one ISA: every registered (rule, layout) pair, and the grad-norm pass.
+// Included inside namespace fastoptim::kernels::<isa> by each isa_*.cpp, after its vector
+// header, so every function here is compiled once per ISA and stays in that ISA's namespace.
+// The rules' element math (fastoptim/rules/*.hpp) is instantiated here with this ISA's vectors.
+//
+// Operation order follows torch.optim's single-tensor (foreach=False) code line by line, and
+// no path uses FMA or approximate reciprocals, so every ISA gives bit-identical results.
+// Uniform flags are plain branches: they are predicted perfectly and the loops are
+// memory-bound.
+
+// A stream's storage type to the compute vector V and back: the one place a conversion
+// happens. Identity for the registered layouts; a narrower storage type (bf16, fp16) adds its
+// load-and-widen and narrow-and-store here, per ISA, in the vector header.
+template <class V, class S>
+FASTOPTIM_INLINE V load_as(const S* p) {
+  static_assert(rules::kSame<S, typename V::Lane>, "no conversion for this storage type");
+  return V::load(p);
+}
+template <class V, class S>
+FASTOPTIM_INLINE void store_as(S* p, V x) {
+  static_assert(rules::kSame<S, typename V::Lane>, "no conversion for this storage type");
+  V::store(p, x);
+}
+
+// What a rule's update sees at element i: each stream loaded and stored in its layout's
+// storage type, the grad unscaled and clipped as it is read.
+template <class V, class L>
+struct Io {
+  using C = typename V::Lane;
+  const Streams& p;
+  size_t i;
+  const GradFactors<C>& f;
+
+  FASTOPTIM_INLINE V grad() const {
+    V g = load_as<V>(static_cast<const typename L::grad*>(p.grad) + i);
+    if (f.unscale) g = g * V::set1(f.inv_scale);
+    if (f.clip) g = g * V::set1(f.clip_coef);
+    return g;
+  }
+  FASTOPTIM_INLINE V param() const {
+    return load_as<V>(static_cast<const typename L::param*>(p.param) + i);
+  }
+  FASTOPTIM_INLINE void store_param(V x) const {
+    store_as(static_cast<typename L::param*>(p.param) + i, x);
+  }
+  FASTOPTIM_INLINE V state(int k) const {
+    return load_as<V>(static_cast<const typename L::state*>(p.state[k]) + i);
+  }
+  FASTOPTIM_INLINE void store_state(int k, V x) const {
+    store_as(static_cast<typename L::state*>(p.state[k]) + i, x);
+  }
+};
+
+template <class R, class L>
+void run(const void* scalars, const void* factors, const Streams& stream_ptrs, size_t count) {
+  using C = typename L::compute;
+  using V = typename VecOf<C>::type;
+  using S = Scalar<C>;
+  using Scalars = typename R::template Scalars<C>;
+  const Streams streams = stream_ptrs;
+  // Local copies: stores through C* could alias the fields of *scalars, which would force a
+  // reload and broadcast of every scalar on every iteration.
+  const Scalars s = *static_cast<const Scalars*>(scalars);
+  const GradFactors<C> f = *static_cast<const GradFactors<C>*>(factors);
+  // One-lane head up to the first vector-aligned param address (counted in param elements):
+  // wide accesses that straddle cache lines cost ~20% on these streams, and NumPy's large
+  // arrays are only 16-byte aligned (the other streams usually share the param's offset).
+  const size_t misaligned =
+      reinterpret_cast<uintptr_t>(streams.param) / sizeof(typename L::param) % V::kLanes;
+  const size_t head = misaligned == 0 ? 0 : V::kLanes - misaligned;
+  size_t i = 0;
+  for (; i < head && i < count; ++i) R::template update<S>(s, Io<S, L>{streams, i, f});
+  for (; i + V::kLanes <= count; i += V::kLanes) R::template update<V>(s, Io<V, L>{streams, i, f});
+  for (; i < count; ++i) R::template update<S>(s, Io<S, L>{streams, i, f});
+}
+
+// The grad norm's inner loop: elements [0, n) (n a multiple of 8) into 8 double lanes, element
+// k into lane k % 8, each lane adding in element order. Every ISA keeps exactly those eight
+// sums (as 1, 2, 4 or 8 registers), so the result is the same bits at every level.
+template <class T>
+FASTOPTIM_INLINE void load8(const T* p, typename VecOf<double>::type* out) {
+  using D = typename VecOf<double>::type;
+  if constexpr (sizeof(T) == 4) {
+    load8_widened(p, out);
+  } else {
+    for (size_t r = 0; r < 8 / D::kLanes; ++r) out[r] = D::load(p + r * D::kLanes);
+  }
+}
+
+template <bool kSquares, class T>
+void norm_lanes(const void* grad, size_t n, double* lanes) {
+  using D = typename VecOf<double>::type;
+  constexpr size_t kRegs = 8 / D::kLanes;
+  D acc[kRegs];
+  for (size_t r = 0; r < kRegs; ++r) acc[r] = D::load(lanes + r * D::kLanes);
+  const T* g = static_cast<const T*>(grad);
+  for (size_t i = 0; i < n; i += 8) {
+    D x[kRegs];
+    load8(g + i, x);
+    for (size_t r = 0; r < kRegs; ++r) acc[r] = acc[r] + (kSquares ? x[r] * x[r] : abs(x[r]));
+  }
+  for (size_t r = 0; r < kRegs; ++r) D::store(lanes + r * D::kLanes, acc[r]);
+}
+
+// The table: a kernel for every rule of the registry and every registered layout.
+template <class R, class... L>
+constexpr void fill_row(Kernel* row, LayoutList<L...>) {
+  size_t j = 0;
+  ((row[j++] = &run<R, L>), ...);
+}
+template <class... R>
+constexpr KernelTable make_table(rules::RuleList<R...>) {
+  KernelTable table{};
+  table.level = FASTOPTIM_ISA_NAME;
+  size_t i = 0;
+  (fill_row<R>(table.kernels[i++], Registered{}), ...);
+  table.norms[0][0] = &norm_lanes<false, float>;
+  table.norms[0][1] = &norm_lanes<false, double>;
+  table.norms[1][0] = &norm_lanes<true, float>;
+  table.norms[1][1] = &norm_lanes<true, double>;
+  return table;
+}
+
+extern const KernelTable kTable;
+constinit const KernelTable kTable = make_table(rules::All{});

@@ -1,0 +1,57 @@
+// Layouts: the storage type of each stream a kernel reads and writes, and the compute type
+// its element math runs in. A kernel is compiled per (rule, registered layout); a layout not
+// listed in Registered has no kernel. Plain data only: included by every ISA object.
+#pragma once
+
+#include <stddef.h>
+
+#include "fastoptim/rules/rule.hpp"
+
+namespace fastoptim::kernels {
+
+// Master: the storage type of a master copy of the param (void: none).
+template <class Param, class Grad, class State, class Compute, class Master = void>
+struct Layout {
+  using param = Param;
+  using grad = Grad;
+  using state = State;
+  using compute = Compute;
+  using master = Master;
+};
+
+template <class... L>
+struct LayoutList {
+  static constexpr size_t size = sizeof...(L);
+};
+
+// The layouts this build has kernels for; their index is the table's second dimension.
+using Registered = LayoutList<Layout<float, float, float, float>,
+                              Layout<double, double, double, double>>;
+inline constexpr size_t kLayoutCount = Registered::size;
+
+// Storage type ids as the driver names them (fastoptim::DType's values).
+template <class T>
+inline constexpr int kStorageId = -1;
+template <>
+inline constexpr int kStorageId<float> = 0;
+template <>
+inline constexpr int kStorageId<double> = 1;
+
+// The index in Registered of the layout with these storage types (kStorageId values), or -1.
+template <class... L>
+constexpr int find_layout(LayoutList<L...>, int param, int grad, int state) {
+  int i = 0, found = -1;
+  ((found = found < 0 && kStorageId<typename L::param> == param &&
+                    kStorageId<typename L::grad> == grad &&
+                    kStorageId<typename L::state> == state
+                ? i
+                : found,
+    ++i),
+   ...);
+  return found;
+}
+constexpr int find_layout(int param, int grad, int state) {
+  return find_layout(Registered{}, param, grad, state);
+}
+
+}  // namespace fastoptim::kernels
