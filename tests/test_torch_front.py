@@ -711,7 +711,7 @@ def test_one_core_call_per_step(monkeypatch) -> None:
     real = fastoptim._core.step_plans
 
     def counting(rule, batches, *args, **kwargs):
-        calls.append(sorted(dtype for _, _, _, dtype in batches))
+        calls.append(sorted(dtype for _, _, dtype in batches))
         return real(rule, batches, *args, **kwargs)
 
     monkeypatch.setattr(fastoptim._core, "step_plans", counting)

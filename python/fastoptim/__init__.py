@@ -2,8 +2,9 @@
 
 Two fronts over one C++ core:
 
-* ``fastoptim.SGD/Adagrad/Adadelta/RMSprop/Adam/AdamW`` update NumPy arrays (or anything with
-  the buffer protocol or DLPack, torch CPU tensors included) in place: ``opt.step(grads)``.
+* ``fastoptim.SGD/Adagrad/Adadelta/RMSprop/Adam/AdamW/NAdam/RAdam/Adamax`` update NumPy arrays
+  (or anything with the buffer protocol or DLPack, torch CPU tensors included) in place:
+  ``opt.step(grads)``. The classes are made from the core's rule descriptions.
 * ``fastoptim.torch`` holds drop-in ``torch.optim.Optimizer`` subclasses of the same names.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._arrays import SGD, Adadelta, Adagrad, Adam, AdamW, Optimizer, RMSprop
+from ._arrays import _CLASSES, Optimizer
 from ._runtime import (
     available_simd_levels,
     get_num_threads,
@@ -21,22 +22,18 @@ from ._runtime import (
     simd_level,
 )
 
-RMSProp = RMSprop
+globals().update(_CLASSES)
+RMSProp = _CLASSES["RMSprop"]
 
 try:
     __version__ = version("fastoptim")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0+unknown"
 
-__all__ = [
-    "SGD",
-    "Adadelta",
-    "Adagrad",
-    "Adam",
-    "AdamW",
+__all__ = [  # the rule classes come from the core
+    *_CLASSES,
     "Optimizer",
     "RMSProp",
-    "RMSprop",
     "available_simd_levels",
     "get_num_threads",
     "openmp_runtime",

@@ -7,6 +7,7 @@ buffers of all groups before it writes any.
 
 from __future__ import annotations
 
+import inspect
 import math
 import threading
 from collections.abc import Iterable, Sequence
@@ -17,35 +18,36 @@ import numpy as np
 from . import _core
 from ._runtime import get_num_threads
 
-# The core words a bad hyperparameter as torch does, but it only sees a double; torch formats
-# the value the user gave (lr=-1 reads "-1", not "-1.0"), so the message is rebuilt from it.
-_ERROR_KEYS: dict[str, tuple[str, int | None]] = {
-    "Invalid learning rate": ("lr", None),
-    "Invalid epsilon value": ("eps", None),
-    "Invalid momentum value": ("momentum", None),
-    "Invalid weight_decay value": ("weight_decay", None),
-    "Invalid lr_decay value": ("lr_decay", None),
-    "Invalid initial_accumulator_value value": ("initial_accumulator_value", None),
-    "Invalid rho value": ("rho", None),
-    "Invalid alpha value": ("alpha", None),
-    "Invalid beta parameter at index 0": ("betas", 0),
-    "Invalid beta parameter at index 1": ("betas", 1),
-}
+# What the core knows about each rule (its description): names, torch's constructor
+# signature, state slots and their initial values, scalar state, whether torch keeps a step.
+RULES: dict[str, dict[str, Any]] = {info["name"]: info for info in _core.rules()}
 
 
-def state_slots(rule: str, group: dict[str, Any]) -> list[str | None]:
-    """The state slots ``group``'s options use; ValueError in torch's exact words if an option
-    is out of range."""
+def initial_value(info: dict[str, Any], slot: str, defaults: dict[str, Any]) -> float:
+    """A new state slot's fill value: zero, or the constructor's value of the option the rule
+    names (torch.optim.Adagrad fills ``sum`` with the constructor's initial_accumulator_value,
+    even for a group with its own)."""
+    for name, option in info["slots"]:
+        if name == slot and option is not None:
+            return float(defaults[option])
+    return 0.0
+
+
+def scalar_value(value: Any, where: str) -> np.ndarray:
+    """A loaded per-param scalar state (NAdam's mu_product) as the 0-d float32 array the front
+    keeps (float64 if it came as float64), checked: one finite number."""
+    dtype = np.float64 if str(getattr(value, "dtype", "")) in ("float64", "torch.float64") \
+        else np.float32
     try:
-        return _core.state_slots(rule, group)
-    except ValueError as exc:
-        prefix, sep, _ = str(exc).rpartition(": ")
-        where = _ERROR_KEYS.get(prefix)
-        if not sep or where is None:
-            raise
-        key, index = where
-        value = group[key] if index is None else group[key][index]
-        raise ValueError(f"{prefix}: {value}") from None
+        array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+        if array.size != 1 or array.dtype.kind not in "fiu":
+            raise TypeError
+        number = float(array.reshape(()))
+    except (TypeError, ValueError):
+        raise TypeError(f"{where} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{where} must be finite, got {number!r}")
+    return np.array(number, dtype=dtype)
 
 
 def step_count(step: Any, where: str) -> float:
@@ -112,7 +114,7 @@ class Optimizer:
     """Base of the array-front optimizers: param groups, state, state_dict, step(grads)."""
 
     rule: ClassVar[str]
-    has_step: ClassVar[bool] = True
+    _info: ClassVar[dict[str, Any]]
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
         self.defaults = defaults
@@ -157,7 +159,7 @@ class Optimizer:
             group["params"] = [array for _, array in group["params"]]
         for key, default in self.defaults.items():
             group.setdefault(key, default)
-        state_slots(self.rule, group)  # ValueError with torch's wording if out of range
+        _core.state_slots(self.rule, group)  # ValueError with torch's wording if out of range
         if group.get("differentiable"):
             raise ValueError("fastoptim does not support differentiable=True (no autograd "
                              "through the step); foreach, fused and capturable are accepted "
@@ -168,20 +170,22 @@ class Optimizer:
         ):
             raise ValueError("some parameters appear in more than one parameter group")
         self.param_groups.append(group)
-        self._on_new_group(group, first_index=sum(len(g["params"]) for g in self.param_groups) - len(group["params"]))
 
-    def _on_new_group(self, group: dict[str, Any], first_index: int) -> None:
-        """Hook for rules whose state torch creates eagerly (Adagrad)."""
+    @property
+    def has_step(self) -> bool:
+        return bool(self._info["has_step"])
 
     # ---- state -------------------------------------------------------------------------------
     def _new_state(self, param: np.ndarray, group: dict[str, Any]) -> dict[str, Any]:
         state: dict[str, Any] = {}
         if self.has_step:
             state["step"] = np.array(0.0, dtype=np.float32)  # as torch: a float32 scalar
+        for name, initial in self._info["scalar_slots"]:
+            state[name] = np.array(initial, dtype=np.float32)  # as torch: a float32 scalar
         return state
 
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
-        return 0.0
+        return initial_value(self._info, slot, self.defaults)
 
     # ---- step --------------------------------------------------------------------------------
     def _lock(self) -> threading.RLock:
@@ -214,8 +218,8 @@ class Optimizer:
         pending: dict[int, dict[str, Any]] = {}
         index = 0
         for group in self.param_groups:
-            slots = state_slots(self.rule, group)
-            names, params, grad_arrays, states, steps = [], [], [], [], []
+            slots = _core.state_slots(self.rule, group)
+            names, params, grad_arrays, states, steps, scalars = [], [], [], [], [], []
             for param in group["params"]:
                 i, index = index, index + 1
                 if grads[i] is None:
@@ -225,9 +229,10 @@ class Optimizer:
                 g = _as_array(grads[i], f"{name} grad")
                 state = self.state.get(i)
                 fresh = not state  # torch initialises a param's state when it is empty
+                scalar_names = [name for name, _ in self._info["scalar_slots"]]
                 if not fresh and self.has_step:
                     # torch reads every entry of a started state: a missing one is its KeyError
-                    for key in ["step", *(s for s in slots if s is not None)]:
+                    for key in ["step", *scalar_names, *(s for s in slots if s is not None)]:
                         if key not in state:
                             raise KeyError(f"{name}: its state has no '{key}'")
                 missing = [s for s in slots if s is not None and (fresh or s not in state)]
@@ -241,11 +246,12 @@ class Optimizer:
                 params.append(p)
                 grad_arrays.append(g)
                 states.append([None if s is None else state[s] for s in slots])
+                scalars.append(state[scalar_names[0]] if scalar_names else None)
                 if self.has_step:  # the count so far; the core checks it, naming the param
                     steps.append(state["step"])
                 else:  # SGD: 0 marks a new momentum buffer, which starts as the gradient
                     steps.append(0.0 if "momentum_buffer" in missing else 1.0)
-            specs.append((group, names, params, grad_arrays, states, steps))
+            specs.append((group, names, params, grad_arrays, states, steps, scalars))
         _core.step_buffers(self.rule, specs, get_num_threads(),
                            clip_coef=self.__dict__.get("_clip_coef", 1.0))
         self.__dict__.pop("_clip_coef", None)
@@ -328,6 +334,7 @@ class Optimizer:
                 id_map[key] = (index, param)
                 index += 1
         new_state: dict[int, dict[str, Any]] = {}
+        scalar_names = {name for name, _ in self._info["scalar_slots"]}
         for key, saved_state in state_dict["state"].items():
             if key not in id_map:
                 raise ValueError(f"loaded state dict has state for unknown param {key!r}")
@@ -340,6 +347,9 @@ class Optimizer:
                 if name == "step":
                     count = step_count(value, f"param {i}")
                     entry[name] = np.array(count, dtype=np.float32)
+                    continue
+                if name in scalar_names:
+                    entry[name] = scalar_value(value, f"param {i}: state '{name}'")
                     continue
                 array = _to_numpy(value)
                 if array.shape != p.shape:
@@ -355,7 +365,7 @@ class Optimizer:
             merged["params"] = group["params"]
             for key, default in self.defaults.items():
                 merged.setdefault(key, group.get(key, default))
-            state_slots(self.rule, merged)
+            _core.state_slots(self.rule, merged)
             new_groups.append(merged)
         self.state = new_state
         self.param_groups = new_groups
@@ -380,213 +390,59 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-class SGD(Optimizer):
-    rule = "sgd"
-    has_step = False
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        momentum: float = 0,
-        dampening: float = 0,
-        weight_decay: float = 0,
-        nesterov: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            maximize=maximize,
-            foreach=foreach,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
+def _eager_state(self: Optimizer) -> None:
+    """torch creates some rules' state in the constructor, and only there (Adagrad): a group
+    added later gets its state on its first step. So does this front."""
+    index = 0
+    for group in self.param_groups:
+        slots = _core.state_slots(self.rule, group)
+        for param in group["params"]:
+            i, index = index, index + 1
+            try:
+                p = _as_array(param, f"param {i}")
+            except TypeError:
+                continue  # reported by step()
+            if p.dtype in (np.float32, np.float64):
+                state = self._new_state(p, group)
+                for slot in slots:
+                    if slot is not None:
+                        state[slot] = _buffer_like(p, self._initial_value(slot, group))
+                self.state[i] = state
 
 
-class Adagrad(Optimizer):
-    rule = "adagrad"
+def _rule_class(info: dict[str, Any]) -> type:
+    """The array-front class of one rule, with torch's constructor signature (names, order,
+    defaults, keyword-only arguments) from the core's description of the rule."""
+    kind = inspect.Parameter
+    parameters = [kind("self", kind.POSITIONAL_OR_KEYWORD), kind("params", kind.POSITIONAL_OR_KEYWORD)]
+    for name, default, keyword_only, _ in info["args"]:
+        parameters.append(kind(name, kind.KEYWORD_ONLY if keyword_only else
+                               kind.POSITIONAL_OR_KEYWORD, default=default))
+    signature = inspect.Signature(parameters)
 
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-2,
-        lr_decay: float = 0,
-        weight_decay: float = 0,
-        initial_accumulator_value: float = 0,
-        eps: float = 1e-10,
-        foreach: bool | None = None,
-        *,
-        maximize: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            lr_decay=lr_decay,
-            eps=eps,
-            weight_decay=weight_decay,
-            initial_accumulator_value=initial_accumulator_value,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-            fused=fused,
-        )
-        super().__init__(params, defaults)
-        # torch.optim.Adagrad creates its state in the constructor, and only there: a group
-        # added later gets its state on its first step. So does this one.
-        index = 0
-        for group in self.param_groups:
-            for param in group["params"]:
-                i, index = index, index + 1
-                try:
-                    p = _as_array(param, f"param {i}")
-                except TypeError:
-                    continue  # reported by step()
-                if p.dtype in (np.float32, np.float64):
-                    state = self._new_state(p, group)
-                    state["sum"] = _buffer_like(p, self._initial_value("sum", group))
-                    self.state[i] = state
+    def __init__(self: Optimizer, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        values = dict(bound.arguments)
+        del values["self"]
+        params = values.pop("params")
+        # options the signature fixes (AdamW: decoupled_weight_decay=True) are still group keys
+        defaults = {**info["defaults"], **values}
+        Optimizer.__init__(self, params, defaults)
+        if info["eager_state"]:
+            _eager_state(self)
 
-    def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
-        # torch.optim.Adagrad fills "sum" with the constructor's value (self.defaults), not
-        # the group's, even for a group with its own initial_accumulator_value.
-        return float(self.defaults["initial_accumulator_value"])
+    __init__.__signature__ = signature  # type: ignore[attr-defined]
+    name = info["torch_name"]
+    return type(name, (Optimizer,), {
+        "__init__": __init__,
+        "__module__": "fastoptim",
+        "__qualname__": name,
+        "__doc__": f"torch.optim.{name} over NumPy arrays: ``opt.step(grads)`` updates every "
+                   "param in place in one fused call (the constructor is torch's).",
+        "rule": info["name"],
+        "_info": info,
+    })
 
 
-class Adadelta(Optimizer):
-    rule = "adadelta"
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1.0,
-        rho: float = 0.9,
-        eps: float = 1e-6,
-        weight_decay: float = 0,
-        foreach: bool | None = None,
-        *,
-        capturable: bool = False,
-        maximize: bool = False,
-        differentiable: bool = False,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            rho=rho,
-            eps=eps,
-            weight_decay=weight_decay,
-            maximize=maximize,
-            capturable=capturable,
-            foreach=foreach,
-            differentiable=differentiable,
-        )
-        super().__init__(params, defaults)
-
-
-class RMSprop(Optimizer):
-    rule = "rmsprop"
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-2,
-        alpha: float = 0.99,
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        momentum: float = 0,
-        centered: bool = False,
-        capturable: bool = False,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        differentiable: bool = False,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            alpha=alpha,
-            eps=eps,
-            centered=centered,
-            weight_decay=weight_decay,
-            capturable=capturable,
-            foreach=foreach,
-            maximize=maximize,
-            differentiable=differentiable,
-        )
-        super().__init__(params, defaults)
-
-
-class Adam(Optimizer):
-    rule = "adam"
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0,
-        amsgrad: bool = False,
-        *,
-        foreach: bool | None = None,
-        maximize: bool = False,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-        decoupled_weight_decay: bool = False,
-    ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            maximize=maximize,
-            foreach=foreach,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=decoupled_weight_decay,
-        )
-        super().__init__(params, defaults)
-
-
-class AdamW(Adam):
-    rule = "adamw"
-
-    def __init__(
-        self,
-        params: Iterable[Any],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 1e-2,
-        amsgrad: bool = False,
-        *,
-        maximize: bool = False,
-        foreach: bool | None = None,
-        capturable: bool = False,
-        differentiable: bool = False,
-        fused: bool | None = None,
-    ) -> None:
-        super().__init__(
-            params,
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            foreach=foreach,
-            maximize=maximize,
-            capturable=capturable,
-            differentiable=differentiable,
-            fused=fused,
-            decoupled_weight_decay=True,
-        )
+_CLASSES = {info["torch_name"]: _rule_class(info) for info in RULES.values()}

@@ -11,10 +11,14 @@
 #include <cstring>
 #include <memory>
 #include <optional>
+#include <span>
+#include <type_traits>
+#include <variant>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "fastoptim/options.hpp"
 #include "fastoptim/step.hpp"
 
 namespace py = pybind11;
@@ -55,104 +59,76 @@ bool flag(const py::dict& group, const char* key) {
   return truth == 1;
 }
 
-struct Rule {
-  enum Id { kSgd, kAdagrad, kAdadelta, kRmsprop, kAdam } id;
-};
+// ---- rules: every registered description, options from a param-group dict ------------------
 
-Rule parse_rule(const std::string& name) {
-  if (name == "sgd") return {Rule::kSgd};
-  if (name == "adagrad") return {Rule::kAdagrad};
-  if (name == "adadelta") return {Rule::kAdadelta};
-  if (name == "rmsprop") return {Rule::kRmsprop};
-  if (name == "adam" || name == "adamw") return {Rule::kAdam};
-  throw py::value_error("unknown rule '" + name + "'");
-}
-
-fastoptim::SgdOptions sgd_options(const py::dict& g) {
-  fastoptim::SgdOptions o;
-  o.lr = number(g, "lr");
-  o.momentum = number(g, "momentum");
-  o.dampening = number(g, "dampening");
-  o.weight_decay = number(g, "weight_decay");
-  o.nesterov = flag(g, "nesterov");
-  o.maximize = flag(g, "maximize");
-  return o;
-}
-fastoptim::AdagradOptions adagrad_options(const py::dict& g) {
-  fastoptim::AdagradOptions o;
-  o.lr = number(g, "lr");
-  o.lr_decay = number(g, "lr_decay");
-  o.weight_decay = number(g, "weight_decay");
-  o.initial_accumulator_value = number(g, "initial_accumulator_value");
-  o.eps = number(g, "eps");
-  o.maximize = flag(g, "maximize");
-  return o;
-}
-fastoptim::AdadeltaOptions adadelta_options(const py::dict& g) {
-  fastoptim::AdadeltaOptions o;
-  o.lr = number(g, "lr");
-  o.rho = number(g, "rho");
-  o.eps = number(g, "eps");
-  o.weight_decay = number(g, "weight_decay");
-  o.maximize = flag(g, "maximize");
-  return o;
-}
-fastoptim::RmspropOptions rmsprop_options(const py::dict& g) {
-  fastoptim::RmspropOptions o;
-  o.lr = number(g, "lr");
-  o.alpha = number(g, "alpha");
-  o.eps = number(g, "eps");
-  o.weight_decay = number(g, "weight_decay");
-  o.momentum = number(g, "momentum");
-  o.centered = flag(g, "centered");
-  o.maximize = flag(g, "maximize");
-  return o;
-}
-fastoptim::AdamOptions adam_options(const py::dict& g) {
-  fastoptim::AdamOptions o;
-  o.lr = number(g, "lr");
-  const py::object betas = option(g, "betas");
-  if (!PySequence_Check(betas.ptr()) || PyUnicode_Check(betas.ptr()) || py::len(betas) != 2)
-    raise_option_type("betas", betas, "a pair of real numbers");
-  o.beta1 = to_number("betas", py::sequence(betas)[0]);
-  o.beta2 = to_number("betas", py::sequence(betas)[1]);
-  o.eps = number(g, "eps");
-  o.weight_decay = number(g, "weight_decay");
-  o.amsgrad = flag(g, "amsgrad");
-  o.maximize = flag(g, "maximize");
-  o.decoupled_weight_decay = flag(g, "decoupled_weight_decay");
-  return o;
-}
-
-// Options of one group, converted and validated (ValueError with torch's wording) up front.
-struct GroupOptions {
-  Rule rule;
-  fastoptim::SgdOptions sgd;
-  fastoptim::AdagradOptions adagrad;
-  fastoptim::AdadeltaOptions adadelta;
-  fastoptim::RmspropOptions rmsprop;
-  fastoptim::AdamOptions adam;
-
-  GroupOptions(Rule r, const py::dict& g) : rule(r) {
-    switch (rule.id) {
-      case Rule::kSgd: sgd = sgd_options(g); fastoptim::validate(sgd); break;
-      case Rule::kAdagrad: adagrad = adagrad_options(g); fastoptim::validate(adagrad); break;
-      case Rule::kAdadelta: adadelta = adadelta_options(g); fastoptim::validate(adadelta); break;
-      case Rule::kRmsprop: rmsprop = rmsprop_options(g); fastoptim::validate(rmsprop); break;
-      case Rule::kAdam: adam = adam_options(g); fastoptim::validate(adam); break;
+// One rule's options, parsed from a group by the rule's fields and validated (ValueError with
+// torch's wording, built from the value the user gave).
+template <class R>
+typename R::Options parse_options(const py::dict& group) {
+  typename R::Options o;
+  for (const auto& f : R::fields) {
+    const py::object value = option(group, f.key);
+    if (f.flag != nullptr) {
+      o.*f.flag = flag(group, f.key);
+    } else if (f.index < 0) {
+      o.*f.number = to_number(f.key, value);
+    } else {
+      if (!PySequence_Check(value.ptr()) || PyUnicode_Check(value.ptr()) || py::len(value) != 2)
+        raise_option_type(f.key, value, "a pair of real numbers");
+      o.*f.number = to_number(f.key, py::sequence(value)[static_cast<std::size_t>(f.index)]);
     }
+  }
+  try {
+    fastoptim::validate(o);
+  } catch (const fastoptim::InvalidOption& e) {
+    if (e.key().empty()) throw py::value_error(e.what());
+    // torch formats the value it was given (lr=-1 reads "-1", betas[1]=1 reads "1")
+    py::object value = group[e.key().c_str()];
+    if (e.index() >= 0) value = py::sequence(value)[static_cast<std::size_t>(e.index())];
+    throw py::value_error(e.problem() + ": " + py::str(value).cast<std::string>());
+  }
+  return o;
+}
+
+template <class... R>
+using OptionsVariant = std::variant<typename R::Options...>;
+template <class... R>
+OptionsVariant<R...> options_variant(fastoptim::rules::RuleList<R...>);
+using AnyOptions = decltype(options_variant(fastoptim::rules::All{}));
+
+// The rule a name ("adam") or id denotes.
+std::size_t rule_index(const std::string& name) {
+  std::size_t found = fastoptim::rules::All::size, i = 0;
+  fastoptim::rules::for_each_rule([&](auto r) {
+    if (name == decltype(r)::name) found = i;
+    ++i;
+  });
+  if (found == fastoptim::rules::All::size) throw py::value_error("unknown rule '" + name + "'");
+  return found;
+}
+
+// Calls f(R{}) for the rule with this index.
+template <class F>
+void with_rule(std::size_t index, F&& f) {
+  std::size_t i = 0;
+  fastoptim::rules::for_each_rule([&](auto r) {
+    if (i++ == index) f(r);
+  });
+}
+
+// Options of one group, converted and validated up front.
+struct GroupOptions {
+  AnyOptions options;
+
+  GroupOptions(std::size_t rule, const py::dict& g) {
+    with_rule(rule, [&](auto r) {
+      options.emplace<typename decltype(r)::Options>(parse_options<decltype(r)>(g));
+    });
   }
 
   template <class F>
-  auto visit(F&& f) const {
-    switch (rule.id) {
-      case Rule::kSgd: return f(sgd);
-      case Rule::kAdagrad: return f(adagrad);
-      case Rule::kAdadelta: return f(adadelta);
-      case Rule::kRmsprop: return f(rmsprop);
-      case Rule::kAdam: break;
-    }
-    return f(adam);
+  decltype(auto) visit(F&& f) const {
+    return std::visit(f, options);
   }
 
   bool uses_slot(int slot) const {
@@ -160,6 +136,16 @@ struct GroupOptions {
   }
   const char* slot_name(int slot) const {
     return visit([slot](const auto& o) { return fastoptim::state_slot_name(o, slot); });
+  }
+  std::size_t scalar_count() const {
+    return visit([](const auto& o) {
+      return std::remove_cvref_t<decltype(o)>::Rule::scalar_slots.size;
+    });
+  }
+  const char* scalar_name(int k) const {
+    return visit([k](const auto& o) {
+      return std::remove_cvref_t<decltype(o)>::Rule::scalar_slots[static_cast<std::size_t>(k)].name;
+    });
   }
 
   // Everything the driver checks (pointers, step counts, per-step scalars), nothing written.
@@ -172,6 +158,66 @@ struct GroupOptions {
     visit([&](const auto& o) { fastoptim::step(o, dtype, buffers, threads, factors); });
   }
 };
+
+// What the Python fronts know about a rule, all from its description: names, torch's
+// constructor signature (each argument's name, default, keyword-only), state slots (name, the
+// option holding the initial value or None), scalar slots (name, initial value).
+template <class R>
+py::dict describe(R) {
+  using O = typename R::Options;
+  const O defaults{};
+  auto default_of = [&](const char* key) -> py::object {
+    py::list pair;
+    for (const auto& f : R::fields) {
+      if (std::string(f.key) != key) continue;
+      if (f.flag != nullptr) return py::bool_(defaults.*f.flag);
+      if (f.index < 0) return py::float_(defaults.*f.number);
+      pair.append(py::float_(defaults.*f.number));
+    }
+    if (py::len(pair) == 0)
+      throw std::logic_error(std::string("rule description: argument ") + key + " is no field");
+    return py::tuple(pair);
+  };
+  py::list args;
+  bool keyword_only = false;
+  for (const auto& a : R::args) {
+    keyword_only = keyword_only || a.keyword_only;
+    py::object value = a.ignored == fastoptim::rules::Ignored::none     ? py::object(py::none())
+                       : a.ignored == fastoptim::rules::Ignored::false_ ? py::object(py::bool_(false))
+                                                                        : default_of(a.name);
+    args.append(py::make_tuple(a.name, value, keyword_only,
+                               a.ignored != fastoptim::rules::Ignored::no));
+  }
+  py::list slots;
+  for (const auto& slot : R::slots) {
+    py::object initial = py::none();
+    if (slot.initial_from != nullptr)
+      for (const auto& f : R::fields)
+        if (f.number == slot.initial_from) initial = py::str(f.key);
+    slots.append(py::make_tuple(slot.name, initial));
+  }
+  py::list scalars;
+  for (const auto& s : R::scalar_slots) scalars.append(py::make_tuple(s.name, s.initial));
+  py::dict option_defaults;  // every option key, as a param group holds it
+  for (const auto& f : R::fields) option_defaults[f.key] = default_of(f.key);
+  py::dict d;
+  d["name"] = R::name;
+  d["torch_name"] = R::torch_name;
+  d["id"] = static_cast<int>(fastoptim::rules::id<R>);
+  d["args"] = args;
+  d["defaults"] = option_defaults;
+  d["slots"] = slots;
+  d["scalar_slots"] = scalars;
+  d["has_step"] = R::has_step;
+  d["eager_state"] = R::eager_state;
+  return d;
+}
+
+py::list rules_info() {
+  py::list out;
+  fastoptim::rules::for_each_rule([&](auto r) { out.append(describe(r)); });
+  return out;
+}
 
 // A param's step count so far, as either front keeps it (torch: a float32/float64 tensor; the
 // array front: a float32 scalar), turned into the driver's count for the update being made.
@@ -279,7 +325,7 @@ struct Range {
   std::uintptr_t begin, end;
   bool written;
   std::int64_t param;  // the param's index over all groups (torch's state_dict numbering)
-  int stream;          // 0 param, 1 grad, 2 + k state slot k
+  int stream;          // 0 param, 1 grad, 2 + k state slot k, 5 step, 6 scalar state
 };
 
 // "param 3", "param 3 grad", "param 3 state 'exp_avg'", "param 3 state 'step'".
@@ -287,6 +333,7 @@ std::string range_owner(const Range& r, const GroupOptions& opts) {
   std::string s = "param " + std::to_string(r.param);
   if (r.stream == 1) return s + " grad";
   if (r.stream == 5) return s + " state 'step'";
+  if (r.stream == 6) return s + " state '" + opts.scalar_name(0) + "'";
   if (r.stream >= 2) return s + " state '" + opts.slot_name(r.stream - 2) + "'";
   return s;
 }
@@ -341,12 +388,14 @@ py::tuple total_norm(const GradsByDtype& grads, double norm_type, int num_thread
   return py::make_tuple(norm, nonfinite);
 }
 
-// groups: list of (group dict, names, params, grads, states, steps), where states[i] is a list
-// of 3 buffers or None per slot and steps[i] the param's step count so far (SGD: 0 for a new
-// momentum buffer, else 1). Everything is checked before anything is written.
+// groups: list of (group dict, names, params, grads, states, steps, scalars), where states[i]
+// is a list of 3 buffers or None per slot, steps[i] the param's step count so far (SGD: 0 for
+// a new momentum buffer, else 1) and scalars[i] a writable float32/float64 buffer holding the
+// rule's scalar state (NAdam's mu_product), or None for rules without one. Everything is
+// checked before anything is written.
 void step_buffers(const std::string& rule_name, py::list groups, int num_threads,
                   double inv_scale, double clip_coef) {
-  const Rule rule = parse_rule(rule_name);
+  const std::size_t rule = rule_index(rule_name);
   std::vector<std::unique_ptr<GroupOptions>> options;
   std::vector<std::unique_ptr<BufferView>> views;
   std::vector<Batch> batches;
@@ -368,13 +417,14 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
 
   for (py::handle group_handle : groups) {
     py::tuple group = py::reinterpret_borrow<py::tuple>(group_handle);
-    if (group.size() != 6) raise_value("internal: group spec must have 6 entries");
+    if (group.size() != 7) raise_value("internal: group spec must have 7 entries");
     options.push_back(std::make_unique<GroupOptions>(rule, group[0].cast<py::dict>()));
     const GroupOptions& opts = *options.back();
     py::list names = group[1], params = group[2], grads = group[3], states = group[4],
-             steps = group[5];
+             steps = group[5], scalars = group[6];
     const std::size_t n = py::len(params);
-    if (py::len(names) != n || py::len(grads) != n || py::len(states) != n || py::len(steps) != n)
+    if (py::len(names) != n || py::len(grads) != n || py::len(states) != n ||
+        py::len(steps) != n || py::len(scalars) != n)
       raise_value("internal: group spec lists differ in length");
     std::size_t first_batch = batches.size();
     for (std::size_t i = 0; i < n; ++i) {
@@ -410,6 +460,17 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
         b.state[s] = sv->buf;
         add_range(*sv, true, what);
       }
+      if (opts.scalar_count() > 0) {
+        const std::string what = name + " state '" + opts.scalar_name(0) + "'";
+        DType scalar_dtype;
+        const Py_buffer* sv = hold(scalars[i], true, what, scalar_dtype);
+        if (sv->len / sv->itemsize != static_cast<Py_ssize_t>(opts.scalar_count()))
+          raise_value(what + ": expected " + std::to_string(opts.scalar_count()) +
+                      " value(s), got " + std::to_string(sv->len / sv->itemsize));
+        b.scalar_state = sv->buf;
+        b.scalar_dtype = scalar_dtype;
+        add_range(*sv, true, what);
+      }
       auto batch = std::find_if(batches.begin() + static_cast<std::ptrdiff_t>(first_batch),
                                 batches.end(), [&](const Batch& x) { return x.dtype == param_dtype; });
       if (batch == batches.end()) {
@@ -426,19 +487,21 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
 }
 
 // ---- the torch front's cached plan -----------------------------------------------------------
-// A table per (group, dtype, step dtype): rows of int64
-//   param, grad, state0, state1, state2, element count, step counter address, param index
+// A table per (group, dtype): rows of int64
+//   param, grad, state0, state1, state2, element count, step counter address, param index,
+//   scalar state address (0 if the rule keeps none), flags (bit 0: the step counter is float64,
+//   bit 1: the scalar state is float64; else float32)
 // that the front built from tensors it checked, and re-checks (address, size, strides) before
-// every step. Each row's step counter (a float32 or float64 scalar) is read and checked for
-// every row of every table, all batches are validated, and only then is anything written; the
-// counters are incremented after the kernels ran.
-constexpr std::size_t kColumns = 8;
+// every step. Each row's step counter is read and checked for every row of every table, all
+// batches are validated, and only then is anything written; the counters are incremented
+// after the kernels ran (the driver writes the scalar state).
+constexpr std::size_t kColumns = 10;
+constexpr std::int64_t kStepF64 = 1, kScalarF64 = 2;
 
 struct PlanTable {
   const std::int64_t* rows;
   std::size_t count;
   DType dtype;
-  bool step_f64;
 };
 
 DType parse_dtype(const std::string& name) {
@@ -448,33 +511,31 @@ DType parse_dtype(const std::string& name) {
 }
 
 PlanTable plan_table(const py::buffer& table_obj, const std::string& dtype,
-                     const std::string& step_dtype, py::buffer_info& info) {
+                     py::buffer_info& info) {
   info = table_obj.request();
   if (info.ndim != 2 || info.shape[1] != static_cast<py::ssize_t>(kColumns) ||
       info.itemsize != 8 || info.format.find_first_of("qlQL") == std::string::npos ||
       info.strides[1] != 8 || info.strides[0] != static_cast<py::ssize_t>(8 * kColumns))
-    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 8)");
-  const bool step_f64 = step_dtype == "float64";
-  if (!step_f64 && step_dtype != "float32") raise_type("unsupported step dtype " + step_dtype);
+    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 10)");
   return {static_cast<const std::int64_t*>(info.ptr), static_cast<std::size_t>(info.shape[0]),
-          parse_dtype(dtype), step_f64};
+          parse_dtype(dtype)};
 }
 
 std::size_t item_size(DType d) { return d == DType::float32 ? 4 : 8; }
 
 // Every buffer of every table; raises if a written one shares memory with any other. Returns
 // the written ranges sorted by address, (n, 2) int64 [begin, end): step_plans checks each new
-// grad against them.
+// grad against them. tables: list of (table, dtype).
 py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::dict group,
                                             py::list tables) {
-  const GroupOptions opts(parse_rule(rule_name), group);
+  const GroupOptions opts(rule_index(rule_name), group);
   std::vector<Range> ranges;
   std::vector<py::buffer_info> infos(py::len(tables));
   std::size_t t = 0;
   for (py::handle item : tables) {
     py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
-    const PlanTable table = plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(),
-                                       spec[2].cast<std::string>(), infos[t++]);
+    const PlanTable table =
+        plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(), infos[t++]);
     const std::size_t bytes_per = item_size(table.dtype);
     for (std::size_t i = 0; i < table.count; ++i) {
       const std::int64_t* r = table.rows + kColumns * i;
@@ -486,8 +547,13 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
         ranges.push_back({begin, begin + bytes, stream != 1, r[7], stream});
       }
       ranges.push_back({static_cast<std::uintptr_t>(r[6]),
-                        static_cast<std::uintptr_t>(r[6]) + (table.step_f64 ? 8u : 4u), true, r[7],
-                        5});
+                        static_cast<std::uintptr_t>(r[6]) + (r[9] & kStepF64 ? 8u : 4u), true,
+                        r[7], 5});
+      if (r[8] != 0)
+        ranges.push_back({static_cast<std::uintptr_t>(r[8]),
+                          static_cast<std::uintptr_t>(r[8]) +
+                              opts.scalar_count() * (r[9] & kScalarF64 ? 8u : 4u),
+                          true, r[7], 6});
     }
   }
   check_overlaps(ranges, [&](const Range& r) { return range_owner(r, opts); });
@@ -502,12 +568,12 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
   return out;
 }
 
-// batches: list of (group dict, table, step dtype, dtype); written: check_plan_memory's ranges
-// of the same tables (the grads are the only pointers that change between plan rebuilds).
+// batches: list of (group dict, table, dtype); written: check_plan_memory's ranges of the same
+// tables (the grads are the only pointers that change between plan rebuilds).
 void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer written_obj,
                 int num_threads, double inv_scale, double clip_coef) {
   const fastoptim::GradFactors factors{inv_scale, clip_coef};
-  const Rule rule = parse_rule(rule_name);
+  const std::size_t rule = rule_index(rule_name);
   const py::buffer_info written_info = written_obj.request();
   if (written_info.ndim != 2 || written_info.itemsize != 8 || written_info.shape[1] != 2 ||
       written_info.strides[1] != 8 || written_info.strides[0] != 16)
@@ -533,16 +599,17 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
   std::size_t t = 0;
   for (py::handle item : batch_specs) {
     py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
-    if (spec.size() != 4) raise_value("internal: batch spec must have 4 entries");
+    if (spec.size() != 3) raise_value("internal: batch spec must have 3 entries");
     const py::handle group = spec[0];
     if (!last_group || !group.is(last_group)) {
       options.push_back(std::make_unique<GroupOptions>(rule, group.cast<py::dict>()));
       last_group = group;
     }
-    const PlanTable table = plan_table(spec[1].cast<py::buffer>(), spec[3].cast<std::string>(),
-                                       spec[2].cast<std::string>(), infos[t++]);
+    const GroupOptions& opts = *options.back();
+    const PlanTable table =
+        plan_table(spec[1].cast<py::buffer>(), spec[2].cast<std::string>(), infos[t++]);
     tables.push_back(table);
-    Batch batch{options.back().get(), table.dtype, std::vector<ParamBuffers>(table.count)};
+    Batch batch{&opts, table.dtype, std::vector<ParamBuffers>(table.count)};
     const std::size_t bytes_per = item_size(table.dtype);
     for (std::size_t i = 0; i < table.count; ++i) {
       const std::int64_t* r = table.rows + kColumns * i;
@@ -551,10 +618,13 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
       b.grad = reinterpret_cast<const void*>(r[1]);
       for (int s = 0; s < 3; ++s) b.state[s] = reinterpret_cast<void*>(r[2 + s]);
       b.size = static_cast<std::size_t>(r[5]);
-      if (r[6] == 0) raise_value("internal: null step pointer");
-      const double count = table.step_f64 ? *reinterpret_cast<const double*>(r[6])
-                                          : *reinterpret_cast<const float*>(r[6]);
+      b.scalar_state = reinterpret_cast<void*>(r[8]);
+      b.scalar_dtype = r[9] & kScalarF64 ? DType::float64 : DType::float32;
       auto name = [r] { return "param " + std::to_string(r[7]); };
+      if (r[6] == 0) raise_value("internal: null step pointer");
+      if (opts.scalar_count() > 0 && r[8] == 0) raise_value("internal: null scalar state pointer");
+      const double count = r[9] & kStepF64 ? *reinterpret_cast<const double*>(r[6])
+                                           : *reinterpret_cast<const float*>(r[6]);
       b.step = next_step(count, name);
       const auto bytes = static_cast<std::int64_t>(b.size * bytes_per);
       if (bytes > 0 && grad_overlaps(r[1], r[1] + bytes))
@@ -566,9 +636,9 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
   check_then_run(batches, num_threads, factors);
   for (const PlanTable& table : tables)
     for (std::size_t i = 0; i < table.count; ++i) {
-      const std::int64_t address = table.rows[kColumns * i + 6];
-      if (table.step_f64) *reinterpret_cast<double*>(address) += 1.0;
-      else *reinterpret_cast<float*>(address) += 1.0f;
+      const std::int64_t* r = table.rows + kColumns * i;
+      if (r[9] & kStepF64) *reinterpret_cast<double*>(r[6]) += 1.0;
+      else *reinterpret_cast<float*>(r[6]) += 1.0f;
     }
 }
 
@@ -579,8 +649,8 @@ py::tuple grad_norm_plans(py::list tables_spec, double norm_type, int num_thread
   std::size_t t = 0;
   for (py::handle item : tables_spec) {
     py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
-    const PlanTable table = plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(),
-                                       "float32", infos[t++]);
+    const PlanTable table =
+        plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(), infos[t++]);
     auto& into = grads[table.dtype == DType::float32 ? 0 : 1];
     for (std::size_t i = 0; i < table.count; ++i) {
       ParamBuffers b;
@@ -608,35 +678,9 @@ py::tuple grad_norm_buffers(py::list grad_list, double norm_type, int num_thread
   return total_norm(grads, norm_type, num_threads);
 }
 
-// Benchmark only: the same traffic as a rule with `state_count` state slots, through the same
-// driver, from a pointer table like the torch front's plans (7 columns; the step column is
-// ignored), so that its per-call cost matches the torch front's.
-void roofline_pointers(py::buffer table_obj, int state_count, const std::string& dtype_name_,
-                       int num_threads) {
-  const py::buffer_info table = table_obj.request();
-  if (table.ndim != 2 || table.shape[1] != 7 || table.itemsize != 8 || table.strides[1] != 8 ||
-      table.strides[0] != 56)
-    raise_value("pointer table must be a C-contiguous int64 array of shape (n, 7)");
-  DType dtype;
-  if (dtype_name_ == "float32") dtype = DType::float32;
-  else if (dtype_name_ == "float64") dtype = DType::float64;
-  else raise_type("unsupported dtype " + dtype_name_);
-  const auto* rows = static_cast<const std::int64_t*>(table.ptr);
-  std::vector<ParamBuffers> buffers(static_cast<std::size_t>(table.shape[0]));
-  for (std::size_t i = 0; i < buffers.size(); ++i) {
-    const std::int64_t* r = rows + 7 * i;
-    buffers[i].param = reinterpret_cast<void*>(r[0]);
-    buffers[i].grad = reinterpret_cast<const void*>(r[1]);
-    for (int s = 0; s < 3; ++s) buffers[i].state[s] = reinterpret_cast<void*>(r[2 + s]);
-    buffers[i].size = static_cast<std::size_t>(r[5]);
-  }
-  py::gil_scoped_release release;
-  fastoptim::roofline_step(state_count, dtype, buffers, num_threads);
-}
-
 // Names of the state slots these options use (None for an unused slot); validates the options.
 py::list state_slots(const std::string& rule_name, py::dict group) {
-  const GroupOptions opts(parse_rule(rule_name), group);
+  const GroupOptions opts(rule_index(rule_name), group);
   py::list slots;
   for (int s = 0; s < 3; ++s) {
     if (opts.uses_slot(s)) slots.append(opts.slot_name(s));
@@ -670,8 +714,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("check_plan_memory", &check_plan_memory, py::arg("rule"), py::arg("group"),
         py::arg("tables"));
   m.attr("max_step_count") = fastoptim::kMaxStepCount;
-  m.def("roofline_pointers", &roofline_pointers, py::arg("table"), py::arg("state_count"),
-        py::arg("dtype"), py::arg("num_threads"));
+  m.def("rules", &rules_info);
   m.def("state_slots", &state_slots, py::arg("rule"), py::arg("group"));
   m.def("simd_level", &fastoptim::simd_level);
   m.def("available_simd_levels", &fastoptim::available_simd_levels);

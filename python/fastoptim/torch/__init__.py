@@ -2,32 +2,23 @@
 
 This package mirrors ``torch.optim``: every public name resolves, including the submodules
 (``lr_scheduler``, ``swa_utils``, ``optimizer``; ``from fastoptim.torch.lr_scheduler import
-OneCycleLR`` works). SGD, Adagrad, Adadelta, RMSprop, Adam and AdamW are fastoptim's fused
-subclasses of their torch.optim namesakes (one C++ call per step); every other name is torch's
-own object, unchanged.
+OneCycleLR`` works). The rules the C++ core describes (SGD, Adagrad, Adadelta, RMSprop, Adam,
+AdamW, NAdam, RAdam, Adamax: ``FUSED``) are fastoptim's fused subclasses of their torch.optim
+namesakes (one C++ call per step); every other name is torch's own object, unchanged.
 """
 
 from __future__ import annotations
 
 import sys as _sys
 
-from torch.optim import (
-    ASGD,
-    LBFGS,
-    Adafactor,
-    Adamax,
-    Muon,
-    NAdam,
-    Optimizer,
-    RAdam,
-    Rprop,
-    SparseAdam,
-    lr_scheduler,
-    swa_utils,
-    swap_in_optimizer_params_and_state,
-)
+import torch.optim as _torch_optim
 
-from ._optimizers import SGD, Adadelta, Adagrad, Adam, AdamW, RMSProp, RMSprop
+from ._optimizers import CLASSES as _CLASSES
+
+# torch.optim's public names: its own objects, except the fused classes.
+globals().update({name: getattr(_torch_optim, name) for name in _torch_optim.__all__})
+globals().update(_CLASSES)
+RMSProp = _CLASSES["RMSprop"]
 
 # `import fastoptim.torch.lr_scheduler` and `from fastoptim.torch.swa_utils import AveragedModel`
 # find torch's modules themselves: same classes, same isinstance checks.
@@ -35,32 +26,10 @@ for _name in ("lr_scheduler", "swa_utils", "optimizer"):
     _sys.modules[f"{__name__}.{_name}"] = _sys.modules[f"torch.optim.{_name}"]
 optimizer = _sys.modules["torch.optim.optimizer"]  # `from torch.optim.optimizer import ...`
 
-__all__ = [
-    "ASGD",
-    "LBFGS",
-    "SGD",
-    "Adadelta",
-    "Adafactor",
-    "Adagrad",
-    "Adam",
-    "AdamW",
-    "Adamax",
-    "FUSED",
-    "Muon",
-    "NAdam",
-    "Optimizer",
-    "RAdam",
-    "RMSProp",
-    "RMSprop",
-    "Rprop",
-    "SparseAdam",
-    "lr_scheduler",
-    "swa_utils",
-    "swap_in_optimizer_params_and_state",
-]
-
 # The classes fastoptim fuses; every other name is torch's own.
-FUSED = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
+FUSED = tuple(_CLASSES)
+
+__all__ = sorted({*_torch_optim.__all__, *_CLASSES, "RMSProp", "FUSED"})
 
 
 def __dir__() -> list[str]:

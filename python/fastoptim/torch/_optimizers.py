@@ -1,5 +1,6 @@
-"""The fused classes of fastoptim.torch: drop-in replacements for torch.optim's SGD, Adagrad,
-Adadelta, RMSprop, Adam and AdamW on CPU tensors.
+"""The fused classes of fastoptim.torch: drop-in replacements for torch.optim's classes of every
+rule the C++ core describes (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, NAdam, RAdam, Adamax)
+on CPU tensors.
 
 Each class subclasses its torch.optim namesake, so the constructor (names, order, defaults,
 validation), param groups, hooks, LR schedulers and state_dict layout are torch's own; only
@@ -35,10 +36,15 @@ except ImportError:  # torch built without distributed
     _DTensor = ()
 
 from .. import _core
-from .._arrays import clip_arguments, clip_coefficient, state_slots, step_count
+from .._arrays import (
+    RULES,
+    clip_arguments,
+    clip_coefficient,
+    initial_value,
+    scalar_value,
+    step_count,
+)
 from .._runtime import get_num_threads
-
-__all__ = ["SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam", "AdamW"]
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 # complex params are stepped as their real view (torch steps view_as_real too): twice the
@@ -122,7 +128,7 @@ class _Plan:
         self.sparse: list[dict[str, Any]] = []  # sparse grads, stepped row by row
         self.complex = False  # complex params (stepped as their real view)
         self.present: list[bool] = []  # which params had a grad
-        self.batches: list[tuple[str, str, np.ndarray]] = []  # (dtype, step dtype, table)
+        self.batches: list[tuple[str, np.ndarray]] = []  # (dtype, pointer table)
         self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
         # Gapped or overlapping params go through a contiguous copy; a grad whose strides are
         # not its param's layout, through a copy in that layout.
@@ -175,7 +181,7 @@ class _Plan:
         if ptrs != self.grad_sig[0]:
             if self.staged_grads:
                 return False
-            for (_, _, table), rows in zip(self.batches, self.batch_rows):
+            for (_, table), rows in zip(self.batches, self.batch_rows):
                 table[:, 1] = [ptrs[i] for i in rows]
             self.grad_sig = (ptrs, self.grad_sig[1], self.grad_sig[2])
         if not same:
@@ -217,17 +223,17 @@ def _dense(t: torch.Tensor) -> bool:
 
 
 class _FusedStep:
-    """The part shared by the six classes: step() through the C++ core."""
+    """The part shared by the fused classes: step() through the C++ core."""
 
     _rule: str
-    _has_step = True
+    _info: dict[str, Any]
     # GradScaler hands step() its scale and inf flag (rather than unscaling and checking the
     # grads itself): both are folded into the step
     _step_supports_amp_scaling = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.__module__ == __name__:  # the six classes below, not users' subclasses
+        if cls.__module__ == __name__:  # the classes made below, not users' subclasses
             cls.__module__ = "fastoptim.torch"  # where users import them from (repr, pickle)
             cls.__doc__ = cls._torch_class(cls).__doc__
 
@@ -247,8 +253,12 @@ class _FusedStep:
     def _new_step_tensor(self, group: dict[str, Any]) -> torch.Tensor:
         return torch.tensor(0.0, dtype=_get_scalar_dtype(is_fused=bool(group.get("fused"))))
 
+    @property
+    def _has_step(self) -> bool:
+        return bool(self._info["has_step"])
+
     def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
-        return 0.0
+        return initial_value(self._info, slot, self.defaults)
 
     def _build_plan(self, group: dict[str, Any], params: list[torch.Tensor],
                     grads: list[Any], slots: list[str | None], first_index: int) -> _Plan:
@@ -265,8 +275,9 @@ class _FusedStep:
         plan.param_sig = (list(map(_data_ptr, memory)), list(map(_nbytes, memory)),
                           list(map(_stride, memory)))
         name = type(self).__name__
-        rows: dict[tuple[str, str], list[list[int]]] = {}
-        row_live: dict[tuple[str, str], list[int]] = {}
+        rows: dict[str, list[list[int]]] = {}
+        row_live: dict[str, list[int]] = {}
+        scalar_names = [name for name, _ in self._info["scalar_slots"]]
         counters: list[float] = []
         counter_rows: list[list[int]] = []
         live: list[torch.Tensor] = []
@@ -323,7 +334,7 @@ class _FusedStep:
             state = {} if fresh else entry
             if not fresh and self._has_step:
                 # torch reads every entry of a started state: a missing one is its KeyError
-                for key in ["step", *(s for s in slots if s is not None)]:
+                for key in ["step", *scalar_names, *(s for s in slots if s is not None)]:
                     if key not in state:
                         raise KeyError(f"{where}: its state has no '{key}'")
             added: dict[str, Any] = {}
@@ -335,8 +346,18 @@ class _FusedStep:
                         step.device.type != "cpu" or step.numel() != 1:
                     step = added["step"] = torch.tensor(step_count(step, where),
                                                         dtype=_get_scalar_dtype())
+            scalar = None
+            for name, initial in self._info["scalar_slots"]:  # NAdam's mu_product
+                scalar = state.get(name)
+                if scalar is None:
+                    scalar = added[name] = torch.tensor(initial, dtype=_get_scalar_dtype())
+                elif not (isinstance(scalar, torch.Tensor) and scalar.dtype in _DTYPES
+                          and scalar.device.type == "cpu" and scalar.numel() == 1
+                          and scalar.is_contiguous()):
+                    value = scalar_value(scalar, f"{where}: state '{name}'")
+                    scalar = added[name] = torch.tensor(float(value), dtype=_get_scalar_dtype())
             new_buffer = False
-            row = [0] * 8
+            row = [0] * 10
             # Every buffer of a row is read in the same memory order: the param's own layout
             # when it is dense (contiguous, channels_last, permuted: stepped in place), else the
             # contiguous copy it is staged through.
@@ -397,13 +418,17 @@ class _FusedStep:
             if self._has_step:
                 row[6] = _data_ptr(step)
                 plan.keep_alive.append(_storage(step))
-                key = (dtype, _DTYPES[step.dtype])
+                row[9] |= step.dtype == torch.float64  # flag bit 0: a float64 counter
             else:  # SGD: a new momentum buffer starts as the gradient, as in torch
                 counters.append(0.0 if new_buffer else 1.0)
                 counter_rows.append(row)
-                key = (dtype, "float64")
-            rows.setdefault(key, []).append(row)
-            row_live.setdefault(key, []).append(len(live) - 1)
+                row[9] |= 1
+            if scalar is not None:
+                row[8] = _data_ptr(scalar)
+                plan.keep_alive.append(_storage(scalar))
+                row[9] |= 2 * (scalar.dtype == torch.float64)  # flag bit 1: float64 scalars
+            rows.setdefault(dtype, []).append(row)
+            row_live.setdefault(dtype, []).append(len(live) - 1)
         plan.grad_sig = (list(map(_data_ptr, live)), list(map(_nbytes, live)),
                          list(map(_stride, live)))
         plan.strided = not (all(map(_is_contiguous, memory)) and all(map(_is_contiguous, live)))
@@ -413,9 +438,9 @@ class _FusedStep:
             base = plan.counters.ctypes.data
             for i, row in enumerate(counter_rows):
                 row[6] = base + 8 * i
-        for (dtype, step_dtype), table in rows.items():
-            plan.batches.append((dtype, step_dtype, np.array(table, dtype=np.int64)))
-            plan.batch_rows.append(row_live[(dtype, step_dtype)])
+        for dtype, table in rows.items():
+            plan.batches.append((dtype, np.array(table, dtype=np.int64)))
+            plan.batch_rows.append(row_live[dtype])
         return plan
 
     def _sparse_rows(self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor,
@@ -438,7 +463,7 @@ class _FusedStep:
         width = p[0].numel() if p.dim() > 1 else 1
         row_bytes = width * p.element_size()
         added: dict[str, Any] = {}
-        table = np.zeros((len(rows), 8), dtype=np.int64)
+        table = np.zeros((len(rows), 10), dtype=np.int64)
         table[:, 0] = _data_ptr(p) + rows * row_bytes
         table[:, 1] = _data_ptr(values) + np.arange(len(rows), dtype=np.int64) * row_bytes
         table[:, 5] = width
@@ -463,8 +488,9 @@ class _FusedStep:
         # every row reads the param's step count from one scratch cell
         counter = np.array([count], dtype=np.float64)
         table[:, 6] = counter.ctypes.data
+        table[:, 9] = 1  # a float64 counter
         keep.append(counter)
-        return {"param": p, "batch": (group, table, "float64", dtype), "keep": keep,
+        return {"param": p, "batch": (group, table, dtype), "keep": keep,
                 "step": step, "added": added}
 
     # ---- step --------------------------------------------------------------------------------
@@ -535,7 +561,7 @@ class _FusedStep:
             # Every group's options are checked before any group is stepped (ValueError with
             # torch's wording, nothing changed), and a change that needs other state buffers
             # (SGD momentum set after a step without it, as torch allows) rebuilds the plan.
-            slots = state_slots(self._rule, group)
+            slots = _core.state_slots(self._rule, group)
             plan = plans.get(index)
             if (
                 plan is None
@@ -555,15 +581,14 @@ class _FusedStep:
             first_index += len(params)
         for index in [i for i in plans if i >= len(self.param_groups)]:
             del plans[index]
-        specs = [(group, table, step_dtype, dtype)
-                 for _, group, plan in ready for dtype, step_dtype, table in plan.batches]
+        specs = [(group, table, dtype) for _, group, plan in ready for dtype, table in plan.batches]
         written = self.__dict__.get("_fastoptim_written")
         if rebuilt or written is None:
             # Memory shared between any written buffer and any other, over all groups: an
             # error naming both. The written ranges let each later step check new grads.
             self.__dict__.pop("_fastoptim_written", None)
             written = _core.check_plan_memory(
-                self._rule, self.param_groups[0], [(t, d, s) for _, t, s, d in specs])
+                self._rule, self.param_groups[0], [(t, d) for _, t, d in specs])
         for _, _, plan in ready:
             for staged, grad in plan.staged_grads:
                 staged.copy_(grad)
@@ -681,11 +706,11 @@ class _FusedStep:
                 return torch_clip()
             if not specs:
                 raise ValueError("clip_grad_norm_: no param has a grad")
-            norm, nonfinite = _core.grad_norm_plans([(t, d) for _, t, _, d in specs], order,
+            norm, nonfinite = _core.grad_norm_plans([(t, d) for _, t, d in specs], order,
                                                     get_num_threads())
             norm *= inv_scale  # the norm of grad * inv_scale (the unscaled grads)
             # torch's result dtype: the promotion of the grads' (real) dtypes
-            dtype = torch.float64 if any(d == "float64" for *_, d in specs) else torch.float32
+            dtype = torch.float64 if any(d == "float64" for _, _, d in specs) else torch.float32
             if scaler_state is not None:
                 # what scaler.unscale_(opt) would have recorded; the step unscales
                 scaler_state["found_inf_per_device"] = {
@@ -749,34 +774,13 @@ class _FusedStep:
             self.__dict__.pop(key, None)
 
 
-class SGD(_FusedStep, torch.optim.SGD):
-    _rule = "sgd"
-    _has_step = False
+def _fused_class(info: dict[str, Any]) -> type:
+    """fastoptim.torch's class for one rule the core describes: torch.optim's class of that
+    name (constructor, groups, hooks, state_dict) with the fused step."""
+    name = info["torch_name"]
+    return type(name, (_FusedStep, getattr(torch.optim, name)),
+                {"__module__": __name__, "__qualname__": name, "_rule": info["name"],
+                 "_info": info})
 
 
-class Adagrad(_FusedStep, torch.optim.Adagrad):
-    _rule = "adagrad"
-
-    def _initial_value(self, slot: str, group: dict[str, Any]) -> float:
-        # torch.optim.Adagrad fills "sum" with the constructor's value (self.defaults), not
-        # the group's, even for a group with its own initial_accumulator_value.
-        return float(self.defaults["initial_accumulator_value"])
-
-
-class Adadelta(_FusedStep, torch.optim.Adadelta):
-    _rule = "adadelta"
-
-
-class RMSprop(_FusedStep, torch.optim.RMSprop):
-    _rule = "rmsprop"
-
-
-RMSProp = RMSprop
-
-
-class Adam(_FusedStep, torch.optim.Adam):
-    _rule = "adam"
-
-
-class AdamW(_FusedStep, torch.optim.AdamW):
-    _rule = "adamw"
+CLASSES = {info["torch_name"]: _fused_class(info) for info in RULES.values()}
