@@ -1,4 +1,4 @@
-"""python -m fastoptim: train a small model with each of the six rules, fastoptim vs torch.optim.
+"""python -m fastoptim: train a small model with each rule, fastoptim vs torch.optim.
 
 A 2-layer MLP classifier (tanh hidden layer, softmax cross-entropy) learns labels that a random
 "teacher" network gives to Gaussian inputs: no downloads, a fixed seed, the same initial weights
@@ -40,6 +40,9 @@ DEMO_RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "rmsprop": ("RMSprop", {"lr": 1e-3}),
     "adam": ("Adam", {"lr": 3e-3}),
     "adamw": ("AdamW", {"lr": 3e-3, "weight_decay": 1e-2}),
+    "nadam": ("NAdam", {"lr": 3e-3}),
+    "radam": ("RAdam", {"lr": 3e-3}),
+    "adamax": ("Adamax", {"lr": 3e-3}),
 }
 
 SPARK = "▁▂▃▄▅▆▇█"
