@@ -1,4 +1,4 @@
-// Logistic regression on generated data, trained with each of fastoptim's six rules through
+// Logistic regression on generated data, trained with each of fastoptim's rules through
 // the Eigen adapter. Prints the loss as it falls; exits 1 if a rule's loss did not fall.
 #include <cmath>
 #include <cstdio>
@@ -76,6 +76,9 @@ int main() {
       {"RMSprop", [] { return std::make_unique<fastoptim::Rmsprop>(fastoptim::RmspropOptions{.lr = 0.01}); }},
       {"Adam", [] { return std::make_unique<fastoptim::Adam>(fastoptim::AdamOptions{.lr = 0.05}); }},
       {"AdamW", [adamw] { return std::make_unique<fastoptim::AdamW>(adamw); }},
+      {"NAdam", [] { return std::make_unique<fastoptim::Nadam>(fastoptim::NadamOptions{.lr = 0.05}); }},
+      {"RAdam", [] { return std::make_unique<fastoptim::Radam>(fastoptim::RadamOptions{.lr = 0.05}); }},
+      {"Adamax", [] { return std::make_unique<fastoptim::Adamax>(fastoptim::AdamaxOptions{.lr = 0.05}); }},
   };
 
   std::printf("fastoptim logistic regression: SIMD level %s, %d thread(s)\n",
