@@ -9,13 +9,16 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -23,9 +26,11 @@
 
 namespace fastoptim::test {
 
-using AnyOptions =
-    std::variant<SgdOptions, AdagradOptions, AdadeltaOptions, RmspropOptions, AdamOptions,
-                 AdamWOptions>;
+// The options struct of every registered rule (rules.hpp), in Rule id order: a rule added to
+// the registry is in every grid-driven test's type set without an edit here.
+template <class... R>
+std::variant<typename R::Options...> options_variant(rules::RuleList<R...>);
+using AnyOptions = decltype(options_variant(rules::All{}));
 
 struct NamedOptions {
   std::string name;
@@ -103,7 +108,57 @@ inline std::vector<NamedOptions> option_grid() {
   adamw("amsgrad_maximize", [](AdamWOptions& o) {
     o.amsgrad = true, o.maximize = true, o.beta2 = 0.9, o.eps = 1e-6;
   });
+
+  auto nadam = [&](std::string name, auto&& set) {
+    NadamOptions o;
+    o.lr = 0.01;
+    set(o);
+    grid.push_back({"nadam_" + name, o});
+  };
+  nadam("plain", [](NadamOptions&) {});  // momentum_decay 4e-3
+  nadam("no_momentum_decay_wd", [](NadamOptions& o) {
+    o.momentum_decay = 0.0, o.weight_decay = 0.1, o.beta2 = 0.9;
+  });
+  nadam("decoupled_maximize", [](NadamOptions& o) {
+    o.momentum_decay = 0.1, o.decoupled_weight_decay = true, o.weight_decay = 0.2,
+    o.maximize = true, o.beta1 = 0.3, o.eps = 1e-3;
+  });
+
+  // rho_t > 5 (rectified) from step 6 for beta2 0.999 and 0.9; beta2 0.6 has rho_inf = 4 <= 5,
+  // never rectified. Short runs take RAdam further (steps_for) so that both branches run.
+  auto radam = [&](std::string name, auto&& set) {
+    RadamOptions o;
+    o.lr = 0.01;
+    set(o);
+    grid.push_back({"radam_" + name, o});
+  };
+  radam("plain", [](RadamOptions&) {});
+  radam("rectified_wd", [](RadamOptions& o) { o.beta2 = 0.9, o.weight_decay = 0.1; });
+  radam("rectified_decoupled_maximize", [](RadamOptions& o) {
+    o.beta2 = 0.9, o.decoupled_weight_decay = true, o.weight_decay = 0.05, o.maximize = true,
+    o.eps = 1e-3;
+  });
+  radam("unrectified_decoupled", [](RadamOptions& o) {
+    o.beta1 = 0.5, o.beta2 = 0.6, o.decoupled_weight_decay = true, o.weight_decay = 0.2;
+  });
+
+  auto adamax = [&](std::string name, auto&& set) {
+    AdamaxOptions o;
+    o.lr = 0.01;
+    set(o);
+    grid.push_back({"adamax_" + name, o});
+  };
+  adamax("plain", [](AdamaxOptions&) {});
+  adamax("wd_maximize", [](AdamaxOptions& o) { o.weight_decay = 0.1, o.maximize = true; });
+  adamax("betas_eps", [](AdamaxOptions& o) { o.beta1 = 0.5, o.beta2 = 0.7, o.eps = 1e-3; });
   return grid;
+}
+
+// RAdam's first rectified step is 6 (beta2 0.9 or 0.999): a run that should take both branches
+// takes at least this many steps, one more than 6 so that a param skipped once gets there too.
+inline constexpr int kRadamSteps = 7;
+inline int steps_for(const AnyOptions& options, int steps) {
+  return std::holds_alternative<RadamOptions>(options) ? std::max(steps, kRadamSteps) : steps;
 }
 
 // gtest prints a parameter with this instead of dumping its bytes.
@@ -116,27 +171,19 @@ inline std::string grid_name(const testing::TestParamInfo<NamedOptions>& info) {
 inline std::unique_ptr<Optimizer> make_optimizer(const AnyOptions& options) {
   return std::visit(
       [](const auto& o) -> std::unique_ptr<Optimizer> {
-        using O = std::decay_t<decltype(o)>;
-        if constexpr (std::is_same_v<O, SgdOptions>) return std::make_unique<Sgd>(o);
-        else if constexpr (std::is_same_v<O, AdagradOptions>) return std::make_unique<Adagrad>(o);
-        else if constexpr (std::is_same_v<O, AdadeltaOptions>) return std::make_unique<Adadelta>(o);
-        else if constexpr (std::is_same_v<O, RmspropOptions>) return std::make_unique<Rmsprop>(o);
-        else if constexpr (std::is_same_v<O, AdamWOptions>) return std::make_unique<AdamW>(o);
-        else return std::make_unique<Adam>(o);
+        return std::make_unique<RuleOptimizer<typename std::decay_t<decltype(o)>::Rule>>(o);
       },
       options);
 }
 
 inline double& lr_of(Optimizer& opt) {
-  switch (opt.rule()) {
-    case Rule::sgd: return static_cast<Sgd&>(opt).options().lr;
-    case Rule::adagrad: return static_cast<Adagrad&>(opt).options().lr;
-    case Rule::adadelta: return static_cast<Adadelta&>(opt).options().lr;
-    case Rule::rmsprop: return static_cast<Rmsprop&>(opt).options().lr;
-    case Rule::adam: return static_cast<Adam&>(opt).options().lr;
-    case Rule::adamw: return static_cast<AdamW&>(opt).options().lr;
-  }
-  throw std::logic_error("unknown rule");
+  double* lr = nullptr;
+  rules::for_each_rule([&](auto r) {
+    using R = decltype(r);
+    if (opt.rule() == rules::id<R>) lr = &static_cast<RuleOptimizer<R>&>(opt).options().lr;
+  });
+  if (lr == nullptr) throw std::logic_error("unknown rule");
+  return *lr;
 }
 
 inline double& lr_of(AnyOptions& options) {
@@ -190,6 +237,9 @@ struct RefParam {
   std::vector<T> value;
   std::array<std::vector<T>, 3> slots;  // empty: not created yet
   std::int64_t step = 0;
+  // Per-param scalar state, named as in torch's state dict (NAdam: mu_product). torch keeps it
+  // in a 0-d float32 tensor (the default dtype) for float32 and float64 params alike.
+  std::vector<std::pair<std::string, float>> scalars;
 };
 
 template <class T>
@@ -207,6 +257,13 @@ T ref_lerp(T start, T end, T weight) {
 template <class T>
 T ref_sqrt(T x) {
   return std::sqrt(x);
+}
+
+// torch.maximum on CPU: NaN if either side is NaN, else the larger.
+template <class T>
+T ref_maximum(T a, T b) {
+  if (std::isnan(a) || std::isnan(b)) return std::numeric_limits<T>::quiet_NaN();
+  return std::max(a, b);
 }
 
 template <class T>
@@ -330,6 +387,104 @@ void ref_step(const AdamOptions& o, RefParam<T>& p, const std::vector<T>& grad) 
   }
 }
 
+// torch.optim.NAdam, _single_tensor_nadam (capturable and differentiable off). mu_product is
+// a float32 tensor: `mu_product *= mu` converts the Python float mu to float32 and multiplies in
+// float32; the coefficients then read it back as a Python float (_get_value).
+template <class T>
+void ref_step(const NadamOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const std::size_t n = p.value.size();
+  ref_ensure(p.slots[0], n);
+  ref_ensure(p.slots[1], n);
+  if (p.scalars.empty()) p.scalars = {{"mu_product", 1.0f}};
+  const double step = static_cast<double>(++p.step);
+  const double bias_correction2 = 1.0 - std::pow(o.beta2, step);
+  const double mu = o.beta1 * (1.0 - 0.5 * std::pow(0.96, step * o.momentum_decay));
+  const double mu_next = o.beta1 * (1.0 - 0.5 * std::pow(0.96, (step + 1.0) * o.momentum_decay));
+  float& mu_product = p.scalars[0].second;
+  mu_product = mu_product * static_cast<float>(mu);
+  const double mu_product_next = static_cast<double>(mu_product) * mu_next;
+  const double grad_value = -o.lr * (1.0 - mu) / (1.0 - static_cast<double>(mu_product));
+  const double exp_avg_value = (-o.lr * mu_next) / (1.0 - mu_product_next);
+  for (std::size_t i = 0; i < n; ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    T param = p.value[i];
+    if (o.weight_decay != 0.0) {
+      if (o.decoupled_weight_decay) param = param * to<T>(1.0 - o.lr * o.weight_decay);
+      else g = g + to<T>(o.weight_decay) * param;
+    }
+    T& exp_avg = p.slots[0][i];
+    T& exp_avg_sq = p.slots[1][i];
+    exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));
+    exp_avg_sq = exp_avg_sq * to<T>(o.beta2) + to<T>(1.0 - o.beta2) * g * g;
+    const T denom = ref_sqrt(exp_avg_sq / to<T>(bias_correction2)) + to<T>(o.eps);
+    // addcdiv_(t1, t2, value): self + value * t1 / t2
+    param = param + to<T>(grad_value) * g / denom;
+    p.value[i] = param + to<T>(exp_avg_value) * exp_avg / denom;
+  }
+}
+
+// torch.optim.RAdam, _single_tensor_radam (capturable and differentiable off): the branch is
+// chosen per step from rho_t, in Python floats.
+template <class T>
+void ref_step(const RadamOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const std::size_t n = p.value.size();
+  ref_ensure(p.slots[0], n);
+  ref_ensure(p.slots[1], n);
+  const double step = static_cast<double>(++p.step);
+  const double bias_correction1 = 1.0 - std::pow(o.beta1, step);
+  const double bias_correction2 = 1.0 - std::pow(o.beta2, step);
+  const double rho_inf = 2.0 / (1.0 - o.beta2) - 1.0;
+  const double rho_t = rho_inf - 2.0 * step * std::pow(o.beta2, step) / bias_correction2;
+  const bool rectified = rho_t > 5.0;
+  const double rect =
+      rectified ? std::pow((rho_t - 4.0) * (rho_t - 2.0) * rho_inf /
+                               ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t),
+                           0.5)
+                : 0.0;
+  for (std::size_t i = 0; i < n; ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    T param = p.value[i];
+    if (o.weight_decay != 0.0) {
+      if (o.decoupled_weight_decay) param = param * to<T>(1.0 - o.lr * o.weight_decay);
+      else g = g + to<T>(o.weight_decay) * param;
+    }
+    T& exp_avg = p.slots[0][i];
+    T& exp_avg_sq = p.slots[1][i];
+    exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));
+    exp_avg_sq = exp_avg_sq * to<T>(o.beta2) + to<T>(1.0 - o.beta2) * g * g;
+    const T bias_corrected_exp_avg = exp_avg / to<T>(bias_correction1);
+    T update;
+    if (rectified) {
+      // (bias_correction2 ** 0.5) / t is Tensor.__rtruediv__: t.reciprocal() * bc2 ** 0.5
+      const T exp_avg_sq_sqrt = ref_sqrt(exp_avg_sq) + to<T>(o.eps);
+      const T adaptive_lr = (T(1) / exp_avg_sq_sqrt) * to<T>(std::pow(bias_correction2, 0.5));
+      update = bias_corrected_exp_avg * to<T>(o.lr) * adaptive_lr * to<T>(rect);
+    } else {
+      update = bias_corrected_exp_avg * to<T>(o.lr);
+    }
+    p.value[i] = param + T(-1) * update;  // add_(update, alpha=-1.0)
+  }
+}
+
+// torch.optim.Adamax, _single_tensor_adamax (capturable and differentiable off).
+template <class T>
+void ref_step(const AdamaxOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const std::size_t n = p.value.size();
+  ref_ensure(p.slots[0], n);
+  ref_ensure(p.slots[1], n);
+  const double step = static_cast<double>(++p.step);
+  const double clr = o.lr / (1.0 - std::pow(o.beta1, step));
+  for (std::size_t i = 0; i < n; ++i) {
+    T g = o.maximize ? -grad[i] : grad[i];
+    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    T& exp_avg = p.slots[0][i];
+    T& exp_inf = p.slots[1][i];
+    exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));
+    exp_inf = ref_maximum(exp_inf * to<T>(o.beta2), std::abs(g) + to<T>(o.eps));
+    p.value[i] = p.value[i] + to<T>(-clr) * exp_avg / exp_inf;  // addcdiv_(value=-clr)
+  }
+}
+
 // A reference optimizer over the same param list; std::nullopt grads skip a param.
 template <class T>
 struct RefOptimizer {
@@ -341,6 +496,9 @@ struct RefOptimizer {
     p.value = std::move(value);
     if (const auto* a = std::get_if<AdagradOptions>(&options))  // torch: state at construction
       p.slots[0].assign(p.value.size(), to<T>(a->initial_accumulator_value));
+    // torch creates mu_product (ones) on the first step; our optimizer holds its initial value
+    // from add_param on, so the reference shows it from the start too.
+    if (std::holds_alternative<NadamOptions>(options)) p.scalars = {{"mu_product", 1.0f}};
     params.push_back(std::move(p));
   }
   void step(const std::vector<std::optional<std::vector<T>>>& grads) {

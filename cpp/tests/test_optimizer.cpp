@@ -1,5 +1,6 @@
 // The stateful API: validation before any write, skipped params, per-param step counts, mixed
 // dtypes, options changed between steps, state views and restoring through them.
+#include <functional>
 #include <sstream>
 
 #include "support.hpp"
@@ -20,6 +21,47 @@ TEST(Options, DefaultsAreTorchs) {
   EXPECT_TRUE(AdamW().options().decoupled_weight_decay);
   EXPECT_EQ(Adam().rule(), Rule::adam);
   EXPECT_EQ(rule_name(AdamW().rule()), "adamw");
+
+  // torch.optim.NAdam(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+  // momentum_decay=4e-3, decoupled_weight_decay=False, maximize=False)
+  const NadamOptions nadam = Nadam().options();
+  EXPECT_EQ(nadam.lr, 2e-3);
+  EXPECT_EQ(nadam.beta1, 0.9);
+  EXPECT_EQ(nadam.beta2, 0.999);
+  EXPECT_EQ(nadam.eps, 1e-8);
+  EXPECT_EQ(nadam.weight_decay, 0.0);
+  EXPECT_EQ(nadam.momentum_decay, 4e-3);
+  EXPECT_FALSE(nadam.decoupled_weight_decay);
+  EXPECT_FALSE(nadam.maximize);
+  // torch.optim.RAdam(lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0,
+  // decoupled_weight_decay=False, maximize=False)
+  const RadamOptions radam = Radam().options();
+  EXPECT_EQ(radam.lr, 1e-3);
+  EXPECT_EQ(radam.beta1, 0.9);
+  EXPECT_EQ(radam.beta2, 0.999);
+  EXPECT_EQ(radam.eps, 1e-8);
+  EXPECT_EQ(radam.weight_decay, 0.0);
+  EXPECT_FALSE(radam.decoupled_weight_decay);
+  EXPECT_FALSE(radam.maximize);
+  // torch.optim.Adamax(lr=2e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0, maximize=False)
+  const AdamaxOptions adamax = Adamax().options();
+  EXPECT_EQ(adamax.lr, 2e-3);
+  EXPECT_EQ(adamax.beta1, 0.9);
+  EXPECT_EQ(adamax.beta2, 0.999);
+  EXPECT_EQ(adamax.eps, 1e-8);
+  EXPECT_EQ(adamax.weight_decay, 0.0);
+  EXPECT_FALSE(adamax.maximize);
+
+  // Rule ids are stored in checkpoints: never renumbered.
+  EXPECT_EQ(Nadam().rule(), Rule::nadam);
+  EXPECT_EQ(Radam().rule(), Rule::radam);
+  EXPECT_EQ(Adamax().rule(), Rule::adamax);
+  EXPECT_EQ(static_cast<int>(Rule::nadam), 6);
+  EXPECT_EQ(static_cast<int>(Rule::radam), 7);
+  EXPECT_EQ(static_cast<int>(Rule::adamax), 8);
+  EXPECT_EQ(rule_name(Rule::nadam), "nadam");
+  EXPECT_EQ(rule_name(Rule::radam), "radam");
+  EXPECT_EQ(rule_name(Rule::adamax), "adamax");
 }
 
 TEST(Validation, InvalidOptionsThrowWithTorchsWording) {
@@ -39,6 +81,88 @@ TEST(Validation, InvalidOptionsThrowWithTorchsWording) {
   worse.weight_decay = -1.0;
   EXPECT_INVALID(opt.set_options(worse), "Invalid weight_decay value: -1.0");
   EXPECT_EQ(opt.options().weight_decay, 0.0);  // unchanged
+}
+
+// The whole message, as torch.optim's constructors word it, and the option as a value.
+void expect_invalid_option(const std::function<void()>& fn, const std::string& message,
+                           const std::string& key, int index, double value) {
+  try {
+    fn();
+    ADD_FAILURE() << "no exception, expected " << message;
+  } catch (const InvalidOption& e) {
+    EXPECT_EQ(std::string(e.what()), message);
+    EXPECT_EQ(e.key(), key) << message;
+    EXPECT_EQ(e.index(), index) << message;
+    EXPECT_EQ(e.value(), value) << message;
+    EXPECT_EQ(e.problem(), message.substr(0, message.rfind(": "))) << message;
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "not an InvalidOption: " << e.what();
+  }
+}
+
+TEST(Validation, NewRulesUseTorchsWordingAndOrder) {
+  expect_invalid_option([] { Nadam({.momentum_decay = -1.0}); },
+                        "Invalid momentum_decay value: -1.0", "momentum_decay", -1, -1.0);
+  expect_invalid_option([] { Nadam({.beta2 = 1.0}); }, "Invalid beta parameter at index 1: 1.0",
+                        "betas", 1, 1.0);
+  expect_invalid_option([] { Nadam({.beta1 = -0.5}); },
+                        "Invalid beta parameter at index 0: -0.5", "betas", 0, -0.5);
+  expect_invalid_option([] { Nadam({.lr = -2.0}); }, "Invalid learning rate: -2.0", "lr", -1,
+                        -2.0);
+  expect_invalid_option([] { Nadam({.eps = -1e-8}); }, "Invalid epsilon value: -1e-08", "eps",
+                        -1, -1e-8);
+  expect_invalid_option([] { Nadam({.weight_decay = -0.1}); }, "Invalid weight_decay value: -0.1",
+                        "weight_decay", -1, -0.1);
+  expect_invalid_option([] { Radam({.beta2 = 1.0}); }, "Invalid beta parameter at index 1: 1.0",
+                        "betas", 1, 1.0);
+  expect_invalid_option([] { Radam({.beta1 = 1.0}); }, "Invalid beta parameter at index 0: 1.0",
+                        "betas", 0, 1.0);
+  expect_invalid_option([] { Radam({.weight_decay = -1.0}); }, "Invalid weight_decay value: -1.0",
+                        "weight_decay", -1, -1.0);
+  expect_invalid_option([] { Adamax({.beta2 = 1.0}); }, "Invalid beta parameter at index 1: 1.0",
+                        "betas", 1, 1.0);
+  expect_invalid_option([] { Adamax({.eps = -1.0}); }, "Invalid epsilon value: -1.0", "eps", -1,
+                        -1.0);
+  expect_invalid_option([] { Adamax({.lr = -0.5}); }, "Invalid learning rate: -0.5", "lr", -1,
+                        -0.5);
+  // validate() on the options struct, and step() after a bad value set through options()
+  expect_invalid_option([] { validate(NadamOptions{.momentum_decay = -1.0}); },
+                        "Invalid momentum_decay value: -1.0", "momentum_decay", -1, -1.0);
+
+  // torch's order: lr, eps, betas[0], betas[1], weight_decay, momentum_decay.
+  expect_invalid_option(
+      [] { Nadam({.beta2 = 1.0, .weight_decay = -1.0, .momentum_decay = -1.0}); },
+      "Invalid beta parameter at index 1: 1.0", "betas", 1, 1.0);
+  expect_invalid_option([] { Nadam({.weight_decay = -1.0, .momentum_decay = -1.0}); },
+                        "Invalid weight_decay value: -1.0", "weight_decay", -1, -1.0);
+  expect_invalid_option([] { Radam({.beta1 = 2.0, .eps = -1.0}); }, "Invalid epsilon value: -1.0",
+                        "eps", -1, -1.0);
+  expect_invalid_option([] { Adamax({.lr = -1.0, .beta1 = 2.0}); }, "Invalid learning rate: -1.0",
+                        "lr", -1, -1.0);
+
+  // momentum_decay has no upper bound in torch; beta 0 is valid.
+  EXPECT_NO_THROW(Nadam({.beta1 = 0.0, .beta2 = 0.0, .momentum_decay = 1e6}));
+  EXPECT_NO_THROW(Radam({.beta1 = 0.0, .beta2 = 0.0}));
+  EXPECT_NO_THROW(Adamax({.beta1 = 0.0, .beta2 = 0.0}));
+
+  // An invalid value set through options() is caught by step(), before anything is written.
+  std::vector<float> p(5, 1.0f), g(5, 0.5f);
+  Nadam opt;
+  opt.add_param(p);
+  opt.step({g});
+  const std::string state = saved(opt);
+  const std::vector<float> p0 = p;
+  opt.options().momentum_decay = -1.0;
+  expect_invalid_option([&] { opt.step({g}); }, "Invalid momentum_decay value: -1.0",
+                        "momentum_decay", -1, -1.0);
+  EXPECT_EQ(p, p0);
+  opt.options().momentum_decay = 4e-3;
+  EXPECT_EQ(saved(opt), state);
+  NadamOptions worse = opt.options();
+  worse.beta2 = 1.0;
+  expect_invalid_option([&] { opt.set_options(worse); }, "Invalid beta parameter at index 1: 1.0",
+                        "betas", 1, 1.0);
+  EXPECT_EQ(opt.options().beta2, 0.999);
 }
 
 TEST(Validation, NothingIsWrittenWhenAStepFails) {
@@ -263,6 +387,9 @@ TEST(StateView, RestoringThroughViewsContinuesTheSameTrajectory) {
       const ParamStateView from = first->state(k);
       second->allocate_state(k);
       second->set_step_count(k, from.step);
+      for (int j = 0; j < 2; ++j)  // NAdam's mu_product
+        if (!from.scalar_names[static_cast<std::size_t>(j)].empty())
+          second->set_scalar_state(k, j, from.scalars[static_cast<std::size_t>(j)]);
       const ParamStateView to = second->state(k);
       for (int slot = 0; slot < 3; ++slot) {
         auto src = from.buffer<double>(slot);
@@ -278,6 +405,7 @@ TEST(StateView, RestoringThroughViewsContinuesTheSameTrajectory) {
     }
     EXPECT_TRUE(bit_equal(a, a2));
     EXPECT_TRUE(bit_equal(b, b2));
+    EXPECT_EQ(saved(*first), saved(*second));  // the scalar state came across too
   }
   Adam opt;
   std::vector<float> p(2);

@@ -1,5 +1,6 @@
 // Every rule and option combination against the plain scalar reference (support.hpp), bit for
-// bit, at every SIMD level: params after each step, state buffers and step counts at the end.
+// bit, at every SIMD level: params after each step, state buffers, scalar state and step
+// counts at the end.
 #include "support.hpp"
 
 namespace fastoptim::test {
@@ -10,7 +11,7 @@ class RulesVsReference : public testing::TestWithParam<NamedOptions> {};
 template <class T>
 void check_against_reference(const AnyOptions& options) {
   const std::vector<std::size_t> sizes = {1, 7, 33};
-  const int steps = 6;
+  const int steps = steps_for(options, 6);
   RefOptimizer<T> ref{options, {}};
   std::vector<std::vector<T>> params;
   for (std::size_t k = 0; k < sizes.size(); ++k) {
@@ -54,6 +55,17 @@ void check_against_reference(const AnyOptions& options) {
             << "param " << k << " slot " << view.names[slot];
       }
     }
+    // The scalar state (NAdam's mu_product), float32 whatever the param's type, as torch.
+    const auto& scalars = ref.params[k].scalars;
+    for (std::size_t j = 0; j < view.scalar_names.size(); ++j) {
+      if (j >= scalars.size()) {
+        EXPECT_EQ(view.scalar_names[j], "") << "param " << k << " scalar " << j;
+        continue;
+      }
+      EXPECT_EQ(view.scalar_names[j], scalars[j].first) << "param " << k;
+      EXPECT_EQ(view.scalars[j], static_cast<double>(scalars[j].second))
+          << "param " << k << " " << scalars[j].first;
+    }
   }
 }
 
@@ -78,6 +90,16 @@ TEST_P(RulesVsReference, Float64EveryLevel) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, RulesVsReference, testing::ValuesIn(option_grid()), grid_name);
+
+// Every registered rule is in the grid, so every grid-driven test covers it.
+TEST(OptionGrid, CoversEveryRegisteredRule) {
+  std::vector<bool> covered(rules::All::size, false);
+  for (const NamedOptions& named : option_grid())
+    covered[static_cast<std::size_t>(make_optimizer(named.options)->rule())] = true;
+  for (std::size_t r = 0; r < covered.size(); ++r)
+    EXPECT_TRUE(covered[r]) << rule_name(static_cast<Rule>(r)) << " has no grid entry";
+  EXPECT_EQ(std::variant_size_v<AnyOptions>, rules::All::size);
+}
 
 }  // namespace
 }  // namespace fastoptim::test

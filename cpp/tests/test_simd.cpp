@@ -7,11 +7,13 @@ namespace {
 
 const std::vector<std::size_t> kSizes = {1, 7, 15, 16, 17, 1023, 4097, 100003};
 
-// Runs `steps` steps of `options` on params of `sizes` (all in one optimizer, so one driver
-// call covers them) and returns the params and every state buffer, concatenated.
+// Runs `steps` steps of `options` (RAdam: enough to reach its rectified branch) on params of
+// `sizes` (all in one optimizer, so one driver call covers them) and returns the params, every
+// state buffer and the scalar state, concatenated.
 template <class T>
 std::vector<T> trajectory(const AnyOptions& options, const std::vector<std::size_t>& sizes,
                           int threads, int steps = 3) {
+  steps = steps_for(options, steps);
   std::vector<std::vector<T>> params;
   auto opt = make_optimizer(options);
   opt->set_num_threads(threads);
@@ -32,6 +34,7 @@ std::vector<T> trajectory(const AnyOptions& options, const std::vector<std::size
       std::span<T> b = view.buffer<T>(slot);
       out.insert(out.end(), b.begin(), b.end());
     }
+    for (double scalar : view.scalars) out.push_back(static_cast<T>(scalar));  // float32 values
   }
   return out;
 }
