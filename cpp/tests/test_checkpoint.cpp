@@ -1,6 +1,8 @@
 // save()/load(): round trips that continue bit-identically, the documented byte layout, and
 // rejection of corrupt or mismatched input with nothing changed.
 #include <bit>
+#include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "support.hpp"
@@ -293,6 +295,171 @@ TEST(CheckpointFormat, MismatchesAreNamed) {
     const std::string fresh_before = saved(fresh);
     EXPECT_NE(load_error(fresh, copy).find("checksum mismatch"), std::string::npos);
     EXPECT_EQ(saved(fresh), fresh_before);
+  }
+}
+
+// NAdam: two slots and the scalar state mu_product, a float32 value stored as f64 after them.
+struct NadamFixture {
+  std::vector<float> a = {1.0f, 2.0f, 3.0f};
+  std::vector<double> b = {4.0, 5.0};
+  Nadam opt{NadamOptions{
+      .lr = 0.25, .weight_decay = 0.5, .momentum_decay = 0.1, .decoupled_weight_decay = true}};
+  NadamFixture() {
+    opt.add_param(a);
+    opt.add_param(b);
+    std::vector<float> ga = {0.5f, 0.5f, 0.5f};
+    std::vector<double> gb = {0.5, 0.5};
+    opt.step({ga, gb});
+    opt.step({ga, Grad{}});
+  }
+  static constexpr std::size_t kParam0 = 20 + 64 + 8;
+  static constexpr std::size_t kScalar0 = kParam0 + 24 + 2 * 3 * 4;
+  static constexpr std::size_t kParam1 = kScalar0 + 8;
+  static constexpr std::size_t kScalar1 = kParam1 + 24 + 2 * 2 * 8;
+};
+
+// mu_t of the fixture's options, and the float32 product torch keeps.
+float fixture_mu_product(int steps) {
+  float product = 1.0f;
+  for (int t = 1; t <= steps; ++t)
+    product = product * static_cast<float>(0.9 * (1.0 - 0.5 * std::pow(0.96, t * 0.1)));
+  return product;
+}
+
+TEST(CheckpointFormat, NadamStoresMuProductAfterTheSlots) {
+  NadamFixture f;
+  const std::string bytes = saved(f.opt);
+  EXPECT_EQ(bytes.substr(0, 8), "FOPTSTAT");
+  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 2u);
+  EXPECT_EQ(bytes[12], 6);  // Rule::nadam
+  ASSERT_EQ(read_le<std::uint32_t>(bytes, 16), 8u);
+  // lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize
+  const double expected_options[] = {0.25, 0.9, 0.999, 1e-8, 0.5, 0.1, 1.0, 0.0};
+  for (int k = 0; k < 8; ++k)
+    EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, 20 + 8 * k)), expected_options[k])
+        << "option " << k;
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, 20 + 64), 2u);
+  // param 0: float32, exp_avg and exp_avg_sq as float32, scalar state float32, step 2
+  std::size_t at = NadamFixture::kParam0;
+  EXPECT_EQ(bytes.substr(at, 8), std::string("\0\3\0\0\0\0\0\0", 8));
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at + 8), 3u);
+  EXPECT_EQ(read_le<std::int64_t>(bytes, at + 16), 2);
+  at += 24;
+  const ParamStateView v0 = f.opt.state(0);
+  for (int slot = 0; slot < 2; ++slot)
+    for (std::size_t i = 0; i < 3; ++i, at += 4)
+      EXPECT_EQ(std::bit_cast<float>(read_le<std::uint32_t>(bytes, at)), v0.buffer<float>(slot)[i]);
+  ASSERT_EQ(at, NadamFixture::kScalar0);
+  const double mu0 = std::bit_cast<double>(read_le<std::uint64_t>(bytes, at));
+  EXPECT_EQ(mu0, static_cast<double>(fixture_mu_product(2)));
+  EXPECT_EQ(mu0, v0.scalars[0]);
+  at += 8;
+  // param 1: float64 slots; its mu_product is float32 all the same (torch's scalar dtype)
+  EXPECT_EQ(bytes.substr(at, 8), std::string("\1\3\1\1\0\0\0\0", 8));
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at + 8), 2u);
+  EXPECT_EQ(read_le<std::int64_t>(bytes, at + 16), 1);
+  at += 24;
+  const ParamStateView v1 = f.opt.state(1);
+  for (int slot = 0; slot < 2; ++slot)
+    for (std::size_t i = 0; i < 2; ++i, at += 8)
+      EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, at)), v1.buffer<double>(slot)[i]);
+  ASSERT_EQ(at, NadamFixture::kScalar1);
+  EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, at)),
+            static_cast<double>(fixture_mu_product(1)));
+  at += 8;
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at), fnv1a(std::string_view(bytes).substr(0, at)));
+  EXPECT_EQ(bytes.size(), at + 8);
+}
+
+TEST(CheckpointFormat, NadamMuProductLoadsBitExactly) {
+  NadamFixture f;
+  f.opt.set_scalar_state(1, 0, 0x1.fffffep-3);  // a float32 value with every mantissa bit set
+  const std::string bytes = saved(f.opt);
+  std::vector<float> a = f.a;
+  std::vector<double> b = f.b;
+  Nadam target;
+  target.add_param(a);
+  target.add_param(b);
+  std::istringstream in(bytes);
+  target.load(in);
+  EXPECT_EQ(target.state(0).scalars[0], static_cast<double>(fixture_mu_product(2)));
+  EXPECT_EQ(target.state(1).scalars[0], 0x1.fffffep-3);
+  EXPECT_EQ(target.options().momentum_decay, 0.1);
+  EXPECT_EQ(saved(target), bytes);
+  const std::vector<float> ga = {0.25f, -0.5f, 1.0f};
+  const std::vector<double> gb = {-0.25, 0.75};
+  f.opt.step({ga, gb});
+  target.step({ga, gb});
+  EXPECT_TRUE(bit_equal(a, f.a));
+  EXPECT_TRUE(bit_equal(b, f.b));
+  EXPECT_EQ(saved(target), saved(f.opt));
+}
+
+TEST(CheckpointFormat, NadamScalarStateThatIsNotFloat32IsRejectedWithNothingChanged) {
+  NadamFixture f;
+  const std::string bytes = saved(f.opt);
+  std::vector<float> a = {7.0f, 8.0f, 9.0f};
+  std::vector<double> b = {1.5, 2.5};
+  Nadam target({.lr = 0.125});
+  target.add_param(a);
+  target.add_param(b);
+  const std::vector<float> ga = {0.1f, 0.2f, 0.3f};
+  target.step({ga, Grad{}});
+  const std::string before = saved(target);
+  const std::vector<float> a0 = a;
+  const std::vector<double> b0 = b;
+  auto with_scalar = [&](std::size_t at, double value) {
+    std::string copy = bytes;
+    write_le(copy, at, std::bit_cast<std::uint64_t>(value));
+    reseal(copy);
+    return load_error(target, copy);
+  };
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar0, 0.1),
+            "fastoptim state: param 0: mu_product 0.1 is not a finite float32 value");
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar1, 0.1),
+            "fastoptim state: param 1: mu_product 0.1 is not a finite float32 value");
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar0, std::numeric_limits<double>::quiet_NaN()),
+            "fastoptim state: param 0: mu_product nan is not a finite float32 value");
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar0, std::numeric_limits<double>::infinity()),
+            "fastoptim state: param 0: mu_product inf is not a finite float32 value");
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar1, -std::numeric_limits<double>::infinity()),
+            "fastoptim state: param 1: mu_product -inf is not a finite float32 value");
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar0, 1e39),  // finite, beyond float32
+            "fastoptim state: param 0: mu_product 1e+39 is not a finite float32 value");
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar0, 1e-50),  // below float32's smallest subnormal
+            "fastoptim state: param 0: mu_product 1e-50 is not a finite float32 value");
+  // Its storage type byte must say float32.
+  {
+    std::string copy = bytes;
+    copy[NadamFixture::kParam0 + 5] = 1;
+    reseal(copy);
+    EXPECT_EQ(load_error(target, copy),
+              "fastoptim state: param 0: scalar state saved as storage type 1, this optimizer "
+              "keeps it as float32");
+  }
+  EXPECT_EQ(saved(target), before);
+  EXPECT_EQ(a, a0);
+  EXPECT_EQ(b, b0);
+  // A float32 value, resealed, is a well-formed checkpoint: it loads.
+  EXPECT_EQ(with_scalar(NadamFixture::kScalar0, 0.5), "no exception");
+  EXPECT_EQ(target.state(0).scalars[0], 0.5);
+}
+
+// RAdam and Adamax keep no scalar state: nothing follows their slots.
+TEST(CheckpointFormat, RadamAndAdamaxHaveNoScalarBytes) {
+  for (const AnyOptions& options : {AnyOptions{RadamOptions{}}, AnyOptions{AdamaxOptions{}}}) {
+    std::vector<float> p = {1.0f, 2.0f, 3.0f}, g = {0.5f, -0.5f, 0.25f};
+    auto opt = make_optimizer(options);
+    opt->add_param(p);
+    opt->step({g});
+    const std::string bytes = saved(*opt);
+    const std::size_t fields = std::holds_alternative<RadamOptions>(options) ? 7 : 6;
+    SCOPED_TRACE(std::string(rule_name(opt->rule())));
+    EXPECT_EQ(static_cast<unsigned char>(bytes[12]), static_cast<unsigned>(opt->rule()));
+    EXPECT_EQ(read_le<std::uint32_t>(bytes, 16), fields);
+    const std::size_t param0 = 20 + 8 * fields + 8;
+    EXPECT_EQ(bytes.substr(param0, 8), std::string("\0\3\0\0\0\0\0\0", 8));
+    EXPECT_EQ(bytes.size(), param0 + 24 + 2 * 3 * 4 + 8);
   }
 }
 
