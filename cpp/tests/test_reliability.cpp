@@ -88,6 +88,50 @@ TEST(Reliability, EveryCheckedOptionRejectsASubnormalNegativeValue) {
   AdamWOptions w;
   w.eps = v;
   EXPECT_MESSAGE(AdamW{w}, "Invalid epsilon value: -1e-310");
+
+  for (bool decoupled : {false, true}) {
+    NadamOptions o;
+    o.decoupled_weight_decay = decoupled;
+    auto with = [&](double NadamOptions::*field) {
+      NadamOptions copy = o;
+      copy.*field = v;
+      return copy;
+    };
+    EXPECT_MESSAGE(validate(with(&NadamOptions::lr)), "Invalid learning rate: -1e-310");
+    EXPECT_MESSAGE(validate(with(&NadamOptions::beta1)),
+                   "Invalid beta parameter at index 0: -1e-310");
+    EXPECT_MESSAGE(validate(with(&NadamOptions::beta2)),
+                   "Invalid beta parameter at index 1: -1e-310");
+    EXPECT_MESSAGE(validate(with(&NadamOptions::eps)), "Invalid epsilon value: -1e-310");
+    EXPECT_MESSAGE(validate(with(&NadamOptions::weight_decay)),
+                   "Invalid weight_decay value: -1e-310");
+    EXPECT_MESSAGE(validate(with(&NadamOptions::momentum_decay)),
+                   "Invalid momentum_decay value: -1e-310");
+  }
+  for (bool decoupled : {false, true}) {
+    RadamOptions o;
+    o.decoupled_weight_decay = decoupled;
+    auto with = [&](double RadamOptions::*field) {
+      RadamOptions copy = o;
+      copy.*field = v;
+      return copy;
+    };
+    EXPECT_MESSAGE(validate(with(&RadamOptions::lr)), "Invalid learning rate: -1e-310");
+    EXPECT_MESSAGE(validate(with(&RadamOptions::beta1)),
+                   "Invalid beta parameter at index 0: -1e-310");
+    EXPECT_MESSAGE(validate(with(&RadamOptions::beta2)),
+                   "Invalid beta parameter at index 1: -1e-310");
+    EXPECT_MESSAGE(validate(with(&RadamOptions::eps)), "Invalid epsilon value: -1e-310");
+    EXPECT_MESSAGE(validate(with(&RadamOptions::weight_decay)),
+                   "Invalid weight_decay value: -1e-310");
+  }
+  EXPECT_MESSAGE(validate(AdamaxOptions{.lr = v}), "Invalid learning rate: -1e-310");
+  EXPECT_MESSAGE(validate(AdamaxOptions{.beta1 = v}), "Invalid beta parameter at index 0: -1e-310");
+  EXPECT_MESSAGE(validate(AdamaxOptions{.beta2 = v}), "Invalid beta parameter at index 1: -1e-310");
+  EXPECT_MESSAGE(validate(AdamaxOptions{.eps = v}), "Invalid epsilon value: -1e-310");
+  EXPECT_MESSAGE(validate(AdamaxOptions{.weight_decay = v}),
+                 "Invalid weight_decay value: -1e-310");
+  EXPECT_MESSAGE(Nadam({.momentum_decay = v}), "Invalid momentum_decay value: -1e-310");
 }
 
 // ---- per-step scalars that overflow the element type ----------------------------------------
@@ -179,6 +223,41 @@ TEST(Reliability, OverflowingScalarsOfEveryRuleNameTheirOption) {
   EXPECT_EQ(message(AdamOptions{.lr = 0.0, .eps = 0.0}), "no exception");
   EXPECT_EQ(message(AdagradOptions{.lr = 3.4e38, .eps = 0.0}), "no exception");
   EXPECT_EQ(message(AdamOptions{.lr = std::numeric_limits<double>::infinity()}), "no exception");
+
+  // NAdam (its mu_product in float32, as the optimizer keeps it): the two addcdiv_ values.
+  float mu_product = 1.0f;
+  buffers[0].scalar_state = &mu_product;
+  EXPECT_EQ(message(NadamOptions{.lr = 1e39}),
+            "lr=1e+39 and beta1=0.9 and momentum_decay=0.004 overflow float32 in -lr * (1 - mu) / "
+            "(1 - mu_product)");
+  // beta1 0.99 and mu_t = beta1 from the first step: 1 - mu_product * mu_next is 0.0199, so
+  // only the exp_avg value leaves float32
+  EXPECT_EQ(message(NadamOptions{.lr = 1e37, .beta1 = 0.99, .momentum_decay = 1e6}),
+            "lr=1e+37 and beta1=0.99 and momentum_decay=1000000.0 overflow float32 in -lr * "
+            "mu_next / (1 - mu_product * mu_next)");
+  EXPECT_EQ(message(NadamOptions{.eps = 1e39}), "eps=1e+39 overflows float32");
+  EXPECT_EQ(message(NadamOptions{.weight_decay = 1e39}), "weight_decay=1e+39 overflows float32");
+  EXPECT_EQ(message(NadamOptions{.lr = 1e-3, .weight_decay = 1e300, .decoupled_weight_decay = true}),
+            "lr=0.001 and weight_decay=1e+300 overflow float32 in 1 - lr * weight_decay");
+  EXPECT_EQ(mu_product, 1.0f);  // a refused call does not advance the scalar state either
+  EXPECT_EQ(message(NadamOptions{.lr = 1e38}), "no exception");
+  buffers[0].scalar_state = nullptr;
+
+  // RAdam: eps is read only when the step is rectified (torch adds it in _compute_adaptive_lr).
+  EXPECT_EQ(message(RadamOptions{.lr = 1e39}), "lr=1e+39 overflows float32");
+  EXPECT_EQ(message(RadamOptions{.weight_decay = 1e39}), "weight_decay=1e+39 overflows float32");
+  EXPECT_EQ(message(RadamOptions{.eps = 1e39}), "no exception");  // step 1: not rectified
+  buffers[0].step = 6;
+  EXPECT_EQ(message(RadamOptions{.eps = 1e39}), "eps=1e+39 overflows float32");
+  EXPECT_EQ(message(RadamOptions{.beta2 = 0.6, .eps = 1e39}), "no exception");  // never rectified
+  buffers[0].step = 1;
+
+  // Adamax: lr / (1 - beta1 ** step), and eps added to |grad|.
+  EXPECT_EQ(message(AdamaxOptions{.lr = 1e38}),
+            "lr=1e+38 and beta1=0.9 overflow float32 in lr / (1 - beta1 ** step)");
+  EXPECT_EQ(message(AdamaxOptions{.eps = 1e39}), "eps=1e+39 overflows float32");
+  EXPECT_EQ(message(AdamaxOptions{.weight_decay = 1e39}), "weight_decay=1e+39 overflows float32");
+  EXPECT_EQ(message(AdamaxOptions{.lr = 3e37}), "no exception");
 }
 
 // ---- step counts -------------------------------------------------------------------------------
@@ -272,9 +351,11 @@ TEST(Reliability, LoadRejectsStepCountsOutOfRangeAndChangesNothing) {
 
 TEST(Reliability, SetStepCountLimits) {
   std::vector<float> p(4);
-  for (Rule rule : {Rule::sgd, Rule::adam}) {
-    auto opt = rule == Rule::sgd ? make_optimizer(SgdOptions{.momentum = 0.9})
-                                 : make_optimizer(AdamOptions{});
+  for (const AnyOptions& options :
+       {AnyOptions{SgdOptions{.momentum = 0.9}}, AnyOptions{AdamOptions{}},
+        AnyOptions{NadamOptions{}}, AnyOptions{RadamOptions{}}, AnyOptions{AdamaxOptions{}}}) {
+    auto opt = make_optimizer(options);
+    SCOPED_TRACE(std::string(rule_name(opt->rule())));
     opt->add_param(p);
     for (std::int64_t bad : {std::int64_t{-1}, kMaxStepCount, kMaxStepCount + 1, kInt64Max,
                              kInt64Min}) {
@@ -289,6 +370,7 @@ TEST(Reliability, SetStepCountLimits) {
     std::vector<float> g(4, 0.5f);
     EXPECT_NO_INVALID(opt->step({g}));  // SGD too: its count is bounded like the others
     EXPECT_EQ(opt->step_count(0), kMaxStepCount);
+    for (float x : p) EXPECT_TRUE(std::isfinite(x));  // the last step's scalars are finite
     const std::vector<float> p0 = p;
     const std::string state0 = saved(*opt);
     EXPECT_MESSAGE(opt->step({g}), "param 0: step count 9007199254740991 cannot advance past "
