@@ -67,10 +67,14 @@ TEST(ClipGradNorm, BitIdenticalAcrossThreadsAndLevels) {
   for (std::size_t i = 4; i < norms.size(); ++i) EXPECT_EQ(norms[i], norms[i % 4]) << i;
 }
 
-TEST(ClipGradNorm, ClipIsFoldedIntoTheNextStepOnly) {
+class ClipGradNormEveryRule : public testing::TestWithParam<NamedOptions> {};
+
+TEST_P(ClipGradNormEveryRule, ClipIsFoldedIntoTheNextStepOnly) {
   const std::vector<float> g = wave<float>(50000, 0.9);
   std::vector<float> clipped(g.size(), 1.0f), manual(g.size(), 1.0f);
-  Adam a, b;
+  auto a_ = make_optimizer(GetParam().options), b_ = make_optimizer(GetParam().options);
+  Optimizer& a = *a_;
+  Optimizer& b = *b_;
   a.add_param(clipped);
   b.add_param(manual);
   const double norm = a.clip_grad_norm({g}, 0.5);
@@ -84,7 +88,10 @@ TEST(ClipGradNorm, ClipIsFoldedIntoTheNextStepOnly) {
   a.step({g});  // the clip applied once: this step reads the raw grads
   b.step({g});
   EXPECT_EQ(clipped, manual);
+  EXPECT_EQ(saved(a), saved(b));  // state (and NAdam's mu_product) alike
 }
+
+INSTANTIATE_TEST_SUITE_P(Grid, ClipGradNormEveryRule, testing::ValuesIn(option_grid()), grid_name);
 
 TEST(ClipGradNorm, BadInputChangesNothing) {
   const std::vector<float> g = wave<float>(64, 0.1);
@@ -117,29 +124,61 @@ TEST(ClipGradNorm, BadInputChangesNothing) {
 namespace fastoptim::test {
 namespace {
 
+// A param and its state for direct driver calls: every slot the options use, and the scalar
+// state (NAdam's mu_product, float32) at 1.
+template <class T>
+struct DriverParam {
+  std::vector<T> param;
+  std::array<std::vector<T>, 3> slots;
+  float scalars[2] = {1.0f, 1.0f};
+
+  DriverParam(const AnyOptions& options, std::size_t size) : param(size, T(0.5)) {
+    for (int slot = 0; slot < 3; ++slot)
+      if (std::visit([&](const auto& o) { return uses_state_slot(o, slot); }, options))
+        slots[static_cast<std::size_t>(slot)].assign(size, T(0));
+  }
+  ParamBuffers buffers(const std::vector<T>& grad, std::int64_t step) {
+    ParamBuffers b;
+    b.param = param.data(), b.grad = grad.data(), b.size = param.size(), b.step = step;
+    for (std::size_t slot = 0; slot < 3; ++slot)
+      b.state[slot] = slots[slot].empty() ? nullptr : slots[slot].data();
+    b.scalar_state = scalars, b.scalar_dtype = DType::float32;
+    return b;
+  }
+};
+
 // The driver's GradFactors: unscale then clip, each a multiply in the element type as the grad
-// is read, bit-identical to multiplying the grads first (torch's in-place unscale_ and clip_).
-TEST(GradFactors, SameBitsAsMultiplyingTheGradsFirst) {
+// is read, bit-identical to multiplying the grads first (torch's in-place unscale_ and clip_),
+// for every rule at every level.
+class GradFactorsEveryRule : public testing::TestWithParam<NamedOptions> {};
+
+TEST_P(GradFactorsEveryRule, SameBitsAsMultiplyingTheGradsFirst) {
+  const AnyOptions& options = GetParam().options;
   const std::vector<float> g = wave<float>(40000, 0.3);
   const double inv_scale = 1.0 / 1024.0, clip = 0.37;
   std::vector<float> scaled(g);
   for (float& x : scaled) x = (x * static_cast<float>(inv_scale)) * static_cast<float>(clip);
+  const std::string before = simd_level();
   for (const std::string& level : available_simd_levels()) {
-    const std::string before = simd_level();
     set_simd_level(level);
-    std::vector<float> a(g.size(), 0.5f), b(g.size(), 0.5f);
-    std::vector<float> a_m(g.size()), a_v(g.size()), b_m(g.size()), b_v(g.size());
-    ParamBuffers x, y;
-    x.param = a.data(), x.grad = g.data(), x.state[0] = a_m.data(), x.state[1] = a_v.data();
-    y.param = b.data(), y.grad = scaled.data(), y.state[0] = b_m.data(), y.state[1] = b_v.data();
-    x.size = y.size = g.size();
-    step(AdamOptions{}, DType::float32, std::span(&x, 1), 2, GradFactors{inv_scale, clip});
-    step(AdamOptions{}, DType::float32, std::span(&y, 1), 2);
-    EXPECT_EQ(a, b) << level;
-    EXPECT_EQ(a_v, b_v) << level;
-    set_simd_level(before);
+    DriverParam<float> a(options, g.size()), b(options, g.size());
+    for (std::int64_t s = 1; s <= 2; ++s) {
+      const ParamBuffers x = a.buffers(g, s), y = b.buffers(scaled, s);
+      std::visit(
+          [&](const auto& o) {
+            step(o, DType::float32, std::span(&x, 1), 2, GradFactors{inv_scale, clip});
+            step(o, DType::float32, std::span(&y, 1), 2);
+          },
+          options);
+    }
+    EXPECT_EQ(a.param, b.param) << level;
+    EXPECT_EQ(a.slots, b.slots) << level;
+    EXPECT_EQ(a.scalars[0], b.scalars[0]) << level;
   }
+  set_simd_level(before);
 }
+
+INSTANTIATE_TEST_SUITE_P(Grid, GradFactorsEveryRule, testing::ValuesIn(option_grid()), grid_name);
 
 TEST(GradFactors, BadFactorsAreRejectedBeforeAnyWrite) {
   std::vector<double> w(8, 1.0), g(8, 1.0), m(8, 0.0);

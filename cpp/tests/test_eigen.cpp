@@ -38,6 +38,33 @@ TEST(Eigen, VectorsAndMatricesUpdatedInPlaceLikeSpans) {
   EXPECT_TRUE(bit_equal(std::vector<double>(b.data(), b.data() + b.size()), b_ref));
 }
 
+// Every rule through the adapter: the same bits as spans over the same memory.
+class EigenEveryRule : public testing::TestWithParam<NamedOptions> {};
+
+TEST_P(EigenEveryRule, UpdatesInPlaceLikeSpans) {
+  const AnyOptions& options = GetParam().options;
+  Eigen::MatrixXf w = Eigen::MatrixXf::Random(5, 3);
+  Eigen::VectorXd b = Eigen::VectorXd::Random(7);
+  std::vector<float> w_ref(w.data(), w.data() + w.size());
+  std::vector<double> b_ref(b.data(), b.data() + b.size());
+  auto opt = make_optimizer(options), span_opt = make_optimizer(options);
+  fe::add_param(*opt, w);
+  fe::add_param(*opt, b);
+  span_opt->add_param(w_ref);
+  span_opt->add_param(b_ref);
+  for (int s = 0; s < steps_for(options, 3); ++s) {
+    const Eigen::MatrixXf gw = Eigen::MatrixXf::Random(5, 3);
+    const Eigen::VectorXd gb = Eigen::VectorXd::Random(7);
+    fe::step(*opt, gw, gb);
+    span_opt->step({std::span<const float>(gw.data(), 15), std::span<const double>(gb.data(), 7)});
+  }
+  EXPECT_TRUE(bit_equal(std::vector<float>(w.data(), w.data() + w.size()), w_ref));
+  EXPECT_TRUE(bit_equal(std::vector<double>(b.data(), b.data() + b.size()), b_ref));
+  EXPECT_EQ(saved(*opt), saved(*span_opt));
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, EigenEveryRule, testing::ValuesIn(option_grid()), grid_name);
+
 TEST(Eigen, RefsMapsRowMajorArraysAndContiguousBlocks) {
   Eigen::MatrixXf big = Eigen::MatrixXf::Zero(6, 4);
   Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> row_major =
