@@ -8,7 +8,7 @@ Contenders (float32, the same params and grads for all; each optimizer has its o
   fastoptim clip+step   opt.clip_grad_norm_(1.0); opt.step()         (norm pass + folded clip)
   torch amp             scaler.unscale_(opt); clip_grad_norm_; scaler.step(opt); scaler.update()
   fastoptim amp         opt.clip_grad_norm_(1.0, grad_scaler=scaler); scaler.step(opt); update()
-  roofline step         a lean kernel moving AdamW's 28 bytes/element (fastoptim._core)
+  roofline step         a lean loop moving AdamW's 28 bytes/element (fastoptim._roofline)
 Rounds are interleaved (every contender once per round, rotating order); medians are reported.
 "Bytes/elem" is what each contender must move at least; "GB/s" is that over its median time,
 next to the roofline's bandwidth from the same run.
@@ -28,7 +28,7 @@ import fastoptim
 import fastoptim.torch as fo_torch
 import numpy as np
 import torch
-from fastoptim import _core
+from fastoptim import _core, _roofline
 from fastoptim.bench import gpt2_small_shapes, tiny_mlp_shapes
 
 
@@ -99,14 +99,15 @@ def make_contenders(shapes) -> list[Contender]:
         fo_scaler.step(fo_amp_opt)
         fo_scaler.update()
 
-    # the roofline: AdamW's traffic (param, grad, 2 state buffers) through the same driver
+    # the roofline: AdamW's traffic (param, grad, 2 state buffers), threaded as the core is
     states = [torch.zeros_like(p) for p in params for _ in range(2)]
     table = np.array([[p.data_ptr(), g.data_ptr(), states[2 * i].data_ptr(),
                        states[2 * i + 1].data_ptr(), 0, p.numel(), 0]
                       for i, (p, g) in enumerate(zip(params, grads))], dtype=np.int64)
 
     def roofline(keep_alive=states) -> None:  # the table points into `states`
-        _core.roofline_pointers(table, 2, "float32", fastoptim.get_num_threads())
+        _roofline.step(table, ["float32"] * 4, fastoptim.get_num_threads(),
+                       _core.serial_threshold)
 
     return [
         Contender("torch clip+step", torch_clip_step, 32),

@@ -20,6 +20,7 @@ from fastoptim.bench import (
     CpuSnapshot,
     ProgressBar,
     Settings,
+    measurement,
     other_cpu_use,
     read_cpu_jiffies,
     read_own_jiffies,
@@ -270,7 +271,7 @@ def _fake_snapshots(
             state["busy"] += 80 if rnd in busy_rounds and position == 1 else 0
         return CpuSnapshot(busy=state["busy"], total=state["total"], own=0)
 
-    monkeypatch.setattr(bench, "take_snapshot", fake)
+    monkeypatch.setattr(measurement, "take_snapshot", fake)
 
 
 def _contenders() -> tuple[list[bench.Contender], dict[str, int]]:
@@ -389,15 +390,15 @@ def test_rule_options_apply_variants_to_their_rules() -> None:
 
 
 def test_state_plan_matches_the_rule() -> None:
-    assert bench._state_plan("adam", {}, "Adam")[0] == ["exp_avg", "exp_avg_sq"]
-    assert bench._state_plan("adam", {"amsgrad": True}, "Adam")[0] == [
+    assert bench.state_plan("adam", {})[0] == ["exp_avg", "exp_avg_sq"]
+    assert bench.state_plan("adam", {"amsgrad": True})[0] == [
         "exp_avg",
         "exp_avg_sq",
         "max_exp_avg_sq",
     ]
-    slots, init, _ = bench._state_plan("adagrad", {"initial_accumulator_value": 0.5}, "Adagrad")
+    slots, init, _ = bench.state_plan("adagrad", {"initial_accumulator_value": 0.5})
     assert slots == ["sum"] and init == [0.5]
-    assert bench._state_plan("sgd", {"momentum": 0.0}, "SGD")[0] == []
+    assert bench.state_plan("sgd", {"momentum": 0.0})[0] == []
 
 
 def test_progress_bar_on_a_pipe() -> None:
@@ -417,7 +418,7 @@ def test_contenders_step_the_shared_buffers(rule: str) -> None:
     """Every contender updates the one copy of params and state (what keeps a 100M workload
     at one copy): its optimizer state holds the shared buffers, and a step changes them."""
     options = bench.RULES[rule][1]
-    slots, init, _ = bench._state_plan(rule, options, bench.RULES[rule][0])
+    slots, init, _ = bench.state_plan(rule, options)
     buffers = bench.Buffers([(37,), (5, 3)], "float32", torch)
     kinds = bench.CONTENDERS if torch is not None else ("fastoptim.arrays", "roofline")
     for kind in kinds:

@@ -1,0 +1,270 @@
+"""``python -m fastoptim bench``: arguments, the loop over workloads x rules x thread counts, and
+the outputs."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._runtime import openmp_runtime, set_num_threads, simd_level
+from . import report
+from .contenders import CONTENDERS, TORCH_FUSED, WITHOUT_TORCH, build_contender, torch_or_none
+from .measurement import CellResult, Settings, measure_cell
+from .progress import ProgressBar
+from .workloads import (
+    RULES,
+    VARIANTS,
+    Buffers,
+    StatePlan,
+    Workload,
+    make_workload,
+    rule_options,
+    state_plan,
+)
+
+
+def _split(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser(default_dir: Path | None = None) -> argparse.ArgumentParser:
+    where = default_dir if default_dir is not None else Path(".")
+    p = argparse.ArgumentParser(
+        prog="python -m fastoptim bench",
+        description="Time every optimizer rule x workload x thread count: fastoptim (torch and "
+        "array fronts) against torch.optim fused/foreach/for-loop and a same-traffic roofline.",
+    )
+    p.add_argument("--rules", default=",".join(RULES), help=f"comma list of {', '.join(RULES)}")
+    p.add_argument(
+        "--workloads",
+        default="10m,100m,gpt2,mlp",
+        help="comma list: gpt2, mlp, or a size (one tensor: 10m, 100m, 4097, ...)",
+    )
+    p.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    p.add_argument(
+        "--contenders", default=",".join(CONTENDERS), help="comma list of " + ", ".join(CONTENDERS)
+    )
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="option variant, repeatable or comma list: " + ", ".join(VARIANTS),
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiply every tensor's first dimension"
+    )
+    p.add_argument(
+        "--rounds", "--repetitions", type=int, default=7, help="measured rounds per cell"
+    )
+    p.add_argument("--warmup", type=int, default=2, help="warm-up steps per contender and cell")
+    p.add_argument("--min-time", type=float, default=0.05, help="seconds per contender per round")
+    p.add_argument(
+        "--max-redo",
+        type=int,
+        default=None,
+        help="extra rounds per cell to replace busy ones (default: --rounds)",
+    )
+    p.add_argument(
+        "--busy-threshold",
+        type=float,
+        default=0.05,
+        help="flag a round when other processes used more than this share of all CPUs",
+    )
+    p.add_argument(
+        "--json", default=str(where / "fastoptim-bench.json"), help="JSON output ('' for none)"
+    )
+    p.add_argument(
+        "--png", default=str(where / "fastoptim-bench.png"), help="chart output ('' for none)"
+    )
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke test: tiny sizes (--scale 0.001), 3 rounds, no redo",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def run_cells(
+    workloads: Sequence[Workload],
+    plan: Sequence[tuple[str, str, dict[str, Any], StatePlan]],
+    threads: Sequence[int],
+    contender_names: Sequence[str],
+    dtype: str,
+    settings: Settings,
+    torch: Any,
+    bar: ProgressBar,
+    cells: list[CellResult],
+) -> None:
+    """Every workload x rule x thread count, appended to ``cells`` as each finishes (so that an
+    interrupt keeps the finished ones). A workload's buffers are allocated once for all cells."""
+    for workload in workloads:
+        bar.set_label(f"allocating {workload.label}")
+        buffers = Buffers(workload.shapes, dtype, torch)
+        try:
+            for rule, label, options, state in plan:
+                for n in threads:
+                    set_num_threads(n)
+                    if torch is not None:
+                        torch.set_num_threads(n)
+                    bar.set_label(f"{label} {workload.label} {n}t")
+                    buffers.state_buffers(len(state.slots), state.init)
+                    cell = CellResult(
+                        rule=rule,
+                        label=label,
+                        options=options,
+                        workload=workload.key,
+                        workload_label=workload.label,
+                        elements=workload.elements,
+                        tensors=len(workload.shapes),
+                        threads=n,
+                        dtype=dtype,
+                    )
+                    cell_start = time.perf_counter()
+                    contenders = []
+                    for kind in contender_names:
+                        if kind == "torch.fused" and rule not in TORCH_FUSED:
+                            continue
+                        try:
+                            contenders.append(
+                                build_contender(kind, rule, options, state.slots, buffers, n)
+                            )
+                        except Exception as exc:  # noqa: BLE001 - reported in the table
+                            cell.errors[kind] = f"{type(exc).__name__}: {exc}"
+                    measure_cell(contenders, cell, settings, bar)
+                    report.derive(cell)
+                    del contenders
+                    if workload.elements >= 10**6:  # optimizers hold reference cycles
+                        gc.collect()
+                    cell.elapsed_s = round(time.perf_counter() - cell_start, 3)
+                    cells.append(cell)
+        finally:
+            del buffers
+            gc.collect()
+
+
+def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> int:
+    args = build_parser(default_dir).parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.quick:
+        args.scale = 1e-3 if args.scale == 1.0 else args.scale
+        args.rounds = min(args.rounds, 3)
+        args.warmup = 1
+        args.min_time = min(args.min_time, 0.002)
+        args.max_redo = 0 if args.max_redo is None else args.max_redo
+    max_redo = args.rounds if args.max_redo is None else args.max_redo
+    rules = _split(args.rules)
+    variants = [v for text in args.variant for v in _split(text)]
+    contender_names = _split(args.contenders)
+    for bad, known, what in (
+        (rules, RULES, "rule"),
+        (variants, VARIANTS, "variant"),
+        (contender_names, CONTENDERS, "contender"),
+    ):
+        unknown = [x for x in bad if x not in known]
+        if unknown:
+            print(
+                f"unknown {what}(s): {', '.join(unknown)}; expected {', '.join(known)}",
+                file=sys.stderr,
+            )
+            return 2
+    if variants and not any(rule in VARIANTS[v] for v in variants for rule in rules):
+        print("the selected variants change none of the selected rules", file=sys.stderr)
+        return 2
+    try:
+        workloads = [make_workload(w, args.scale) for w in _split(args.workloads)]
+        threads = [int(t) for t in _split(args.threads)]
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if any(t < 1 for t in threads) or args.rounds < 1:
+        print("threads and rounds must be >= 1", file=sys.stderr)
+        return 2
+    plan = []
+    for rule in rules:
+        label, options = rule_options(rule, variants)
+        try:
+            plan.append((rule, label, options, state_plan(rule, options)))
+        except (TypeError, ValueError) as exc:
+            print(f"{label}: {exc}", file=sys.stderr)
+            return 2
+
+    torch = torch_or_none()
+    if torch is None:
+        dropped = [c for c in contender_names if c not in WITHOUT_TORCH]
+        contender_names = [c for c in contender_names if c not in dropped]
+        if dropped:
+            print(f"torch is not installed: skipping {', '.join(dropped)}", file=sys.stderr)
+    settings = Settings(
+        rounds=args.rounds,
+        warmup=args.warmup,
+        min_time=args.min_time,
+        max_redo=max_redo,
+        busy_threshold=args.busy_threshold,
+    )
+
+    cells_planned = len(workloads) * len(plan) * len(threads)
+    bar = ProgressBar(cells_planned * (settings.rounds + 1), enabled=not args.no_progress)
+    cells: list[CellResult] = []
+    started = time.time()
+    date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    interrupted = False
+    try:
+        run_cells(
+            workloads, plan, threads, contender_names, args.dtype, settings, torch, bar, cells
+        )
+    except KeyboardInterrupt:
+        interrupted = True
+    bar.close()
+    elapsed = time.time() - started
+
+    torch_version = None if torch is None else torch.__version__
+    header = report.header(__version__, args.dtype, simd_level(), torch_version, date)
+    print(header)
+    print(report.format_table(cells, markdown=args.markdown))
+    print(report.footer(cells, elapsed))
+    if interrupted:
+        print("interrupted: partial results", file=sys.stderr)
+
+    if args.json:
+        doc = report.json_document(
+            cells,
+            fastoptim_version=__version__,
+            date=date,
+            machine=report.machine_info(),
+            torch_version=torch_version,
+            numpy_version=np.__version__,
+            simd_level=simd_level(),
+            openmp_runtime=openmp_runtime(),
+            dtype=args.dtype,
+            threads=threads,
+            variants=variants,
+            settings=vars(settings),
+            argv=list(sys.argv[1:] if argv is None else argv),
+            elapsed_s=round(elapsed, 1),
+            interrupted=interrupted,
+        )
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc, indent=1) + "\n")
+        print(f"wrote {path}")
+    if args.png and cells:
+        path = Path(args.png)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if report.write_chart(cells, path, header):
+            print(f"wrote {path}")
+        else:
+            print("matplotlib is not installed: no chart (pip install matplotlib)")
+    return 130 if interrupted else 0
