@@ -63,8 +63,12 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     text = proc.stdout
     for word in ("ms/step", "G elem/s", "% roofline", "fastoptim arrays", "roofline"):
         assert word in text
+    rules = bench.available_rules()  # the default: every rule this fastoptim has
+    assert {"sgd", "adagrad", "adadelta", "rmsprop", "adam", "adamw"} <= set(rules)
     for rule in ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"):
         assert f"\n{rule} " in text
+    for rule in rules:
+        assert f"\n{bench.RULES[rule][0]} " in text
     for workload in ("1x10k", "1x100k", "GPT-2 small", "tiny MLP"):
         assert workload in text
     assert "100.0%" in proc.stderr  # the progress bar reached its end
@@ -74,7 +78,8 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert doc["date"] and doc["simd_level"] and doc["threads"] == [1, 2]
     assert doc["dtype"] == "float32"
     cells = doc["results"]
-    assert len(cells) == 6 * 4 * 2
+    assert len(cells) == len(rules) * 4 * 2
+    assert {c["rule"] for c in cells} == set(rules)
     gpt2 = next(c for c in cells if c["workload"] == "gpt2")
     assert gpt2["tensors"] == 148
     for cell in cells:
@@ -417,6 +422,8 @@ def test_progress_bar_on_a_pipe() -> None:
 def test_contenders_step_the_shared_buffers(rule: str) -> None:
     """Every contender updates the one copy of params and state (what keeps a 100M workload
     at one copy): its optimizer state holds the shared buffers, and a step changes them."""
+    if rule not in bench.available_rules():
+        pytest.skip(f"this fastoptim has no {bench.RULES[rule][0]}")
     options = bench.RULES[rule][1]
     slots, init, _ = bench.state_plan(rule, options)
     buffers = bench.Buffers([(37,), (5, 3)], "float32", torch)
@@ -443,3 +450,52 @@ def test_contenders_step_the_shared_buffers(rule: str) -> None:
             for i, p in enumerate(buffers.params):
                 for k, slot in enumerate(slots):
                     assert opt.state[p][slot] is buffers.states[k][i], (kind, slot)
+
+
+# torch 2.13's tensor state slots of the rules torch has no fused CPU kernel for; the bench
+# itself takes them from the core (state_slots), which must agree once fastoptim has the rule
+NEW_RULE_SLOTS = {
+    "nadam": ["exp_avg", "exp_avg_sq"],
+    "radam": ["exp_avg", "exp_avg_sq"],
+    "adamax": ["exp_avg", "exp_inf"],
+}
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
+@pytest.mark.parametrize("rule", sorted(NEW_RULE_SLOTS))
+def test_torch_contenders_of_the_unfused_rules(rule: str) -> None:
+    """NAdam, RAdam, Adamax: no torch fused contender, and torch's foreach and for-loop ones
+    step the shared buffers from state they made themselves (NAdam's mu_product included),
+    each param with its own step counter."""
+    slots = NEW_RULE_SLOTS[rule]
+    assert rule not in bench.TORCH_FUSED
+    if rule in bench.available_rules():
+        assert bench.state_plan(rule, bench.RULES[rule][1]).slots == slots
+    for variants in ([], ["weight_decay"], ["maximize"], ["decoupled"]):
+        _, options = bench.rule_options(rule, variants)
+        buffers = bench.Buffers([(37,), (5, 3)], "float32", torch)
+        buffers.state_buffers(len(slots), [0.0] * len(slots))
+        for kind in ("torch.foreach", "torch.forloop"):
+            before = [a.copy() for a in buffers.param_arrays]
+            contender = bench.build_contender(kind, rule, options, slots, buffers, threads=1)
+            contender.step()
+            contender.step()
+            for p, was in zip(buffers.param_arrays, before):
+                assert not np.array_equal(p, was), (kind, variants)
+            for i, p in enumerate(buffers.params):
+                state = contender.keep.state[p]
+                assert float(state["step"]) == 3  # the probe's step, then two of its own
+                assert (rule == "nadam") == ("mu_product" in state)
+                for k, slot in enumerate(slots):
+                    assert state[slot] is buffers.states[k][i]
+        with pytest.raises(RuntimeError, match="no fused"):
+            bench.build_contender("torch.fused", rule, options, slots, buffers, threads=1)
+
+
+def test_rules_this_fastoptim_lacks_are_refused(tmp_path: Path) -> None:
+    missing = [r for r in bench.RULES if r not in bench.available_rules()]
+    if not missing:
+        pytest.skip("this fastoptim has every rule the bench knows")
+    proc = _run(["bench", "--quick", "--json", "", "--rules", missing[0]], tmp_path)
+    assert proc.returncode == 2
+    assert f"has no {bench.RULES[missing[0]][0]}" in proc.stderr

@@ -27,6 +27,7 @@ from .workloads import (
     Buffers,
     StatePlan,
     Workload,
+    available_rules,
     make_workload,
     rule_options,
     state_plan,
@@ -44,7 +45,11 @@ def build_parser(default_dir: Path | None = None) -> argparse.ArgumentParser:
         description="Time every optimizer rule x workload x thread count: fastoptim (torch and "
         "array fronts) against torch.optim fused/foreach/for-loop and a same-traffic roofline.",
     )
-    p.add_argument("--rules", default=",".join(RULES), help=f"comma list of {', '.join(RULES)}")
+    p.add_argument(
+        "--rules",
+        default=None,
+        help=f"comma list of {', '.join(RULES)} (default: every rule this fastoptim has)",
+    )
     p.add_argument(
         "--workloads",
         default="10m,100m,gpt2,mlp",
@@ -165,7 +170,8 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
         args.min_time = min(args.min_time, 0.002)
         args.max_redo = 0 if args.max_redo is None else args.max_redo
     max_redo = args.rounds if args.max_redo is None else args.max_redo
-    rules = _split(args.rules)
+    have = available_rules()
+    rules = have if args.rules is None else _split(args.rules)
     variants = [v for text in args.variant for v in _split(text)]
     contender_names = _split(args.contenders)
     for bad, known, what in (
@@ -180,6 +186,10 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
                 file=sys.stderr,
             )
             return 2
+    missing = [RULES[r][0] for r in rules if r not in have]
+    if missing:
+        print(f"fastoptim {__version__} has no {', '.join(missing)}", file=sys.stderr)
+        return 2
     if variants and not any(rule in VARIANTS[v] for v in variants for rule in rules):
         print("the selected variants change none of the selected rules", file=sys.stderr)
         return 2

@@ -36,7 +36,8 @@ CONTENDERS = (
     "roofline",
 )
 TORCH_CONTENDERS = ("torch.fused", "torch.foreach", "torch.forloop")
-# torch 2.13 has fused CPU kernels for these only.
+# torch 2.13 has fused CPU kernels for these only (none for Adadelta, RMSprop, NAdam, RAdam,
+# Adamax).
 TORCH_FUSED = frozenset({"sgd", "adagrad", "adam", "adamw"})
 # what runs without torch
 WITHOUT_TORCH = ("fastoptim.arrays", "roofline")

@@ -26,6 +26,9 @@ RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "rmsprop": ("RMSprop", {}),
     "adam": ("Adam", {}),
     "adamw": ("AdamW", {}),
+    "nadam": ("NAdam", {}),
+    "radam": ("RAdam", {}),
+    "adamax": ("Adamax", {}),
 }
 
 # variant -> {rule: extra options}; a variant changes the rules it names and leaves the others.
@@ -35,9 +38,19 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "centered": {"rmsprop": {"centered": True}},
     "momentum": {"sgd": {"momentum": 0.9}, "rmsprop": {"momentum": 0.9}},
     "no-momentum": {"sgd": {"momentum": 0.0}},
+    "decoupled": {
+        r: {"weight_decay": 1e-2, "decoupled_weight_decay": True} for r in ("nadam", "radam")
+    },
     "weight_decay": {r: {"weight_decay": 1e-2} for r in RULES},
     "maximize": {r: {"maximize": True} for r in RULES},
 }
+
+
+def available_rules() -> list[str]:
+    """The rules this fastoptim has an array-front class for (the default of ``--rules``)."""
+    import fastoptim
+
+    return [rule for rule, (name, _) in RULES.items() if hasattr(fastoptim, name)]
 
 
 def rule_options(rule: str, variants: Sequence[str]) -> tuple[str, dict[str, Any]]:
