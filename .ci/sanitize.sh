@@ -144,9 +144,10 @@ EOF
 # A subset that runs in about a minute on 2 cores (all three files: ~70 s): every validation
 # path (the binding's checks before it releases the GIL), the torch front, and exactness at
 # every size and level, with the big option grid at the scalar level and the widest one only
-# (sse2/avx2 repeat the same code paths). tests/test_reliability*.py is included when present.
+# (sse2/avx2 repeat the same code paths), and the benchmark's roofline loop (a few seconds).
+# tests/test_reliability*.py is included when present.
 pytest_files=(tests/test_validation.py tests/test_torch_front.py tests/test_exactness.py
-              tests/test_clip.py tests/test_layouts.py)
+              tests/test_clip.py tests/test_layouts.py tests/test_roofline.py)
 for extra in "$repo"/tests/test_reliability*.py; do
   [[ -e "$extra" ]] && pytest_files+=("tests/$(basename "$extra")")
 done
