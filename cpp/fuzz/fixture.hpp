@@ -15,9 +15,18 @@
 
 namespace fastoptim::fuzz {
 
-// Control byte: bits 0-2 the rule (mod 6), bit 3 the option variant (plain / every slot),
-// bit 7 "recompute the trailing checksum of the input before loading".
-inline Rule control_rule(std::uint8_t control) { return static_cast<Rule>((control & 7u) % 6u); }
+// Control byte: bits 0-2 and 4 the rule id (bit 4 its fourth bit; mod the number of rules), bit
+// 3 the option variant (plain / every slot and option), bit 7 "recompute the trailing checksum
+// of the input before loading". (fastoptim 0.1 had six rules and bits 0-2 only: its seeds keep
+// their meaning.)
+inline constexpr unsigned kRuleCount = rules::All::size;
+inline Rule control_rule(std::uint8_t control) {
+  return static_cast<Rule>(((control & 7u) | ((control & 0x10u) >> 1)) % kRuleCount);
+}
+inline std::uint8_t control_of(Rule rule) {
+  const auto id = static_cast<unsigned>(rule);
+  return static_cast<std::uint8_t>((id & 7u) | ((id & 8u) << 1));
+}
 inline bool control_rich(std::uint8_t control) { return (control & 8u) != 0; }
 inline bool control_reseal(std::uint8_t control) { return (control & 0x80u) != 0; }
 
@@ -47,6 +56,20 @@ inline std::unique_ptr<Optimizer> make_optimizer(Rule rule, bool rich) {
       o.amsgrad = rich;
       return std::make_unique<AdamW>(o);
     }
+    case Rule::nadam:
+      return std::make_unique<Nadam>(
+          rich ? NadamOptions{.lr = 0.01, .weight_decay = 0.1, .momentum_decay = 0.1,
+                              .decoupled_weight_decay = true, .maximize = true}
+               : NadamOptions{});
+    case Rule::radam:  // beta2 0.9: rectified from step 6, so a loaded step count picks the branch
+      return std::make_unique<Radam>(
+          rich ? RadamOptions{.lr = 0.01, .beta2 = 0.9, .weight_decay = 0.1,
+                              .decoupled_weight_decay = true}
+               : RadamOptions{});
+    case Rule::adamax:
+      return std::make_unique<Adamax>(
+          rich ? AdamaxOptions{.lr = 0.01, .beta1 = 0.5, .weight_decay = 0.1, .maximize = true}
+               : AdamaxOptions{});
   }
   return nullptr;
 }

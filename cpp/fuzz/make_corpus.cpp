@@ -1,8 +1,11 @@
 // Writes the fuzzer's seed corpus: for each rule and option variant a few valid checkpoints of
-// the fuzz fixture (different step patterns and options), a truncated one and byte-flipped
-// ones with and without the reseal flag. Usage: make_corpus <directory>
+// the fuzz fixture (different step patterns and options), a truncated one, byte-flipped ones
+// with and without the reseal flag, and (rules without scalar state) the stepped checkpoint in
+// format version 1. Usage: make_corpus <directory>
+#include <bit>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <string>
 
@@ -23,6 +26,30 @@ void write(const std::string& path, std::uint8_t control, const std::string& byt
   }
 }
 
+// The same checkpoint in format version 1 (fastoptim 0.1): version 1, no storage type bytes,
+// resealed. Only for rules without scalar state, which 0.1 did not have.
+std::string to_version1(std::string bytes) {
+  auto u64 = [&](std::size_t at) {
+    std::uint64_t v = 0;
+    for (int i = 0; i < 8; ++i) v |= std::uint64_t{static_cast<unsigned char>(bytes[at + i])} << (8 * i);
+    return v;
+  };
+  bytes[8] = 1;
+  const std::size_t options = static_cast<unsigned char>(bytes[16]);
+  std::size_t at = 20 + 8 * options;
+  const std::uint64_t params = u64(at);
+  at += 8;
+  for (std::uint64_t p = 0; p < params; ++p) {
+    const bool f32 = bytes[at] == 0;
+    const unsigned mask = static_cast<unsigned char>(bytes[at + 1]);
+    for (int k = 2; k < 8; ++k) bytes[at + k] = 0;
+    const std::uint64_t size = u64(at + 8);
+    at += 24 + static_cast<std::size_t>(std::popcount(mask)) * size * (f32 ? 4 : 8);
+  }
+  reseal(bytes);
+  return bytes;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -31,10 +58,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string dir = argv[1];
-  for (int r = 0; r < 6; ++r) {
+  for (unsigned r = 0; r < kRuleCount; ++r) {
     for (int rich = 0; rich < 2; ++rich) {
       const auto rule = static_cast<Rule>(r);
-      const std::uint8_t control = static_cast<std::uint8_t>(r | (rich ? 8 : 0));
+      const std::uint8_t control = static_cast<std::uint8_t>(control_of(rule) | (rich ? 8 : 0));
+      if (control_rule(control) != rule || control_rich(control) != (rich != 0)) {
+        std::fprintf(stderr, "make_corpus: control byte %u does not decode to rule %u\n",
+                     unsigned{control}, r);
+        return 1;
+      }
       const std::string name = dir + "/" + std::string(rule_name(rule)) + (rich ? "_rich" : "_plain");
 
       Fixture fresh(rule, rich);  // no step yet: step counts 0, lazily created slots absent
@@ -46,6 +78,7 @@ int main(int argc, char** argv) {
       f.step(9, 0b000001);
       const std::string bytes = saved(*f.opt);
       write(name + "_stepped", control, bytes);
+      if (f.opt->state(0).scalar_names[0].empty()) write(name + "_v1", control, to_version1(bytes));
 
       write(name + "_truncated", control, bytes.substr(0, bytes.size() / 2));
       std::string flipped = bytes;
