@@ -206,46 +206,54 @@ TEST(RadamBranches, EpsMattersFromTheFirstRectifiedStepOn) {
 
 // One driver call holds params at different step counts: each takes its own branch (a late
 // param is unrectified while the others are rectified), in whichever thread's chunk it falls,
-// and matches an optimizer that holds only that param.
+// and matches an optimizer that holds only that param; at every level, and with 2 and 3
+// threads at the highest.
 TEST(RadamBranches, ParamsAtDifferentStepsInOneCallTakeTheirOwnBranch) {
   const RadamOptions options{.lr = 0.01, .beta2 = 0.9, .weight_decay = 0.1};
+  const std::vector<std::size_t> sizes = {20001, 3, 20003};
+  constexpr int kSteps = 9;
+  // param 2 joins at the fourth step: at its first step params 0 and 1 are at 4, and from the
+  // sixth step on they are rectified while it is not
+  auto present = [](std::size_t k, int s) { return k != 2 || s >= 3; };
+  auto grad = [&](std::size_t k, int s) {
+    return random_vector<float>(sizes[k], 50 * static_cast<std::size_t>(s) + k, -2.0, 2.0);
+  };
   LevelGuard guard;
-  for (const std::string& level : available_simd_levels()) {
+  set_simd_level("scalar");
+  std::vector<std::vector<float>> alone;
+  for (std::size_t k = 0; k < sizes.size(); ++k) {
+    alone.push_back(random_vector<float>(sizes[k], 10 + k));
+    Radam single(options);
+    single.set_num_threads(1);
+    single.add_param(alone[k]);
+    for (int s = 0; s < kSteps; ++s)
+      if (present(k, s)) single.step({grad(k, s)});
+  }
+  std::vector<std::pair<std::string, int>> runs;
+  for (const std::string& level : available_simd_levels()) runs.push_back({level, 1});
+  runs.push_back({available_simd_levels().back(), 2});
+  runs.push_back({available_simd_levels().back(), 3});
+  for (const auto& [level, threads] : runs) {
+    SCOPED_TRACE(level + ", " + std::to_string(threads) + " threads");
     set_simd_level(level);
-    for (int threads : {1, 2, 3}) {
-      SCOPED_TRACE(level + ", " + std::to_string(threads) + " threads");
-      const std::vector<std::size_t> sizes = {20001, 3, 20003};
-      std::vector<std::vector<float>> params, alone;
-      Radam together(options);
-      together.set_num_threads(threads);
-      std::vector<std::unique_ptr<Radam>> singles;
+    std::vector<std::vector<float>> params;
+    Radam together(options);
+    together.set_num_threads(threads);
+    for (std::size_t k = 0; k < sizes.size(); ++k) params.push_back(random_vector<float>(sizes[k], 10 + k));
+    for (auto& p : params) together.add_param(p);
+    for (int s = 0; s < kSteps; ++s) {
+      std::vector<std::vector<float>> grads;
+      std::vector<Grad> views;
       for (std::size_t k = 0; k < sizes.size(); ++k) {
-        params.push_back(random_vector<float>(sizes[k], 10 + k));
-        alone.push_back(params.back());
+        grads.push_back(grad(k, s));
+        views.push_back(present(k, s) ? Grad(grads.back()) : Grad{});
       }
-      for (std::size_t k = 0; k < sizes.size(); ++k) {
-        together.add_param(params[k]);
-        singles.push_back(std::make_unique<Radam>(options));
-        singles.back()->add_param(alone[k]);
-      }
-      for (int s = 0; s < 9; ++s) {
-        std::vector<std::vector<float>> grads;
-        std::vector<Grad> views;
-        for (std::size_t k = 0; k < sizes.size(); ++k) {
-          grads.push_back(random_vector<float>(sizes[k], 50 * s + k, -2.0, 2.0));
-          // param 2 joins at the fourth step: at its first step params 0 and 1 are at 4, and
-          // from the sixth step on they are rectified while it is not
-          const bool present = k != 2 || s >= 3;
-          views.push_back(present ? Grad(grads.back()) : Grad{});
-          if (present) singles[k]->step({grads.back()});
-        }
-        together.step(views);
-      }
-      EXPECT_EQ(together.step_count(0), 9);
-      EXPECT_EQ(together.step_count(2), 6);
-      for (std::size_t k = 0; k < sizes.size(); ++k)
-        EXPECT_TRUE(bit_equal(params[k], alone[k])) << "param " << k;
+      together.step(views);
     }
+    EXPECT_EQ(together.step_count(0), kSteps);
+    EXPECT_EQ(together.step_count(2), kSteps - 3);
+    for (std::size_t k = 0; k < sizes.size(); ++k)
+      EXPECT_TRUE(bit_equal(params[k], alone[k])) << "param " << k;
   }
 }
 
