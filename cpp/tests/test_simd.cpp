@@ -1,4 +1,4 @@
-// Every available SIMD level bit-identical to the scalar level, and 1 vs 2 threads
+// Every available SIMD level bit-identical to the scalar level, and 1 vs 2 and 3 threads
 // bit-identical, over sizes that hit every vector tail and the threaded path.
 #include "support.hpp"
 
@@ -86,6 +86,27 @@ TEST_P(Threads, Float32OneVsTwoIdentical) { check<float>(); }
 TEST_P(Threads, Float64OneVsTwoIdentical) { check<double>(); }
 
 INSTANTIATE_TEST_SUITE_P(Grid, Threads, testing::ValuesIn(option_grid()), grid_name);
+
+// Levels and thread counts together: every level with 2 and 3 threads bit-identical to the
+// scalar level on one thread, all sizes as params of one optimizer (odd sizes, chunks that
+// cross buffer boundaries).
+class LevelsTimesThreads : public testing::TestWithParam<NamedOptions> {
+ protected:
+  void TearDown() override { set_simd_level(available_simd_levels().back()); }
+};
+
+TEST_P(LevelsTimesThreads, Float32MatchesScalarOneThread) {
+  set_simd_level("scalar");
+  const std::vector<float> expected = trajectory<float>(GetParam().options, kSizes, 1);
+  for (const std::string& level : available_simd_levels()) {
+    set_simd_level(level);
+    for (int threads : {2, 3})
+      EXPECT_TRUE(bit_equal(trajectory<float>(GetParam().options, kSizes, threads), expected))
+          << "level " << level << ", " << threads << " threads";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, LevelsTimesThreads, testing::ValuesIn(option_grid()), grid_name);
 
 }  // namespace
 }  // namespace fastoptim::test
