@@ -71,7 +71,13 @@ inline std::unique_ptr<Optimizer> make_optimizer(Rule rule, bool rich) {
           rich ? AdamaxOptions{.lr = 0.01, .beta1 = 0.5, .weight_decay = 0.1, .maximize = true}
                : AdamaxOptions{});
   }
-  return nullptr;
+  // A rule added to the registry without a case above: its defaults, both variants.
+  std::unique_ptr<Optimizer> fallback;
+  rules::for_each_rule([&](auto r) {
+    using R = decltype(r);
+    if (rule == rules::id<R>) fallback = std::make_unique<RuleOptimizer<R>>();
+  });
+  return fallback;
 }
 
 inline std::string saved(const Optimizer& opt) {
