@@ -75,6 +75,10 @@ void Optimizer::load(std::istream& in) {
   if (rule_bytes[0] >= rules::All::size)
     corrupt("unknown rule id " + std::to_string(rule_bytes[0]));
   const auto saved_rule = static_cast<Rule>(rule_bytes[0]);
+  // fastoptim 0.1 wrote version 1 for its six rules only (none with scalar state)
+  if (version == 1 && rule_bytes[0] > static_cast<unsigned char>(Rule::adamw))
+    corrupt("format version 1 has no rule " + std::string(rule_name(saved_rule)) +
+            " (it was written for sgd, adagrad, adadelta, rmsprop, adam and adamw)");
   if (saved_rule != rule_)
     corrupt("saved by " + std::string(rule_name(saved_rule)) + ", loading into " +
             std::string(rule_name(rule_)));
@@ -149,11 +153,6 @@ void Optimizer::load(std::istream& in) {
     }
     loaded[i].scalars = p.scalars;
     for (int k = 0; k < scalar_count(); ++k) {
-      // version 1 has no rule with scalar state: those params start from the initial value
-      if (version == 1) {
-        loaded[i].scalars[k] = static_cast<float>(scalar_initial(k));
-        continue;
-      }
       const double v = std::bit_cast<double>(r.scalar<std::uint64_t>("a scalar state"));
       const auto f = static_cast<float>(v);
       if (!std::isfinite(v) || static_cast<double>(f) != v)

@@ -45,7 +45,7 @@ void before_first_parallel_region() {
   std::call_once(g_fork_handler_once,
                  [] { pthread_atfork(nullptr, nullptr, fastoptim_mark_forked_child); });
 }
-#else
+#elif defined(FASTOPTIM_OPENMP)
 void before_first_parallel_region() {}
 #endif
 

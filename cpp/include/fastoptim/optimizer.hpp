@@ -180,8 +180,9 @@ class Optimizer {
   //     for each stored slot k, ascending: element count values of its storage type
   //     S x f64  the rule's scalar state values (S: the rule's scalar slots, NAdam 1)
   //   u64      FNV-1a 64 hash of every byte before it
-  // Version 1 (fastoptim 0.1) is version 2 with the per-slot and scalar storage bytes zero and
-  // every slot in the param's type; load() reads both.
+  // Version 1 (fastoptim 0.1, rules sgd..adamw only, none with scalar state) is version 2 with
+  // the per-slot and scalar storage bytes zero and every slot in the param's type; load() reads
+  // both.
   void save(std::ostream& out) const;
   void load(std::istream& in);
   static constexpr std::uint32_t kStateFormatVersion = 2;
