@@ -187,6 +187,28 @@ TEST(CheckpointFormat, Version1FilesStillLoad) {
   EXPECT_NE(load_error(target, bytes).find("reserved header bytes"), std::string::npos);
 }
 
+// Version 1 was written by fastoptim 0.1 for its six rules only: a later rule id in a version-1
+// file is corrupt (its scalar state, NAdam's mu_product, has no place there).
+TEST(CheckpointFormat, Version1NamesOnlyTheRulesOf01) {
+  std::vector<float> a = {1.0f, 2.0f, 3.0f};
+  std::vector<float> g = {0.5f, -0.5f, 0.25f};
+  Nadam opt;
+  opt.add_param(a);
+  opt.step({g});
+  std::string bytes = saved(opt);
+  write_le<std::uint32_t>(bytes, 8, 1);
+  const std::size_t param0 = 20 + 8 * read_le<std::uint32_t>(bytes, 16) + 8;
+  for (std::size_t k = 2; k < 8; ++k) bytes[param0 + k] = 0;
+  reseal(bytes);
+  std::vector<float> b = a;
+  Nadam target;
+  target.add_param(b);
+  const std::string before = saved(target);
+  EXPECT_NE(load_error(target, bytes).find("format version 1 has no rule nadam"),
+            std::string::npos);
+  EXPECT_EQ(saved(target), before);
+}
+
 TEST(CheckpointFormat, StorageTypesThatDifferAreRejected) {
   Fixture f;
   std::string bytes = saved(f.opt);
