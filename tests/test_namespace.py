@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
 
-FUSED = {"SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"}
+FUSED = {"SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax"}
 
 
 @pytest.mark.parametrize("name", sorted(torch.optim.__all__))
