@@ -121,6 +121,11 @@ def adamw_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> 
     return adam_ref(p, g, s, step, {"weight_decay": 1e-2, **o, "decoupled_weight_decay": True})
 
 
+def _lerp(m: np.ndarray, g: np.ndarray, w: float) -> np.ndarray:
+    """torch's lerp (m.lerp_(g, w)): exactly g for w=1, whatever m is."""
+    return m + w * (g - m) if w < 0.5 else g - (g - m) * (1 - w)
+
+
 def _adam_family_decay(p: np.ndarray, g: np.ndarray, o: Options, lr: float):
     g = -g if o.get("maximize", False) else g
     wd = o.get("weight_decay", 0.0)
@@ -139,8 +144,7 @@ def nadam_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> 
     # product taken in float32, even for float64 params
     mu_product = np.float32(s.get("mu_product", np.float32(1.0)) * np.float32(mu))
     s["mu_product"] = mu_product
-    m = s.get("exp_avg", np.zeros_like(p))
-    s["exp_avg"] = m + (1 - beta1) * (g - m)
+    s["exp_avg"] = _lerp(s.get("exp_avg", np.zeros_like(p)), g, 1 - beta1)
     s["exp_avg_sq"] = s.get("exp_avg_sq", np.zeros_like(p)) * beta2 + (1 - beta2) * g * g
     denom = np.sqrt(s["exp_avg_sq"] / (1 - beta2**step)) + eps
     p = p + (-lr * (1 - mu) / (1 - float(mu_product))) * (g / denom)
@@ -151,8 +155,7 @@ def radam_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> 
     lr, eps = o.get("lr", 1e-3), o.get("eps", 1e-8)
     beta1, beta2 = o.get("betas", (0.9, 0.999))
     p, g = _adam_family_decay(p, g, o, lr)
-    m = s.get("exp_avg", np.zeros_like(p))
-    s["exp_avg"] = m + (1 - beta1) * (g - m)
+    s["exp_avg"] = _lerp(s.get("exp_avg", np.zeros_like(p)), g, 1 - beta1)
     s["exp_avg_sq"] = s.get("exp_avg_sq", np.zeros_like(p)) * beta2 + (1 - beta2) * g * g
     bias_correction2 = 1 - beta2**step
     m_hat = s["exp_avg"] / (1 - beta1**step)
@@ -169,8 +172,7 @@ def adamax_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) ->
     lr, eps = o.get("lr", 2e-3), o.get("eps", 1e-8)
     beta1, beta2 = o.get("betas", (0.9, 0.999))
     g = _decayed(p, g, o)
-    m = s.get("exp_avg", np.zeros_like(p))
-    s["exp_avg"] = m + (1 - beta1) * (g - m)
+    s["exp_avg"] = _lerp(s.get("exp_avg", np.zeros_like(p)), g, 1 - beta1)
     s["exp_inf"] = np.maximum(s.get("exp_inf", np.zeros_like(p)) * beta2, np.abs(g) + eps)
     return p + (-lr / (1 - beta1**step)) * (s["exp_avg"] / s["exp_inf"])
 
