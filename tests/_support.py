@@ -25,7 +25,7 @@ else:
     HAVE_TORCH = True
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
 
-RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
+RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax")
 
 # State keys torch.optim uses per rule (the union over options).
 STATE_KEYS = {
@@ -35,7 +35,14 @@ STATE_KEYS = {
     "RMSprop": {"step", "square_avg", "momentum_buffer", "grad_avg"},
     "Adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
     "AdamW": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
+    "NAdam": {"step", "mu_product", "exp_avg", "exp_avg_sq"},
+    "RAdam": {"step", "exp_avg", "exp_avg_sq"},
+    "Adamax": {"step", "exp_avg", "exp_inf"},
 }
+
+# State entries that are per-param 0-d scalars in torch (float32, or float64 under a float64
+# default dtype), not buffers shaped like the param.
+SCALAR_STATE_KEYS = {"step", "mu_product"}
 
 # One option set per rule with most features on (momentum, decay, amsgrad, centered, ...), for
 # tests that exercise a front's machinery rather than the option grid.
@@ -46,6 +53,11 @@ RICH = {
     "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
     "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
     "AdamW": dict(lr=0.01, amsgrad=True, weight_decay=0.05),
+    "NAdam": dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01, momentum_decay=0.01,
+                  decoupled_weight_decay=True),
+    # beta2=0.9: steps 1-5 unrectified, rectified from step 6 on (radam_first_rectified)
+    "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01),
+    "Adamax": dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01),
 }
 
 # Shapes of the grid problem: one group whose buffers end on every SIMD tail (1, 7, 15, 16, 17).
@@ -56,6 +68,23 @@ SIZES = (1, 7, 15, 16, 17, 1023, 4097, 100003)
 
 def _cycle(values: tuple, i: int) -> Any:
     return values[i % len(values)]
+
+
+def short_steps(rule: str, steps: int) -> int:
+    """The step count of a short run: ``steps``, but at least 7 for RAdam, whose rectified branch
+    starts at step 6 at the earliest (a run of 5 would only test its momentum-SGD branch)."""
+    return max(steps, 7) if rule == "RAdam" else steps
+
+
+def radam_rho(beta2: float, step: int) -> tuple[float, float]:
+    """(rho_inf, rho_t) as torch.optim.RAdam computes them; a step is rectified iff rho_t > 5."""
+    rho_inf = 2 / (1 - beta2) - 1
+    return rho_inf, rho_inf - 2 * step * (beta2**step) / (1 - beta2**step)
+
+
+def radam_first_rectified(beta2: float, steps: int = 50) -> int | None:
+    """The first rectified step (1-based) within ``steps``, None if every step is unrectified."""
+    return next((t for t in range(1, steps + 1) if radam_rho(beta2, t)[1] > 5.0), None)
 
 
 def _grid(rule: str) -> list[dict[str, Any]]:
@@ -110,6 +139,52 @@ def _grid(rule: str) -> list[dict[str, Any]]:
             out.append(opts)
         out += [dict(lr=0.01, betas=(0.0, 0.0)), dict(lr=0.01, betas=(0.0, 0.5), amsgrad=True),
                 dict(lr=0.01, betas=(0.99, 0.0), eps=0.1)]
+    elif rule == "NAdam":
+        # momentum_decay: 0 (mu constant), torch's default, large (mu_t changes fast); weight
+        # decay off, L2, decoupled (NAdamW). 42 entries: test_simd_threads takes every 7th.
+        for i, (md, (wd, dwd), maximize, betas) in enumerate(
+            itertools.product((0.0, 4e-3, 0.1), ((0.0, False), (0.1, False), (0.1, True)),
+                              (False, True), ((0.9, 0.999), (0.5, 0.9)))
+        ):
+            out.append(dict(lr=_cycle((2e-3, 0.05, 0.2), i), betas=betas,
+                            eps=_cycle((1e-8, 1e-3), i // 3), weight_decay=wd, momentum_decay=md,
+                            decoupled_weight_decay=dwd, maximize=maximize))
+        out += [dict(lr=0.01, betas=(0.0, 0.0)), dict(lr=0.01, betas=(0.99, 0.5), momentum_decay=1.0),
+                dict(lr=0.05, betas=(0.0, 0.9), eps=0.1, weight_decay=0.05,
+                     decoupled_weight_decay=True),
+                dict(lr=0.01, decoupled_weight_decay=True),  # decoupled, but weight_decay=0
+                dict(lr=0.1, betas=(0.9, 0.99), eps=1e-6, momentum_decay=0.5),
+                dict(lr=0.01, betas=(0.9, 0.5), weight_decay=0.01, maximize=True)]
+    elif rule == "RAdam":
+        # beta2 0.999 and 0.9: steps 1-5 unrectified, rectified from step 6; 0.7: rho_inf 5.67,
+        # rectified only from step 10; 0.6: rho_inf 4 <= 5, never rectified. betas outermost,
+        # so that test_simd_threads' every-4th pick meets each of them.
+        for i, (betas, maximize, (wd, dwd)) in enumerate(
+            itertools.product(((0.9, 0.999), (0.9, 0.9), (0.8, 0.7), (0.5, 0.6)), (False, True),
+                              ((0.0, False), (0.1, False), (0.1, True)))
+        ):
+            out.append(dict(lr=_cycle((1e-3, 0.05, 0.2), i), betas=betas,
+                            eps=_cycle((1e-8, 1e-3), i // 4), weight_decay=wd,
+                            decoupled_weight_decay=dwd, maximize=maximize))
+        out += [dict(lr=0.01, betas=(0.0, 0.0)),  # rho_inf 1
+                dict(lr=0.01, betas=(0.9, 2 / 3)),  # rho_inf just below 5: never rectified
+                dict(lr=0.01, betas=(0.0, 0.99), eps=0.1),
+                dict(lr=0.02, betas=(0.99, 0.9), weight_decay=0.05, decoupled_weight_decay=True)]
+    elif rule == "Adamax":
+        # 30 entries: test_simd_threads takes every 5th
+        for i, (wd, maximize, betas, eps) in enumerate(
+            itertools.product((0.0, 0.1), (False, True), ((0.9, 0.999), (0.5, 0.9), (0.0, 0.0)),
+                              (1e-8, 1e-3))
+        ):
+            out.append(dict(lr=_cycle((2e-3, 0.05, 0.2), i), betas=betas, eps=eps,
+                            weight_decay=wd, maximize=maximize))
+        # eps=0: exp_inf is max(beta2 * exp_inf, |g|) exactly; eps=0.5 dominates small |g|;
+        # beta2=0: exp_inf is |g| + eps of this step alone
+        out += [dict(lr=0.01, eps=0.0), dict(lr=0.1, betas=(0.9, 0.0)),
+                dict(lr=0.01, betas=(0.0, 0.999), weight_decay=0.5),
+                dict(lr=0.5, betas=(0.5, 0.5), eps=1e-3, maximize=True),
+                dict(lr=0.01, betas=(0.999, 0.999)),
+                dict(lr=0.05, betas=(0.99, 0.5), eps=0.5, weight_decay=0.01)]
     else:
         raise KeyError(rule)
     return out

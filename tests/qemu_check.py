@@ -121,6 +121,62 @@ def adamw_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> 
     return adam_ref(p, g, s, step, {"weight_decay": 1e-2, **o, "decoupled_weight_decay": True})
 
 
+def _lerp(m: np.ndarray, g: np.ndarray, w: float) -> np.ndarray:
+    """torch's lerp (m.lerp_(g, w)): exactly g for w=1, whatever m is."""
+    return m + w * (g - m) if w < 0.5 else g - (g - m) * (1 - w)
+
+
+def _adam_family_decay(p: np.ndarray, g: np.ndarray, o: Options, lr: float):
+    g = -g if o.get("maximize", False) else g
+    wd = o.get("weight_decay", 0.0)
+    if wd != 0 and o.get("decoupled_weight_decay", False):
+        return p * (1 - lr * wd), g
+    return p, (g + wd * p if wd != 0 else g)
+
+
+def nadam_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    lr, eps, psi = o.get("lr", 2e-3), o.get("eps", 1e-8), o.get("momentum_decay", 4e-3)
+    beta1, beta2 = o.get("betas", (0.9, 0.999))
+    p, g = _adam_family_decay(p, g, o, lr)
+    mu = beta1 * (1.0 - 0.5 * 0.96 ** (step * psi))
+    mu_next = beta1 * (1.0 - 0.5 * 0.96 ** ((step + 1) * psi))
+    # torch keeps mu_product as a float32 scalar tensor: mu is rounded to float32 and the
+    # product taken in float32, even for float64 params
+    mu_product = np.float32(s.get("mu_product", np.float32(1.0)) * np.float32(mu))
+    s["mu_product"] = mu_product
+    s["exp_avg"] = _lerp(s.get("exp_avg", np.zeros_like(p)), g, 1 - beta1)
+    s["exp_avg_sq"] = s.get("exp_avg_sq", np.zeros_like(p)) * beta2 + (1 - beta2) * g * g
+    denom = np.sqrt(s["exp_avg_sq"] / (1 - beta2**step)) + eps
+    p = p + (-lr * (1 - mu) / (1 - float(mu_product))) * (g / denom)
+    return p + (-lr * mu_next / (1 - float(mu_product) * mu_next)) * (s["exp_avg"] / denom)
+
+
+def radam_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    lr, eps = o.get("lr", 1e-3), o.get("eps", 1e-8)
+    beta1, beta2 = o.get("betas", (0.9, 0.999))
+    p, g = _adam_family_decay(p, g, o, lr)
+    s["exp_avg"] = _lerp(s.get("exp_avg", np.zeros_like(p)), g, 1 - beta1)
+    s["exp_avg_sq"] = s.get("exp_avg_sq", np.zeros_like(p)) * beta2 + (1 - beta2) * g * g
+    bias_correction2 = 1 - beta2**step
+    m_hat = s["exp_avg"] / (1 - beta1**step)
+    rho_inf = 2 / (1 - beta2) - 1
+    rho_t = rho_inf - 2 * step * beta2**step / bias_correction2
+    if rho_t <= 5.0:  # variance not tractable yet: momentum SGD
+        return p - m_hat * lr
+    rect = ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
+    adaptive = bias_correction2**0.5 / (np.sqrt(s["exp_avg_sq"]) + eps)
+    return p - m_hat * lr * adaptive * rect
+
+
+def adamax_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    lr, eps = o.get("lr", 2e-3), o.get("eps", 1e-8)
+    beta1, beta2 = o.get("betas", (0.9, 0.999))
+    g = _decayed(p, g, o)
+    s["exp_avg"] = _lerp(s.get("exp_avg", np.zeros_like(p)), g, 1 - beta1)
+    s["exp_inf"] = np.maximum(s.get("exp_inf", np.zeros_like(p)) * beta2, np.abs(g) + eps)
+    return p + (-lr / (1 - beta1**step)) * (s["exp_avg"] / s["exp_inf"])
+
+
 Reference = Callable[[np.ndarray, np.ndarray, State, int, Options], np.ndarray]
 RULES: dict[str, tuple[type, Reference, list[Options]]] = {
     "SGD": (
@@ -160,19 +216,41 @@ RULES: dict[str, tuple[type, Reference, list[Options]]] = {
         adamw_ref,
         [dict(lr=0.01, weight_decay=0.1), dict(lr=0.01, amsgrad=True, betas=(0.8, 0.99))],
     ),
+    "NAdam": (
+        fastoptim.NAdam,
+        nadam_ref,
+        [dict(lr=0.01), dict(lr=0.01, weight_decay=0.01, momentum_decay=0.1, maximize=True),
+         dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, betas=(0.8, 0.99))],
+    ),
+    "RAdam": (
+        fastoptim.RAdam,
+        radam_ref,
+        # 7 steps (STEPS_OF): unrectified steps 1-5, rectified from step 6 (beta2 0.999 or 0.9)
+        [dict(lr=0.01), dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, maximize=True),
+         dict(lr=0.01, betas=(0.8, 0.9), weight_decay=0.1, decoupled_weight_decay=True)],
+    ),
+    "Adamax": (
+        fastoptim.Adamax,
+        adamax_ref,
+        [dict(lr=0.01), dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.01,
+                             maximize=True)],
+    ),
 }
+# RAdam's rectified branch starts at step 6 at the earliest
+STEPS_OF = {"RAdam": 7}
 
 
-def make_data(seed: int) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
+def make_data(seed: int, steps: int = STEPS) -> tuple[list[np.ndarray], list[list[np.ndarray]]]:
     """Float32-representable params and per-step grads, so both dtypes start from the same values."""
     rng = np.random.default_rng(seed)
     params = [rng.standard_normal(n).astype(np.float32) for n in SIZES]
-    grads = [[rng.standard_normal(n).astype(np.float32) for n in SIZES] for _ in range(STEPS)]
+    grads = [[rng.standard_normal(n).astype(np.float32) for n in SIZES] for _ in range(steps)]
     return params, grads
 
 
-def run_fastoptim(cls: type, options: Options, dtype: type, seed: int) -> list[np.ndarray]:
-    params0, grads = make_data(seed)
+def run_fastoptim(cls: type, options: Options, dtype: type, seed: int,
+                  steps: int = STEPS) -> list[np.ndarray]:
+    params0, grads = make_data(seed, steps)
     params = [p.astype(dtype) for p in params0]
     opt = cls(params, **options)
     for step_grads in grads:
@@ -180,8 +258,9 @@ def run_fastoptim(cls: type, options: Options, dtype: type, seed: int) -> list[n
     return params
 
 
-def run_reference(ref: Reference, options: Options, seed: int) -> list[np.ndarray]:
-    params0, grads = make_data(seed)
+def run_reference(ref: Reference, options: Options, seed: int,
+                  steps: int = STEPS) -> list[np.ndarray]:
+    params0, grads = make_data(seed, steps)
     params = [p.astype(np.float64) for p in params0]
     states: list[State] = [{} for _ in params]
     for step, step_grads in enumerate(grads, start=1):
@@ -195,15 +274,16 @@ def run_reference(ref: Reference, options: Options, seed: int) -> list[np.ndarra
 def check_array_front(levels: list[str]) -> int:
     checks = 0
     for seed, (name, (cls, ref, variants)) in enumerate(RULES.items()):
+        steps = STEPS_OF.get(name, STEPS)
         for v, options in enumerate(variants):
-            expected = run_reference(ref, options, seed * 10 + v)
+            expected = run_reference(ref, options, seed * 10 + v, steps)
             for dtype in (np.float32, np.float64):
                 first: tuple[str, list[np.ndarray]] | None = None
                 for level in levels:
                     fastoptim.set_simd_level(level)
                     for threads in (1, 2):
                         fastoptim.set_num_threads(threads)
-                        got = run_fastoptim(cls, options, dtype, seed * 10 + v)
+                        got = run_fastoptim(cls, options, dtype, seed * 10 + v, steps)
                         where = f"{name}{options} {np.dtype(dtype).name} {level} x{threads}"
                         for i, (g, e) in enumerate(zip(got, expected)):
                             if not np.allclose(g, e, **TOLERANCE[dtype]):
@@ -228,7 +308,7 @@ def check_torch_front() -> int:
     for seed, (name, (_, _, variants)) in enumerate(RULES.items()):
         options = variants[-1]
         for dtype in (torch.float32, torch.float64):
-            params0, grads = make_data(100 + seed)
+            params0, grads = make_data(100 + seed, STEPS_OF.get(name, STEPS))
             ours = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in params0]
             theirs = [torch.tensor(p, dtype=dtype, requires_grad=True) for p in params0]
             opt_ours = getattr(fot, name)(ours, **options)

@@ -107,6 +107,10 @@ RICH = {
     "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
     "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
     "AdamW": dict(lr=0.01, amsgrad=True, maximize=True),
+    "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01, maximize=True),
+    # beta2=0.9: unrectified steps 1-5, rectified from step 6 (the 8- and 12-step runs too)
+    "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
+    "Adamax": dict(lr=0.01, weight_decay=0.01, maximize=True),
 }
 
 

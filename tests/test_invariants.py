@@ -16,6 +16,7 @@ from _support import (
     needs_torch,
     reference,
     run,
+    short_steps,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -62,8 +63,20 @@ def options(draw, rule: str, lr=None) -> dict:
                     eps=draw(st.sampled_from([1e-8, 1e-4, 1e-2])), weight_decay=wd,
                     momentum=draw(st.sampled_from([0.0, 0.9]) | _unit(0, 0.95)),
                     centered=draw(st.booleans()), maximize=maximize)
-    out = dict(lr=lr / 10, betas=(draw(_unit(0, 0.99)), draw(_unit(0, 0.999))),
-               eps=draw(st.sampled_from([1e-8, 1e-5, 1e-3])), weight_decay=wd,
+    betas = (draw(_unit(0, 0.99)), draw(_unit(0, 0.999)))
+    eps = draw(st.sampled_from([1e-8, 1e-5, 1e-3]))
+    if rule == "Adamax":
+        return dict(lr=lr / 10, betas=betas, eps=eps, weight_decay=wd, maximize=maximize)
+    if rule == "NAdam":
+        return dict(lr=lr / 10, betas=betas, eps=eps, weight_decay=wd,
+                    momentum_decay=draw(st.sampled_from([0.0, 4e-3]) | _unit(0, 0.5)),
+                    decoupled_weight_decay=draw(st.booleans()), maximize=maximize)
+    if rule == "RAdam":
+        # beta2 above 2/3 (rho_inf > 5) reaches the rectified branch; below, never
+        betas = (betas[0], draw(st.sampled_from([0.9, 0.999, 0.6]) | _unit(0, 0.999)))
+        return dict(lr=lr / 10, betas=betas, eps=eps, weight_decay=wd,
+                    decoupled_weight_decay=draw(st.booleans()), maximize=maximize)
+    out = dict(lr=lr / 10, betas=betas, eps=eps, weight_decay=wd,
                amsgrad=draw(st.booleans()), maximize=maximize)
     if rule == "Adam":
         out["decoupled_weight_decay"] = draw(st.booleans())
@@ -101,14 +114,17 @@ def _problem(shapes, dtype, steps, seed):
        seed=st.integers(0, 2**16))
 def test_lr_zero_is_a_noop(ro, shapes, dtype, seed) -> None:
     rule, opts = ro
-    params, grads = _problem(shapes, dtype, 4, seed)
+    steps = short_steps(rule, 4)
+    params, grads = _problem(shapes, dtype, steps, seed)
     before = [p.copy() for p in params]
     opt = _steps(rule, opts, params, grads)
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p, b)
     # the state did advance (lr=0 is not a skipped step)
     if rule != "SGD":
-        assert all(float(s["step"]) == 4.0 for s in opt.state.values())
+        assert all(float(s["step"]) == steps for s in opt.state.values())
+    if rule == "NAdam" and opts["betas"][0] > 0:
+        assert all(float(s["mu_product"]) < 1.0 for s in opt.state.values())
     if not HAVE_TORCH:
         return
     # and the torch front agrees
@@ -129,7 +145,7 @@ def test_chunking_invariance(ro, shapes, dtype, seed, threads, restore_threads) 
     views stepped as separate params: bit for bit."""
     fastoptim.set_num_threads(threads)
     rule, opts = ro
-    params, grads = _problem(shapes, dtype, 5, seed)
+    params, grads = _problem(shapes, dtype, short_steps(rule, 5), seed)
     together = [p.copy() for p in params]
     _steps(rule, opts, together, grads)
     for k, p in enumerate(params):
@@ -149,7 +165,7 @@ def test_chunking_invariance(ro, shapes, dtype, seed, threads, restore_threads) 
        seed=st.integers(0, 2**16))
 def test_maximize_symmetry(ro, shapes, dtype, seed) -> None:
     rule, opts = ro
-    params, grads = _problem(shapes, dtype, 5, seed)
+    params, grads = _problem(shapes, dtype, short_steps(rule, 5), seed)
     a = [p.copy() for p in params]
     b = [p.copy() for p in params]
     _steps(rule, dict(opts, maximize=True), a, grads)
@@ -173,7 +189,7 @@ def test_random_options_match_torch(ro, shapes, dtype, seed, front) -> None:
 def test_levels_agree_on_random_options(ro, seed) -> None:
     rule, opts = ro
     shapes = ((33,), (4097,), (5, 3))
-    params, grads = _problem(shapes, "float32", 3, seed)
+    params, grads = _problem(shapes, "float32", short_steps(rule, 3), seed)
     before = fastoptim.simd_level()
     results = []
     try:

@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES  # noqa: E402
+from _support import RICH, RULES, SCALAR_STATE_KEYS  # noqa: E402
 
 
 def _tol(dtype: torch.dtype) -> dict[str, float]:
@@ -57,7 +57,7 @@ def test_dense_layouts_step_in_place_like_torch(rule: str, layout: str) -> None:
     plan = fo._fastoptim_plans[0]
     assert not plan.staged_params and not plan.staged_grads, "a dense layout was copied"
     for key, value in fo.state[fo_p].items():
-        if key != "step":
+        if key not in SCALAR_STATE_KEYS:
             assert value.stride() == strides, f"state '{key}' is not in the param's layout"
             torch.testing.assert_close(value, ref.state[ref_p][key], **_tol(torch.float64))
 
@@ -151,7 +151,7 @@ def test_complex_params_like_torch(rule: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.parametrize("direction", ["torch->fastoptim", "fastoptim->torch"])
-@pytest.mark.parametrize("rule", ["Adam", "RMSprop", "Adagrad", "SGD"])
+@pytest.mark.parametrize("rule", ["Adam", "RMSprop", "Adagrad", "SGD", "NAdam", "RAdam", "Adamax"])
 def test_complex_state_dict_both_ways(rule: str, direction: str) -> None:
     dtype = torch.complex128
     first_ps, second_ps, ref_ps = (_complex_params(dtype) for _ in range(3))

@@ -33,8 +33,14 @@ def test_file_is_well_formed() -> None:
     assert data["format"] == "fastoptim-reference-trajectories"
     assert data["version"] == 1
     assert {c["optimizer"] for c in CASES} == {"SGD", "Adagrad", "Adadelta", "RMSprop", "Adam",
-                                                "AdamW"}
+                                                "AdamW", "NAdam", "RAdam", "Adamax"}
+    assert all(c["rule"] == c["optimizer"].lower() for c in CASES)
     assert len({c["name"] for c in CASES}) == len(CASES)
+    for c in CASES:  # every rule in both dtypes; NAdam's mu_product, like step, a number
+        assert any(d["optimizer"] == c["optimizer"] and d["dtype"] != c["dtype"] for d in CASES)
+        for state in c["final_state"]:
+            assert all(isinstance(v, list) != (k in ("step", "mu_product"))
+                       for k, v in state.items()), c["name"]
 
 
 @pytest.mark.parametrize("front", ["array", "torch"] if HAVE_TORCH else ["array"])
@@ -77,6 +83,9 @@ def test_fronts_reproduce_reference(case: dict, front: str, simd_level: str) -> 
             got = np.asarray(have[name].detach() if hasattr(have[name], "detach") else have[name])
             if name == "step":
                 assert float(got) == float(value)
+            elif name == "mu_product":  # torch's float32 product, exactly (float64 params too)
+                assert got.shape == () and got.dtype == np.float32
+                assert float(got) == value, f"final mu_product of param {i}"
             else:
                 assert got.dtype == dtype
                 np.testing.assert_allclose(got.reshape(-1), np.array(value, dtype=dtype),

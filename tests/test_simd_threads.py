@@ -10,7 +10,17 @@ import sys
 import fastoptim
 import numpy as np
 import pytest
-from _support import GRIDS, HAVE_TORCH, RULES, SIZES, Case, assert_equal_runs, needs_torch, run
+from _support import (
+    GRIDS,
+    HAVE_TORCH,
+    RULES,
+    SIZES,
+    Case,
+    assert_equal_runs,
+    needs_torch,
+    run,
+    short_steps,
+)
 from conftest import LEVELS
 
 EXPECTED_X86 = ("scalar", "sse2", "avx2", "avx512")
@@ -103,8 +113,9 @@ def _cases() -> list:
         grid = GRIDS[rule]
         for k, opts in enumerate(grid[:: max(1, len(grid) // 6)]):
             for dtype in ("float32", "float64"):
-                out.append(pytest.param(Case.single(rule, opts, shapes=shapes, dtype=dtype, steps=5,
-                                                    seed=k), id=f"{rule}-{k}-{dtype}"))
+                out.append(pytest.param(Case.single(rule, opts, shapes=shapes, dtype=dtype,
+                                                    steps=short_steps(rule, 5), seed=k),
+                                        id=f"{rule}-{k}-{dtype}"))
     return out
 
 
@@ -145,7 +156,8 @@ def test_big_tensor_levels_and_threads(rule: str, restore_threads: None) -> None
     """One 100003-element tensor (thread split inside a tensor, odd tail) per level, 1 and 2
     threads: all bit-identical."""
     opts = GRIDS[rule][-1]
-    case = Case.single(rule, opts, shapes=((100003,),), dtype="float32", steps=3)
+    case = Case.single(rule, opts, shapes=((100003,),), dtype="float32",
+                       steps=short_steps(rule, 3))
     before = fastoptim.simd_level()
     results = {}
     try:

@@ -79,7 +79,7 @@ def test_rmsprop_alias() -> None:
     assert fo_torch.RMSProp is fo_torch.RMSprop
     assert fastoptim.RMSProp is fastoptim.RMSprop
     assert set(fo_torch.__all__) >= {"SGD", "Adagrad", "Adadelta", "RMSprop", "RMSProp", "Adam",
-                                     "AdamW"}
+                                     "AdamW", "NAdam", "RAdam", "Adamax"}
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -242,6 +242,8 @@ def test_integer_params_get_torchs_error() -> None:
 # ---- LR schedulers ----------------------------------------------------------------------------
 
 S = torch.optim.lr_scheduler
+# rules with "momentum" or "betas" in their defaults: OneCycleLR and CyclicLR can cycle them
+CYCLES_MOMENTUM = ("SGD", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax")
 SCHEDULERS = {
     "StepLR": lambda o, r: S.StepLR(o, step_size=4, gamma=0.5),
     "MultiStepLR": lambda o, r: S.MultiStepLR(o, milestones=[3, 7, 12], gamma=0.3),
@@ -259,10 +261,10 @@ SCHEDULERS = {
     "ChainedScheduler": lambda o, r: S.ChainedScheduler(
         [S.ExponentialLR(o, gamma=0.95), S.StepLR(o, step_size=5, gamma=0.5)]),
     "OneCycleLR": lambda o, r: S.OneCycleLR(
-        o, max_lr=0.05, total_steps=20, cycle_momentum=r in ("SGD", "Adam", "AdamW", "RMSprop")),
+        o, max_lr=0.05, total_steps=20, cycle_momentum=r in CYCLES_MOMENTUM),
     "CyclicLR": lambda o, r: S.CyclicLR(
         o, base_lr=0.001, max_lr=0.05, step_size_up=3,
-        cycle_momentum=r in ("SGD", "RMSprop", "Adam", "AdamW")),
+        cycle_momentum=r in CYCLES_MOMENTUM),
     "ReduceLROnPlateau": lambda o, r: S.ReduceLROnPlateau(o, factor=0.5, patience=0,
                                                           threshold=0.5),
 }
@@ -309,6 +311,17 @@ VARIANTS = [
     ("Adam", dict(lr=0.01, amsgrad=True, weight_decay=0.1, decoupled_weight_decay=True)),
     ("AdamW", dict(lr=0.01, amsgrad=True)),
     ("AdamW", dict(lr=0.01, maximize=True)),
+    ("NAdam", dict(lr=0.01)),
+    ("NAdam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=0.01,
+                   maximize=True)),
+    ("NAdam", dict(lr=0.05, betas=(0.8, 0.99), weight_decay=0.01, momentum_decay=0.1)),
+    # beta2 0.999: rectified from step 6, before the checkpoint at step 8; beta2 0.7: from
+    # step 10, so the optimizer that loaded the checkpoint makes the switch
+    ("RAdam", dict(lr=0.01)),
+    ("RAdam", dict(lr=0.01, betas=(0.8, 0.7), weight_decay=0.1, decoupled_weight_decay=True)),
+    ("RAdam", dict(lr=0.01, betas=(0.9, 0.6), weight_decay=0.01, maximize=True)),  # never
+    ("Adamax", dict(lr=0.01)),
+    ("Adamax", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1, maximize=True)),
 ]
 
 
@@ -383,6 +396,10 @@ def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype,
     for _ in range(8):
         _train_step(ref_model, ref, x, y)
         _train_step(m1, o1, x, y)
+    # torch's load_state_dict casts every state tensor but "step" to its param's dtype: NAdam's
+    # float32 mu_product becomes float64 for float64 params (and is multiplied in float64 from
+    # then on). The reference goes through the same load, so both continue with the same dtypes.
+    ref.load_state_dict(ref.state_dict())
     ckpt = {"model": m1.state_dict(), "opt": o1.state_dict()}
     if via_bytes:
         ckpt = _roundtrip(ckpt)
@@ -437,7 +454,9 @@ def test_torch_state_dict_into_array_front_and_back(variant) -> None:
         arr.step([gr.numpy() for gr in grads[k]])
     for a, p in zip(arrays, ref_params):
         np.testing.assert_allclose(a, p.detach().numpy(), rtol=1e-10)
-    # and back: NumPy state as tensors into a fresh torch.optim, which continues like ref
+    # and back: NumPy state as tensors into a fresh torch.optim, which continues like ref (which
+    # reloads its own state too: torch's load makes NAdam's mu_product float64 for float64 params)
+    ref.load_state_dict(ref.state_dict())
     back_params = [torch.tensor(a, requires_grad=True) for a in arrays]
     back = getattr(torch.optim, rule)(back_params, foreach=False, **opts)
     sd = arr.state_dict()

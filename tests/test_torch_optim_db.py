@@ -1,7 +1,7 @@
 """PyTorch's own optimizer test inputs, with fastoptim's classes substituted for torch's.
 
 torch ships the option sets and the bad-input cases its test_optim.py runs for every optimizer
-(``torch.testing._internal.common_optimizers.optim_db``). For the six fused rules, every option
+(``torch.testing._internal.common_optimizers.optim_db``). For the fused rules, every option
 set (float32, float64 and, where torch supports it, complex64) must give the same trajectory and
 state as ``torch.optim.X(foreach=False)``, and every error case the same exception type and
 message, at the same moment (construction or step).
@@ -18,7 +18,7 @@ import fastoptim.torch as fo_torch  # noqa: E402
 
 OptimizerErrorEnum = common_optimizers.OptimizerErrorEnum
 INFOS = {info.name: info for info in common_optimizers.optim_db}
-RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW")
+RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax")
 
 
 def _inputs() -> list:

@@ -5,12 +5,13 @@ buffer untouched), mismatched state_dicts (both fronts)."""
 from __future__ import annotations
 
 import copy
+import inspect
 import pickle
 
 import fastoptim
 import numpy as np
 import pytest
-from _support import HAVE_TORCH, RULES, needs_torch
+from _support import HAVE_TORCH, RULES, SCALAR_STATE_KEYS, needs_torch, short_steps
 
 if HAVE_TORCH:
     import fastoptim.torch as fo_torch
@@ -33,6 +34,16 @@ BAD_HYPERPARAMETERS = {
              dict(weight_decay=-0.1), dict(betas=(0.9, 1))],
     "AdamW": [dict(lr=-1e-3), dict(eps=-1e-8), dict(betas=(1.0, 0.999)), dict(betas=(0.9, 1.0)),
               dict(weight_decay=-0.01), dict(lr=float("-inf"))],
+    "NAdam": [dict(lr=-1), dict(lr=float("nan")), dict(eps=-1e-8), dict(betas=(1.0, 0.999)),
+              dict(betas=(-0.1, 0.9)), dict(betas=(0.9, 1.0)), dict(betas=(0.9, 1)),
+              dict(weight_decay=-0.1), dict(momentum_decay=-1), dict(momentum_decay=-4e-3),
+              dict(momentum_decay=float("nan")), dict(momentum_decay=-1e-300)],
+    "RAdam": [dict(lr=-1), dict(lr=-1e-20), dict(eps=-1e-8), dict(betas=(1.0, 0.999)),
+              dict(betas=(0.9, 1.0)), dict(betas=(0.9, 1)), dict(betas=(0.9, -1e-3)),
+              dict(betas=(1.5, 2.0)), dict(weight_decay=-1), dict(weight_decay=float("nan"))],
+    "Adamax": [dict(lr=-1), dict(lr=float("-inf")), dict(eps=-1e-8), dict(eps=float("nan")),
+               dict(betas=(1.0, 0.999)), dict(betas=(0.9, 1.0)), dict(betas=(-0.5, 0.9)),
+               dict(weight_decay=-0.1)],
 }
 HYPER_CASES = [pytest.param(rule, kw, id=f"{rule}-{kw}") for rule in RULES
                for kw in BAD_HYPERPARAMETERS[rule]]
@@ -116,6 +127,29 @@ def _assert_same_snapshot(after, before) -> None:
                                           np.asarray(s_before[k][name]), err_msg=name)
 
 
+@pytest.mark.parametrize("rule", RULES)
+def test_array_front_execution_flags(rule: str) -> None:
+    """torch's execution flags on the array front: foreach, capturable and fused (those torch's
+    signature has) are accepted and change nothing; differentiable=True is a ValueError naming
+    it, in the constructor and in an added group (which is then not added)."""
+    names = inspect.signature(getattr(fastoptim, rule)).parameters
+    flags = {k: True for k in ("foreach", "capturable", "fused") if k in names}
+    assert "foreach" in flags and "differentiable" in names
+    w, ref = np.linspace(-1, 1, 9), np.linspace(-1, 1, 9)
+    a = getattr(fastoptim, rule)([w], **RICH[rule], **flags)
+    b = getattr(fastoptim, rule)([ref], **RICH[rule])
+    for k in range(short_steps(rule, 3)):
+        g = np.cos(np.arange(9.0) * (k + 1))
+        a.step([g])
+        b.step([g])
+    np.testing.assert_array_equal(w, ref)
+    with pytest.raises(ValueError, match="differentiable"):
+        getattr(fastoptim, rule)([np.zeros(3)], differentiable=True)
+    with pytest.raises(ValueError, match="differentiable"):
+        a.add_param_group({"params": [np.zeros(3)], "differentiable": True})
+    assert len(a.param_groups) == 1
+
+
 def test_constructor_errors_match_torch() -> None:
     w = np.zeros(3)
     with pytest.raises(ValueError, match="^optimizer got an empty parameter list$"):
@@ -138,6 +172,9 @@ RICH = {
     "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
     "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
     "AdamW": dict(lr=0.01, amsgrad=True),
+    "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01),
+    "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
+    "Adamax": dict(lr=0.01, weight_decay=0.01),
 }
 
 SHAPES = [(3, 4), (7,), (5,), (2, 2)]  # params 0, 1 in group 0; params 2, 3 in group 1
@@ -378,11 +415,11 @@ def _mismatch(kind: str, sd: dict, rule: str) -> dict:
     elif kind == "param-count":
         sd["param_groups"][1]["params"] = sd["param_groups"][1]["params"][:1]
     elif kind == "buffer-shape":
-        slot = next(k for k in sd["state"][3] if k != "step")
+        slot = next(k for k in sd["state"][3] if k not in SCALAR_STATE_KEYS)
         value = sd["state"][3][slot]
         sd["state"][3][slot] = (torch.zeros(5) if hasattr(value, "detach") else np.zeros(5))
     elif kind == "buffer-shape-group0":
-        slot = next(k for k in sd["state"][0] if k != "step")
+        slot = next(k for k in sd["state"][0] if k not in SCALAR_STATE_KEYS)
         value = sd["state"][0][slot]
         sd["state"][0][slot] = (value.reshape(-1) if hasattr(value, "reshape") else value)
     # a changed lr: a partial load would show in param_groups
@@ -483,6 +520,8 @@ def test_array_state_dict_round_trip(rule: str, dtype) -> None:
             assert isinstance(v, np.ndarray)
             if name == "step":
                 assert v.shape == () and v.dtype == np.float32 and float(v) == 5.0
+            elif name == "mu_product":  # NAdam: torch's 0-d float32 scalar, whatever the dtype
+                assert v.shape == () and v.dtype == np.float32 and 0 < float(v) < 1
             else:
                 assert v.dtype == dtype and v.shape == SHAPES[i]
     sd = pickle.loads(pickle.dumps(sd))

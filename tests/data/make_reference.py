@@ -18,8 +18,10 @@ File format (JSON, version 1)
 
 case = {
   "name":      "adam_amsgrad_float32",   # unique
-  "optimizer": "Adam",                   # torch.optim class: SGD Adagrad Adadelta RMSprop Adam AdamW
-  "rule":      "adam",                   # sgd adagrad adadelta rmsprop adam adamw
+  "optimizer": "Adam",                   # torch.optim class: SGD Adagrad Adadelta RMSprop Adam
+                                         #   AdamW NAdam RAdam Adamax
+  "rule":      "adam",                   # the class name in lower case: sgd adagrad adadelta
+                                         #   rmsprop adam adamw nadam radam adamax
   "dtype":     "float32",                # or "float64": params, grads and state
   "options":   {"lr": 0.01, "betas": [0.9, 0.999], ...},
                # keyword arguments of the torch.optim constructor, with torch's names
@@ -38,6 +40,11 @@ case = {
     ...                                  # keys whose value is None are left out; {} if no state
   ]
 }
+
+Besides "step", NAdam has one more per-param scalar, "mu_product" (the product of its momentum
+coefficients mu_1 ... mu_t): a number, torch's 0-d float32 value written exactly (torch keeps it
+in float32 for float64 params too, and rounds each product to float32). Every other state entry
+is a buffer shaped like its param.
 
 Every number is written with Python's repr (shortest round-trip decimal), so float64 values
 parse back exactly and float32 values are exact float32 values written as decimals (parse as
@@ -82,6 +89,21 @@ CONFIGS: list[tuple[str, str, dict]] = [
                                         weight_decay=0.1)),
     ("AdamW", "plain", dict(lr=0.01)),
     ("AdamW", "amsgrad_maximize", dict(lr=0.01, amsgrad=True, weight_decay=0.1, maximize=True)),
+    # New configurations go at the end: a case's random numbers come from its index here.
+    ("NAdam", "plain", dict()),
+    ("NAdam", "l2_maximize", dict(lr=0.01, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.05,
+                                  momentum_decay=0.01, maximize=True)),
+    ("NAdam", "decoupled_momentum_decay", dict(lr=0.01, weight_decay=0.1, momentum_decay=0.1,
+                                               decoupled_weight_decay=True)),
+    # RAdam: beta2 0.999 and 0.9 are unrectified for steps 1-5 and rectified from step 6 (of the
+    # 10); beta2 0.6 (rho_inf 4) never is
+    ("RAdam", "plain", dict(lr=0.01)),
+    ("RAdam", "switch_l2_maximize", dict(lr=0.01, betas=(0.9, 0.9), eps=1e-6, weight_decay=0.05,
+                                         maximize=True)),
+    ("RAdam", "unrectified_decoupled", dict(lr=0.01, betas=(0.5, 0.6), weight_decay=0.1,
+                                            decoupled_weight_decay=True)),
+    ("Adamax", "plain", dict()),
+    ("Adamax", "all", dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.05, maximize=True)),
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -125,6 +147,8 @@ def make_case(index: int, optimizer: str, label: str, options: dict, dtype_name:
                 continue
             if key == "step":
                 entry[key] = int(float(value))
+            elif key == "mu_product":
+                entry[key] = float(value)
             else:
                 entry[key] = flat(value)
         final_state.append(entry)
