@@ -748,13 +748,23 @@ class _FusedStep:
                     "of optimizer's group"
                 )
             id_to_param.update(zip(saved["params"], group["params"]))
+        scalar_names = {name for name, _ in self._info["scalar_slots"]}
         for key, saved_state in state_dict["state"].items():
             param = id_to_param.get(key)
             if param is None:
                 continue
+            if saved_state and scalar_names:
+                # torch's __setstate__ (NAdam) reads these of every started state while it
+                # loads, after replacing the state: its KeyError, raised here with nothing changed
+                for name in ("step", *sorted(scalar_names)):
+                    if name not in saved_state:
+                        raise KeyError(name)
             for name, value in saved_state.items():
                 if name == "step":
                     step_count(value, f"param {key}")
+                    continue
+                if name in scalar_names:  # NAdam's mu_product: one finite number
+                    scalar_value(value, f"param {key}: state '{name}'")
                     continue
                 if not isinstance(value, torch.Tensor):
                     continue
