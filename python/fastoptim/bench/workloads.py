@@ -46,13 +46,6 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def available_rules() -> list[str]:
-    """The rules this fastoptim has an array-front class for (the default of ``--rules``)."""
-    import fastoptim
-
-    return [rule for rule, (name, _) in RULES.items() if hasattr(fastoptim, name)]
-
-
 def rule_options(rule: str, variants: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """(row label, constructor options) of a rule under the selected variants."""
     name, base = RULES[rule]
