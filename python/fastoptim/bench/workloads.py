@@ -17,18 +17,14 @@ import numpy as np
 
 from .. import _core
 
-# rule key -> (class name shared by torch.optim / fastoptim / fastoptim.torch, benchmark options).
 # SGD is benchmarked with momentum: plain SGD has no state and nobody's bottleneck.
+BENCH_OPTIONS: dict[str, dict[str, Any]] = {"sgd": {"lr": 1e-3, "momentum": 0.9}}
+
+# rule key -> (class name shared by torch.optim / fastoptim / fastoptim.torch, benchmark
+# options), for every rule the core describes
 RULES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sgd": ("SGD", {"lr": 1e-3, "momentum": 0.9}),
-    "adagrad": ("Adagrad", {}),
-    "adadelta": ("Adadelta", {}),
-    "rmsprop": ("RMSprop", {}),
-    "adam": ("Adam", {}),
-    "adamw": ("AdamW", {}),
-    "nadam": ("NAdam", {}),
-    "radam": ("RAdam", {}),
-    "adamax": ("Adamax", {}),
+    info["name"]: (info["torch_name"], BENCH_OPTIONS.get(info["name"], {}))
+    for info in _core.rules()
 }
 
 # variant -> {rule: extra options}; a variant changes the rules it names and leaves the others.
