@@ -170,12 +170,24 @@ void validate_buffers(const typename R::Options& o, std::span<const ParamBuffers
   }
 }
 
-Streams offset(const ParamBuffers& b, std::size_t first, std::size_t element_size) {
-  const std::size_t bytes = first * element_size;
-  auto shift = [bytes](void* p) { return p ? static_cast<char*>(p) + bytes : nullptr; };
-  return {shift(b.param),
-          static_cast<const char*>(b.grad) + bytes,
-          {shift(b.state[0]), shift(b.state[1]), shift(b.state[2])},
+// Bytes per element of each stream of a layout: chunks and heads count elements, and each
+// stream's pointer advances by its own storage size.
+struct ElementSizes {
+  std::size_t param, grad, state;
+};
+template <class L>
+constexpr ElementSizes element_sizes() {
+  return {sizeof(typename L::param), sizeof(typename L::grad), sizeof(typename L::state)};
+}
+
+Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& sizes) {
+  auto shift = [first](void* p, std::size_t size) {
+    return p ? static_cast<char*>(p) + first * size : nullptr;
+  };
+  return {shift(b.param, sizes.param),
+          static_cast<const char*>(b.grad) + first * sizes.grad,
+          {shift(b.state[0], sizes.state), shift(b.state[1], sizes.state),
+           shift(b.state[2], sizes.state)},
           nullptr};
 }
 
@@ -226,7 +238,7 @@ std::vector<StepScalars<R, C>> make_all_scalars(const typename R::Options& optio
 template <class Scalars, class C>
 void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
                const kernels::GradFactors<C>& factors, std::span<const ParamBuffers> buffers,
-               const std::vector<std::size_t>& starts, std::size_t element_size, std::size_t lo,
+               const std::vector<std::size_t>& starts, const ElementSizes& sizes, std::size_t lo,
                std::size_t hi) {
   if (lo >= hi) return;
   std::size_t b = static_cast<std::size_t>(
@@ -235,7 +247,7 @@ void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
     const std::size_t first = std::max(lo, starts[b]) - starts[b];
     const std::size_t last = std::min(hi, starts[b] + buffers[b].size) - starts[b];
     if (first < last)
-      kernel(&scalars[b].kernel, &factors, offset(buffers[b], first, element_size), last - first);
+      kernel(&scalars[b].kernel, &factors, offset(buffers[b], first, sizes), last - first);
   }
 }
 
@@ -251,10 +263,12 @@ void check_factors(const GradFactors& f) {
 
 // The whole call for one rule and compute type C: scalars (checked), then, if `write`, the
 // kernels over every buffer and the new scalar state.
-template <class R, class C>
+template <class R, class L>
 void apply(const typename R::Options& options, std::size_t layout,
            std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& f,
            bool write) {
+  using C = typename L::compute;
+  constexpr ElementSizes sizes = element_sizes<L>();
   auto scalars = make_all_scalars<R, C>(options, buffers);
   if (!write) return;
   const kernels::GradFactors<C> factors{saturate<C>(f.inv_scale), saturate<C>(f.clip_coef),
@@ -276,14 +290,13 @@ void apply(const typename R::Options& options, std::size_t layout,
       auto boundary = [&](std::size_t k) {
         return k == n ? total : (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
       };
-      run_range(kernel, scalars, factors, buffers, starts, sizeof(C), boundary(t),
-                boundary(t + 1));
+      run_range(kernel, scalars, factors, buffers, starts, sizes, boundary(t), boundary(t + 1));
     }
   } else
 #endif
   {
     (void)threads;
-    run_range(kernel, scalars, factors, buffers, starts, sizeof(C), 0, total);
+    run_range(kernel, scalars, factors, buffers, starts, sizes, 0, total);
   }
   for (std::size_t i = 0; i < buffers.size(); ++i)
     for (std::size_t k = 0; k < R::scalar_slots.size; ++k) {
@@ -295,27 +308,41 @@ void apply(const typename R::Options& options, std::size_t layout,
     }
 }
 
+// Calls f.template operator()<L>() with the registered layout of this index.
+template <class F, class... L>
+void with_layout(std::size_t index, kernels::LayoutList<L...>, F&& f) {
+  std::size_t i = 0;
+  ((i++ == index ? f.template operator()<L>() : void()), ...);
+}
+
+const char* storage_name(DType t) { return t == DType::float32 ? "float32" : "float64"; }
+
 // Validates everything; then, if `write`, updates every buffer.
 template <class R>
-void call(const void* options_ptr, DType dtype, std::span<const ParamBuffers> buffers,
+void call(const void* options_ptr, const StreamTypes& types, std::span<const ParamBuffers> buffers,
           int num_threads, const GradFactors& factors, bool write) {
   const auto& options = *static_cast<const typename R::Options*>(options_ptr);
   check_factors(factors);
   validate(options);
   validate_buffers<R>(options, buffers);
-  const int id = static_cast<int>(dtype);
-  const int layout = kernels::find_layout(id, id, id);
-  if (layout < 0) throw std::invalid_argument("unsupported dtype");
+  const int layout = kernels::find_layout(static_cast<int>(types.param),
+                                          static_cast<int>(types.grad),
+                                          static_cast<int>(types.state));
+  if (layout < 0)
+    throw std::invalid_argument(std::string("no kernel for params of ") +
+                                storage_name(types.param) + ", grads of " +
+                                storage_name(types.grad) + " and state of " +
+                                storage_name(types.state));
   const auto index = static_cast<std::size_t>(layout);
-  if (dtype == DType::float32)
-    apply<R, float>(options, index, buffers, num_threads, factors, write);
-  else
-    apply<R, double>(options, index, buffers, num_threads, factors, write);
+  with_layout(index, kernels::Registered{}, [&]<class L>() {
+    apply<R, L>(options, index, buffers, num_threads, factors, write);
+  });
 }
 
 // Every registered rule's entry points, by Rule id.
 struct RuleEntry {
-  void (*call)(const void*, DType, std::span<const ParamBuffers>, int, const GradFactors&, bool);
+  void (*call)(const void*, const StreamTypes&, std::span<const ParamBuffers>, int,
+               const GradFactors&, bool);
   bool (*uses_slot)(const void*, int);
   const char* (*slot_name)(int);
 };
@@ -351,14 +378,14 @@ bool detail::uses_state_slot(Rule rule, const void* options, int slot) {
   return entry(rule).uses_slot(options, slot);
 }
 const char* detail::state_slot_name(Rule rule, int slot) { return entry(rule).slot_name(slot); }
-void detail::step(Rule rule, const void* options, DType dtype,
+void detail::step(Rule rule, const void* options, const StreamTypes& types,
                   std::span<const ParamBuffers> buffers, int num_threads,
                   const GradFactors& factors) {
-  entry(rule).call(options, dtype, buffers, num_threads, factors, true);
+  entry(rule).call(options, types, buffers, num_threads, factors, true);
 }
-void detail::check_step(Rule rule, const void* options, DType dtype,
+void detail::check_step(Rule rule, const void* options, const StreamTypes& types,
                         std::span<const ParamBuffers> buffers, const GradFactors& factors) {
-  entry(rule).call(options, dtype, buffers, 0, factors, false);
+  entry(rule).call(options, types, buffers, 0, factors, false);
 }
 
 void check_step_counts(std::span<const ParamBuffers> buffers) {

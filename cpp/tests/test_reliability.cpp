@@ -409,3 +409,39 @@ TEST(Reliability, InvalidFloat64BatchLeavesTheFloat32BatchUntouched) {
 
 }  // namespace
 }  // namespace fastoptim::test
+
+namespace fastoptim::test {
+namespace {
+
+// A call names each stream's storage type; a combination the build has no kernel for is
+// refused before anything is written.
+TEST(StreamTypes, UnregisteredLayoutIsRefusedNamingTheTypes) {
+  std::vector<float> p = {1.0f, 2.0f, 3.0f}, m(3, 0.0f), v(3, 0.0f);
+  std::vector<double> g = {0.5, 0.5, 0.5};
+  ParamBuffers b;
+  b.param = p.data();
+  b.grad = g.data();
+  b.state[0] = m.data();
+  b.state[1] = v.data();
+  b.size = 3;
+  const std::vector<float> before = p;
+  const StreamTypes types(DType::float32, DType::float64, DType::float32);
+  EXPECT_MESSAGE(step(AdamOptions{}, types, std::span(&b, 1)),
+                 "no kernel for params of float32, grads of float64 and state of float32");
+  EXPECT_EQ(p, before);
+  EXPECT_EQ(m, std::vector<float>(3, 0.0f));
+  // the registered all-float32 layout, named stream by stream, is the DType call
+  std::vector<float> gf = {0.5f, 0.5f, 0.5f};
+  b.grad = gf.data();
+  step(AdamOptions{}, StreamTypes(DType::float32, DType::float32, DType::float32), std::span(&b, 1));
+  std::vector<float> q = before, m2(3, 0.0f), v2(3, 0.0f);
+  ParamBuffers c = b;
+  c.param = q.data();
+  c.state[0] = m2.data();
+  c.state[1] = v2.data();
+  step(AdamOptions{}, DType::float32, std::span(&c, 1));
+  EXPECT_EQ(p, q);
+}
+
+}  // namespace
+}  // namespace fastoptim::test

@@ -11,11 +11,20 @@
 
 namespace fastoptim {
 
-// Storage types of the streams a kernel reads and writes. Today every stream of a call has the
-// param's type; a layout (cpp/src/kernels/layouts.hpp) names one type per stream.
+// Storage types of the streams a kernel reads and writes.
 enum class DType : std::uint8_t { float32, float64 };
 
-// One parameter tensor and its optimizer state, all `size` elements of `dtype`, contiguous.
+// The storage type of each stream of a call: params, grads, state slots. A call runs if the
+// build has a kernel for this combination (its layouts, cpp/src/kernels/layouts.hpp; today
+// all-float32 and all-float64), else std::invalid_argument names the types.
+struct StreamTypes {
+  DType param, grad, state;
+  StreamTypes(DType all) : param(all), grad(all), state(all) {}  // NOLINT: a DType is all three
+  StreamTypes(DType p, DType g, DType s) : param(p), grad(g), state(s) {}
+};
+
+// One parameter tensor and its optimizer state: `size` elements per stream, each stream contiguous
+// in its storage type (the call's StreamTypes).
 // State slots are the rule's, in its description's order (fastoptim/rules/<rule>.hpp; a slot
 // the options do not use may be null), e.g.
 //   SGD       state[0] = momentum_buffer (momentum != 0)
@@ -84,9 +93,9 @@ double clip_coefficient(double max_norm, double total_norm);
 namespace detail {
 bool uses_state_slot(Rule rule, const void* options, int slot);
 const char* state_slot_name(Rule rule, int slot);
-void step(Rule rule, const void* options, DType dtype, std::span<const ParamBuffers> buffers,
-          int num_threads, const GradFactors& grad_factors);
-void check_step(Rule rule, const void* options, DType dtype,
+void step(Rule rule, const void* options, const StreamTypes& types,
+          std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& grad_factors);
+void check_step(Rule rule, const void* options, const StreamTypes& types,
                 std::span<const ParamBuffers> buffers, const GradFactors& grad_factors);
 }  // namespace detail
 
@@ -108,18 +117,18 @@ const char* state_slot_name(const Options&, int slot) {
 // as torch rejects a Python float that overflows the tensor's dtype. Non-finite options that
 // torch accepts (lr = inf) are passed through. Defined for every rule's options.
 template <class Options>
-void step(const Options& options, DType dtype, std::span<const ParamBuffers> buffers,
+void step(const Options& options, const StreamTypes& types, std::span<const ParamBuffers> buffers,
           int num_threads = 0, const GradFactors& grad_factors = {}) {
-  detail::step(rules::id<typename Options::Rule>, &options, dtype, buffers, num_threads,
+  detail::step(rules::id<typename Options::Rule>, &options, types, buffers, num_threads,
                grad_factors);
 }
 
 // Everything step() checks, and nothing written: validate every batch of a multi-batch update
 // (several dtypes, several groups) before running any of them. Same exceptions as step().
 template <class Options>
-void check_step(const Options& options, DType dtype, std::span<const ParamBuffers> buffers,
-                const GradFactors& grad_factors = {}) {
-  detail::check_step(rules::id<typename Options::Rule>, &options, dtype, buffers, grad_factors);
+void check_step(const Options& options, const StreamTypes& types,
+                std::span<const ParamBuffers> buffers, const GradFactors& grad_factors = {}) {
+  detail::check_step(rules::id<typename Options::Rule>, &options, types, buffers, grad_factors);
 }
 
 // SIMD level in use ("scalar", "sse2", "avx2", "avx512", "neon"), the levels this CPU and build
