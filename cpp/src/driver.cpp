@@ -315,7 +315,15 @@ void with_layout(std::size_t index, kernels::LayoutList<L...>, F&& f) {
   ((i++ == index ? f.template operator()<L>() : void()), ...);
 }
 
-const char* storage_name(DType t) { return t == DType::float32 ? "float32" : "float64"; }
+const char* storage_name(DType t) {
+  switch (t) {
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float16: return "float16";
+  }
+  return "an unknown type";
+}
 
 // Validates everything; then, if `write`, updates every buffer.
 template <class R>

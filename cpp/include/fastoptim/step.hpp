@@ -8,15 +8,18 @@
 #include <vector>
 
 #include "fastoptim/options.hpp"
+#include "fastoptim/types.hpp"
 
 namespace fastoptim {
 
-// Storage types of the streams a kernel reads and writes.
-enum class DType : std::uint8_t { float32, float64 };
+// Storage types of the streams a kernel reads and writes (bfloat16 and float16: 2-byte
+// fastoptim::bfloat16 / fastoptim::float16 elements, fastoptim/types.hpp).
+enum class DType : std::uint8_t { float32, float64, bfloat16, float16 };
 
 // The storage type of each stream of a call: params, grads, state slots. A call runs if the
 // build has a kernel for this combination (its layouts, cpp/src/kernels/layouts.hpp; today
-// all-float32 and all-float64), else std::invalid_argument names the types.
+// all-float32, all-float64, all-bfloat16 and all-float16, the 16-bit ones computed in float32),
+// else std::invalid_argument names the types.
 struct StreamTypes {
   DType param, grad, state;
   StreamTypes(DType all) : param(all), grad(all), state(all) {}  // NOLINT: a DType is all three

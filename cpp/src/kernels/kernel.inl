@@ -9,16 +9,18 @@
 // memory-bound.
 
 // A stream's storage type to the compute vector V and back: the one place a conversion
-// happens. Identity for the registered layouts; a narrower storage type (bf16, fp16) adds its
-// load-and-widen and narrow-and-store here, per ISA, in the vector header.
+// happens. The same type is a plain load and store; a 16-bit storage type (bfloat16, float16)
+// widens to and narrows from float32 lanes with the vector header's conversions.
 template <class V, class S>
 FASTOPTIM_INLINE V load_as(const S* p) {
-  static_assert(rules::kSame<S, typename V::Lane>, "no conversion for this storage type");
+  static_assert(rules::kSame<S, typename V::Lane> || rules::kSame<typename V::Lane, float>,
+                "16-bit storage computes in float32");
   return V::load(p);
 }
 template <class V, class S>
 FASTOPTIM_INLINE void store_as(S* p, V x) {
-  static_assert(rules::kSame<S, typename V::Lane>, "no conversion for this storage type");
+  static_assert(rules::kSame<S, typename V::Lane> || rules::kSame<typename V::Lane, float>,
+                "16-bit storage computes in float32");
   V::store(p, x);
 }
 

@@ -6,6 +6,7 @@
 #include <stddef.h>
 
 #include "fastoptim/rules/rule.hpp"
+#include "fastoptim/types.hpp"
 
 namespace fastoptim::kernels {
 
@@ -25,8 +26,10 @@ struct LayoutList {
 };
 
 // The layouts this build has kernels for; their index is the table's second dimension.
-using Registered = LayoutList<Layout<float, float, float, float>,
-                              Layout<double, double, double, double>>;
+using Registered = LayoutList<
+    Layout<float, float, float, float>, Layout<double, double, double, double>,
+    // 16-bit params: state in the param's type, math in float32, each store rounded once
+    Layout<bfloat16, bfloat16, bfloat16, float>, Layout<float16, float16, float16, float>>;
 inline constexpr size_t kLayoutCount = Registered::size;
 
 // Storage type ids as the driver names them (fastoptim::DType's values).
@@ -36,6 +39,10 @@ template <>
 inline constexpr int kStorageId<float> = 0;
 template <>
 inline constexpr int kStorageId<double> = 1;
+template <>
+inline constexpr int kStorageId<bfloat16> = 2;
+template <>
+inline constexpr int kStorageId<float16> = 3;
 
 // The index in Registered of the layout with these storage types (kStorageId values), or -1.
 template <class... L>

@@ -7,6 +7,33 @@ struct F32 {
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm256_loadu_ps(p)}; }
   static FASTOPTIM_INLINE void store(float* p, F32 x) { _mm256_storeu_ps(p, x.v); }
   static FASTOPTIM_INLINE F32 set1(float x) { return {_mm256_set1_ps(x)}; }
+  // 16-bit storage (fastoptim/types.hpp): widened exactly, narrowed to nearest even; float16
+  // through F16C, which this level requires
+  static FASTOPTIM_INLINE F32 load(const bfloat16* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16))};
+  }
+  static FASTOPTIM_INLINE void store(bfloat16* p, F32 x) {
+    const __m256i u = _mm256_castps_si256(x.v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i r = _mm256_srli_epi32(
+        _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+    const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
+    // packus works per 128-bit lane: [r0-3 r0-3 | r4-7 r4-7], then 64-bit quarters 0, 2
+    const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(r, r), 0xd8);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(packed));
+  }
+  static FASTOPTIM_INLINE F32 load(const float16* p) {
+    return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
+  static FASTOPTIM_INLINE void store(float16* p, F32 x) {
+    // one NaN (types.hpp): 0x7fc00000 converts to 0x7e00
+    const __m256 v = _mm256_blendv_ps(x.v, _mm256_castsi256_ps(_mm256_set1_epi32(0x7fc00000)),
+                                      _mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p),
+                     _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
 };
 struct F64 {
   using Lane = double;

@@ -7,6 +7,30 @@ struct F32 {
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm512_loadu_ps(p)}; }
   static FASTOPTIM_INLINE void store(float* p, F32 x) { _mm512_storeu_ps(p, x.v); }
   static FASTOPTIM_INLINE F32 set1(float x) { return {_mm512_set1_ps(x)}; }
+  // 16-bit storage (fastoptim/types.hpp): widened exactly, narrowed to nearest even
+  static FASTOPTIM_INLINE F32 load(const bfloat16* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))};
+  }
+  static FASTOPTIM_INLINE void store(bfloat16* p, F32 x) {
+    const __m512i u = _mm512_castps_si512(x.v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(
+        _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
+    r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q),
+                              _mm512_set1_epi32(0x7fc0));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+  }
+  static FASTOPTIM_INLINE F32 load(const float16* p) {
+    return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  static FASTOPTIM_INLINE void store(float16* p, F32 x) {
+    // one NaN (types.hpp): 0x7fc00000 converts to 0x7e00
+    const __m512 v = _mm512_mask_mov_ps(x.v, _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q),
+                                        _mm512_castsi512_ps(_mm512_set1_epi32(0x7fc00000)));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+  }
 };
 struct F64 {
   using Lane = double;

@@ -8,6 +8,26 @@ struct F32 {
   static FASTOPTIM_INLINE F32 load(const float* p) { return {vld1q_f32(p)}; }
   static FASTOPTIM_INLINE void store(float* p, F32 x) { vst1q_f32(p, x.v); }
   static FASTOPTIM_INLINE F32 set1(float x) { return {vdupq_n_f32(x)}; }
+  // 16-bit storage (fastoptim/types.hpp): widened exactly, narrowed to nearest even
+  static FASTOPTIM_INLINE F32 load(const bfloat16* p) {
+    return {vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p)), 16))};
+  }
+  static FASTOPTIM_INLINE void store(bfloat16* p, F32 x) {
+    const uint32x4_t u = vreinterpretq_u32_f32(x.v);
+    const uint32x4_t lsb = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    uint32x4_t r = vshrq_n_u32(vaddq_u32(u, vaddq_u32(lsb, vdupq_n_u32(0x7fff))), 16);
+    r = vbslq_u32(vmvnq_u32(vceqq_f32(x.v, x.v)), vdupq_n_u32(0x7fc0), r);
+    vst1_u16(reinterpret_cast<uint16_t*>(p), vmovn_u32(r));
+  }
+  static FASTOPTIM_INLINE F32 load(const float16* p) {
+    return {vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const uint16_t*>(p))))};
+  }
+  static FASTOPTIM_INLINE void store(float16* p, F32 x) {
+    // one NaN (types.hpp): 0x7fc00000 converts to 0x7e00
+    const float32x4_t v = vbslq_f32(vceqq_f32(x.v, x.v), x.v,
+                                    vreinterpretq_f32_u32(vdupq_n_u32(0x7fc00000)));
+    vst1_u16(reinterpret_cast<uint16_t*>(p), vreinterpret_u16_f16(vcvt_f16_f32(v)));
+  }
 };
 struct F64 {
   using Lane = double;

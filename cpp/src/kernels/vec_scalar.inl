@@ -9,6 +9,11 @@ struct Scalar {
   static FASTOPTIM_INLINE Scalar load(const T* p) { return {*p}; }
   static FASTOPTIM_INLINE void store(T* p, Scalar x) { *p = x.v; }
   static FASTOPTIM_INLINE Scalar set1(T x) { return {x}; }
+  // 16-bit storage, computed in float32 (fastoptim/types.hpp defines the conversions)
+  static FASTOPTIM_INLINE Scalar load(const bfloat16* p) { return {to_float(*p)}; }
+  static FASTOPTIM_INLINE void store(bfloat16* p, Scalar x) { *p = to_bfloat16(x.v); }
+  static FASTOPTIM_INLINE Scalar load(const float16* p) { return {to_float(*p)}; }
+  static FASTOPTIM_INLINE void store(float16* p, Scalar x) { *p = to_float16(x.v); }
 };
 
 template <class T>

@@ -7,6 +7,30 @@ struct F32 {
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm_loadu_ps(p)}; }
   static FASTOPTIM_INLINE void store(float* p, F32 x) { _mm_storeu_ps(p, x.v); }
   static FASTOPTIM_INLINE F32 set1(float x) { return {_mm_set1_ps(x)}; }
+  // 16-bit storage (fastoptim/types.hpp): bfloat16 with integer SSE2, float16 one lane at a
+  // time (SSE2 has no half-precision conversion)
+  static FASTOPTIM_INLINE F32 load(const bfloat16* p) {
+    const __m128i h = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return {_mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), h))};
+  }
+  static FASTOPTIM_INLINE void store(bfloat16* p, F32 x) {
+    const __m128i u = _mm_castps_si128(x.v);
+    const __m128i lsb = _mm_and_si128(_mm_srli_epi32(u, 16), _mm_set1_epi32(1));
+    __m128i r = _mm_srli_epi32(_mm_add_epi32(u, _mm_add_epi32(lsb, _mm_set1_epi32(0x7fff))), 16);
+    const __m128i nan = _mm_castps_si128(_mm_cmpunord_ps(x.v, x.v));
+    r = _mm_or_si128(_mm_andnot_si128(nan, r), _mm_and_si128(nan, _mm_set1_epi32(0x7fc0)));
+    // sign-extend so that the signed pack keeps the 16 bits
+    r = _mm_srai_epi32(_mm_slli_epi32(r, 16), 16);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(r, r));
+  }
+  static FASTOPTIM_INLINE F32 load(const float16* p) {
+    return {_mm_setr_ps(to_float(p[0]), to_float(p[1]), to_float(p[2]), to_float(p[3]))};
+  }
+  static FASTOPTIM_INLINE void store(float16* p, F32 x) {
+    float lanes[4];
+    _mm_storeu_ps(lanes, x.v);
+    for (int k = 0; k < 4; ++k) p[k] = to_float16(lanes[k]);
+  }
 };
 struct F64 {
   using Lane = double;
