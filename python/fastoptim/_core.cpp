@@ -267,7 +267,23 @@ std::optional<DType> dtype_of(const char* format, Py_ssize_t itemsize) {
   return std::nullopt;
 }
 
-const char* dtype_name(DType d) { return d == DType::float32 ? "float32" : "float64"; }
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float16: return "float16";
+  }
+  return "unknown";
+}
+
+// Grad norms run over float32 and float64 grads.
+std::size_t norm_index(DType d, const std::string& what) {
+  if (d == DType::float32) return 0;
+  if (d == DType::float64) return 1;
+  throw py::type_error(what + ": the fused grad norm takes float32 and float64 grads, got " +
+                       dtype_name(d));
+}
 
 std::string shape_text(const Py_buffer& v) {
   std::string s = "(";
@@ -505,8 +521,8 @@ struct PlanTable {
 };
 
 DType parse_dtype(const std::string& name) {
-  if (name == "float32") return DType::float32;
-  if (name == "float64") return DType::float64;
+  for (DType d : {DType::float32, DType::float64, DType::bfloat16, DType::float16})
+    if (name == dtype_name(d)) return d;
   raise_type("unsupported dtype " + name);
 }
 
@@ -521,7 +537,9 @@ PlanTable plan_table(const py::buffer& table_obj, const std::string& dtype,
           parse_dtype(dtype)};
 }
 
-std::size_t item_size(DType d) { return d == DType::float32 ? 4 : 8; }
+std::size_t item_size(DType d) {
+  return d == DType::float64 ? 8 : d == DType::float32 ? 4 : 2;
+}
 
 // Every buffer of every table; raises if a written one shares memory with any other. Returns
 // the written ranges sorted by address, (n, 2) int64 [begin, end): step_plans checks each new
@@ -651,7 +669,7 @@ py::tuple grad_norm_plans(py::list tables_spec, double norm_type, int num_thread
     py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
     const PlanTable table =
         plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(), infos[t++]);
-    auto& into = grads[table.dtype == DType::float32 ? 0 : 1];
+    auto& into = grads[norm_index(table.dtype, "grad_norm")];
     for (std::size_t i = 0; i < table.count; ++i) {
       ParamBuffers b;
       b.grad = reinterpret_cast<const void*>(table.rows[kColumns * i + 1]);
@@ -669,11 +687,12 @@ py::tuple grad_norm_buffers(py::list grad_list, double norm_type, int num_thread
   std::size_t index = 0;
   for (py::handle grad : grad_list) {
     views.push_back(std::make_unique<BufferView>());
-    const DType dtype = acquire(*views.back(), grad, false, "grad " + std::to_string(index++));
+    const std::string what = "grad " + std::to_string(index++);
+    const DType dtype = acquire(*views.back(), grad, false, what);
     ParamBuffers b;
     b.grad = views.back()->view.buf;
     b.size = static_cast<std::size_t>(views.back()->view.len / views.back()->view.itemsize);
-    grads[dtype == DType::float32 ? 0 : 1].push_back(b);
+    grads[norm_index(dtype, what)].push_back(b);
   }
   return total_norm(grads, norm_type, num_threads);
 }
