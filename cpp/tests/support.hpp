@@ -300,7 +300,7 @@ void ref_step(const AdagradOptions& o, RefParam<T>& p, const std::vector<T>& gra
     T& sum = p.slots[0][i];
     sum = sum + g * g;
     const T std_dev = ref_sqrt(sum) + to<T>(o.eps);
-    p.value[i] = p.value[i] + to<T>(-clr) * (g / std_dev);
+    p.value[i] = p.value[i] + to<T>(-clr) * g / std_dev;
   }
 }
 
@@ -349,7 +349,7 @@ void ref_step(const RmspropOptions& o, RefParam<T>& p, const std::vector<T>& gra
       buf = buf * to<T>(o.momentum) + g / avg;
       p.value[i] = p.value[i] + to<T>(-o.lr) * buf;
     } else {
-      p.value[i] = p.value[i] + to<T>(-o.lr) * (g / avg);
+      p.value[i] = p.value[i] + to<T>(-o.lr) * g / avg;
     }
   }
 }
@@ -383,7 +383,7 @@ void ref_step(const AdamOptions& o, RefParam<T>& p, const std::vector<T>& grad) 
       second = max_sq;
     }
     const T denom = ref_sqrt(second) / to<T>(bias_correction2_sqrt) + to<T>(o.eps);
-    p.value[i] = param + to<T>(-step_size) * (exp_avg / denom);
+    p.value[i] = param + to<T>(-step_size) * exp_avg / denom;
   }
 }
 

@@ -67,7 +67,8 @@ struct Adagrad {
     const V sum = io.state(0) + g * g;
     io.store_state(0, sum);
     const V std_dev = sqrt(sum) + V::set1(s.eps);
-    io.store_param(io.param() + V::set1(s.neg_clr) * (g / std_dev));
+    // addcdiv_(grad, std, value=-clr): param + (-clr * grad) / std, as torch's CPU kernel
+    io.store_param(io.param() + V::set1(s.neg_clr) * g / std_dev);
   }
 };
 

@@ -98,7 +98,8 @@ struct Adam {
       io.store_state(2, second_moment);
     }
     const V denom = sqrt(second_moment) / V::set1(s.bias_correction2_sqrt) + V::set1(s.eps);
-    io.store_param(param + V::set1(s.neg_step_size) * (exp_avg / denom));
+    // addcdiv_(exp_avg, denom, value=-step_size): param + (-step_size * exp_avg) / denom
+    io.store_param(param + V::set1(s.neg_step_size) * exp_avg / denom);
   }
 };
 

@@ -90,7 +90,8 @@ struct Rmsprop {
       io.store_state(1, buf);
       io.store_param(io.param() + V::set1(s.neg_lr) * buf);
     } else {
-      io.store_param(io.param() + V::set1(s.neg_lr) * (g / avg));
+      // addcdiv_(grad, avg, value=-lr): param + (-lr * grad) / avg, as torch's CPU kernel
+      io.store_param(io.param() + V::set1(s.neg_lr) * g / avg);
     }
   }
 };
