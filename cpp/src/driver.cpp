@@ -9,6 +9,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #if defined(FASTOPTIM_OPENMP)
@@ -56,6 +57,16 @@ constexpr std::size_t kChunkAlign = 64;
 template <class T>
 const char* type_name() {
   return sizeof(T) == 4 ? "float32" : "float64";
+}
+
+const char* storage_name(DType t) {
+  switch (t) {
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float16: return "float16";
+  }
+  return "an unknown type";
 }
 
 // An option a per-step scalar is computed from.
@@ -149,7 +160,8 @@ double read_scalar(const ParamBuffers& b, int k) {
 }
 
 template <class R>
-void validate_buffers(const typename R::Options& o, std::span<const ParamBuffers> buffers) {
+void validate_buffers(const typename R::Options& o, const StreamTypes& types,
+                      std::span<const ParamBuffers> buffers) {
   check_step_counts(buffers);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     const ParamBuffers& b = buffers[i];
@@ -163,6 +175,10 @@ void validate_buffers(const typename R::Options& o, std::span<const ParamBuffers
     if (b.size == 0) continue;
     if (b.param == nullptr) throw std::invalid_argument(buffer_name(i) + ": param is null");
     if (b.grad == nullptr) throw std::invalid_argument(buffer_name(i) + ": grad is null");
+    if (types.master && b.master == nullptr)
+      throw std::invalid_argument(buffer_name(i) + ": master is null");
+    if (types.rounding.stochastic && b.rounding_step < 0)
+      throw std::invalid_argument(buffer_name(i) + ": rounding_step must be >= 0");
     for (int slot = 0; slot < rules::kMaxSlots; ++slot)
       if (uses_slot<R>(o, slot) && b.state[slot] == nullptr)
         throw std::invalid_argument(buffer_name(i) + ": state " + R::slots[slot].name +
@@ -173,22 +189,51 @@ void validate_buffers(const typename R::Options& o, std::span<const ParamBuffers
 // Bytes per element of each stream of a layout: chunks and heads count elements, and each
 // stream's pointer advances by its own storage size.
 struct ElementSizes {
-  std::size_t param, grad, state;
+  std::size_t param, grad, state, master;
 };
 template <class L>
 constexpr ElementSizes element_sizes() {
-  return {sizeof(typename L::param), sizeof(typename L::grad), sizeof(typename L::state)};
+  if constexpr (std::is_void_v<typename L::master>)
+    return {sizeof(typename L::param), sizeof(typename L::grad), sizeof(typename L::state), 0};
+  else
+    return {sizeof(typename L::param), sizeof(typename L::grad), sizeof(typename L::state),
+            sizeof(typename L::master)};
 }
 
-Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& sizes) {
+// splitmix64's finalizer: a bijective 64-bit mix
+std::uint64_t mix64(std::uint64_t z) {
+  z += 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// Elements [first, first + count) of one buffer as the kernel sees them; a range never
+// crosses a multiple of 2^32 elements (run_range splits there), so the stochastic-rounding
+// keys fold in the index's high half once.
+Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& sizes,
+               const Rounding& rounding) {
   auto shift = [first](void* p, std::size_t size) {
     return p ? static_cast<char*>(p) + first * size : nullptr;
   };
-  return {shift(b.param, sizes.param),
-          static_cast<const char*>(b.grad) + first * sizes.grad,
-          {shift(b.state[0], sizes.state), shift(b.state[1], sizes.state),
-           shift(b.state[2], sizes.state)},
-          nullptr};
+  Streams s{shift(b.param, sizes.param),
+            static_cast<const char*>(b.grad) + first * sizes.grad,
+            {shift(b.state[0], sizes.state), shift(b.state[1], sizes.state),
+             shift(b.state[2], sizes.state)},
+            sizes.master ? shift(b.master, sizes.master) : nullptr,
+            rounding.stochastic,
+            static_cast<std::uint32_t>(first),
+            {}};
+  if (rounding.stochastic) {
+    const auto step = static_cast<std::uint64_t>(b.rounding_step > 0 ? b.rounding_step : b.step);
+    const std::uint64_t base = mix64(mix64(mix64(rounding.seed) ^ step) ^ b.id);
+    for (std::uint64_t stream = 0; stream < 1 + rules::kMaxSlots; ++stream) {
+      const std::uint64_t key = mix64(base ^ (stream | (std::uint64_t{first} >> 32 << 8)));
+      s.keys[stream][0] = static_cast<std::uint32_t>(key);
+      s.keys[stream][1] = static_cast<std::uint32_t>(key >> 32);
+    }
+  }
+  return s;
 }
 
 int resolve_threads(int requested, std::size_t total) {
@@ -238,16 +283,21 @@ std::vector<StepScalars<R, C>> make_all_scalars(const typename R::Options& optio
 template <class Scalars, class C>
 void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
                const kernels::GradFactors<C>& factors, std::span<const ParamBuffers> buffers,
-               const std::vector<std::size_t>& starts, const ElementSizes& sizes, std::size_t lo,
-               std::size_t hi) {
+               const std::vector<std::size_t>& starts, const ElementSizes& sizes,
+               const Rounding& rounding, std::size_t lo, std::size_t hi) {
   if (lo >= hi) return;
   std::size_t b = static_cast<std::size_t>(
       std::upper_bound(starts.begin(), starts.end(), lo) - starts.begin() - 1);
   for (; b < buffers.size() && starts[b] < hi; ++b) {
     const std::size_t first = std::max(lo, starts[b]) - starts[b];
     const std::size_t last = std::min(hi, starts[b] + buffers[b].size) - starts[b];
-    if (first < last)
-      kernel(&scalars[b].kernel, &factors, offset(buffers[b], first, sizes), last - first);
+    for (std::size_t at = first; at < last;) {
+      constexpr std::uint64_t kSpan = std::uint64_t{1} << 32;
+      const std::size_t end = static_cast<std::size_t>(
+          std::min<std::uint64_t>(last, (std::uint64_t{at} / kSpan + 1) * kSpan));
+      kernel(&scalars[b].kernel, &factors, offset(buffers[b], at, sizes, rounding), end - at);
+      at = end;
+    }
   }
 }
 
@@ -264,7 +314,7 @@ void check_factors(const GradFactors& f) {
 // The whole call for one rule and compute type C: scalars (checked), then, if `write`, the
 // kernels over every buffer and the new scalar state.
 template <class R, class L>
-void apply(const typename R::Options& options, std::size_t layout,
+void apply(const typename R::Options& options, std::size_t layout, const Rounding& rounding,
            std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& f,
            bool write) {
   using C = typename L::compute;
@@ -290,13 +340,14 @@ void apply(const typename R::Options& options, std::size_t layout,
       auto boundary = [&](std::size_t k) {
         return k == n ? total : (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
       };
-      run_range(kernel, scalars, factors, buffers, starts, sizes, boundary(t), boundary(t + 1));
+      run_range(kernel, scalars, factors, buffers, starts, sizes, rounding, boundary(t),
+                boundary(t + 1));
     }
   } else
 #endif
   {
     (void)threads;
-    run_range(kernel, scalars, factors, buffers, starts, sizes, 0, total);
+    run_range(kernel, scalars, factors, buffers, starts, sizes, rounding, 0, total);
   }
   for (std::size_t i = 0; i < buffers.size(); ++i)
     for (std::size_t k = 0; k < R::scalar_slots.size; ++k) {
@@ -315,16 +366,6 @@ void with_layout(std::size_t index, kernels::LayoutList<L...>, F&& f) {
   ((i++ == index ? f.template operator()<L>() : void()), ...);
 }
 
-const char* storage_name(DType t) {
-  switch (t) {
-    case DType::float32: return "float32";
-    case DType::float64: return "float64";
-    case DType::bfloat16: return "bfloat16";
-    case DType::float16: return "float16";
-  }
-  return "an unknown type";
-}
-
 // Validates everything; then, if `write`, updates every buffer.
 template <class R>
 void call(const void* options_ptr, const StreamTypes& types, std::span<const ParamBuffers> buffers,
@@ -332,18 +373,19 @@ void call(const void* options_ptr, const StreamTypes& types, std::span<const Par
   const auto& options = *static_cast<const typename R::Options*>(options_ptr);
   check_factors(factors);
   validate(options);
-  validate_buffers<R>(options, buffers);
-  const int layout = kernels::find_layout(static_cast<int>(types.param),
-                                          static_cast<int>(types.grad),
-                                          static_cast<int>(types.state));
+  validate_buffers<R>(options, types, buffers);
+  const int layout = kernels::find_layout(
+      static_cast<int>(types.param), static_cast<int>(types.grad), static_cast<int>(types.state),
+      types.master ? static_cast<int>(DType::float32) : -1);
   if (layout < 0)
     throw std::invalid_argument(std::string("no kernel for params of ") +
                                 storage_name(types.param) + ", grads of " +
                                 storage_name(types.grad) + " and state of " +
-                                storage_name(types.state));
+                                storage_name(types.state) +
+                                (types.master ? " with a float32 master copy" : ""));
   const auto index = static_cast<std::size_t>(layout);
   with_layout(index, kernels::Registered{}, [&]<class L>() {
-    apply<R, L>(options, index, buffers, num_threads, factors, write);
+    apply<R, L>(options, index, types.rounding, buffers, num_threads, factors, write);
   });
 }
 

@@ -16,14 +16,35 @@ namespace fastoptim {
 // fastoptim::bfloat16 / fastoptim::float16 elements, fastoptim/types.hpp).
 enum class DType : std::uint8_t { float32, float64, bfloat16, float16 };
 
-// The storage type of each stream of a call: params, grads, state slots. A call runs if the
-// build has a kernel for this combination (its layouts, cpp/src/kernels/layouts.hpp; today
-// all-float32, all-float64, all-bfloat16 and all-float16, the 16-bit ones computed in float32),
-// else std::invalid_argument names the types.
+// How a call stores values into 16-bit streams: rounded to nearest, ties to even (torch's
+// conversions), or stochastically: up or down with probabilities that make the stored value
+// unbiased, from a counter-based generator of (seed, step, param id, stream, element index),
+// so a run is reproducible for a seed and bit-identical across SIMD levels and thread counts.
+// A float32 master copy is always written exactly, and the param beside it rounded to nearest.
+struct Rounding {
+  bool stochastic = false;
+  std::uint64_t seed = 0;
+};
+
+// The storage type of each stream of a call: params, grads, state slots; whether each param
+// has a float32 master copy (ParamBuffers::master), and how 16-bit stores round. A call runs
+// if the build has a kernel for this combination (cpp/src/kernels/layouts.hpp), else
+// std::invalid_argument names the types. The combinations, all 16-bit math in float32:
+//   param  grad         state            master
+//   f32    f32          f32              -
+//   f64    f64          f64              -
+//   bf16   bf16         bf16 or f32      -        (torch's fused default: state as the param)
+//   f16    f16          f16 or f32       -
+//   bf16   bf16         f32 or bf16      f32      (optimizer offload: one pass, param written)
+//   f16    f16          f32 or bf16      f32
+//   f32    f32/bf16/f16 f32 or bf16      -        (16-bit grads read as they are)
 struct StreamTypes {
   DType param, grad, state;
+  bool master = false;
+  Rounding rounding{};
   StreamTypes(DType all) : param(all), grad(all), state(all) {}  // NOLINT: a DType is all three
-  StreamTypes(DType p, DType g, DType s) : param(p), grad(g), state(s) {}
+  StreamTypes(DType p, DType g, DType s, bool with_master = false, Rounding r = {})
+      : param(p), grad(g), state(s), master(with_master), rounding(r) {}
 };
 
 // One parameter tensor and its optimizer state: `size` elements per stream, each stream contiguous
@@ -45,6 +66,10 @@ struct StreamTypes {
 // `scalar_state` points to the rule's per-param scalars (NAdam: mu_product), one value of
 // `scalar_dtype` per scalar slot: read, and written with the new values after the update (torch
 // keeps them as 0-d float32 tensors, float64 under a float64 default dtype).
+// `master` is the param's float32 master copy when the call's StreamTypes has one (then
+// `param` is only written). `id` and `rounding_step` name the param and the step in stochastic
+// rounding's generator: id is the param's index (torch's state_dict numbering), rounding_step
+// 0 means `step` (SGD, which keeps no step count, passes one of its own).
 struct ParamBuffers {
   void* param = nullptr;
   const void* grad = nullptr;
@@ -53,6 +78,9 @@ struct ParamBuffers {
   std::int64_t step = 1;
   void* scalar_state = nullptr;
   DType scalar_dtype = DType::float32;
+  void* master = nullptr;
+  std::uint64_t id = 0;
+  std::int64_t rounding_step = 0;
 };
 
 // The largest step count: per-step scalars take the step as a double (beta ** step, as torch),

@@ -9,7 +9,7 @@
 // memory-bound.
 
 // A stream's storage type to the compute vector V and back: the one place a conversion
-// happens. The same type is a plain load and store; a 16-bit storage type (bfloat16, float16)
+// happens (stochastic rounding, below, first moves a value onto the 16-bit grid). The same type is a plain load and store; a 16-bit storage type (bfloat16, float16)
 // widens to and narrows from float32 lanes with the vector header's conversions.
 template <class V, class S>
 FASTOPTIM_INLINE V load_as(const S* p) {
@@ -24,11 +24,56 @@ FASTOPTIM_INLINE void store_as(S* p, V x) {
   V::store(p, x);
 }
 
+// Stochastic rounding. The random bits of element e of a stream are a counter-based hash of
+// (e, the stream's key), the key itself a hash of (seed, step, param, stream) the driver made:
+// the same bits at every SIMD level, for any thread split, and reproducible for a seed.
+template <class U>
+FASTOPTIM_INLINE U random_bits(const uint32_t key[2], uint32_t first) {
+  U x = U::iota(first) ^ U::set1(key[0]);
+  x = x ^ shift_right<16>(x);
+  x = x * U::set1(0x7feb352du);
+  x = x ^ shift_right<15>(x);
+  x = x * U::set1(0x846ca68bu);
+  x = (x ^ shift_right<16>(x) ^ U::set1(key[1])) * U::set1(0x9e3779b1u);
+  return x ^ shift_right<16>(x);
+}
+
+// x rounded to one of the two nearest values of 16-bit type S (x itself if it is one), away
+// from zero with probability (|x| - lower) / spacing, using the top bits of r; inf and NaN
+// pass unchanged. The result is exact in S, so the nearest-even store that follows keeps it.
+template <class S, class V>
+FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
+  using U = typename V::Bits;
+  const U b = as_bits(x);
+  const U exponent = b & U::set1(0x7f800000u);
+  const U nonfinite = equal_mask(exponent, U::set1(0x7f800000u));
+  U rounded;
+  if constexpr (rules::kSame<S, bfloat16>) {
+    // bfloat16 is float32's top half: add 16 random bits below it and cut them off
+    rounded = (b + shift_right<16>(r)) & U::set1(0xffff0000u);
+  } else {
+    // float16: its spacing at |x| is 2^(exponent - 10), at least 2^-24 (subnormals); |x| in
+    // units of it splits exactly into a whole part and a fraction, which 24 random bits
+    // compare against
+    const U sign = b & U::set1(0x80000000u);
+    const V magnitude = from_bits(b ^ sign);
+    const U spacing = max_signed(exponent - U::set1(10u << 23), U::set1(0x33800000u));
+    const V units = magnitude * from_bits(U::set1(254u << 23) - spacing);  // |x| / spacing
+    const V whole = int_to_float(truncate_to_int(units));
+    const V uniform = int_to_float(shift_right<8>(r)) * V::set1(0x1p-24f);
+    const V up = from_bits(less_mask(uniform, units - whole) & as_bits(V::set1(1.0f)));
+    rounded = as_bits((whole + up) * from_bits(spacing)) | sign;
+  }
+  return from_bits((nonfinite & b) | andnot(nonfinite, rounded));
+}
+
 // What a rule's update sees at element i: each stream loaded and stored in its layout's
-// storage type, the grad unscaled and clipped as it is read.
+// storage type, the grad unscaled and clipped as it is read. With a master copy, the param
+// the rule reads and writes is the master; the param stream receives it rounded to nearest.
 template <class V, class L>
 struct Io {
   using C = typename V::Lane;
+  static constexpr bool kMaster = !rules::kSame<typename L::master, void>;
   const Streams& p;
   size_t i;
   const GradFactors<C>& f;
@@ -40,16 +85,33 @@ struct Io {
     return g;
   }
   FASTOPTIM_INLINE V param() const {
-    return load_as<V>(static_cast<const typename L::param*>(p.param) + i);
+    if constexpr (kMaster) return load_as<V>(static_cast<const typename L::master*>(p.master) + i);
+    else return load_as<V>(static_cast<const typename L::param*>(p.param) + i);
   }
   FASTOPTIM_INLINE void store_param(V x) const {
+    if constexpr (kMaster) store_as(static_cast<typename L::master*>(p.master) + i, x);
+    else x = rounded<typename L::param>(x, 0);
     store_as(static_cast<typename L::param*>(p.param) + i, x);
   }
   FASTOPTIM_INLINE V state(int k) const {
     return load_as<V>(static_cast<const typename L::state*>(p.state[k]) + i);
   }
   FASTOPTIM_INLINE void store_state(int k, V x) const {
-    store_as(static_cast<typename L::state*>(p.state[k]) + i, x);
+    store_as(static_cast<typename L::state*>(p.state[k]) + i, rounded<typename L::state>(x, 1 + k));
+  }
+
+ private:
+  // x as a store of type S rounds it: stochastically when asked and S is 16-bit; else the
+  // store rounds to nearest even
+  template <class S>
+  FASTOPTIM_INLINE V rounded(V x, int stream) const {
+    if constexpr (kHalf<S>) {
+      if (p.stochastic)
+        return round_stochastically<S>(
+            x, random_bits<typename V::Bits>(p.keys[stream],
+                                             p.first + static_cast<uint32_t>(i)));
+    }
+    return x;
   }
 };
 

@@ -1,7 +1,17 @@
 // avx2 vectors for the rule math (kernel.inl). Included inside namespace fastoptim::kernels::avx2.
 
+// 32-bit integer lanes: stochastic rounding's random bits and bit tricks (kernel.inl).
+struct U32 {
+  __m256i v;
+  static FASTOPTIM_INLINE U32 set1(uint32_t x) { return {_mm256_set1_epi32(static_cast<int>(x))}; }
+  static FASTOPTIM_INLINE U32 iota(uint32_t first) {
+    return {_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first)),
+                             _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))};
+  }
+};
 struct F32 {
   using Lane = float;
+  using Bits = U32;
   static constexpr size_t kLanes = 8;
   __m256 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm256_loadu_ps(p)}; }
@@ -85,4 +95,23 @@ FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
 FASTOPTIM_INLINE F32 abs(F32 a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
 FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   return {_mm256_or_pd(_mm256_max_pd(a.v, b.v), _mm256_cmp_pd(a.v, b.v, _CMP_UNORD_Q))};
+}
+
+FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {_mm256_add_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator-(U32 a, U32 b) { return {_mm256_sub_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator*(U32 a, U32 b) { return {_mm256_mullo_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {_mm256_xor_si256(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {_mm256_and_si256(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {_mm256_or_si256(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {_mm256_andnot_si256(a.v, b.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_right(U32 a) { return {_mm256_srli_epi32(a.v, N)}; }
+FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) { return {_mm256_max_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 equal_mask(U32 a, U32 b) { return {_mm256_cmpeq_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 as_bits(F32 a) { return {_mm256_castps_si256(a.v)}; }
+FASTOPTIM_INLINE F32 from_bits(U32 a) { return {_mm256_castsi256_ps(a.v)}; }
+FASTOPTIM_INLINE F32 int_to_float(U32 a) { return {_mm256_cvtepi32_ps(a.v)}; }
+FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm256_cvttps_epi32(a.v)}; }
+FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) {
+  return {_mm256_castps_si256(_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
 }

@@ -1,7 +1,17 @@
 // avx512 vectors for the rule math (kernel.inl). Included inside namespace fastoptim::kernels::avx512.
 
+// 32-bit integer lanes: stochastic rounding's random bits and bit tricks (kernel.inl).
+struct U32 {
+  __m512i v;
+  static FASTOPTIM_INLINE U32 set1(uint32_t x) { return {_mm512_set1_epi32(static_cast<int>(x))}; }
+  static FASTOPTIM_INLINE U32 iota(uint32_t first) {
+    return {_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)),
+                             _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))};
+  }
+};
 struct F32 {
   using Lane = float;
+  using Bits = U32;
   static constexpr size_t kLanes = 16;
   __m512 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm512_loadu_ps(p)}; }
@@ -88,4 +98,25 @@ FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   const __mmask8 nan = _mm512_cmp_pd_mask(a.v, b.v, _CMP_UNORD_Q);
   return {_mm512_mask_mov_pd(_mm512_max_pd(a.v, b.v), nan,
                              _mm512_castsi512_pd(_mm512_set1_epi64(-1)))};
+}
+
+FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {_mm512_add_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator-(U32 a, U32 b) { return {_mm512_sub_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator*(U32 a, U32 b) { return {_mm512_mullo_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {_mm512_xor_si512(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {_mm512_and_si512(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {_mm512_or_si512(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {_mm512_andnot_si512(a.v, b.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_right(U32 a) { return {_mm512_srli_epi32(a.v, N)}; }
+FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) { return {_mm512_max_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 equal_mask(U32 a, U32 b) {
+  return {_mm512_maskz_mov_epi32(_mm512_cmpeq_epi32_mask(a.v, b.v), _mm512_set1_epi32(-1))};
+}
+FASTOPTIM_INLINE U32 as_bits(F32 a) { return {_mm512_castps_si512(a.v)}; }
+FASTOPTIM_INLINE F32 from_bits(U32 a) { return {_mm512_castsi512_ps(a.v)}; }
+FASTOPTIM_INLINE F32 int_to_float(U32 a) { return {_mm512_cvtepi32_ps(a.v)}; }
+FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm512_cvttps_epi32(a.v)}; }
+FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) {
+  return {_mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), _mm512_set1_epi32(-1))};
 }

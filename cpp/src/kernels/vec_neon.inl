@@ -1,8 +1,18 @@
 // neon (AArch64 Advanced SIMD) vectors for the rule math (kernel.inl). Included inside
 // namespace fastoptim::kernels::neon.
 
+// 32-bit integer lanes: stochastic rounding's random bits and bit tricks (kernel.inl).
+struct U32 {
+  uint32x4_t v;
+  static FASTOPTIM_INLINE U32 set1(uint32_t x) { return {vdupq_n_u32(x)}; }
+  static FASTOPTIM_INLINE U32 iota(uint32_t first) {
+    const uint32_t lanes[4] = {0, 1, 2, 3};
+    return {vaddq_u32(vdupq_n_u32(first), vld1q_u32(lanes))};
+  }
+};
 struct F32 {
   using Lane = float;
+  using Bits = U32;
   static constexpr size_t kLanes = 4;
   float32x4_t v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {vld1q_f32(p)}; }
@@ -89,3 +99,22 @@ FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   return {vreinterpretq_f64_u32(
       vorrq_u32(vreinterpretq_u32_f64(max(a, b).v), vmvnq_u32(ordered)))};
 }
+
+FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {vaddq_u32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator-(U32 a, U32 b) { return {vsubq_u32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator*(U32 a, U32 b) { return {vmulq_u32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {veorq_u32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {vandq_u32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {vorrq_u32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {vbicq_u32(b.v, a.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_right(U32 a) { return {vshrq_n_u32(a.v, N)}; }
+FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) {
+  return {vreinterpretq_u32_s32(vmaxq_s32(vreinterpretq_s32_u32(a.v), vreinterpretq_s32_u32(b.v)))};
+}
+FASTOPTIM_INLINE U32 equal_mask(U32 a, U32 b) { return {vceqq_u32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 as_bits(F32 a) { return {vreinterpretq_u32_f32(a.v)}; }
+FASTOPTIM_INLINE F32 from_bits(U32 a) { return {vreinterpretq_f32_u32(a.v)}; }
+FASTOPTIM_INLINE F32 int_to_float(U32 a) { return {vcvtq_f32_s32(vreinterpretq_s32_u32(a.v))}; }
+FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {vreinterpretq_u32_s32(vcvtq_s32_f32(a.v))}; }
+FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) { return {vcltq_f32(a.v, b.v)}; }

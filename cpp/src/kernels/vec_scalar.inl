@@ -1,9 +1,17 @@
 // One-lane "vector": the tail of every loop, and the whole loop at the scalar level.
 // Included inside namespace fastoptim::kernels::<isa>.
 
+// One lane of 32-bit integers: stochastic rounding's random bits and bit tricks (kernel.inl).
+struct ScalarU32 {
+  uint32_t v;
+  static FASTOPTIM_INLINE ScalarU32 set1(uint32_t x) { return {x}; }
+  static FASTOPTIM_INLINE ScalarU32 iota(uint32_t first) { return {first}; }
+};
+
 template <class T>
 struct Scalar {
   using Lane = T;
+  using Bits = ScalarU32;
   static constexpr size_t kLanes = 1;
   T v;
   static FASTOPTIM_INLINE Scalar load(const T* p) { return {*p}; }
@@ -49,4 +57,30 @@ FASTOPTIM_INLINE Scalar<double> maximum(Scalar<double> a, Scalar<double> b) {
     return {nan.value};
   }
   return max(a, b);
+}
+
+FASTOPTIM_INLINE ScalarU32 operator+(ScalarU32 a, ScalarU32 b) { return {a.v + b.v}; }
+FASTOPTIM_INLINE ScalarU32 operator-(ScalarU32 a, ScalarU32 b) { return {a.v - b.v}; }
+FASTOPTIM_INLINE ScalarU32 operator*(ScalarU32 a, ScalarU32 b) { return {a.v * b.v}; }
+FASTOPTIM_INLINE ScalarU32 operator^(ScalarU32 a, ScalarU32 b) { return {a.v ^ b.v}; }
+FASTOPTIM_INLINE ScalarU32 operator&(ScalarU32 a, ScalarU32 b) { return {a.v & b.v}; }
+FASTOPTIM_INLINE ScalarU32 operator|(ScalarU32 a, ScalarU32 b) { return {a.v | b.v}; }
+FASTOPTIM_INLINE ScalarU32 andnot(ScalarU32 a, ScalarU32 b) { return {~a.v & b.v}; }
+template <int N>
+FASTOPTIM_INLINE ScalarU32 shift_right(ScalarU32 a) { return {a.v >> N}; }
+FASTOPTIM_INLINE ScalarU32 max_signed(ScalarU32 a, ScalarU32 b) {
+  return {static_cast<int32_t>(a.v) > static_cast<int32_t>(b.v) ? a.v : b.v};
+}
+FASTOPTIM_INLINE ScalarU32 equal_mask(ScalarU32 a, ScalarU32 b) { return {a.v == b.v ? ~0u : 0u}; }
+FASTOPTIM_INLINE ScalarU32 as_bits(Scalar<float> a) { return {detail::float_bits(a.v)}; }
+FASTOPTIM_INLINE Scalar<float> from_bits(ScalarU32 a) { return {detail::bits_float(a.v)}; }
+// small non-negative integers (< 2^24) to float, exactly; float (|x| < 2^31) to int, truncated
+FASTOPTIM_INLINE Scalar<float> int_to_float(ScalarU32 a) {
+  return {static_cast<float>(static_cast<int32_t>(a.v))};
+}
+FASTOPTIM_INLINE ScalarU32 truncate_to_int(Scalar<float> a) {
+  return {static_cast<uint32_t>(static_cast<int32_t>(a.v))};
+}
+FASTOPTIM_INLINE ScalarU32 less_mask(Scalar<float> a, Scalar<float> b) {
+  return {a.v < b.v ? ~0u : 0u};
 }

@@ -1,7 +1,16 @@
 // sse2 vectors for the rule math (kernel.inl). Included inside namespace fastoptim::kernels::sse2.
 
+// 32-bit integer lanes: stochastic rounding's random bits and bit tricks (kernel.inl).
+struct U32 {
+  __m128i v;
+  static FASTOPTIM_INLINE U32 set1(uint32_t x) { return {_mm_set1_epi32(static_cast<int>(x))}; }
+  static FASTOPTIM_INLINE U32 iota(uint32_t first) {
+    return {_mm_add_epi32(_mm_set1_epi32(static_cast<int>(first)), _mm_setr_epi32(0, 1, 2, 3))};
+  }
+};
 struct F32 {
   using Lane = float;
+  using Bits = U32;
   static constexpr size_t kLanes = 4;
   __m128 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm_loadu_ps(p)}; }
@@ -86,3 +95,28 @@ FASTOPTIM_INLINE F32 abs(F32 a) { return {_mm_andnot_ps(_mm_set1_ps(-0.0f), a.v)
 FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   return {_mm_or_pd(_mm_max_pd(a.v, b.v), _mm_cmpunord_pd(a.v, b.v))};
 }
+
+FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {_mm_add_epi32(a.v, b.v)}; }
+// SSE2 has no 32-bit multiply-low: lanes 0, 2 and lanes 1, 3 as 64-bit products, low halves kept
+FASTOPTIM_INLINE U32 operator-(U32 a, U32 b) { return {_mm_sub_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator*(U32 a, U32 b) {
+  const __m128i even = _mm_mul_epu32(a.v, b.v);
+  const __m128i odd = _mm_mul_epu32(_mm_srli_epi64(a.v, 32), _mm_srli_epi64(b.v, 32));
+  return {_mm_unpacklo_epi32(_mm_shuffle_epi32(even, 0x08), _mm_shuffle_epi32(odd, 0x08))};
+}
+FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {_mm_xor_si128(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {_mm_and_si128(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {_mm_or_si128(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {_mm_andnot_si128(a.v, b.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_right(U32 a) { return {_mm_srli_epi32(a.v, N)}; }
+FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) {
+  const __m128i a_greater = _mm_cmpgt_epi32(a.v, b.v);
+  return {_mm_or_si128(_mm_and_si128(a_greater, a.v), _mm_andnot_si128(a_greater, b.v))};
+}
+FASTOPTIM_INLINE U32 equal_mask(U32 a, U32 b) { return {_mm_cmpeq_epi32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 as_bits(F32 a) { return {_mm_castps_si128(a.v)}; }
+FASTOPTIM_INLINE F32 from_bits(U32 a) { return {_mm_castsi128_ps(a.v)}; }
+FASTOPTIM_INLINE F32 int_to_float(U32 a) { return {_mm_cvtepi32_ps(a.v)}; }
+FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm_cvttps_epi32(a.v)}; }
+FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) { return {_mm_castps_si128(_mm_cmplt_ps(a.v, b.v))}; }
