@@ -438,6 +438,12 @@ void detail::check_step(Rule rule, const void* options, const StreamTypes& types
   entry(rule).call(options, types, buffers, 0, factors, false);
 }
 
+bool supports(const StreamTypes& types) {
+  return kernels::find_layout(static_cast<int>(types.param), static_cast<int>(types.grad),
+                              static_cast<int>(types.state),
+                              types.master ? static_cast<int>(DType::float32) : -1) >= 0;
+}
+
 void check_step_counts(std::span<const ParamBuffers> buffers) {
   for (std::size_t i = 0; i < buffers.size(); ++i)
     if (buffers[i].step < 1 || buffers[i].step > kMaxStepCount)

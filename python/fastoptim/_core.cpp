@@ -24,6 +24,7 @@
 namespace py = pybind11;
 using fastoptim::DType;
 using fastoptim::ParamBuffers;
+using fastoptim::StreamTypes;
 
 namespace {
 
@@ -149,13 +150,13 @@ struct GroupOptions {
   }
 
   // Everything the driver checks (pointers, step counts, per-step scalars), nothing written.
-  void check(DType dtype, std::span<const ParamBuffers> buffers,
+  void check(const StreamTypes& types, std::span<const ParamBuffers> buffers,
              const fastoptim::GradFactors& factors) const {
-    visit([&](const auto& o) { fastoptim::check_step(o, dtype, buffers, factors); });
+    visit([&](const auto& o) { fastoptim::check_step(o, types, buffers, factors); });
   }
-  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads,
+  void run(const StreamTypes& types, std::span<const ParamBuffers> buffers, int threads,
            const fastoptim::GradFactors& factors) const {
-    visit([&](const auto& o) { fastoptim::step(o, dtype, buffers, threads, factors); });
+    visit([&](const auto& o) { fastoptim::step(o, types, buffers, threads, factors); });
   }
 };
 
@@ -239,6 +240,7 @@ std::int64_t next_step(double count, Name&& param) {
 struct BufferView {
   Py_buffer view{};
   bool held = false;
+  py::object bits;  // a bfloat16 array's uint16 view, whose buffer this is
   BufferView() = default;
   BufferView(const BufferView&) = delete;
   BufferView& operator=(const BufferView&) = delete;
@@ -264,6 +266,7 @@ std::optional<DType> dtype_of(const char* format, Py_ssize_t itemsize) {
   }
   if (code == 'f' && itemsize == 4) return DType::float32;
   if (code == 'd' && itemsize == 8) return DType::float64;
+  if (code == 'e' && itemsize == 2) return DType::float16;
   return std::nullopt;
 }
 
@@ -307,8 +310,30 @@ bool same_shape(const Py_buffer& a, const Py_buffer& b) {
 
 // Gets a C-contiguous buffer of float32/float64, writable if asked: the object itself, never a
 // copy, so that an in-place update cannot be lost.
+// An ml_dtypes.bfloat16 array (NumPy's bfloat16: JAX's, TensorFlow's) has no buffer format;
+// its uint16 view is the same memory.
+bool is_bfloat16_array(py::handle obj) {
+  if (!py::hasattr(obj, "dtype") || !py::hasattr(obj, "view")) return false;
+  const py::object dtype = obj.attr("dtype");
+  return py::str(dtype).cast<std::string>() == "bfloat16" && py::hasattr(dtype, "itemsize") &&
+         dtype.attr("itemsize").cast<int>() == 2;
+}
+
 DType acquire(BufferView& out, py::handle obj, bool writable, const std::string& what) {
   const int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+  if (is_bfloat16_array(obj)) {
+    out.bits = obj.attr("view")("uint16");
+    if (PyObject_GetBuffer(out.bits.ptr(), &out.view, flags) != 0) {
+      PyErr_Clear();
+      raise_value(what + (writable ? ": bfloat16 array is read-only or not a strided array; it "
+                                     "must be writable to be updated in place"
+                                   : ": cannot get a strided buffer from the bfloat16 array"));
+    }
+    out.held = true;
+    if (!PyBuffer_IsContiguous(&out.view, 'C'))
+      raise_value(what + ": array is not C-contiguous; pass a contiguous array");
+    return DType::bfloat16;
+  }
   if (PyObject_GetBuffer(obj.ptr(), &out.view, flags) != 0) {
     PyErr_Clear();
     if (!PyObject_CheckBuffer(obj.ptr()))
@@ -327,7 +352,7 @@ DType acquire(BufferView& out, py::handle obj, bool writable, const std::string&
   if (!dtype)
     raise_type(what + ": unsupported dtype (buffer format '" +
                std::string(out.view.format ? out.view.format : "?") +
-               "'); expected float32 or float64");
+               "'); expected float32, float64, float16 or bfloat16 (ml_dtypes)");
   if (!PyBuffer_IsContiguous(&out.view, 'C'))
     raise_value(what + ": array is not C-contiguous; pass a contiguous array");
   return *dtype;
@@ -341,7 +366,8 @@ struct Range {
   std::uintptr_t begin, end;
   bool written;
   std::int64_t param;  // the param's index over all groups (torch's state_dict numbering)
-  int stream;          // 0 param, 1 grad, 2 + k state slot k, 5 step, 6 scalar state
+  int stream;  // 0 param, 1 grad, 2 + k state slot k, 5 step, 6 scalar state, 7 master,
+               // 8 rounding counter
 };
 
 // "param 3", "param 3 grad", "param 3 state 'exp_avg'", "param 3 state 'step'".
@@ -350,6 +376,8 @@ std::string range_owner(const Range& r, const GroupOptions& opts) {
   if (r.stream == 1) return s + " grad";
   if (r.stream == 5) return s + " state 'step'";
   if (r.stream == 6) return s + " state '" + opts.scalar_name(0) + "'";
+  if (r.stream == 7) return s + " state 'master_param'";
+  if (r.stream == 8) return s + " rounding counter";
   if (r.stream >= 2) return s + " state '" + opts.slot_name(r.stream - 2) + "'";
   return s;
 }
@@ -372,21 +400,49 @@ void check_overlaps(std::vector<Range>& ranges, Name&& name) {
   }
 }
 
-// One batch: all buffers of one dtype of one group.
+// One batch: all buffers of one group with the same stream types.
 struct Batch {
   const GroupOptions* options;
-  DType dtype;
+  StreamTypes types;
   std::vector<ParamBuffers> buffers;
 };
+
+bool same_types(const StreamTypes& a, const StreamTypes& b) {
+  return a.param == b.param && a.grad == b.grad && a.state == b.state && a.master == b.master &&
+         a.rounding.stochastic == b.rounding.stochastic && a.rounding.seed == b.rounding.seed;
+}
+
+std::size_t item_size(DType d) {
+  return d == DType::float64 ? 8 : d == DType::float32 ? 4 : 2;
+}
+
+// A param's stream types as a TypeError naming the param unless the build has a kernel.
+template <class Name>
+void check_types(const StreamTypes& t, Name&& name) {
+  if (fastoptim::supports(t)) return;
+  const bool float_param = t.param == DType::float32 || t.param == DType::float64;
+  if (item_size(t.grad) > item_size(t.param))
+    raise_type(name() + ": its grad (" + dtype_name(t.grad) + ") is wider than the param (" +
+               dtype_name(t.param) + "); grads may be no wider than their params");
+  if (t.master && float_param)
+    raise_type(name() + ": a master copy is for bfloat16/float16 params; the param is " +
+               dtype_name(t.param));
+  raise_type(name() + ": fastoptim has no kernel for params of " + dtype_name(t.param) +
+             ", grads of " + dtype_name(t.grad) + " and state of " + dtype_name(t.state) +
+             (t.master ? " with a float32 master copy" : "") +
+             "; supported: float32/float64 throughout; bfloat16/float16 params with their own "
+             "grads and state of their type or float32 (or bfloat16 beside a master copy); "
+             "float32 params with float32/bfloat16/float16 grads and float32/bfloat16 state");
+}
 
 // Validates every batch of the call, then runs them all: a bad step count or option in the
 // last group leaves the first one untouched.
 void check_then_run(const std::vector<Batch>& batches, int num_threads,
                     const fastoptim::GradFactors& factors) {
-  for (const Batch& batch : batches) batch.options->check(batch.dtype, batch.buffers, factors);
+  for (const Batch& batch : batches) batch.options->check(batch.types, batch.buffers, factors);
   py::gil_scoped_release release;
   for (const Batch& batch : batches)
-    batch.options->run(batch.dtype, batch.buffers, num_threads, factors);
+    batch.options->run(batch.types, batch.buffers, num_threads, factors);
 }
 
 // The total grad norm of batches of one or two dtypes, as torch.nn.utils.clip_grad_norm_
@@ -404,11 +460,15 @@ py::tuple total_norm(const GradsByDtype& grads, double norm_type, int num_thread
   return py::make_tuple(norm, nonfinite);
 }
 
-// groups: list of (group dict, names, params, grads, states, steps, scalars), where states[i]
-// is a list of 3 buffers or None per slot, steps[i] the param's step count so far (SGD: 0 for
-// a new momentum buffer, else 1) and scalars[i] a writable float32/float64 buffer holding the
-// rule's scalar state (NAdam's mu_product), or None for rules without one. Everything is
-// checked before anything is written.
+// groups: list of (group dict, names, params, grads, states, steps, scalars, masters,
+// rounding_steps, (stochastic, seed), ids), where ids[i] is the param's index (stochastic
+// rounding's param number) and states[i] is a list of 3 buffers or None per
+// slot, steps[i] the param's step count so far (SGD: 0 for a new momentum buffer, else 1),
+// scalars[i] a writable float32/float64 buffer holding the rule's scalar state (NAdam's
+// mu_product) or None for rules without one, masters[i] the param's float32 master copy or
+// None, rounding_steps[i] stochastic rounding's count so far when it is not steps[i] (SGD) or
+// None. Stream types come from the buffers: each param's grad, used state slots and master
+// decide its layout. Everything is checked before anything is written.
 void step_buffers(const std::string& rule_name, py::list groups, int num_threads,
                   double inv_scale, double clip_coef) {
   const std::size_t rule = rule_index(rule_name);
@@ -433,14 +493,19 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
 
   for (py::handle group_handle : groups) {
     py::tuple group = py::reinterpret_borrow<py::tuple>(group_handle);
-    if (group.size() != 7) raise_value("internal: group spec must have 7 entries");
+    if (group.size() != 11) raise_value("internal: group spec must have 11 entries");
     options.push_back(std::make_unique<GroupOptions>(rule, group[0].cast<py::dict>()));
     const GroupOptions& opts = *options.back();
     py::list names = group[1], params = group[2], grads = group[3], states = group[4],
-             steps = group[5], scalars = group[6];
+             steps = group[5], scalars = group[6], masters = group[7],
+             rounding_steps = group[8], ids = group[10];
+    const py::tuple rounding_spec = group[9];
+    const fastoptim::Rounding rounding{rounding_spec[0].cast<bool>(),
+                                       rounding_spec[1].cast<std::uint64_t>()};
     const std::size_t n = py::len(params);
     if (py::len(names) != n || py::len(grads) != n || py::len(states) != n ||
-        py::len(steps) != n || py::len(scalars) != n)
+        py::len(steps) != n || py::len(scalars) != n || py::len(masters) != n ||
+        py::len(rounding_steps) != n || py::len(ids) != n)
       raise_value("internal: group spec lists differ in length");
     std::size_t first_batch = batches.size();
     for (std::size_t i = 0; i < n; ++i) {
@@ -448,9 +513,6 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
       DType param_dtype, grad_dtype, state_dtype;
       const Py_buffer* p = hold(params[i], true, name, param_dtype);
       const Py_buffer* g = hold(grads[i], false, name + " grad", grad_dtype);
-      if (grad_dtype != param_dtype)
-        raise_type(name + ": grad dtype " + dtype_name(grad_dtype) + " does not match param dtype " +
-                   dtype_name(param_dtype));
       if (!same_shape(*g, *p))
         raise_value(name + ": grad shape " + shape_text(*g) + " does not match param shape " +
                     shape_text(*p));
@@ -459,23 +521,48 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
       b.grad = g->buf;
       b.size = static_cast<std::size_t>(p->len / p->itemsize);
       b.step = next_step(to_number("step", steps[i]), [&] { return name; });
+      b.id = ids[i].cast<std::uint64_t>();
+      if (!rounding_steps[i].is_none())
+        b.rounding_step =
+            next_step(to_number("step", rounding_steps[i]), [&] { return name; });
       add_range(*p, true, name);
       add_range(*g, false, name + " grad");
       py::sequence slots = states[i];
       if (static_cast<int>(py::len(slots)) != 3) raise_value("internal: 3 state slots expected");
+      std::optional<DType> slots_dtype;
       for (int s = 0; s < 3; ++s) {
         py::object slot = slots[s];
         if (!opts.uses_slot(s)) continue;
         if (slot.is_none()) raise_value(name + ": missing state buffer " + std::to_string(s));
         const std::string what = name + " state '" + opts.slot_name(s) + "'";
         const Py_buffer* sv = hold(slot, true, what, state_dtype);
-        if (state_dtype != param_dtype || !same_shape(*sv, *p))
-          raise_value(what + ": state has dtype " + dtype_name(state_dtype) + " and shape " +
-                      shape_text(*sv) + ", param has " + dtype_name(param_dtype) + " and " +
+        if (!same_shape(*sv, *p))
+          raise_value(what + ": state has shape " + shape_text(*sv) + ", param has " +
                       shape_text(*p));
+        if (slots_dtype && *slots_dtype != state_dtype)
+          raise_type(what + ": state has dtype " + dtype_name(state_dtype) +
+                     ", the param's other state " + dtype_name(*slots_dtype));
+        slots_dtype = state_dtype;
         b.state[s] = sv->buf;
         add_range(*sv, true, what);
       }
+      StreamTypes types(param_dtype, grad_dtype, slots_dtype.value_or(param_dtype),
+                        !masters[i].is_none(), rounding);
+      if (types.master) {
+        const std::string what = name + " state 'master_param'";
+        DType master_dtype;
+        const Py_buffer* mv = hold(masters[i], true, what, master_dtype);
+        if (master_dtype != DType::float32 || !same_shape(*mv, *p))
+          raise_value(what + ": a master copy is float32 and shaped like its param; got " +
+                      dtype_name(master_dtype) + " " + shape_text(*mv) + " for a param of " +
+                      shape_text(*p));
+        b.master = mv->buf;
+        add_range(*mv, true, what);
+      }
+      if (!slots_dtype) {  // a stateless step (SGD without momentum): state follows the param
+        if (types.master) types.state = DType::float32;
+      }
+      check_types(types, [&] { return name; });
       if (opts.scalar_count() > 0) {
         const std::string what = name + " state '" + opts.scalar_name(0) + "'";
         DType scalar_dtype;
@@ -488,9 +575,10 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
         add_range(*sv, true, what);
       }
       auto batch = std::find_if(batches.begin() + static_cast<std::ptrdiff_t>(first_batch),
-                                batches.end(), [&](const Batch& x) { return x.dtype == param_dtype; });
+                                batches.end(),
+                                [&](const Batch& x) { return same_types(x.types, types); });
       if (batch == batches.end()) {
-        batches.push_back({&opts, param_dtype, {}});
+        batches.push_back({&opts, types, {}});
         batch = batches.end() - 1;
       }
       batch->buffers.push_back(b);
@@ -503,21 +591,24 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
 }
 
 // ---- the torch front's cached plan -----------------------------------------------------------
-// A table per (group, dtype): rows of int64
+// A table per (group, stream types): rows of int64
 //   param, grad, state0, state1, state2, element count, step counter address, param index,
 //   scalar state address (0 if the rule keeps none), flags (bit 0: the step counter is float64,
-//   bit 1: the scalar state is float64; else float32)
+//   bit 1: the scalar state is float64, bit 2: the rounding counter is float64; else float32),
+//   master copy address (0: none), stochastic rounding's counter address (0: the step counter;
+//   SGD keeps one of its own)
+// and the table's types: (param dtype, grad dtype, state dtype, master, stochastic, seed)
 // that the front built from tensors it checked, and re-checks (address, size, strides) before
 // every step. Each row's step counter is read and checked for every row of every table, all
 // batches are validated, and only then is anything written; the counters are incremented
 // after the kernels ran (the driver writes the scalar state).
-constexpr std::size_t kColumns = 10;
-constexpr std::int64_t kStepF64 = 1, kScalarF64 = 2;
+constexpr std::size_t kColumns = 12;
+constexpr std::int64_t kStepF64 = 1, kScalarF64 = 2, kRoundingF64 = 4;
 
 struct PlanTable {
   const std::int64_t* rows;
   std::size_t count;
-  DType dtype;
+  StreamTypes types;
 };
 
 DType parse_dtype(const std::string& name) {
@@ -526,24 +617,34 @@ DType parse_dtype(const std::string& name) {
   raise_type("unsupported dtype " + name);
 }
 
-PlanTable plan_table(const py::buffer& table_obj, const std::string& dtype,
-                     py::buffer_info& info) {
+StreamTypes parse_types(const py::tuple& t) {
+  if (t.size() != 6) raise_value("internal: table types must have 6 entries");
+  return StreamTypes(parse_dtype(t[0].cast<std::string>()), parse_dtype(t[1].cast<std::string>()),
+                     parse_dtype(t[2].cast<std::string>()), t[3].cast<bool>(),
+                     {t[4].cast<bool>(), t[5].cast<std::uint64_t>()});
+}
+
+PlanTable plan_table(const py::buffer& table_obj, const py::tuple& types, py::buffer_info& info) {
   info = table_obj.request();
   if (info.ndim != 2 || info.shape[1] != static_cast<py::ssize_t>(kColumns) ||
       info.itemsize != 8 || info.format.find_first_of("qlQL") == std::string::npos ||
       info.strides[1] != 8 || info.strides[0] != static_cast<py::ssize_t>(8 * kColumns))
-    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 10)");
-  return {static_cast<const std::int64_t*>(info.ptr), static_cast<std::size_t>(info.shape[0]),
-          parse_dtype(dtype)};
+    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 12)");
+  PlanTable table{static_cast<const std::int64_t*>(info.ptr),
+                  static_cast<std::size_t>(info.shape[0]), parse_types(types)};
+  check_types(table.types, [] { return std::string("a plan table"); });
+  return table;
 }
 
-std::size_t item_size(DType d) {
-  return d == DType::float64 ? 8 : d == DType::float32 ? 4 : 2;
+// Bytes per element of each stream of a row: param, grad, state 0-2, master.
+std::array<std::size_t, 6> stream_sizes(const StreamTypes& t) {
+  const std::size_t state = item_size(t.state);
+  return {item_size(t.param), item_size(t.grad), state, state, state, std::size_t{4}};
 }
 
 // Every buffer of every table; raises if a written one shares memory with any other. Returns
 // the written ranges sorted by address, (n, 2) int64 [begin, end): step_plans checks each new
-// grad against them. tables: list of (table, dtype).
+// grad against them. tables: list of (table, types).
 py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::dict group,
                                             py::list tables) {
   const GroupOptions opts(rule_index(rule_name), group);
@@ -553,17 +654,23 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
   for (py::handle item : tables) {
     py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
     const PlanTable table =
-        plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(), infos[t++]);
-    const std::size_t bytes_per = item_size(table.dtype);
+        plan_table(spec[0].cast<py::buffer>(), spec[1].cast<py::tuple>(), infos[t++]);
+    const auto sizes = stream_sizes(table.types);
     for (std::size_t i = 0; i < table.count; ++i) {
       const std::int64_t* r = table.rows + kColumns * i;
-      const auto bytes = static_cast<std::uintptr_t>(r[5]) * bytes_per;
-      if (bytes == 0) continue;
-      for (int stream = 0; stream < 5; ++stream) {
-        if (r[stream] == 0) continue;
-        const auto begin = static_cast<std::uintptr_t>(r[stream]);
-        ranges.push_back({begin, begin + bytes, stream != 1, r[7], stream});
+      const auto count = static_cast<std::uintptr_t>(r[5]);
+      if (count == 0) continue;
+      for (int stream = 0; stream < 6; ++stream) {
+        const std::int64_t address = r[stream == 5 ? 10 : stream];
+        if (address == 0) continue;
+        const auto begin = static_cast<std::uintptr_t>(address);
+        ranges.push_back({begin, begin + count * sizes[static_cast<std::size_t>(stream)],
+                          stream != 1, r[7], stream == 5 ? 7 : stream});
       }
+      if (r[11] != 0)
+        ranges.push_back({static_cast<std::uintptr_t>(r[11]),
+                          static_cast<std::uintptr_t>(r[11]) + (r[9] & kRoundingF64 ? 8u : 4u),
+                          true, r[7], 8});
       ranges.push_back({static_cast<std::uintptr_t>(r[6]),
                         static_cast<std::uintptr_t>(r[6]) + (r[9] & kStepF64 ? 8u : 4u), true,
                         r[7], 5});
@@ -586,7 +693,7 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
   return out;
 }
 
-// batches: list of (group dict, table, dtype); written: check_plan_memory's ranges of the same
+// batches: list of (group dict, table, types); written: check_plan_memory's ranges of the same
 // tables (the grads are the only pointers that change between plan rebuilds).
 void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer written_obj,
                 int num_threads, double inv_scale, double clip_coef) {
@@ -625,10 +732,10 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
     }
     const GroupOptions& opts = *options.back();
     const PlanTable table =
-        plan_table(spec[1].cast<py::buffer>(), spec[2].cast<std::string>(), infos[t++]);
+        plan_table(spec[1].cast<py::buffer>(), spec[2].cast<py::tuple>(), infos[t++]);
     tables.push_back(table);
-    Batch batch{&opts, table.dtype, std::vector<ParamBuffers>(table.count)};
-    const std::size_t bytes_per = item_size(table.dtype);
+    Batch batch{&opts, table.types, std::vector<ParamBuffers>(table.count)};
+    const std::size_t grad_bytes = item_size(table.types.grad);
     for (std::size_t i = 0; i < table.count; ++i) {
       const std::int64_t* r = table.rows + kColumns * i;
       ParamBuffers& b = batch.buffers[i];
@@ -638,13 +745,19 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
       b.size = static_cast<std::size_t>(r[5]);
       b.scalar_state = reinterpret_cast<void*>(r[8]);
       b.scalar_dtype = r[9] & kScalarF64 ? DType::float64 : DType::float32;
+      b.master = reinterpret_cast<void*>(r[10]);
+      b.id = static_cast<std::uint64_t>(r[7]);
       auto name = [r] { return "param " + std::to_string(r[7]); };
       if (r[6] == 0) raise_value("internal: null step pointer");
       if (opts.scalar_count() > 0 && r[8] == 0) raise_value("internal: null scalar state pointer");
       const double count = r[9] & kStepF64 ? *reinterpret_cast<const double*>(r[6])
                                            : *reinterpret_cast<const float*>(r[6]);
       b.step = next_step(count, name);
-      const auto bytes = static_cast<std::int64_t>(b.size * bytes_per);
+      if (r[11] != 0)
+        b.rounding_step = next_step(r[9] & kRoundingF64 ? *reinterpret_cast<const double*>(r[11])
+                                                        : *reinterpret_cast<const float*>(r[11]),
+                                    name);
+      const auto bytes = static_cast<std::int64_t>(b.size * grad_bytes);
       if (bytes > 0 && grad_overlaps(r[1], r[1] + bytes))
         raise_value(name() + " grad shares memory with a param or state buffer the step writes; "
                     "every param and state buffer must be a separate tensor");
@@ -657,6 +770,9 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
       const std::int64_t* r = table.rows + kColumns * i;
       if (r[9] & kStepF64) *reinterpret_cast<double*>(r[6]) += 1.0;
       else *reinterpret_cast<float*>(r[6]) += 1.0f;
+      if (r[11] == 0) continue;
+      if (r[9] & kRoundingF64) *reinterpret_cast<double*>(r[11]) += 1.0;
+      else *reinterpret_cast<float*>(r[11]) += 1.0f;
     }
 }
 
@@ -668,8 +784,8 @@ py::tuple grad_norm_plans(py::list tables_spec, double norm_type, int num_thread
   for (py::handle item : tables_spec) {
     py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
     const PlanTable table =
-        plan_table(spec[0].cast<py::buffer>(), spec[1].cast<std::string>(), infos[t++]);
-    auto& into = grads[norm_index(table.dtype, "grad_norm")];
+        plan_table(spec[0].cast<py::buffer>(), spec[1].cast<py::tuple>(), infos[t++]);
+    auto& into = grads[norm_index(table.types.grad, "grad_norm")];
     for (std::size_t i = 0; i < table.count; ++i) {
       ParamBuffers b;
       b.grad = reinterpret_cast<const void*>(table.rows[kColumns * i + 1]);

@@ -47,6 +47,9 @@ struct StreamTypes {
       : param(p), grad(g), state(s), master(with_master), rounding(r) {}
 };
 
+// Whether this build has a kernel for these stream types (every rule has the same layouts).
+bool supports(const StreamTypes& types);
+
 // One parameter tensor and its optimizer state: `size` elements per stream, each stream contiguous
 // in its storage type (the call's StreamTypes).
 // State slots are the rule's, in its description's order (fastoptim/rules/<rule>.hpp; a slot

@@ -128,7 +128,8 @@ class _Plan:
         self.sparse: list[dict[str, Any]] = []  # sparse grads, stepped row by row
         self.complex = False  # complex params (stepped as their real view)
         self.present: list[bool] = []  # which params had a grad
-        self.batches: list[tuple[str, np.ndarray]] = []  # (dtype, pointer table)
+        # (stream types, pointer table): types as _core's plan tables take them
+        self.batches: list[tuple[tuple, np.ndarray]] = []
         self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
         # Gapped or overlapping params go through a contiguous copy; a grad whose strides are
         # not its param's layout, through a copy in that layout.
@@ -187,6 +188,11 @@ class _Plan:
         if not same:
             self.grads = list(grads)
         return True
+
+
+def _plain_types(dtype: str) -> tuple:
+    """A plan table's stream types when every stream has the param's dtype."""
+    return (dtype, dtype, dtype, False, False, 0)
 
 
 def _memory(t: torch.Tensor) -> torch.Tensor:
@@ -357,7 +363,7 @@ class _FusedStep:
                     value = scalar_value(scalar, f"{where}: state '{name}'")
                     scalar = added[name] = torch.tensor(float(value), dtype=_get_scalar_dtype())
             new_buffer = False
-            row = [0] * 10
+            row = [0] * 12
             # Every buffer of a row is read in the same memory order: the param's own layout
             # when it is dense (contiguous, channels_last, permuted: stepped in place), else the
             # contiguous copy it is staged through.
@@ -439,7 +445,7 @@ class _FusedStep:
             for i, row in enumerate(counter_rows):
                 row[6] = base + 8 * i
         for dtype, table in rows.items():
-            plan.batches.append((dtype, np.array(table, dtype=np.int64)))
+            plan.batches.append((_plain_types(dtype), np.array(table, dtype=np.int64)))
             plan.batch_rows.append(row_live[dtype])
         return plan
 
@@ -463,7 +469,7 @@ class _FusedStep:
         width = p[0].numel() if p.dim() > 1 else 1
         row_bytes = width * p.element_size()
         added: dict[str, Any] = {}
-        table = np.zeros((len(rows), 10), dtype=np.int64)
+        table = np.zeros((len(rows), 12), dtype=np.int64)
         table[:, 0] = _data_ptr(p) + rows * row_bytes
         table[:, 1] = _data_ptr(values) + np.arange(len(rows), dtype=np.int64) * row_bytes
         table[:, 5] = width
@@ -490,7 +496,7 @@ class _FusedStep:
         table[:, 6] = counter.ctypes.data
         table[:, 9] = 1  # a float64 counter
         keep.append(counter)
-        return {"param": p, "batch": (group, table, dtype), "keep": keep,
+        return {"param": p, "batch": (group, table, _plain_types(dtype)), "keep": keep,
                 "step": step, "added": added}
 
     # ---- step --------------------------------------------------------------------------------

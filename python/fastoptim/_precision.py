@@ -1,0 +1,77 @@
+"""Mixed-precision settings, the same for every rule and both fronts: where each param's
+streams live and how 16-bit stores round. They are param-group keys (saved in state_dict):
+
+- ``master_weights`` (False): bfloat16/float16 params get a float32 master copy (state key
+  ``master_param``) and float32 state; the param holds the master rounded to nearest-even,
+  written in the same pass. float32/float64 params are their own master.
+- ``state_dtype`` (None: the param's dtype, float32 beside a master copy): ``"float32"`` or
+  ``"bfloat16"`` (or the torch / ml_dtypes / NumPy dtype). bfloat16 state is for float32 params
+  and master copies; float32 state for 16-bit params keeps their moments exact without a master.
+- ``stochastic_rounding`` (False) and ``seed`` (0): every bfloat16/float16 store (params without
+  a master copy, 16-bit state) rounds stochastically, from a counter-based generator of (seed,
+  step, param index, element): reproducible for a seed, the same at every SIMD level and thread
+  count.
+
+The core decides which (param, grad, state, master) combinations have kernels; this module only
+names dtypes and turns a group's settings into each param's storage.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+OPTIONS: dict[str, Any] = {
+    "master_weights": False,
+    "state_dtype": None,
+    "stochastic_rounding": False,
+    "seed": 0,
+}
+HALF = ("bfloat16", "float16")
+FLOAT = ("float32", "float64", *HALF)
+_SEED_LIMIT = 1 << 64
+
+
+def dtype_name(dtype: Any) -> str | None:
+    """'float32', 'float64', 'bfloat16' or 'float16' for a torch, NumPy or ml_dtypes dtype or a
+    name; None for anything else."""
+    if dtype is None:
+        return None
+    name = str(dtype).removeprefix("torch.")
+    name = {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
+    return name if name in FLOAT else None
+
+
+def check_group(group: dict[str, Any]) -> None:
+    """The settings of one param group, checked (ValueError/TypeError naming the key)."""
+    for key in ("master_weights", "stochastic_rounding"):
+        if not isinstance(group[key], bool):
+            raise TypeError(f"{key} must be True or False, got {group[key]!r}")
+    state = group["state_dtype"]
+    if state is not None and dtype_name(state) not in ("float32", "bfloat16"):
+        raise ValueError(f"state_dtype must be None, float32 or bfloat16, got {state!r}")
+    seed = group["seed"]
+    if isinstance(seed, bool) or not hasattr(seed, "__index__"):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    if not 0 <= seed.__index__() < _SEED_LIMIT:
+        raise ValueError(f"seed must be in 0..2**64 - 1, got {seed.__index__()}")
+
+
+def storage(param: str, group: dict[str, Any], where: str) -> tuple[str, bool]:
+    """(state dtype, has a master copy) of a param of dtype ``param`` under the group's
+    settings. TypeError for a combination that makes no sense (float64 params with bfloat16
+    state)."""
+    master = bool(group["master_weights"]) and param in HALF
+    wanted = dtype_name(group["state_dtype"])
+    if wanted is None:
+        return ("float32" if master else param), master
+    if param == "float64":
+        raise TypeError(f"{where}: state_dtype={wanted} does not fit float64 params; float64 "
+                        "params keep float64 state (state_dtype=None)")
+    if param == "float16" and wanted == "bfloat16" and not master:
+        raise TypeError(f"{where}: bfloat16 state for float16 params needs master_weights=True "
+                        "(or state_dtype=None for float16 state, float32 for exact moments)")
+    return wanted, master
+
+
+def rounding(group: dict[str, Any]) -> tuple[bool, int]:
+    """(stochastic, seed) as the core takes them."""
+    return bool(group["stochastic_rounding"]), group["seed"].__index__()
