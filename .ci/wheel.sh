@@ -58,8 +58,8 @@ import json, re, sys
 commands = json.load(open(sys.argv[1]))
 native = re.compile(r"-m(arch|tune|cpu)=native|/arch:native")
 wide = re.compile(r"-mavx\S*|-mfma|-mbmi\S*|-mf16c|-march=\S+|/arch:AVX\S*")
-allowed = {"isa_avx2.cpp": {"-mavx2", "-mf16c", "/arch:AVX2"},
-           "isa_avx512.cpp": {"-mavx512f", "/arch:AVX512"}}
+allowed = {"isa_avx2.cpp": {"-mavx2", "-mf16c", "-mfma", "/arch:AVX2"},
+           "isa_avx512.cpp": {"-mavx512f", "-mfma", "/arch:AVX512"}}
 bad = []
 for entry in commands:
     command = entry.get("command") or " ".join(entry.get("arguments", []))

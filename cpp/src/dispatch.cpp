@@ -81,8 +81,9 @@ void x86_levels(std::vector<const KernelTable*>& levels) {
   const unsigned long long xcr0 = xgetbv0();
   if ((xcr0 & 0x6) != 0x6) return;  // XMM and YMM state
   const CpuidRegs leaf7 = cpuid(7, 0);
-  const bool f16c = (leaf1.ecx >> 29) & 1;  // the avx2 level converts float16 with F16C
-  if (((leaf7.ebx >> 5) & 1) && f16c) levels.push_back(&avx2::kTable);
+  // the avx2 level converts float16 with F16C and fuses multiply-adds with FMA3
+  const bool f16c = (leaf1.ecx >> 29) & 1, fma = (leaf1.ecx >> 12) & 1;
+  if (((leaf7.ebx >> 5) & 1) && f16c && fma) levels.push_back(&avx2::kTable);
   else return;
   bool avx512_state = (xcr0 & 0xE6) == 0xE6;  // + opmask, ZMM0-15 upper, ZMM16-31
 #if defined(__APPLE__)

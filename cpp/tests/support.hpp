@@ -247,11 +247,11 @@ T to(double x) {
   return static_cast<T>(x);
 }
 
-// torch.lerp(start, end, weight) on CPU.
+// torch.lerp(start, end, weight) on CPU: fused multiply-adds.
 template <class T>
 T ref_lerp(T start, T end, T weight) {
-  return std::abs(weight) < T(0.5) ? start + weight * (end - start)
-                                   : end - (end - start) * (T(1) - weight);
+  return std::abs(weight) < T(0.5) ? std::fma(weight, end - start, start)
+                                   : std::fma(weight - T(1), end - start, end);
 }
 
 template <class T>
@@ -278,13 +278,13 @@ void ref_step(const SgdOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
   if (momentum) ref_ensure(p.slots[0], p.value.size());
   for (std::size_t i = 0; i < p.value.size(); ++i) {
     T g = o.maximize ? -grad[i] : grad[i];
-    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    if (o.weight_decay != 0.0) g = std::fma(p.value[i], to<T>(o.weight_decay), g);
     if (momentum) {
       T& buf = p.slots[0][i];
-      buf = fresh ? g : buf * to<T>(o.momentum) + to<T>(1.0 - o.dampening) * g;
-      g = o.nesterov ? g + to<T>(o.momentum) * buf : buf;
+      buf = fresh ? g : std::fma(g, to<T>(1.0 - o.dampening), buf * to<T>(o.momentum));
+      g = o.nesterov ? std::fma(buf, to<T>(o.momentum), g) : buf;
     }
-    p.value[i] = p.value[i] + to<T>(-o.lr) * g;
+    p.value[i] = std::fma(g, to<T>(-o.lr), p.value[i]);
   }
   ++p.step;
 }
@@ -296,9 +296,9 @@ void ref_step(const AdagradOptions& o, RefParam<T>& p, const std::vector<T>& gra
   const double clr = o.lr / (1.0 + static_cast<double>(step - 1) * o.lr_decay);
   for (std::size_t i = 0; i < p.value.size(); ++i) {
     T g = o.maximize ? -grad[i] : grad[i];
-    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    if (o.weight_decay != 0.0) g = std::fma(p.value[i], to<T>(o.weight_decay), g);
     T& sum = p.slots[0][i];
-    sum = sum + g * g;
+    sum = std::fma(g, g, sum);
     const T std_dev = ref_sqrt(sum) + to<T>(o.eps);
     p.value[i] = p.value[i] + to<T>(-clr) * g / std_dev;
   }
@@ -312,14 +312,14 @@ void ref_step(const AdadeltaOptions& o, RefParam<T>& p, const std::vector<T>& gr
   const T rho = to<T>(o.rho), one_minus_rho = to<T>(1.0 - o.rho), eps = to<T>(o.eps);
   for (std::size_t i = 0; i < p.value.size(); ++i) {
     T g = o.maximize ? -grad[i] : grad[i];
-    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    if (o.weight_decay != 0.0) g = std::fma(p.value[i], to<T>(o.weight_decay), g);
     T& square_avg = p.slots[0][i];
     T& acc_delta = p.slots[1][i];
-    square_avg = square_avg * rho + one_minus_rho * g * g;
+    square_avg = std::fma(one_minus_rho * g, g, square_avg * rho);
     const T std_dev = ref_sqrt(square_avg + eps);
     const T delta = ref_sqrt(acc_delta + eps) / std_dev * g;
-    acc_delta = acc_delta * rho + one_minus_rho * delta * delta;
-    p.value[i] = p.value[i] + to<T>(-o.lr) * delta;
+    acc_delta = std::fma(one_minus_rho * delta, delta, acc_delta * rho);
+    p.value[i] = std::fma(delta, to<T>(-o.lr), p.value[i]);
   }
 }
 
@@ -332,14 +332,14 @@ void ref_step(const RmspropOptions& o, RefParam<T>& p, const std::vector<T>& gra
   ++p.step;
   for (std::size_t i = 0; i < n; ++i) {
     T g = o.maximize ? -grad[i] : grad[i];
-    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    if (o.weight_decay != 0.0) g = std::fma(p.value[i], to<T>(o.weight_decay), g);
     T& square_avg = p.slots[0][i];
-    square_avg = square_avg * to<T>(o.alpha) + to<T>(1.0 - o.alpha) * g * g;
+    square_avg = std::fma(to<T>(1.0 - o.alpha) * g, g, square_avg * to<T>(o.alpha));
     T avg;
     if (o.centered) {
       T& grad_avg = p.slots[2][i];
       grad_avg = ref_lerp(grad_avg, g, to<T>(1.0 - o.alpha));
-      avg = ref_sqrt(square_avg + (-grad_avg) * grad_avg);
+      avg = ref_sqrt(std::fma(-grad_avg, grad_avg, square_avg));
     } else {
       avg = ref_sqrt(square_avg);
     }
@@ -347,7 +347,7 @@ void ref_step(const RmspropOptions& o, RefParam<T>& p, const std::vector<T>& gra
     if (o.momentum > 0.0) {
       T& buf = p.slots[1][i];
       buf = buf * to<T>(o.momentum) + g / avg;
-      p.value[i] = p.value[i] + to<T>(-o.lr) * buf;
+      p.value[i] = std::fma(buf, to<T>(-o.lr), p.value[i]);
     } else {
       p.value[i] = p.value[i] + to<T>(-o.lr) * g / avg;
     }
@@ -370,12 +370,12 @@ void ref_step(const AdamOptions& o, RefParam<T>& p, const std::vector<T>& grad) 
     T param = p.value[i];
     if (o.weight_decay != 0.0) {
       if (o.decoupled_weight_decay) param = param * to<T>(1.0 - o.lr * o.weight_decay);
-      else g = g + to<T>(o.weight_decay) * param;
+      else g = std::fma(param, to<T>(o.weight_decay), g);
     }
     T& exp_avg = p.slots[0][i];
     T& exp_avg_sq = p.slots[1][i];
     exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));
-    exp_avg_sq = exp_avg_sq * to<T>(o.beta2) + to<T>(1.0 - o.beta2) * g * g;
+    exp_avg_sq = std::fma(to<T>(1.0 - o.beta2) * g, g, exp_avg_sq * to<T>(o.beta2));
     T second = exp_avg_sq;
     if (o.amsgrad) {
       T& max_sq = p.slots[2][i];
@@ -410,12 +410,12 @@ void ref_step(const NadamOptions& o, RefParam<T>& p, const std::vector<T>& grad)
     T param = p.value[i];
     if (o.weight_decay != 0.0) {
       if (o.decoupled_weight_decay) param = param * to<T>(1.0 - o.lr * o.weight_decay);
-      else g = g + to<T>(o.weight_decay) * param;
+      else g = std::fma(param, to<T>(o.weight_decay), g);
     }
     T& exp_avg = p.slots[0][i];
     T& exp_avg_sq = p.slots[1][i];
     exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));
-    exp_avg_sq = exp_avg_sq * to<T>(o.beta2) + to<T>(1.0 - o.beta2) * g * g;
+    exp_avg_sq = std::fma(to<T>(1.0 - o.beta2) * g, g, exp_avg_sq * to<T>(o.beta2));
     const T denom = ref_sqrt(exp_avg_sq / to<T>(bias_correction2)) + to<T>(o.eps);
     // addcdiv_(t1, t2, value): self + value * t1 / t2
     param = param + to<T>(grad_value) * g / denom;
@@ -446,12 +446,12 @@ void ref_step(const RadamOptions& o, RefParam<T>& p, const std::vector<T>& grad)
     T param = p.value[i];
     if (o.weight_decay != 0.0) {
       if (o.decoupled_weight_decay) param = param * to<T>(1.0 - o.lr * o.weight_decay);
-      else g = g + to<T>(o.weight_decay) * param;
+      else g = std::fma(param, to<T>(o.weight_decay), g);
     }
     T& exp_avg = p.slots[0][i];
     T& exp_avg_sq = p.slots[1][i];
     exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));
-    exp_avg_sq = exp_avg_sq * to<T>(o.beta2) + to<T>(1.0 - o.beta2) * g * g;
+    exp_avg_sq = std::fma(to<T>(1.0 - o.beta2) * g, g, exp_avg_sq * to<T>(o.beta2));
     const T bias_corrected_exp_avg = exp_avg / to<T>(bias_correction1);
     T update;
     if (rectified) {
@@ -476,7 +476,7 @@ void ref_step(const AdamaxOptions& o, RefParam<T>& p, const std::vector<T>& grad
   const double clr = o.lr / (1.0 - std::pow(o.beta1, step));
   for (std::size_t i = 0; i < n; ++i) {
     T g = o.maximize ? -grad[i] : grad[i];
-    if (o.weight_decay != 0.0) g = g + to<T>(o.weight_decay) * p.value[i];
+    if (o.weight_decay != 0.0) g = std::fma(p.value[i], to<T>(o.weight_decay), g);
     T& exp_avg = p.slots[0][i];
     T& exp_inf = p.slots[1][i];
     exp_avg = ref_lerp(exp_avg, g, to<T>(1.0 - o.beta1));

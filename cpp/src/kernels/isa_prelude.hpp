@@ -16,9 +16,14 @@
 #define FASTOPTIM_SQRT(x) sqrt(x)
 #define FASTOPTIM_FABSF(x) fabsf(x)
 #define FASTOPTIM_FABS(x) fabs(x)
+#define FASTOPTIM_FMAF(a, b, c) fmaf(a, b, c)
+#define FASTOPTIM_FMA(a, b, c) fma(a, b, c)
 #else
 #define FASTOPTIM_SQRTF(x) __builtin_sqrtf(x)
 #define FASTOPTIM_SQRT(x) __builtin_sqrt(x)
 #define FASTOPTIM_FABSF(x) __builtin_fabsf(x)
 #define FASTOPTIM_FABS(x) __builtin_fabs(x)
+// correctly rounded: the instruction where the level has one, else the C library's
+#define FASTOPTIM_FMAF(a, b, c) __builtin_fmaf(a, b, c)
+#define FASTOPTIM_FMA(a, b, c) __builtin_fma(a, b, c)
 #endif

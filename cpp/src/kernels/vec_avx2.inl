@@ -59,6 +59,7 @@ FASTOPTIM_INLINE F32 operator-(F32 a, F32 b) { return {_mm256_sub_ps(a.v, b.v)};
 FASTOPTIM_INLINE F32 operator*(F32 a, F32 b) { return {_mm256_mul_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 operator/(F32 a, F32 b) { return {_mm256_div_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 sqrt(F32 a) { return {_mm256_sqrt_ps(a.v)}; }
+FASTOPTIM_INLINE F32 fma(F32 a, F32 b, F32 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 FASTOPTIM_INLINE F32 max(F32 a, F32 b) { return {_mm256_max_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 neg(F32 a) { return {_mm256_xor_ps(a.v, _mm256_set1_ps(-0.0f))}; }
 
@@ -67,6 +68,7 @@ FASTOPTIM_INLINE F64 operator-(F64 a, F64 b) { return {_mm256_sub_pd(a.v, b.v)};
 FASTOPTIM_INLINE F64 operator*(F64 a, F64 b) { return {_mm256_mul_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 operator/(F64 a, F64 b) { return {_mm256_div_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 sqrt(F64 a) { return {_mm256_sqrt_pd(a.v)}; }
+FASTOPTIM_INLINE F64 fma(F64 a, F64 b, F64 c) { return {_mm256_fmadd_pd(a.v, b.v, c.v)}; }
 FASTOPTIM_INLINE F64 max(F64 a, F64 b) { return {_mm256_max_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 neg(F64 a) { return {_mm256_xor_pd(a.v, _mm256_set1_pd(-0.0))}; }
 

@@ -56,6 +56,7 @@ FASTOPTIM_INLINE F32 operator-(F32 a, F32 b) { return {_mm512_sub_ps(a.v, b.v)};
 FASTOPTIM_INLINE F32 operator*(F32 a, F32 b) { return {_mm512_mul_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 operator/(F32 a, F32 b) { return {_mm512_div_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 sqrt(F32 a) { return {_mm512_sqrt_ps(a.v)}; }
+FASTOPTIM_INLINE F32 fma(F32 a, F32 b, F32 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 FASTOPTIM_INLINE F32 max(F32 a, F32 b) { return {_mm512_max_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 neg(F32 a) { return {_mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(INT32_MIN)))}; }
 
@@ -64,6 +65,7 @@ FASTOPTIM_INLINE F64 operator-(F64 a, F64 b) { return {_mm512_sub_pd(a.v, b.v)};
 FASTOPTIM_INLINE F64 operator*(F64 a, F64 b) { return {_mm512_mul_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 operator/(F64 a, F64 b) { return {_mm512_div_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 sqrt(F64 a) { return {_mm512_sqrt_pd(a.v)}; }
+FASTOPTIM_INLINE F64 fma(F64 a, F64 b, F64 c) { return {_mm512_fmadd_pd(a.v, b.v, c.v)}; }
 FASTOPTIM_INLINE F64 max(F64 a, F64 b) { return {_mm512_max_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 neg(F64 a) { return {_mm512_castsi512_pd(_mm512_xor_si512(_mm512_castpd_si512(a.v), _mm512_set1_epi64(INT64_MIN)))}; }
 

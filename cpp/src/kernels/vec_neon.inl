@@ -53,6 +53,7 @@ FASTOPTIM_INLINE F32 operator-(F32 a, F32 b) { return {vsubq_f32(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 operator*(F32 a, F32 b) { return {vmulq_f32(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 operator/(F32 a, F32 b) { return {vdivq_f32(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 sqrt(F32 a) { return {vsqrtq_f32(a.v)}; }
+FASTOPTIM_INLINE F32 fma(F32 a, F32 b, F32 c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
 // vmaxq propagates NaN; select instead to match the scalar tail (b unless a > b).
 FASTOPTIM_INLINE F32 max(F32 a, F32 b) { return {vbslq_f32(vcgtq_f32(a.v, b.v), a.v, b.v)}; }
 FASTOPTIM_INLINE F32 neg(F32 a) { return {vnegq_f32(a.v)}; }
@@ -62,6 +63,7 @@ FASTOPTIM_INLINE F64 operator-(F64 a, F64 b) { return {vsubq_f64(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 operator*(F64 a, F64 b) { return {vmulq_f64(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 operator/(F64 a, F64 b) { return {vdivq_f64(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 sqrt(F64 a) { return {vsqrtq_f64(a.v)}; }
+FASTOPTIM_INLINE F64 fma(F64 a, F64 b, F64 c) { return {vfmaq_f64(c.v, a.v, b.v)}; }
 FASTOPTIM_INLINE F64 max(F64 a, F64 b) { return {vbslq_f64(vcgtq_f64(a.v, b.v), a.v, b.v)}; }
 FASTOPTIM_INLINE F64 neg(F64 a) { return {vnegq_f64(a.v)}; }
 

@@ -38,6 +38,13 @@ FASTOPTIM_INLINE Scalar<T> neg(Scalar<T> a) { return {-a.v}; }
 template <class T>
 FASTOPTIM_INLINE Scalar<T> max(Scalar<T> a, Scalar<T> b) { return {a.v > b.v ? a.v : b.v}; }
 FASTOPTIM_INLINE Scalar<float> sqrt(Scalar<float> a) { return {FASTOPTIM_SQRTF(a.v)}; }
+// a * b + c rounded once, as torch's CPU kernels compute add(alpha=), addcmul and lerp
+FASTOPTIM_INLINE Scalar<float> fma(Scalar<float> a, Scalar<float> b, Scalar<float> c) {
+  return {FASTOPTIM_FMAF(a.v, b.v, c.v)};
+}
+FASTOPTIM_INLINE Scalar<double> fma(Scalar<double> a, Scalar<double> b, Scalar<double> c) {
+  return {FASTOPTIM_FMA(a.v, b.v, c.v)};
+}
 FASTOPTIM_INLINE Scalar<double> sqrt(Scalar<double> a) { return {FASTOPTIM_SQRT(a.v)}; }
 FASTOPTIM_INLINE Scalar<float> abs(Scalar<float> a) { return {FASTOPTIM_FABSF(a.v)}; }
 FASTOPTIM_INLINE Scalar<double> abs(Scalar<double> a) { return {FASTOPTIM_FABS(a.v)}; }

@@ -55,6 +55,15 @@ FASTOPTIM_INLINE F32 operator-(F32 a, F32 b) { return {_mm_sub_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 operator*(F32 a, F32 b) { return {_mm_mul_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 operator/(F32 a, F32 b) { return {_mm_div_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 sqrt(F32 a) { return {_mm_sqrt_ps(a.v)}; }
+// SSE2 has no fused multiply-add: each lane through the C library's correctly rounded fmaf
+FASTOPTIM_INLINE F32 fma(F32 a, F32 b, F32 c) {
+  float x[4], y[4], z[4];
+  _mm_storeu_ps(x, a.v);
+  _mm_storeu_ps(y, b.v);
+  _mm_storeu_ps(z, c.v);
+  return {_mm_setr_ps(FASTOPTIM_FMAF(x[0], y[0], z[0]), FASTOPTIM_FMAF(x[1], y[1], z[1]),
+                      FASTOPTIM_FMAF(x[2], y[2], z[2]), FASTOPTIM_FMAF(x[3], y[3], z[3]))};
+}
 FASTOPTIM_INLINE F32 max(F32 a, F32 b) { return {_mm_max_ps(a.v, b.v)}; }
 FASTOPTIM_INLINE F32 neg(F32 a) { return {_mm_xor_ps(a.v, _mm_set1_ps(-0.0f))}; }
 
@@ -63,6 +72,13 @@ FASTOPTIM_INLINE F64 operator-(F64 a, F64 b) { return {_mm_sub_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 operator*(F64 a, F64 b) { return {_mm_mul_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 operator/(F64 a, F64 b) { return {_mm_div_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 sqrt(F64 a) { return {_mm_sqrt_pd(a.v)}; }
+FASTOPTIM_INLINE F64 fma(F64 a, F64 b, F64 c) {
+  double x[2], y[2], z[2];
+  _mm_storeu_pd(x, a.v);
+  _mm_storeu_pd(y, b.v);
+  _mm_storeu_pd(z, c.v);
+  return {_mm_setr_pd(FASTOPTIM_FMA(x[0], y[0], z[0]), FASTOPTIM_FMA(x[1], y[1], z[1]))};
+}
 FASTOPTIM_INLINE F64 max(F64 a, F64 b) { return {_mm_max_pd(a.v, b.v)}; }
 FASTOPTIM_INLINE F64 neg(F64 a) { return {_mm_xor_pd(a.v, _mm_set1_pd(-0.0))}; }
 

@@ -57,18 +57,18 @@ struct Adadelta {
   static FASTOPTIM_INLINE void update(const Scalars<C>& s, const Io& io) {
     V g = io.grad();
     if (s.maximize) g = neg(g);
-    if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * io.param();
+    if (s.has_weight_decay) g = fma(io.param(), V::set1(s.weight_decay), g);
     const V one_minus_rho = V::set1(s.one_minus_rho);
     const V rho = V::set1(s.rho);
     const V eps = V::set1(s.eps);
-    const V square_avg = io.state(0) * rho + one_minus_rho * g * g;
+    const V square_avg = fma(one_minus_rho * g, g, io.state(0) * rho);
     io.store_state(0, square_avg);
     const V std_dev = sqrt(square_avg + eps);
     V acc_delta = io.state(1);
     const V delta = sqrt(acc_delta + eps) / std_dev * g;
-    acc_delta = acc_delta * rho + one_minus_rho * delta * delta;
+    acc_delta = fma(one_minus_rho * delta, delta, acc_delta * rho);
     io.store_state(1, acc_delta);
-    io.store_param(io.param() + V::set1(s.neg_lr) * delta);
+    io.store_param(fma(delta, V::set1(s.neg_lr), io.param()));
   }
 };
 

@@ -63,8 +63,8 @@ struct Adagrad {
   static FASTOPTIM_INLINE void update(const Scalars<C>& s, const Io& io) {
     V g = io.grad();
     if (s.maximize) g = neg(g);
-    if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * io.param();
-    const V sum = io.state(0) + g * g;
+    if (s.has_weight_decay) g = fma(io.param(), V::set1(s.weight_decay), g);
+    const V sum = fma(g, g, io.state(0));
     io.store_state(0, sum);
     const V std_dev = sqrt(sum) + V::set1(s.eps);
     // addcdiv_(grad, std, value=-clr): param + (-clr * grad) / std, as torch's CPU kernel

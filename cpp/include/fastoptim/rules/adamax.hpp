@@ -64,7 +64,7 @@ struct Adamax {
     V g = io.grad();
     if (s.maximize) g = neg(g);
     const V param = io.param();
-    if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * param;
+    if (s.has_weight_decay) g = fma(param, V::set1(s.weight_decay), g);
     const V exp_avg = lerp(io.state(0), g, s.exp_avg_lerp);
     io.store_state(0, exp_avg);
     // torch.maximum: NaN if either side is NaN

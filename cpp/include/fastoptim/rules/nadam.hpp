@@ -98,10 +98,10 @@ struct Nadam {
     V param = io.param();
     if (s.maximize) g = neg(g);
     if (s.decoupled_weight_decay) param = param * V::set1(s.decay_factor);
-    if (s.coupled_weight_decay) g = g + V::set1(s.weight_decay) * param;
+    if (s.coupled_weight_decay) g = fma(param, V::set1(s.weight_decay), g);
     const V exp_avg = lerp(io.state(0), g, s.exp_avg_lerp);
     io.store_state(0, exp_avg);
-    const V exp_avg_sq = io.state(1) * V::set1(s.beta2) + V::set1(s.one_minus_beta2) * g * g;
+    const V exp_avg_sq = fma(V::set1(s.one_minus_beta2) * g, g, io.state(1) * V::set1(s.beta2));
     io.store_state(1, exp_avg_sq);
     const V denom = sqrt(exp_avg_sq / V::set1(s.bias_correction2)) + V::set1(s.eps);
     // two addcdiv_ calls, each param + (value * t1) / t2 as torch's CPU kernel computes it

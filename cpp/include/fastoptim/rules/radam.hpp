@@ -95,10 +95,10 @@ struct Radam {
     V param = io.param();
     if (s.maximize) g = neg(g);
     if (s.decoupled_weight_decay) param = param * V::set1(s.decay_factor);
-    if (s.coupled_weight_decay) g = g + V::set1(s.weight_decay) * param;
+    if (s.coupled_weight_decay) g = fma(param, V::set1(s.weight_decay), g);
     const V exp_avg = lerp(io.state(0), g, s.exp_avg_lerp);
     io.store_state(0, exp_avg);
-    const V exp_avg_sq = io.state(1) * V::set1(s.beta2) + V::set1(s.one_minus_beta2) * g * g;
+    const V exp_avg_sq = fma(V::set1(s.one_minus_beta2) * g, g, io.state(1) * V::set1(s.beta2));
     io.store_state(1, exp_avg_sq);
     // torch: param.add_(exp_avg / bc1 * lr [* adaptive_lr * rect], alpha=-1)
     V update = exp_avg / V::set1(s.bias_correction1) * V::set1(s.lr);

@@ -72,15 +72,15 @@ struct Rmsprop {
   static FASTOPTIM_INLINE void update(const Scalars<C>& s, const Io& io) {
     V g = io.grad();
     if (s.maximize) g = neg(g);
-    if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * io.param();
-    const V square_avg = io.state(0) * V::set1(s.alpha) + V::set1(s.one_minus_alpha) * g * g;
+    if (s.has_weight_decay) g = fma(io.param(), V::set1(s.weight_decay), g);
+    const V square_avg = fma(V::set1(s.one_minus_alpha) * g, g, io.state(0) * V::set1(s.alpha));
     io.store_state(0, square_avg);
     V avg;
     if (s.centered) {
       const V grad_avg = lerp(io.state(2), g, s.grad_avg_lerp);
       io.store_state(2, grad_avg);
-      // addcmul with value=-1: square_avg + (-1 * grad_avg) * grad_avg
-      avg = sqrt(square_avg + neg(grad_avg) * grad_avg);
+      // addcmul with value=-1: fma(-1 * grad_avg, grad_avg, square_avg)
+      avg = sqrt(fma(neg(grad_avg), grad_avg, square_avg));
     } else {
       avg = sqrt(square_avg);
     }
@@ -88,7 +88,7 @@ struct Rmsprop {
     if (s.has_momentum) {
       const V buf = io.state(1) * V::set1(s.momentum) + g / avg;
       io.store_state(1, buf);
-      io.store_param(io.param() + V::set1(s.neg_lr) * buf);
+      io.store_param(fma(buf, V::set1(s.neg_lr), io.param()));
     } else {
       // addcdiv_(grad, avg, value=-lr): param + (-lr * grad) / avg, as torch's CPU kernel
       io.store_param(io.param() + V::set1(s.neg_lr) * g / avg);

@@ -110,23 +110,23 @@ struct StepInput {
 inline constexpr int kMaxSlots = 3;
 inline constexpr int kMaxScalarSlots = 2;
 
-// torch's lerp(start, end, w): start + w * (end - start) when |w| < 0.5, else
-// end - (end - start) * (1 - w), with 1 - w computed in C.
+// torch's lerp(start, end, w) as its CPU kernel computes it: fma(w, end - start, start) when
+// |w| < 0.5, else fma(w - 1, end - start, end), with w - 1 computed in C.
 template <class C>
 struct Lerp {
   C weight;
-  C one_minus_weight;
+  C weight_minus_one;
   bool from_start;
 };
 template <class C>
 constexpr Lerp<C> make_lerp(C w) {
-  return {w, static_cast<C>(C(1) - w), (w < C(0) ? -w : w) < C(0.5)};
+  return {w, static_cast<C>(w - C(1)), (w < C(0) ? -w : w) < C(0.5)};
 }
 template <class V, class C>
 FASTOPTIM_INLINE V lerp(V start, V end, const Lerp<C>& l) {
   const V diff = end - start;
-  if (l.from_start) return start + V::set1(l.weight) * diff;
-  return end - diff * V::set1(l.one_minus_weight);
+  if (l.from_start) return fma(V::set1(l.weight), diff, start);
+  return fma(V::set1(l.weight_minus_one), diff, end);
 }
 
 template <class A, class B>

@@ -73,15 +73,15 @@ struct Sgd {
   static FASTOPTIM_INLINE void update(const Scalars<C>& s, const Io& io) {
     V g = io.grad();
     if (s.maximize) g = neg(g);
-    if (s.has_weight_decay) g = g + V::set1(s.weight_decay) * io.param();
+    if (s.has_weight_decay) g = fma(io.param(), V::set1(s.weight_decay), g);
     if (s.has_momentum) {
       const V buf = s.first_step ? g
-                                 : io.state(0) * V::set1(s.momentum) +
-                                       V::set1(s.one_minus_dampening) * g;
+                                 : fma(g, V::set1(s.one_minus_dampening),
+                                       io.state(0) * V::set1(s.momentum));
       io.store_state(0, buf);
-      g = s.nesterov ? g + V::set1(s.momentum) * buf : buf;
+      g = s.nesterov ? fma(buf, V::set1(s.momentum), g) : buf;
     }
-    io.store_param(io.param() + V::set1(s.neg_lr) * g);
+    io.store_param(fma(g, V::set1(s.neg_lr), io.param()));
   }
 };
 
