@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import _core
+from . import _core, _precision
 from ._runtime import get_num_threads
 
 # What the core knows about each rule (its description): names, torch's constructor
@@ -89,6 +89,27 @@ def clip_coefficient(max_norm: float, norm: float, order: float, error_if_nonfin
     return _core.clip_coefficient(max_norm, norm)
 
 
+def _numpy_dtype(name: str) -> np.dtype:
+    """The NumPy dtype of a storage type name; bfloat16 is ml_dtypes' (an optional dependency:
+    the bfloat16 JAX and TensorFlow use)."""
+    if name == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("bfloat16 arrays need the ml_dtypes package "
+                            "(pip install ml_dtypes)") from None
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _storage_name(array: np.ndarray, what: str) -> str:
+    name = _precision.dtype_name(array.dtype)
+    if name is None:
+        raise TypeError(f"{what}: unsupported dtype {array.dtype}; expected float32, float64, "
+                        "float16 or bfloat16 (ml_dtypes)")
+    return name
+
+
 def _as_array(obj: Any, what: str) -> np.ndarray:
     """A NumPy view of ``obj`` sharing its memory (never a copy for params)."""
     if isinstance(obj, np.ndarray):
@@ -160,6 +181,7 @@ class Optimizer:
         for key, default in self.defaults.items():
             group.setdefault(key, default)
         _core.state_slots(self.rule, group)  # ValueError with torch's wording if out of range
+        _check_precision(group)
         if group.get("differentiable"):
             raise ValueError("fastoptim does not support differentiable=True (no autograd "
                              "through the step); foreach, fused and capturable are accepted "
@@ -217,9 +239,13 @@ class Optimizer:
         specs = []
         pending: dict[int, dict[str, Any]] = {}
         index = 0
+        counted = self.has_step
         for group in self.param_groups:
             slots = _core.state_slots(self.rule, group)
+            stochastic, seed = _precision.rounding(group)
+            own_counter = stochastic and not counted  # SGD: stochastic rounding's own count
             names, params, grad_arrays, states, steps, scalars = [], [], [], [], [], []
+            masters, rounding_steps, ids = [], [], []
             for param in group["params"]:
                 i, index = index, index + 1
                 if grads[i] is None:
@@ -227,6 +253,7 @@ class Optimizer:
                 name = f"param {i}"
                 p = _as_array(param, name)
                 g = _as_array(grads[i], f"{name} grad")
+                state_dtype, master = _precision.storage(_storage_name(p, name), group, name)
                 state = self.state.get(i)
                 fresh = not state  # torch initialises a param's state when it is empty
                 scalar_names = [name for name, _ in self._info["scalar_slots"]]
@@ -235,11 +262,28 @@ class Optimizer:
                     for key in ["step", *scalar_names, *(s for s in slots if s is not None)]:
                         if key not in state:
                             raise KeyError(f"{name}: its state has no '{key}'")
-                missing = [s for s in slots if s is not None and (fresh or s not in state)]
+                wanted = [s for s in slots if s is not None]
+                if master:
+                    wanted.append("master_param")
+                if own_counter:
+                    wanted.append("rounding_step")
+                missing = [s for s in wanted if fresh or s not in state]
                 if fresh or missing:
                     state = dict(self._new_state(p, group) if fresh else state)
                     for slot in missing:
-                        state[slot] = self._new_buffer(p, name, self._initial_value(slot, group))
+                        if slot == "master_param":
+                            state[slot] = _buffer_like(p, p, np.float32)
+                        elif slot == "rounding_step":
+                            state[slot] = np.array(0.0, dtype=np.float32)
+                        else:
+                            state[slot] = self._new_buffer(
+                                p, name, self._initial_value(slot, group), state_dtype)
+                for slot in wanted:
+                    want = "float32" if slot in ("master_param", "rounding_step") else state_dtype
+                    have = _precision.dtype_name(getattr(state[slot], "dtype", None))
+                    if have != want:
+                        raise TypeError(f"{name}: state '{slot}' is {have or type(state[slot])}, "
+                                        f"the group's settings keep it in {want}")
                 if state or self.has_step:
                     pending[i] = state
                 names.append(name)
@@ -247,17 +291,22 @@ class Optimizer:
                 grad_arrays.append(g)
                 states.append([None if s is None else state[s] for s in slots])
                 scalars.append(state[scalar_names[0]] if scalar_names else None)
+                masters.append(state["master_param"] if master else None)
+                rounding_steps.append(state["rounding_step"] if own_counter else None)
+                ids.append(i)
                 if self.has_step:  # the count so far; the core checks it, naming the param
                     steps.append(state["step"])
                 else:  # SGD: 0 marks a new momentum buffer, which starts as the gradient
                     steps.append(0.0 if "momentum_buffer" in missing else 1.0)
-            specs.append((group, names, params, grad_arrays, states, steps, scalars))
+            specs.append((group, names, params, grad_arrays, states, steps, scalars, masters,
+                          rounding_steps, (stochastic, seed), ids))
         _core.step_buffers(self.rule, specs, get_num_threads(),
                            clip_coef=self.__dict__.get("_clip_coef", 1.0))
         self.__dict__.pop("_clip_coef", None)
         for i, state in pending.items():
-            if self.has_step:
-                state["step"] = np.array(float(state["step"]) + 1.0, dtype=np.float32)
+            for key in ("step", "rounding_step"):
+                if key in state and (key == "rounding_step" or self.has_step):
+                    state[key] = np.array(float(state[key]) + 1.0, dtype=np.float32)
             self.state[i] = state
 
     def clip_grad_norm_(self, *args: Any, grads: Sequence[Any] | None = None,
@@ -289,6 +338,10 @@ class Optimizer:
             raise ValueError(f"clip_grad_norm_() got {len(grads)} grads for {count} params; "
                              "pass one grad (or None) per param, in param order")
         live = [_as_array(g, f"param {i} grad") for i, g in enumerate(grads) if g is not None]
+        # the fused norm reads float32/float64; a 16-bit grad widens exactly, so its norm is
+        # the same
+        live = [g.astype(np.float32) if _precision.dtype_name(g.dtype) in _precision.HALF
+                else g for g in live]
         if not live:
             raise ValueError("clip_grad_norm_: no param has a grad")
         with self._lock():
@@ -298,10 +351,9 @@ class Optimizer:
         return float(norm)
 
     @staticmethod
-    def _new_buffer(p: np.ndarray, name: str, value: float) -> np.ndarray:
-        if p.dtype not in (np.float32, np.float64):
-            raise TypeError(f"{name}: unsupported dtype {p.dtype}; expected float32 or float64")
-        return _buffer_like(p, value)
+    def _new_buffer(p: np.ndarray, name: str, value: float, dtype: str) -> np.ndarray:
+        _storage_name(p, name)
+        return _buffer_like(p, value, _numpy_dtype(dtype))
 
     # ---- state_dict --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
@@ -333,51 +385,79 @@ class Optimizer:
             for key, param in zip(saved["params"], group["params"]):
                 id_map[key] = (index, param)
                 index += 1
-        new_state: dict[int, dict[str, Any]] = {}
-        scalar_names = {name for name, _ in self._info["scalar_slots"]}
-        for key, saved_state in state_dict["state"].items():
-            if key not in id_map:
-                raise ValueError(f"loaded state dict has state for unknown param {key!r}")
-            i, param = id_map[key]
-            p = _as_array(param, f"param {i}")
-            entry: dict[str, Any] = {}
-            for name, value in saved_state.items():
-                if value is None:
-                    continue
-                if name == "step":
-                    count = step_count(value, f"param {i}")
-                    entry[name] = np.array(count, dtype=np.float32)
-                    continue
-                if name in scalar_names:
-                    entry[name] = scalar_value(value, f"param {i}: state '{name}'")
-                    continue
-                array = _to_numpy(value)
-                if array.shape != p.shape:
-                    raise ValueError(
-                        f"param {i}: loaded state '{name}' has shape {array.shape}, "
-                        f"param has shape {p.shape}"
-                    )
-                entry[name] = _buffer_like(p, array)
-            new_state[i] = entry
-        new_groups = []
+        new_groups, group_of = [], {}
         for saved, group in zip(groups, self.param_groups):
             merged = {k: v for k, v in saved.items() if k != "params"}
             merged["params"] = group["params"]
             for key, default in self.defaults.items():
                 merged.setdefault(key, group.get(key, default))
             _core.state_slots(self.rule, merged)
+            _check_precision(merged)
+            for key in ("master_weights", "state_dtype", "stochastic_rounding"):
+                if merged[key] != group[key]:
+                    raise ValueError(
+                        f"loaded state dict has {key}={merged[key]!r}, this optimizer "
+                        f"{key}={group[key]!r}; a checkpoint loads into an optimizer with the "
+                        "same mixed-precision settings")
             new_groups.append(merged)
+            for param in group["params"]:
+                group_of[id(param)] = merged
+        new_state: dict[int, dict[str, Any]] = {}
+        scalar_names = {name for name, _ in self._info["scalar_slots"]}
+        for key, saved_state in state_dict["state"].items():
+            if key not in id_map:
+                raise ValueError(f"loaded state dict has state for unknown param {key!r}")
+            i, param = id_map[key]
+            where = f"param {i}"
+            p = _as_array(param, where)
+            param_type = _storage_name(p, where)
+            state_type, master = _precision.storage(param_type, group_of[id(param)], where)
+            entry: dict[str, Any] = {}
+            for name, value in saved_state.items():
+                if value is None:
+                    continue
+                if name in ("step", "rounding_step"):
+                    count = step_count(value, where)
+                    entry[name] = np.array(count, dtype=np.float32)
+                    continue
+                if name in scalar_names:
+                    entry[name] = scalar_value(value, f"{where}: state '{name}'")
+                    continue
+                array = _to_numpy(value)
+                if array.shape != p.shape:
+                    raise ValueError(
+                        f"{where}: loaded state '{name}' has shape {array.shape}, "
+                        f"param has shape {p.shape}"
+                    )
+                have = _precision.dtype_name(array.dtype)
+                want = "float32" if name == "master_param" else state_type
+                # plain float32/float64 state converts to its param's dtype, as torch's loading
+                # does; a 16-bit stream or a master copy must be what these settings keep
+                plain = have in ("float32", "float64") and want == param_type and \
+                    param_type in ("float32", "float64") and name != "master_param"
+                if name == "master_param" and not master:
+                    raise ValueError(f"{where}: loaded state has a 'master_param'; this "
+                                     "optimizer keeps none for the param (master_weights "
+                                     f"applies to bfloat16/float16 params, this is {param_type})")
+                if have != want and not plain:
+                    raise ValueError(f"{where}: loaded state '{name}' is {have or array.dtype}, "
+                                     f"this optimizer keeps it in {want}")
+                entry[name] = _buffer_like(p, array, _numpy_dtype(want))
+            new_state[i] = entry
         self.state = new_state
         self.param_groups = new_groups
 
 
-def _buffer_like(p: np.ndarray, value: Any) -> np.ndarray:
-    """A new C-contiguous state array shaped like ``p`` and filled with ``value``, placed at
-    ``p``'s offset within a 64-byte line. The kernels align their vector loop to the param, so
-    every stream is then read and written aligned (NumPy's large arrays start 16 bytes into a
-    line; wide accesses that straddle lines measured ~10% slower)."""
-    raw = np.empty(p.size + 64 // p.dtype.itemsize, dtype=p.dtype)
-    shift = (p.ctypes.data - raw.ctypes.data) % 64 // p.dtype.itemsize
+def _buffer_like(p: np.ndarray, value: Any, dtype: Any = None) -> np.ndarray:
+    """A new C-contiguous state array shaped like ``p`` (of ``dtype``, default p's) and filled
+    with ``value``, placed at the same element offset within a 64-byte line as ``p``. The
+    kernels align their vector loop to the param, so every stream of the param's type is then
+    read and written aligned (NumPy's large arrays start 16 bytes into a line; wide accesses
+    that straddle lines measured ~10% slower)."""
+    dtype = p.dtype if dtype is None else np.dtype(dtype)
+    raw = np.empty(p.size + 64 // dtype.itemsize, dtype=dtype)
+    offset = p.ctypes.data % 64 // p.dtype.itemsize * dtype.itemsize  # p's elements, in bytes
+    shift = (offset - raw.ctypes.data) % 64 // dtype.itemsize
     out = raw[shift : shift + p.size].reshape(p.shape)
     out[...] = value
     return out
@@ -386,8 +466,20 @@ def _buffer_like(p: np.ndarray, value: Any) -> np.ndarray:
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor from torch.optim
         value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # NumPy's bfloat16 is ml_dtypes'
+            import torch
+
+            bits = value.contiguous().view(torch.int16)
+            return np.array(bits.numpy(), copy=True).view(_numpy_dtype("bfloat16"))
         return np.array(value.numpy(), copy=True)
     return np.asarray(value)
+
+
+def _check_precision(group: dict[str, Any]) -> None:
+    """The group's mixed-precision settings, checked; state_dtype kept as its name."""
+    _precision.check_group(group)
+    if group["state_dtype"] is not None:
+        group["state_dtype"] = _precision.dtype_name(group["state_dtype"])
 
 
 def _eager_state(self: Optimizer) -> None:
@@ -402,12 +494,19 @@ def _eager_state(self: Optimizer) -> None:
                 p = _as_array(param, f"param {i}")
             except TypeError:
                 continue  # reported by step()
-            if p.dtype in (np.float32, np.float64):
-                state = self._new_state(p, group)
-                for slot in slots:
-                    if slot is not None:
-                        state[slot] = _buffer_like(p, self._initial_value(slot, group))
-                self.state[i] = state
+            try:
+                state_dtype, master = _precision.storage(_storage_name(p, f"param {i}"), group,
+                                                         f"param {i}")
+                state_type = _numpy_dtype(state_dtype)
+            except TypeError:
+                continue  # reported by step()
+            state = self._new_state(p, group)
+            for slot in slots:
+                if slot is not None:
+                    state[slot] = _buffer_like(p, self._initial_value(slot, group), state_type)
+            if master:
+                state["master_param"] = _buffer_like(p, p, np.float32)
+            self.state[i] = state
 
 
 def _rule_class(info: dict[str, Any]) -> type:
@@ -418,6 +517,8 @@ def _rule_class(info: dict[str, Any]) -> type:
     for name, default, keyword_only, _ in info["args"]:
         parameters.append(kind(name, kind.KEYWORD_ONLY if keyword_only else
                                kind.POSITIONAL_OR_KEYWORD, default=default))
+    for name, default in _precision.OPTIONS.items():  # every rule's storage settings
+        parameters.append(kind(name, kind.KEYWORD_ONLY, default=default))
     signature = inspect.Signature(parameters)
 
     def __init__(self: Optimizer, *args: Any, **kwargs: Any) -> None:
