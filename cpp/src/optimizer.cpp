@@ -16,7 +16,7 @@ namespace fastoptim {
 namespace detail {
 void throw_view_dtype(DType want, DType have) {
   throw std::invalid_argument(std::string("ParamStateView::buffer: requested ") +
-                              dtype_name(want) + ", the param is " + dtype_name(have));
+                              dtype_name(want) + ", the state is " + dtype_name(have));
 }
 void throw_view_slot(int slot) {
   throw std::invalid_argument("ParamStateView::buffer: slot must be 0, 1 or 2, got " +
@@ -43,15 +43,73 @@ void Optimizer::loaded_options_invalid(Rule rule, const std::exception& error) {
   corrupt("saved " + std::string(rule_name(rule)) + " options are invalid: " + error.what());
 }
 
+// ---- mixed precision -------------------------------------------------------------------------
+namespace {
+
+void check_precision(const Precision& precision) {
+  if (precision.state_dtype && *precision.state_dtype != DType::float32 &&
+      *precision.state_dtype != DType::bfloat16)
+    throw std::invalid_argument(std::string("Precision::state_dtype must be float32 or bfloat16 "
+                                            "(or unset: the param's type), got ") +
+                                dtype_name(*precision.state_dtype));
+}
+
+struct Storage {
+  DType state;
+  bool master;
+};
+
+// The state storage type and master copy of a param of `dtype` under `precision`, as the
+// Python fronts resolve a group's settings; std::invalid_argument naming the param if this
+// build has no kernel for it.
+Storage storage_for(std::size_t index, DType dtype, const Precision& precision) {
+  const bool master = precision.master_weights && is_half(dtype);
+  const DType state = precision.state_dtype ? *precision.state_dtype
+                                            : (master ? DType::float32 : dtype);
+  if (!supports(StreamTypes(dtype, dtype, state, master))) {
+    std::string hint;
+    if (dtype == DType::float64)
+      hint = " (float64 params keep float64 state: leave Precision::state_dtype unset)";
+    else if (dtype == DType::float16 && state == DType::bfloat16 && !master)
+      hint = " (bfloat16 state for float16 params needs Precision::master_weights)";
+    throw std::invalid_argument(param_name(index) + ": no kernel for " + dtype_name(dtype) +
+                                " params with " + dtype_name(state) + " state" +
+                                (master ? " and a float32 master copy" : "") + hint);
+  }
+  return {state, master};
+}
+
+template <class T>
+constexpr DType dtype_of() {
+  if constexpr (std::is_same_v<T, float>) return DType::float32;
+  else if constexpr (std::is_same_v<T, double>) return DType::float64;
+  else if constexpr (std::is_same_v<T, bfloat16>) return DType::bfloat16;
+  else return DType::float16;
+}
+
+}  // namespace
+
 // ---- Optimizer -------------------------------------------------------------------------------
-Optimizer::Optimizer(Rule rule) : rule_(rule), impl_(std::make_unique<Impl>()) {}
+Optimizer::Optimizer(Rule rule, const Precision& precision)
+    : rule_(rule), precision_(precision), impl_(std::make_unique<Impl>()) {
+  check_precision(precision_);
+}
 Optimizer::Optimizer(Optimizer&&) noexcept = default;
 Optimizer& Optimizer::operator=(Optimizer&&) noexcept = default;
 Optimizer::~Optimizer() = default;
 
+void Optimizer::set_precision(const Precision& precision) {
+  check_precision(precision);
+  if (!impl_->params.empty())
+    throw std::invalid_argument("set_precision(): the optimizer has " +
+                                std::to_string(impl_->params.size()) +
+                                " params; mixed-precision settings are fixed once a param is added");
+  precision_ = precision;
+}
+
 template <class T>
 std::size_t Optimizer::add(std::span<T> param) {
-  constexpr DType dtype = std::is_same_v<T, float> ? DType::float32 : DType::float64;
+  constexpr DType dtype = dtype_of<T>();
   const std::size_t index = impl_->params.size();
   if (param.data() == nullptr && !param.empty())
     throw std::invalid_argument(param_name(index) + ": data is null");
@@ -59,13 +117,14 @@ std::size_t Optimizer::add(std::span<T> param) {
   const auto end = begin + param.size_bytes();
   if (const Impl::Range* other = impl_->overlapping(begin, end))
     throw std::invalid_argument(param_name(index) + " overlaps " + param_name(other->index));
+  const Storage storage = storage_for(index, dtype, precision_);
 
-  Impl::Param entry{dtype, param.data(), param.size(), 0, {}, {}};
+  Impl::Param entry{dtype, param.data(), param.size(), storage.state, storage.master, 0, {}, {}, {}};
   for (int k = 0; k < scalar_count(); ++k) entry.scalars[k] = static_cast<float>(scalar_initial(k));
   if (eager_state())  // torch.optim.Adagrad creates its state in the constructor
     for (int slot = 0; slot < 3; ++slot)
       if (uses_slot(slot))
-        entry.slots[slot] = filled_buffer(dtype, param.size(), initial_value(slot));
+        entry.slots[slot] = filled_buffer(storage.state, param.size(), initial_value(slot));
   impl_->params.reserve(index + 1);
   impl_->ranges.reserve(impl_->ranges.size() + 1);
   impl_->params.push_back(std::move(entry));
@@ -81,9 +140,13 @@ std::size_t Optimizer::add(std::span<T> param) {
 
 std::size_t Optimizer::add_param(std::span<float> param) { return add(param); }
 std::size_t Optimizer::add_param(std::span<double> param) { return add(param); }
+std::size_t Optimizer::add_param(std::span<bfloat16> param) { return add(param); }
+std::size_t Optimizer::add_param(std::span<float16> param) { return add(param); }
 
 std::size_t Optimizer::num_params() const { return impl_->params.size(); }
 DType Optimizer::param_dtype(std::size_t index) const { return impl_->at(index).dtype; }
+DType Optimizer::state_dtype(std::size_t index) const { return impl_->at(index).state_dtype; }
+bool Optimizer::has_master(std::size_t index) const { return impl_->at(index).has_master; }
 std::size_t Optimizer::param_size(std::size_t index) const { return impl_->at(index).size; }
 std::int64_t Optimizer::step_count(std::size_t index) const { return impl_->at(index).step; }
 
@@ -118,16 +181,20 @@ void Optimizer::check_grads(std::span<const Grad> grads, const char* caller) con
     const Grad& g = grads[i];
     if (!g.present()) continue;
     const Impl::Param& p = params[i];
-    if (g.dtype() != p.dtype)
+    if (g.dtype() != p.dtype &&
+        !supports(StreamTypes(p.dtype, g.dtype(), p.state_dtype, p.has_master)))
       throw std::invalid_argument(param_name(i) + ": grad is " + dtype_name(g.dtype()) +
-                                  ", param is " + dtype_name(p.dtype));
+                                  ", param is " + dtype_name(p.dtype) +
+                                  " (a grad has its param's type; float32 params also take "
+                                  "bfloat16 and float16 grads)");
     if (g.size() != p.size)
       throw std::invalid_argument(param_name(i) + ": grad has " + std::to_string(g.size()) +
                                   " elements, param has " + std::to_string(p.size));
     if (g.data() == nullptr && g.size() != 0)
       throw std::invalid_argument(param_name(i) + ": grad data is null");
     const auto begin = reinterpret_cast<std::uintptr_t>(g.data());
-    if (const Impl::Range* other = impl_->overlapping(begin, begin + g.size() * dtype_size(p.dtype)))
+    if (const Impl::Range* other =
+            impl_->overlapping(begin, begin + g.size() * dtype_size(g.dtype())))
       throw std::invalid_argument(param_name(i) + ": grad overlaps " + param_name(other->index));
   }
 
@@ -139,12 +206,21 @@ double Optimizer::clip_grad_norm(std::span<const Grad> grads, double max_norm, d
     throw std::invalid_argument("max_norm must be >= 0, got " + detail::py_float(max_norm));
   check_grads(grads, "clip_grad_norm()");
   std::vector<ParamBuffers> by_dtype[2];
+  std::vector<std::vector<float>> widened;  // 16-bit grads as float32 (exact)
   for (std::size_t i = 0; i < grads.size(); ++i) {
     if (!grads[i].present()) continue;
     ParamBuffers b;
     b.grad = grads[i].data();
     b.size = grads[i].size();
-    by_dtype[grads[i].dtype() == DType::float32 ? 0 : 1].push_back(b);
+    if (is_half(grads[i].dtype())) {
+      std::vector<float>& w = widened.emplace_back(b.size);
+      for (std::size_t k = 0; k < b.size; ++k)
+        w[k] = grads[i].dtype() == DType::bfloat16
+                   ? to_float(static_cast<const bfloat16*>(b.grad)[k])
+                   : to_float(static_cast<const float16*>(b.grad)[k]);
+      b.grad = w.data();
+    }
+    by_dtype[grads[i].dtype() == DType::float64 ? 1 : 0].push_back(b);
   }
   if (by_dtype[0].empty() && by_dtype[1].empty())
     throw std::invalid_argument("clip_grad_norm(): no param has a grad");
@@ -170,15 +246,21 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
                                   std::to_string(params[i].step) + " cannot advance past " +
                                   std::to_string(kMaxStepCount));
 
-  // Slots these options use that a param does not have yet: allocated aside, kept only if
-  // the step goes through.
+  // Slots these options use that a param does not have yet, and master copies not created
+  // yet: made aside, kept only if the step goes through.
   struct NewSlot {
     std::size_t index;
-    int slot;
+    int slot;  // 3: the master copy
     AlignedBuffer buffer;
   };
   std::vector<NewSlot> fresh;
-  std::vector<ParamBuffers> buffers[2];
+  // One driver call per combination of storage types, in order of first appearance.
+  struct Batch {
+    StreamTypes types;
+    std::vector<ParamBuffers> buffers;
+  };
+  std::vector<Batch> batches;
+  const Rounding rounding{precision_.stochastic_rounding, precision_.seed};
   for (std::size_t i = 0; i < params.size(); ++i) {
     if (!grads[i].present()) continue;
     const Impl::Param& p = params[i];
@@ -191,29 +273,44 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
       if (p.slots[slot]) {
         b.state[slot] = p.slots[slot].get();
       } else if (uses_slot(slot)) {
-        fresh.push_back({i, slot, filled_buffer(p.dtype, p.size, initial_value(slot))});
+        fresh.push_back({i, slot, filled_buffer(p.state_dtype, p.size, initial_value(slot))});
         b.state[slot] = fresh.back().buffer.get();
         new_momentum = new_momentum || slot == 0;
       }
     }
+    if (p.has_master) {
+      if (!p.master) fresh.push_back({i, 3, master_from(p.dtype, p.data, p.size)});
+      b.master = p.master ? p.master.get() : fresh.back().buffer.get();
+    }
     // SGD has no step in torch: a new momentum buffer starts as the gradient (driver step 1).
     b.step = rule_ == Rule::sgd ? (new_momentum ? 1 : 2) : p.step + 1;
+    // stochastic rounding's generator: the param's index and its count of updates
+    b.id = i;
+    b.rounding_step = p.step + 1;
     b.scalar_state = const_cast<float*>(p.scalars.data());  // written by the driver on success
     b.scalar_dtype = DType::float32;
-    buffers[p.dtype == DType::float32 ? 0 : 1].push_back(b);
+    const StreamTypes types(p.dtype, grads[i].dtype(), p.state_dtype, p.has_master, rounding);
+    auto same = [&](const Batch& batch) {
+      return batch.types.param == types.param && batch.types.grad == types.grad &&
+             batch.types.state == types.state && batch.types.master == types.master;
+    };
+    auto batch = std::find_if(batches.begin(), batches.end(), same);
+    if (batch == batches.end()) batch = batches.insert(batches.end(), Batch{types, {}});
+    batch->buffers.push_back(b);
   }
 
-  // Both batches are checked before either runs: a float64 batch the driver would reject
-  // must not leave the float32 params already updated.
+  // Every batch is checked before any runs: a batch the driver would reject must not leave
+  // the others already updated.
   GradFactors factors;
   if (impl_->has_pending_clip) factors.clip_coef = impl_->pending_clip;
-  if (!buffers[0].empty()) check_run(DType::float32, buffers[0], factors);
-  if (!buffers[1].empty()) check_run(DType::float64, buffers[1], factors);
-  if (!buffers[0].empty()) run(DType::float32, buffers[0], num_threads_, factors);
-  if (!buffers[1].empty()) run(DType::float64, buffers[1], num_threads_, factors);
+  for (const Batch& batch : batches) check_run(batch.types, batch.buffers, factors);
+  for (const Batch& batch : batches) run(batch.types, batch.buffers, num_threads_, factors);
   impl_->has_pending_clip = false;
 
-  for (NewSlot& n : fresh) params[n.index].slots[n.slot] = std::move(n.buffer);
+  for (NewSlot& n : fresh) {
+    if (n.slot == 3) params[n.index].master = std::move(n.buffer);
+    else params[n.index].slots[n.slot] = std::move(n.buffer);
+  }
   for (std::size_t i = 0; i < params.size(); ++i)
     if (grads[i].present()) ++params[i].step;
 }
@@ -223,6 +320,8 @@ ParamStateView Optimizer::state(std::size_t index) {
   Impl::Param& p = impl_->at(index);
   ParamStateView view;
   view.dtype = p.dtype;
+  view.state_dtype = p.state_dtype;
+  view.master = p.master.get();
   view.size = p.size;
   view.step = p.step;
   for (int slot = 0; slot < 3; ++slot) {
@@ -248,9 +347,12 @@ void Optimizer::allocate_state(std::size_t index) {
   std::array<AlignedBuffer, 3> made;
   for (int slot = 0; slot < 3; ++slot)
     if (!p.slots[slot] && uses_slot(slot))
-      made[slot] = filled_buffer(p.dtype, p.size, initial_value(slot));
+      made[slot] = filled_buffer(p.state_dtype, p.size, initial_value(slot));
+  AlignedBuffer master;
+  if (p.has_master && !p.master) master = master_from(p.dtype, p.data, p.size);
   for (int slot = 0; slot < 3; ++slot)
     if (made[slot]) p.slots[slot] = std::move(made[slot]);
+  if (master) p.master = std::move(master);
 }
 
 void Optimizer::set_step_count(std::size_t index, std::int64_t step) {

@@ -21,8 +21,25 @@ namespace fastoptim::detail {
 
 inline constexpr char kMagic[8] = {'F', 'O', 'P', 'T', 'S', 'T', 'A', 'T'};
 
-inline const char* dtype_name(DType dtype) { return dtype == DType::float32 ? "float32" : "float64"; }
-inline std::size_t dtype_size(DType dtype) { return dtype == DType::float32 ? 4 : 8; }
+inline const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::float32: return "float32";
+    case DType::float64: return "float64";
+    case DType::bfloat16: return "bfloat16";
+    case DType::float16: return "float16";
+  }
+  return "an unknown type";
+}
+inline std::size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::float32: return 4;
+    case DType::float64: return 8;
+    case DType::bfloat16:
+    case DType::float16: return 2;
+  }
+  return 0;
+}
+inline bool is_half(DType dtype) { return dtype == DType::bfloat16 || dtype == DType::float16; }
 inline std::string param_name(std::size_t index) { return "param " + std::to_string(index); }
 
 // A param's count of updates made, as stored by load() and set_step_count(): its next update
@@ -59,12 +76,33 @@ class AlignedBuffer {
   void* data_ = nullptr;
 };
 
+// `size` elements of `value` in `dtype` (16-bit types: the float32 value rounded to nearest,
+// as torch's full_like in that dtype).
 inline AlignedBuffer filled_buffer(DType dtype, std::size_t size, double value) {
   AlignedBuffer buffer(size * dtype_size(dtype));
-  if (dtype == DType::float32)
-    std::fill_n(static_cast<float*>(buffer.get()), size, static_cast<float>(value));
+  switch (dtype) {
+    case DType::float32:
+      std::fill_n(static_cast<float*>(buffer.get()), size, static_cast<float>(value));
+      break;
+    case DType::float64: std::fill_n(static_cast<double*>(buffer.get()), size, value); break;
+    case DType::bfloat16:
+      std::fill_n(static_cast<bfloat16*>(buffer.get()), size, to_bfloat16(static_cast<float>(value)));
+      break;
+    case DType::float16:
+      std::fill_n(static_cast<float16*>(buffer.get()), size, to_float16(static_cast<float>(value)));
+      break;
+  }
+  return buffer;
+}
+
+// A float32 master copy of a 16-bit param: its values widened (exactly).
+inline AlignedBuffer master_from(DType dtype, const void* param, std::size_t size) {
+  AlignedBuffer buffer(size * sizeof(float));
+  auto* out = static_cast<float*>(buffer.get());
+  if (dtype == DType::bfloat16)
+    for (std::size_t i = 0; i < size; ++i) out[i] = to_float(static_cast<const bfloat16*>(param)[i]);
   else
-    std::fill_n(static_cast<double*>(buffer.get()), size, value);
+    for (std::size_t i = 0; i < size; ++i) out[i] = to_float(static_cast<const float16*>(param)[i]);
   return buffer;
 }
 
@@ -159,8 +197,11 @@ struct Optimizer::Impl {
     DType dtype;
     void* data;
     std::size_t size;
+    DType state_dtype;  // storage type of the slots (Precision::state_dtype resolved)
+    bool has_master;    // updated through a float32 master copy (Precision::master_weights)
     std::int64_t step = 0;
     std::array<AlignedBuffer, 3> slots;
+    AlignedBuffer master;            // the float32 master copy, once created
     std::array<float, 2> scalars{};  // the rule's scalar state (torch: 0-d float32 tensors)
   };
   // Address range of a param, kept sorted by `begin` for overlap checks.

@@ -128,7 +128,7 @@ TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
   const std::string bytes = saved(f.opt);
   std::size_t at = 0;
   EXPECT_EQ(bytes.substr(0, 8), "FOPTSTAT");
-  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 2u);
+  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 3u);
   EXPECT_EQ(bytes[12], static_cast<char>(Rule::adam));
   EXPECT_EQ(bytes.substr(13, 3), std::string(3, '\0'));
   ASSERT_EQ(read_le<std::uint32_t>(bytes, 16), 8u);
@@ -136,6 +136,11 @@ TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
   for (int k = 0; k < 8; ++k)
     EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, 20 + 8 * k)), expected_options[k]);
   at = 20 + 64;
+  // the default mixed-precision settings: no master, state_dtype unset (255), no stochastic
+  // rounding, seed 0
+  EXPECT_EQ(bytes.substr(at, 8), std::string("\0\xff\0\0\0\0\0\0", 8));
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, at + 8), 0u);
+  at += 16;
   EXPECT_EQ(read_le<std::uint64_t>(bytes, at), 2u);
   at += 8;
   // param 0: float32, slots 0-2 stored as float32, 3 elements, step 2
@@ -164,10 +169,42 @@ TEST(CheckpointFormat, ByteLayoutIsTheDocumentedOne) {
   EXPECT_EQ(bytes.size(), at + 8);
 }
 
+// A version-3 file as version 2 wrote it: no mixed-precision settings block.
+std::string to_version2(std::string bytes) {
+  const std::size_t block = 20 + 8 * read_le<std::uint32_t>(bytes, 16);
+  bytes.erase(block, 16);
+  write_le<std::uint32_t>(bytes, 8, 2);
+  reseal(bytes);
+  return bytes;
+}
+
+// Version 2 (fastoptim before mixed precision) loads: the default settings.
+TEST(CheckpointFormat, Version2FilesStillLoad) {
+  Fixture f;
+  const std::string bytes = to_version2(saved(f.opt));
+  std::vector<float> a = f.a;
+  std::vector<double> b = f.b;
+  Adam target{AdamOptions{}};
+  target.add_param(a);
+  target.add_param(b);
+  std::istringstream in(bytes);
+  target.load(in);
+  EXPECT_EQ(saved(target), saved(f.opt));
+  // into an optimizer with other settings: refused, nothing changed
+  Adam other{AdamOptions{}, Precision{.state_dtype = DType::bfloat16}};
+  std::vector<float> c = f.a;
+  other.add_param(c);
+  std::vector<double> d = f.b;
+  EXPECT_INVALID(other.add_param(d), "param 1: no kernel for float64 params with bfloat16 state");
+  std::istringstream in2(bytes);
+  EXPECT_INVALID(other.load(in2), "saved with mixed-precision settings {master_weights=false, "
+                                  "state_dtype=default");
+}
+
 // fastoptim 0.1 wrote version 1: no storage type bytes (every slot in the param's type).
 TEST(CheckpointFormat, Version1FilesStillLoad) {
   Fixture f;
-  std::string bytes = saved(f.opt);
+  std::string bytes = to_version2(saved(f.opt));
   write_le<std::uint32_t>(bytes, 8, 1);
   const std::size_t param0 = 20 + 64 + 8, param1 = param0 + 24 + 9 * 4;
   for (std::size_t at : {param0, param1})
@@ -195,7 +232,7 @@ TEST(CheckpointFormat, Version1NamesOnlyTheRulesOf01) {
   Nadam opt;
   opt.add_param(a);
   opt.step({g});
-  std::string bytes = saved(opt);
+  std::string bytes = to_version2(saved(opt));
   write_le<std::uint32_t>(bytes, 8, 1);
   const std::size_t param0 = 20 + 8 * read_le<std::uint32_t>(bytes, 16) + 8;
   for (std::size_t k = 2; k < 8; ++k) bytes[param0 + k] = 0;
@@ -212,7 +249,7 @@ TEST(CheckpointFormat, Version1NamesOnlyTheRulesOf01) {
 TEST(CheckpointFormat, StorageTypesThatDifferAreRejected) {
   Fixture f;
   std::string bytes = saved(f.opt);
-  const std::size_t param0 = 20 + 64 + 8;
+  const std::size_t param0 = 20 + 64 + 16 + 8;
   std::vector<float> a = f.a;
   std::vector<double> b = f.b;
   Adam target{AdamOptions{}};
@@ -278,8 +315,8 @@ TEST(CheckpointFormat, MismatchesAreNamed) {
     return load_error(target, copy);
   };
   EXPECT_NE(edited([](std::string& s) { s[0] = 'X'; }).find("bad magic"), std::string::npos);
-  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 3); })
-                .find("format version 3 is not supported"),
+  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 4); })
+                .find("format version 4 is not supported"),
             std::string::npos);
   EXPECT_NE(edited([](std::string& s) { s[12] = 9; }).find("unknown rule id 9"), std::string::npos);
   EXPECT_NE(edited([](std::string& s) { s[14] = 1; }).find("reserved header bytes"), std::string::npos);
@@ -292,12 +329,39 @@ TEST(CheckpointFormat, MismatchesAreNamed) {
   EXPECT_NE(edited([](std::string& s) { write_le(s, 20 + 40, std::bit_cast<std::uint64_t>(0.5)); })
                 .find("amsgrad must be 0 or 1"),
             std::string::npos);
-  const std::size_t param0 = 20 + 64 + 8;
+  const std::size_t param0 = 20 + 64 + 16 + 8;
   EXPECT_NE(edited([&](std::string& s) { s[param0] = 7; }).find("param 0: unknown dtype id 7"),
             std::string::npos);
-  EXPECT_NE(edited([&](std::string& s) { s[param0 + 1] = 0b1000; })
-                .find("param 0: state slot 3 does not exist for adam"),
+  EXPECT_NE(edited([&](std::string& s) { s[param0 + 1] = 0b10111; })
+                .find("param 0: state slot 4 does not exist for adam"),
             std::string::npos);
+  EXPECT_NE(edited([&](std::string& s) { s[param0 + 1] = 0b1111; })
+                .find("param 0: a master copy is stored, this optimizer keeps none for float32 "
+                      "params"),
+            std::string::npos);
+  EXPECT_NE(edited([&](std::string& s) { s[param0 + 6] = 1; }).find("reserved header bytes"),
+            std::string::npos);
+  EXPECT_NE(edited([&](std::string& s) { s[param0 + 7] = 1; }).find("reserved header bytes"),
+            std::string::npos);
+  // the mixed-precision block
+  EXPECT_NE(edited([](std::string& s) { s[84] = 2; }).find("mixed-precision flags must be 0 or 1"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[86] = 7; }).find("mixed-precision flags must be 0 or 1"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[85] = 3; }).find("state_dtype setting 3 is not valid"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[89] = 1; }).find("reserved mixed-precision bytes"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[84] = 1; })
+                .find("saved with mixed-precision settings {master_weights=true, "
+                      "state_dtype=default, stochastic_rounding=false, seed=0}, this optimizer "
+                      "has {master_weights=false,"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[85] = 2; }).find("state_dtype=bfloat16"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[86] = 1; }).find("stochastic_rounding=true, seed=0}"),
+            std::string::npos);
+  EXPECT_NE(edited([](std::string& s) { s[92] = 1; }).find("seed=1}"), std::string::npos);
   EXPECT_NE(edited([&](std::string& s) { write_le<std::int64_t>(s, param0 + 16, -3); })
                 .find("param 0: step count -3 is out of range (0..9007199254740990)"),
             std::string::npos);
@@ -334,7 +398,7 @@ struct NadamFixture {
     opt.step({ga, gb});
     opt.step({ga, Grad{}});
   }
-  static constexpr std::size_t kParam0 = 20 + 64 + 8;
+  static constexpr std::size_t kParam0 = 20 + 64 + 16 + 8;
   static constexpr std::size_t kScalar0 = kParam0 + 24 + 2 * 3 * 4;
   static constexpr std::size_t kParam1 = kScalar0 + 8;
   static constexpr std::size_t kScalar1 = kParam1 + 24 + 2 * 2 * 8;
@@ -352,7 +416,7 @@ TEST(CheckpointFormat, NadamStoresMuProductAfterTheSlots) {
   NadamFixture f;
   const std::string bytes = saved(f.opt);
   EXPECT_EQ(bytes.substr(0, 8), "FOPTSTAT");
-  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 2u);
+  EXPECT_EQ(read_le<std::uint32_t>(bytes, 8), 3u);
   EXPECT_EQ(bytes[12], 6);  // Rule::nadam
   ASSERT_EQ(read_le<std::uint32_t>(bytes, 16), 8u);
   // lr, betas, eps, weight_decay, momentum_decay, decoupled_weight_decay, maximize
@@ -360,7 +424,7 @@ TEST(CheckpointFormat, NadamStoresMuProductAfterTheSlots) {
   for (int k = 0; k < 8; ++k)
     EXPECT_EQ(std::bit_cast<double>(read_le<std::uint64_t>(bytes, 20 + 8 * k)), expected_options[k])
         << "option " << k;
-  EXPECT_EQ(read_le<std::uint64_t>(bytes, 20 + 64), 2u);
+  EXPECT_EQ(read_le<std::uint64_t>(bytes, 20 + 64 + 16), 2u);
   // param 0: float32, exp_avg and exp_avg_sq as float32, scalar state float32, step 2
   std::size_t at = NadamFixture::kParam0;
   EXPECT_EQ(bytes.substr(at, 8), std::string("\0\3\0\0\0\0\0\0", 8));
@@ -479,7 +543,7 @@ TEST(CheckpointFormat, RadamAndAdamaxHaveNoScalarBytes) {
     SCOPED_TRACE(std::string(rule_name(opt->rule())));
     EXPECT_EQ(static_cast<unsigned char>(bytes[12]), static_cast<unsigned>(opt->rule()));
     EXPECT_EQ(read_le<std::uint32_t>(bytes, 16), fields);
-    const std::size_t param0 = 20 + 8 * fields + 8;
+    const std::size_t param0 = 20 + 8 * fields + 16 + 8;
     EXPECT_EQ(bytes.substr(param0, 8), std::string("\0\3\0\0\0\0\0\0", 8));
     EXPECT_EQ(bytes.size(), param0 + 24 + 2 * 3 * 4 + 8);
   }

@@ -360,7 +360,7 @@ TEST(StateView, NamesSlotsAndDtypeChecks) {
   EXPECT_EQ(view.size, 5u);
   EXPECT_EQ(view.step, 1);
   EXPECT_EQ(view.buffer<float>(0).size(), 5u);
-  EXPECT_INVALID(view.buffer<double>(0), "requested float64, the param is float32");
+  EXPECT_INVALID(view.buffer<double>(0), "requested float64, the state is float32");
   EXPECT_INVALID(view.buffer<float>(3), "slot must be 0, 1 or 2");
   EXPECT_INVALID(opt.state(1), "param 1 does not exist");
   EXPECT_EQ(opt.state().size(), 1u);

@@ -301,7 +301,8 @@ struct Saved {
 
 // `bytes` with param `index`'s step count replaced and the checksum recomputed.
 std::string with_step(std::string bytes, std::size_t index, std::int64_t step) {
-  std::size_t at = 20 + 8 * read_le<std::uint32_t>(bytes, 16) + 8;
+  // version 3: the 16 bytes of mixed-precision settings follow the options
+  std::size_t at = 20 + 8 * read_le<std::uint32_t>(bytes, 16) + 16 + 8;
   for (std::size_t i = 0; i < index; ++i) {
     const int slots = std::popcount(static_cast<unsigned>(static_cast<unsigned char>(bytes[at + 1])));
     const std::size_t size = read_le<std::uint64_t>(bytes, at + 8);

@@ -12,6 +12,14 @@
 // Semantics follow torch.optim (foreach=False): per-param step counts, a param whose grad is
 // absent is skipped (no state change, its step count does not advance), Adagrad's `sum` is
 // created when the param is added, every other state buffer on the param's first update.
+//
+// Mixed precision: params may be fastoptim::bfloat16 / fastoptim::float16 buffers (grads of the
+// same type; float32 params also take 16-bit grads), with the optimizer's Precision settings:
+//
+//   std::vector<fastoptim::bfloat16> w(1000);
+//   fastoptim::AdamW opt({.lr = 1e-3}, {.master_weights = true});  // float32 master + state
+//   opt.add_param(w);
+//   opt.step({std::span<const fastoptim::bfloat16>(grad_w)});
 #pragma once
 
 #include <array>
@@ -21,6 +29,7 @@
 #include <initializer_list>
 #include <iosfwd>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <ranges>
 #include <span>
@@ -36,8 +45,10 @@ namespace fastoptim {
 // The rule's name as its description gives it: "sgd", "adagrad", ..., "adamax".
 std::string_view rule_name(Rule rule);
 
-// One gradient for one param: a contiguous float or double buffer, or none (torch's
-// `p.grad is None`: the param is skipped). Only a view: the data must outlive the step() call.
+// One gradient for one param: a contiguous float, double, bfloat16 or float16 buffer, or none
+// (torch's `p.grad is None`: the param is skipped). Only a view: the data must outlive the
+// step() call. A grad has its param's type; float32 params also take bfloat16 and float16
+// grads (read as they are, widened exactly).
 class Grad {
  public:
   Grad() = default;
@@ -45,15 +56,26 @@ class Grad {
   Grad(std::span<const float> grad) : data_(grad.data()), size_(grad.size()), present_(true) {}
   Grad(std::span<const double> grad)
       : data_(grad.data()), size_(grad.size()), dtype_(DType::float64), present_(true) {}
+  Grad(std::span<const bfloat16> grad)
+      : data_(grad.data()), size_(grad.size()), dtype_(DType::bfloat16), present_(true) {}
+  Grad(std::span<const float16> grad)
+      : data_(grad.data()), size_(grad.size()), dtype_(DType::float16), present_(true) {}
   Grad(const float* data, std::size_t size) : Grad(std::span<const float>(data, size)) {}
   Grad(const double* data, std::size_t size) : Grad(std::span<const double>(data, size)) {}
-  // Any contiguous range of float or double: std::vector, std::array, std::span, ...
+  Grad(const bfloat16* data, std::size_t size) : Grad(std::span<const bfloat16>(data, size)) {}
+  Grad(const float16* data, std::size_t size) : Grad(std::span<const float16>(data, size)) {}
+  // Any contiguous range of float, double, bfloat16 or float16: std::vector, std::array,
+  // std::span, ...
   template <class R>
     requires std::ranges::contiguous_range<const R&> && std::ranges::sized_range<const R&> &&
              (std::same_as<std::ranges::range_value_t<const R&>, float> ||
-              std::same_as<std::ranges::range_value_t<const R&>, double>) &&
+              std::same_as<std::ranges::range_value_t<const R&>, double> ||
+              std::same_as<std::ranges::range_value_t<const R&>, bfloat16> ||
+              std::same_as<std::ranges::range_value_t<const R&>, float16>) &&
              (!std::same_as<std::remove_cvref_t<R>, std::span<const float>>) &&
-             (!std::same_as<std::remove_cvref_t<R>, std::span<const double>>)
+             (!std::same_as<std::remove_cvref_t<R>, std::span<const double>>) &&
+             (!std::same_as<std::remove_cvref_t<R>, std::span<const bfloat16>>) &&
+             (!std::same_as<std::remove_cvref_t<R>, std::span<const float16>>)
   Grad(const R& range)
       : Grad(std::span<const std::ranges::range_value_t<const R&>>(std::ranges::data(range),
                                                                    std::ranges::size(range))) {}
@@ -70,26 +92,59 @@ class Grad {
   bool present_ = false;
 };
 
+// Mixed-precision settings of an optimizer, the same for all its params (the Python fronts'
+// param-group keys of the same names). Given to the constructor (or set_precision() before
+// the first add_param()); fixed once a param is added, and part of the checkpoint.
+//   master_weights: bfloat16/float16 params get a float32 master copy, owned by the optimizer
+//     and created on the param's first update (or allocate_state()) from the param's values,
+//     exactly. The update reads and writes the master; the param receives the master rounded
+//     to nearest-even in the same pass. float32/float64 params are their own master.
+//   state_dtype: the storage type of the state slots. std::nullopt (the default): the param's
+//     type, float32 beside a master copy. float32 or bfloat16: every param's state in that
+//     type, where a kernel exists (fastoptim::supports): float32 params with bfloat16 state,
+//     16-bit params with float32 state, bfloat16 state beside a master copy; float64 params
+//     only take the default, float16 params take bfloat16 state only beside a master.
+//   stochastic_rounding, seed: every bfloat16/float16 store (a param without a master copy,
+//     16-bit state) rounds stochastically (fastoptim::Rounding): unbiased, reproducible for a
+//     seed, the same bits at every SIMD level and thread count. The generator's param id is
+//     the param's index, its step the param's step count (also for SGD, whose step count here
+//     counts its updates).
+struct Precision {
+  bool master_weights = false;
+  std::optional<DType> state_dtype{};
+  bool stochastic_rounding = false;
+  std::uint64_t seed = 0;
+  bool operator==(const Precision&) const = default;
+};
+
 // A view of one param's optimizer state, for programs that checkpoint themselves. `buffers`
 // point into the optimizer's own storage, in the slot order of step.hpp's ParamBuffers (e.g.
-// Adam: exp_avg, exp_avg_sq, max_exp_avg_sq); nullptr where a slot is not allocated. Writing
-// through them is allowed. The pointers stay valid until load() or the optimizer's
-// destruction; `step` is a copy, and a view does not show slots allocated after it was taken.
-// `scalars` are copies of the rule's per-param scalar state (NAdam: mu_product, kept in
-// float32 as torch keeps it); set_scalar_state() changes them.
+// Adam: exp_avg, exp_avg_sq, max_exp_avg_sq); nullptr where a slot is not allocated. Each slot
+// holds `size` elements of `state_dtype`. Writing through them is allowed. `master` is the
+// param's float32 master copy (Precision::master_weights), nullptr if the param has none or it
+// is not created yet; writing it sets the value the next update starts from. The pointers stay
+// valid until load() or the optimizer's destruction; `step` is a copy, and a view does not show
+// buffers allocated after it was taken. `scalars` are copies of the rule's per-param scalar
+// state (NAdam: mu_product, kept in float32 as torch keeps it); set_scalar_state() changes them.
 struct ParamStateView {
-  DType dtype = DType::float32;
+  DType dtype = DType::float32;        // the param's storage type
+  DType state_dtype = DType::float32;  // the state slots' storage type
   std::size_t size = 0;     // elements of the param and of every allocated buffer
   std::int64_t step = 0;    // updates this param has had
   std::array<std::string_view, 3> names{};  // torch's state_dict key per slot, "" if unused
   std::array<void*, 3> buffers{};
+  void* master = nullptr;
   std::array<std::string_view, 2> scalar_names{};  // "" where the rule has no such scalar
   std::array<double, 2> scalars{};
 
-  // The buffer of `slot` as T (float or double); empty if not allocated.
-  // std::invalid_argument if T is not this param's dtype or slot is not 0..2.
+  // The buffer of `slot` as T (float, double, bfloat16 or float16); empty if not allocated.
+  // std::invalid_argument if T is not state_dtype or slot is not 0..2.
   template <class T>
   std::span<T> buffer(int slot) const;
+  // The float32 master copy; empty if there is none (yet).
+  std::span<float> master_copy() const {
+    return master == nullptr ? std::span<float>() : std::span<float>(static_cast<float*>(master), size);
+  }
 };
 
 // The part shared by the rule classes: params, state, step(), save()/load().
@@ -105,16 +160,29 @@ class Optimizer {
 
   Rule rule() const { return rule_; }
 
+  // The mixed-precision settings (see Precision). set_precision() checks them
+  // (std::invalid_argument: a state_dtype other than float32 or bfloat16) and is refused once a
+  // param has been added.
+  const Precision& precision() const { return precision_; }
+  void set_precision(const Precision& precision);
+
   // Registers a caller-owned contiguous buffer; returns its index (0, 1, ... in call order),
   // the position of its grad in step(). The buffer must stay valid while the optimizer uses it.
-  // std::invalid_argument if it overlaps a param already added.
+  // std::invalid_argument if it overlaps a param already added, or if this build has no kernel
+  // for its storage under the Precision settings (e.g. float64 params with bfloat16 state).
   std::size_t add_param(std::span<float> param);
   std::size_t add_param(std::span<double> param);
+  std::size_t add_param(std::span<bfloat16> param);
+  std::size_t add_param(std::span<float16> param);
   std::size_t add_param(float* data, std::size_t size) { return add_param(std::span(data, size)); }
   std::size_t add_param(double* data, std::size_t size) { return add_param(std::span(data, size)); }
+  std::size_t add_param(bfloat16* data, std::size_t size) { return add_param(std::span(data, size)); }
+  std::size_t add_param(float16* data, std::size_t size) { return add_param(std::span(data, size)); }
 
   std::size_t num_params() const;
   DType param_dtype(std::size_t index) const;
+  DType state_dtype(std::size_t index) const;  // the storage type of its state slots
+  bool has_master(std::size_t index) const;    // whether it is updated through a master copy
   std::size_t param_size(std::size_t index) const;
   std::int64_t step_count(std::size_t index) const;  // updates this param has had
 
@@ -123,8 +191,8 @@ class Optimizer {
   // overlapping a param, step counts, the per-step scalars of every dtype's batch:
   // fastoptim::check_step): on std::invalid_argument no param and no state has changed.
   // A param whose step count is kMaxStepCount cannot be updated again.
-  // All params of a dtype are updated by one driver call (fastoptim::step), threads balanced
-  // over their total element count.
+  // All params of the same storage types (param, grad, state, master) are updated by one
+  // driver call (fastoptim::step), threads balanced over their total element count.
   void step(std::span<const Grad> grads);
   void step(std::initializer_list<Grad> grads) { step(std::span(grads.begin(), grads.size())); }
   void step(std::span<const std::span<const float>> grads);
@@ -134,7 +202,9 @@ class Optimizer {
   // `grads` (one per param, as step() takes them; absent ones skipped) of order norm_type
   // (inf for the largest magnitude), bit-identical for any thread count and SIMD level, and
   // makes the next step() read every grad multiplied by min(1, max_norm / (norm + 1e-6)).
-  // The grads are not written (torch rewrites them). std::invalid_argument, nothing changed:
+  // The grads are not written (torch rewrites them). bfloat16/float16 grads count with their
+  // exact float32 values (accumulated in double like the others; torch would round each
+  // tensor's norm to the grad's type first). std::invalid_argument, nothing changed:
   // max_norm < 0 or NaN, a bad norm_type, a grad that step() would reject, no grad at all, or
   // a non-finite norm with error_if_nonfinite.
   double clip_grad_norm(std::span<const Grad> grads, double max_norm, double norm_type = 2.0,
@@ -160,40 +230,52 @@ class Optimizer {
   // std::ios_base::failure (if the caller enabled stream exceptions). A saved step count must
   // be in 0..kMaxStepCount - 1 (so that the next step is valid), as for set_step_count().
   //
-  // Format version 2, all integers and floats little-endian, floats IEEE-754:
+  // Format version 3, all integers and floats little-endian, floats IEEE-754; storage types
+  // are DType values (0 float32, 1 float64, 2 bfloat16, 3 float16):
   //   char[8]  magic "FOPTSTAT"
-  //   u32      format version (2)
+  //   u32      format version (3)
   //   u8       rule (enum Rule)
   //   u8[3]    zero
   //   u32      K, number of option values, then K x f64 options in the order of the rule's
   //            `fields` (fastoptim/rules/<rule>.hpp), bools as 0.0/1.0
   //            (SGD 6, Adagrad 6, Adadelta 5, RMSprop 7, Adam/AdamW 8, NAdam 8, RAdam 7,
   //            Adamax 6)
+  //   u8       Precision::master_weights (0/1)
+  //   u8       Precision::state_dtype: 255 for the default (std::nullopt), else its storage type
+  //   u8       Precision::stochastic_rounding (0/1)
+  //   u8[5]    zero
+  //   u64      Precision::seed
   //   u64      N, number of params, then per param:
-  //     u8       param storage type (0 float32, 1 float64)
-  //     u8       slot mask (bit k set: state slot k is stored)
+  //     u8       param storage type
+  //     u8       stream mask (bit k < 3 set: state slot k is stored; bit 3: the master copy)
   //     u8[3]    storage type of state slot 0, 1, 2 (0 if the slot is not stored)
   //     u8       storage type of the scalar state (0 if the rule keeps none)
-  //     u8[2]    zero
+  //     u8       storage type of the master copy (0 if not stored; always float32)
+  //     u8       zero
   //     u64      element count
   //     i64      step count
-  //     for each stored slot k, ascending: element count values of its storage type
+  //     for each stored slot k, ascending: element count values of its storage type (16-bit
+  //     types as their bits, u16), then the master copy if stored
   //     S x f64  the rule's scalar state values (S: the rule's scalar slots, NAdam 1)
   //   u64      FNV-1a 64 hash of every byte before it
-  // Version 1 (fastoptim 0.1, rules sgd..adamw only, none with scalar state) is version 2 with
-  // the per-slot and scalar storage bytes zero and every slot in the param's type; load() reads
-  // both.
+  // load() needs the same Precision settings and, per param, the same storage types as this
+  // optimizer (a param with a master copy may have none stored: not created yet).
+  // Version 2 is version 3 without the Precision block (the default settings), per-param byte
+  // 6 zero and float32/float64 params only; version 1 (fastoptim 0.1, rules sgd..adamw only,
+  // none with scalar state) is version 2 with the per-slot and scalar storage bytes zero and
+  // every slot in the param's type. load() reads all three.
   void save(std::ostream& out) const;
   void load(std::istream& in);
-  static constexpr std::uint32_t kStateFormatVersion = 2;
+  static constexpr std::uint32_t kStateFormatVersion = 3;
 
   // The struct-of-spans alternative: views of each param's state, and what a program that
   // restores its own checkpoint needs besides writing into them.
   ParamStateView state(std::size_t index);
   std::vector<ParamStateView> state();
   // Allocates every slot the current options use that this param does not have yet (zeros;
-  // Adagrad's sum: initial_accumulator_value), for the caller to fill. SGD: the momentum
-  // buffer then exists, so the next step blends into it instead of starting from the grad.
+  // Adagrad's sum: initial_accumulator_value), and its master copy if it has one and it does
+  // not exist yet (the param's values), for the caller to fill. SGD: the momentum buffer then
+  // exists, so the next step blends into it instead of starting from the grad.
   void allocate_state(std::size_t index);
   // std::invalid_argument unless 0 <= step < kMaxStepCount (the next update must be valid).
   void set_step_count(std::size_t index, std::int64_t step);
@@ -202,16 +284,16 @@ class Optimizer {
   void set_scalar_state(std::size_t index, int slot, double value);
 
  protected:
-  explicit Optimizer(Rule rule);
+  explicit Optimizer(Rule rule, const Precision& precision = {});
 
   // Hooks implemented by each rule class.
   virtual void check_options() const = 0;                        // validate(options)
   virtual bool uses_slot(int slot) const = 0;                    // with the current options
   virtual double initial_value(int /*slot*/) const { return 0.0; }
   virtual bool eager_state() const { return false; }             // Adagrad: state at add_param
-  virtual void run(DType dtype, std::span<const ParamBuffers> buffers, int threads,
+  virtual void run(const StreamTypes& types, std::span<const ParamBuffers> buffers, int threads,
                    const GradFactors& factors) const = 0;
-  virtual void check_run(DType dtype, std::span<const ParamBuffers> buffers,
+  virtual void check_run(const StreamTypes& types, std::span<const ParamBuffers> buffers,
                          const GradFactors& factors) const = 0;  // check_step
   virtual std::vector<double> options_vector() const = 0;        // for save()
   virtual void set_options_vector(const std::vector<double>& values) = 0;  // validated by load()
@@ -234,6 +316,7 @@ class Optimizer {
   void check_grads(std::span<const Grad> grads, const char* caller) const;
 
   Rule rule_;
+  Precision precision_;
   int num_threads_ = 0;
   std::unique_ptr<Impl> impl_;
 };
@@ -242,14 +325,15 @@ class Optimizer {
 // One class per rule description (fastoptim/rules/<rule>.hpp), constructed from its options
 // struct (torch's defaults) and validating it (std::invalid_argument with torch's wording).
 // options() returns a reference: change lr (or anything) between steps; step() validates again
-// before it writes. set_options() validates at once. The names (Adam, Nadam, ...) are declared
-// with each rule's description.
+// before it writes. set_options() validates at once. The optional Precision (mixed-precision
+// settings) is checked too. The names (Adam, Nadam, ...) are declared with each rule's
+// description.
 template <class R>
 class RuleOptimizer final : public Optimizer {
  public:
   using Options = typename R::Options;
-  explicit RuleOptimizer(const Options& options = Options())
-      : Optimizer(rules::id<R>), options_(options) {
+  explicit RuleOptimizer(const Options& options = Options(), const Precision& precision = {})
+      : Optimizer(rules::id<R>, precision), options_(options) {
     validate(options_);
   }
   const Options& options() const { return options_; }
@@ -268,13 +352,13 @@ class RuleOptimizer final : public Optimizer {
     return s.initial_from == nullptr ? 0.0 : options_.*s.initial_from;
   }
   bool eager_state() const override { return R::eager_state; }
-  void run(DType dtype, std::span<const ParamBuffers> buffers, int threads,
+  void run(const StreamTypes& types, std::span<const ParamBuffers> buffers, int threads,
            const GradFactors& factors) const override {
-    fastoptim::step(options_, dtype, buffers, threads, factors);
+    fastoptim::step(options_, types, buffers, threads, factors);
   }
-  void check_run(DType dtype, std::span<const ParamBuffers> buffers,
+  void check_run(const StreamTypes& types, std::span<const ParamBuffers> buffers,
                  const GradFactors& factors) const override {
-    fastoptim::check_step(options_, dtype, buffers, factors);
+    fastoptim::check_step(options_, types, buffers, factors);
   }
   std::vector<double> options_vector() const override {
     std::vector<double> values;
@@ -318,11 +402,15 @@ namespace detail {
 
 template <class T>
 std::span<T> ParamStateView::buffer(int slot) const {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "ParamStateView::buffer<T>: T must be float or double");
-  constexpr DType want = std::is_same_v<T, float> ? DType::float32 : DType::float64;
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                    std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
+                "ParamStateView::buffer<T>: T must be float, double, bfloat16 or float16");
+  constexpr DType want = std::is_same_v<T, float>      ? DType::float32
+                         : std::is_same_v<T, double>   ? DType::float64
+                         : std::is_same_v<T, bfloat16> ? DType::bfloat16
+                                                       : DType::float16;
   if (slot < 0 || slot > 2) detail::throw_view_slot(slot);
-  if (dtype != want) detail::throw_view_dtype(want, dtype);
+  if (state_dtype != want) detail::throw_view_dtype(want, state_dtype);
   if (buffers[static_cast<std::size_t>(slot)] == nullptr) return {};
   return {static_cast<T*>(buffers[static_cast<std::size_t>(slot)]), size};
 }
