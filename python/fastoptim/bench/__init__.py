@@ -1,4 +1,5 @@
-"""python -m fastoptim bench: every rule x workload x thread count, fastoptim against torch.optim.
+"""python -m fastoptim bench: every rule x workload x thread count, fastoptim against torch.optim;
+then the mixed-precision section (``--section mixed`` alone): AdamW in each storage layout.
 
 For each cell (rule, workload, threads) the contenders (fastoptim.torch, fastoptim's array front,
 torch.optim fused/foreach/for-loop, and a same-traffic roofline) all step the *same* param, grad
@@ -17,6 +18,10 @@ Modules, one concern each:
 * ``measurement`` timing rounds, busy-CPU detection from /proc, medians;
 * ``report``      derived figures, table, JSON, chart, machine facts;
 * ``progress``    the progress bar;
+* ``mixed``       the mixed-precision section: layouts (bf16/fp16 params, bf16 state, fp32
+                  master copies), their buffers and contenders (torch fused / for-loop, torch's
+                  three-pass offload, DeepSpeedCPUAdam when importable), the loop over its cells;
+* ``mixed_report`` its layout table, measured table and the summary of the issue's ratios;
 * ``cli``         arguments, the loop over cells, ``main``.
 """
 
@@ -44,6 +49,19 @@ from .measurement import (
     summarize,
     take_snapshot,
 )
+from .mixed import (
+    DEFAULT_LAYOUTS,
+    LAYOUTS,
+    MIXED_CONTENDERS,
+    Layout,
+    LayoutBuffers,
+    LayoutState,
+    MixedCell,
+    build_mixed_contender,
+    layout_state,
+    run_mixed_cells,
+)
+from .mixed_report import format_layouts, format_mixed_table, format_summary, summary
 from .progress import ProgressBar
 from .report import derive, format_table, machine_info, write_chart
 from .workloads import (
@@ -62,6 +80,20 @@ from .workloads import (
 
 __all__ = [
     "CONTENDERS",
+    "DEFAULT_LAYOUTS",
+    "LAYOUTS",
+    "MIXED_CONTENDERS",
+    "Layout",
+    "LayoutBuffers",
+    "LayoutState",
+    "MixedCell",
+    "build_mixed_contender",
+    "format_layouts",
+    "format_mixed_table",
+    "format_summary",
+    "layout_state",
+    "run_mixed_cells",
+    "summary",
     "RULES",
     "TORCH_CONTENDERS",
     "TORCH_FUSED",

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import __version__
 from .._runtime import openmp_runtime, set_num_threads, simd_level
-from . import report
+from . import mixed, mixed_report, report
 from .contenders import CONTENDERS, TORCH_FUSED, WITHOUT_TORCH, build_contender, torch_or_none
 from .measurement import CellResult, Settings, measure_cell
 from .progress import ProgressBar
@@ -32,6 +32,8 @@ from .workloads import (
     state_plan,
 )
 
+RULES_WORKLOADS = "10m,100m,gpt2,mlp"
+
 
 def _split(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -42,7 +44,15 @@ def build_parser(default_dir: Path | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastoptim bench",
         description="Time every optimizer rule x workload x thread count: fastoptim (torch and "
-        "array fronts) against torch.optim fused/foreach/for-loop and a same-traffic roofline.",
+        "array fronts) against torch.optim fused/foreach/for-loop and a same-traffic roofline; "
+        "then the mixed-precision section: AdamW in each storage layout (bf16/fp16 params, bf16 "
+        "state, fp32 master copies) against its own roofline, torch and DeepSpeed.",
+    )
+    p.add_argument(
+        "--section",
+        default="all",
+        choices=("all", "rules", "mixed"),
+        help="what to run: every rule (rules), the mixed-precision AdamW layouts (mixed), or both",
     )
     p.add_argument(
         "--rules",
@@ -51,12 +61,33 @@ def build_parser(default_dir: Path | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--workloads",
-        default="10m,100m,gpt2,mlp",
-        help="comma list: gpt2, mlp, or a size (one tensor: 10m, 100m, 4097, ...)",
+        default=None,
+        help="comma list: gpt2, mlp, or a size (one tensor: 10m, 100m, 4097, ...); default "
+        f"{RULES_WORKLOADS} for the rules, {mixed.DEFAULT_WORKLOADS} for the mixed section",
     )
     p.add_argument("--threads", default="1,2", help="comma list of thread counts")
     p.add_argument(
-        "--contenders", default=",".join(CONTENDERS), help="comma list of " + ", ".join(CONTENDERS)
+        "--contenders",
+        default=None,
+        help="comma list (default: all); rules: "
+        + ", ".join(CONTENDERS)
+        + "; mixed: "
+        + ", ".join(mixed.MIXED_CONTENDERS),
+    )
+    p.add_argument(
+        "--layouts",
+        default=None,
+        help="mixed section: comma list or 'all' of "
+        + ", ".join(mixed.LAYOUTS)
+        + " (default: "
+        + ",".join(mixed.DEFAULT_LAYOUTS)
+        + ")",
+    )
+    p.add_argument(
+        "--slow-rounds",
+        type=int,
+        default=3,
+        help="mixed section: measured rounds of torch's for-loop AdamW (0: as many as --rounds)",
     )
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument(
@@ -169,13 +200,16 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
         args.min_time = min(args.min_time, 0.002)
         args.max_redo = 0 if args.max_redo is None else args.max_redo
     max_redo = args.rounds if args.max_redo is None else args.max_redo
+    run_rules = args.section in ("all", "rules")
+    run_mixed = args.section in ("all", "mixed")
     rules = list(RULES) if args.rules is None else _split(args.rules)
     variants = [v for text in args.variant for v in _split(text)]
-    contender_names = _split(args.contenders)
+    known_contenders = tuple(dict.fromkeys(CONTENDERS + mixed.MIXED_CONTENDERS))
+    chosen = known_contenders if args.contenders is None else tuple(_split(args.contenders))
     for bad, known, what in (
         (rules, RULES, "rule"),
         (variants, VARIANTS, "variant"),
-        (contender_names, CONTENDERS, "contender"),
+        (chosen, known_contenders, "contender"),
     ):
         unknown = [x for x in bad if x not in known]
         if unknown:
@@ -184,20 +218,33 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
                 file=sys.stderr,
             )
             return 2
-    if variants and not any(rule in VARIANTS[v] for v in variants for rule in rules):
+    if run_rules and variants and not any(rule in VARIANTS[v] for v in variants for rule in rules):
         print("the selected variants change none of the selected rules", file=sys.stderr)
         return 2
     try:
-        workloads = [make_workload(w, args.scale) for w in _split(args.workloads)]
+        layouts = mixed.parse_layouts(args.layouts)
+        workloads = (
+            [make_workload(w, args.scale) for w in _split(args.workloads or RULES_WORKLOADS)]
+            if run_rules
+            else []
+        )
+        mixed_workloads = (
+            [
+                make_workload(w, args.scale)
+                for w in _split(args.workloads or mixed.DEFAULT_WORKLOADS)
+            ]
+            if run_mixed
+            else []
+        )
         threads = [int(t) for t in _split(args.threads)]
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
-    if any(t < 1 for t in threads) or args.rounds < 1:
-        print("threads and rounds must be >= 1", file=sys.stderr)
+    if any(t < 1 for t in threads) or args.rounds < 1 or args.slow_rounds < 0:
+        print("threads and rounds must be >= 1 (--slow-rounds >= 0)", file=sys.stderr)
         return 2
     plan = []
-    for rule in rules:
+    for rule in rules if run_rules else []:
         label, options = rule_options(rule, variants)
         try:
             plan.append((rule, label, options, state_plan(rule, options)))
@@ -205,12 +252,26 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
             print(f"{label}: {exc}", file=sys.stderr)
             return 2
 
+    contender_names = [c for c in chosen if c in CONTENDERS]
+    mixed_names = [c for c in chosen if c in mixed.MIXED_CONTENDERS]
     torch = torch_or_none()
     if torch is None:
-        dropped = [c for c in contender_names if c not in WITHOUT_TORCH]
-        contender_names = [c for c in contender_names if c not in dropped]
+        dropped = [c for c in contender_names if c not in WITHOUT_TORCH] if run_rules else []
+        dropped += [
+            c
+            for c in (mixed_names if run_mixed else [])
+            if c not in mixed.MIXED_WITHOUT_TORCH and c not in dropped
+        ]
+        contender_names = [c for c in contender_names if c in WITHOUT_TORCH]
+        mixed_names = [c for c in mixed_names if c in mixed.MIXED_WITHOUT_TORCH]
         if dropped:
             print(f"torch is not installed: skipping {', '.join(dropped)}", file=sys.stderr)
+    unavailable: dict[str, str] = {}
+    if run_mixed and "deepspeed" in mixed_names:
+        reason = mixed.deepspeed_missing()
+        if reason:
+            unavailable["deepspeed"] = reason
+            mixed_names.remove("deepspeed")
     settings = Settings(
         rounds=args.rounds,
         warmup=args.warmup,
@@ -218,10 +279,13 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
         max_redo=max_redo,
         busy_threshold=args.busy_threshold,
     )
+    slow_rounds = min(args.slow_rounds, args.rounds) or None
 
     cells_planned = len(workloads) * len(plan) * len(threads)
+    cells_planned += mixed.planned_cells(mixed_workloads, layouts, threads)
     bar = ProgressBar(cells_planned * (settings.rounds + 1), enabled=not args.no_progress)
     cells: list[CellResult] = []
+    mixed_cells: list[mixed.MixedCell] = []
     started = time.time()
     date = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     interrupted = False
@@ -229,16 +293,44 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
         run_cells(
             workloads, plan, threads, contender_names, args.dtype, settings, torch, bar, cells
         )
+        mixed.run_mixed_cells(
+            mixed_workloads,
+            layouts,
+            threads,
+            mixed_names,
+            settings,
+            torch,
+            bar,
+            mixed_cells,
+            slow_rounds,
+        )
     except KeyboardInterrupt:
         interrupted = True
     bar.close()
     elapsed = time.time() - started
 
     torch_version = None if torch is None else torch.__version__
-    header = report.header(__version__, args.dtype, simd_level(), torch_version, date)
+    dtype_text = args.dtype if run_rules else "mixed precision"
+    header = report.header(__version__, dtype_text, simd_level(), torch_version, date)
     print(header)
-    print(report.format_table(cells, markdown=args.markdown))
-    print(report.footer(cells, elapsed))
+    if run_rules:
+        print(report.format_table(cells, markdown=args.markdown))
+        print(report.footer(cells, elapsed))
+    facts: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    if run_mixed:
+        facts = mixed.layout_facts(layouts, torch)
+        rows = mixed_report.summary(mixed_cells)
+        print()
+        print("Mixed precision, AdamW: storage layouts (param, grad, moments, master copy)")
+        print(mixed_report.format_layouts(facts, markdown=args.markdown))
+        print()
+        print(mixed_report.format_mixed_table(mixed_cells, markdown=args.markdown))
+        print()
+        print("Mixed precision summary (targets from issue 8)")
+        print(mixed_report.format_summary(rows, markdown=args.markdown))
+        print()
+        print(mixed_report.footer(mixed_cells, unavailable))
     if interrupted:
         print("interrupted: partial results", file=sys.stderr)
 
@@ -259,7 +351,17 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
             argv=list(sys.argv[1:] if argv is None else argv),
             elapsed_s=round(elapsed, 1),
             interrupted=interrupted,
+            sections=[s for s, on in (("rules", run_rules), ("mixed", run_mixed)) if on],
         )
+        if run_mixed:
+            doc["mixed_precision"] = {
+                "rule": mixed.RULE,
+                "layouts": facts,
+                "slow_rounds": slow_rounds,
+                "unavailable": unavailable,
+                "summary": rows,
+                "results": [vars(c) for c in mixed_cells],
+            }
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1) + "\n")

@@ -118,6 +118,9 @@ class Contender:
     name: str
     step: Callable[[], Any]
     keep: Any = None  # the optimizer object, kept alive while the contender runs
+    # a slow contender (torch's for-loop on 100M bfloat16 elements) may take part in only the
+    # first ``max_rounds`` kept rounds of its cell; None: every round
+    max_rounds: int | None = None
 
 
 @dataclass
@@ -177,11 +180,13 @@ def measure_cell(
         live.append(c)
     bar.advance(1)
     samples: dict[str, list[float]] = {c.name: [] for c in live}
-    flags: list[bool] = []
+    flags: dict[str, list[bool]] = {c.name: [] for c in live}  # busy flag of each kept sample
+    kept_rounds = 0
     redo_left = settings.max_redo
     index = 0
-    while len(flags) < settings.rounds and live:
-        order = live[index % len(live) :] + live[: index % len(live)]  # rotate A B C, B C A, ...
+    while kept_rounds < settings.rounds and live:
+        running = [c for c in live if c.max_rounds is None or len(samples[c.name]) < c.max_rounds]
+        order = running[index % len(running) :] + running[: index % len(running)]  # rotate
         index += 1
         # a snapshot before and after each contender's block (outside the timed loops)
         snapshots = [take_snapshot()]
@@ -212,18 +217,19 @@ def measure_cell(
             redo_left -= 1
             bar.add_total(1)
         else:
-            flags.append(busy)
+            kept_rounds += 1
             for name, ms in round_ms.items():
                 samples[name].append(ms)
+                flags[name].append(busy)
         bar.advance(1)
     if not live:
         bar.advance(settings.rounds)
     for c in live:
-        s = summarize(samples[c.name], flags)
+        s = summarize(samples[c.name], flags[c.name])
         cell.contenders[c.name] = {
             "median_ms": s.median,
             "samples_ms": samples[c.name],
-            "flagged": list(flags),
+            "flagged": list(flags[c.name]),
             "clean": s.clean,
             "rounds_used": s.used,
             "steps_per_round": steps[c.name],
