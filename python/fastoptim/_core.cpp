@@ -422,8 +422,8 @@ void check_types(const StreamTypes& t, Name&& name) {
   if (fastoptim::supports(t)) return;
   const bool float_param = t.param == DType::float32 || t.param == DType::float64;
   if (item_size(t.grad) > item_size(t.param))
-    raise_type(name() + ": its grad (" + dtype_name(t.grad) + ") is wider than the param (" +
-               dtype_name(t.param) + "); grads may be no wider than their params");
+    raise_type(name() + ": grad dtype " + dtype_name(t.grad) + " is wider than the param dtype " +
+               dtype_name(t.param) + "; a grad may be no wider than its param");
   if (t.master && float_param)
     raise_type(name() + ": a master copy is for bfloat16/float16 params; the param is " +
                dtype_name(t.param));

@@ -1,0 +1,284 @@
+"""Mixed precision on the array front: NumPy float16 and ml_dtypes bfloat16 params and grads,
+master weights, bfloat16 state, stochastic rounding, and their checkpoints."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import fastoptim
+from fastoptim import _core
+
+ml_dtypes = pytest.importorskip("ml_dtypes")
+BF16 = np.dtype(ml_dtypes.bfloat16)
+F16 = np.dtype(np.float16)
+RULES = [info["torch_name"] for info in _core.rules()]
+LR = {"SGD": 0.1, "Adagrad": 0.1, "Adadelta": 1.0, "RMSprop": 0.01}
+N = 4099
+
+
+def _lr(rule: str) -> float:
+    return LR.get(rule, 0.05)
+
+
+def _grads(dtype, steps: int, n: int = N, seed: int = 1) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(n).astype(np.float32).astype(dtype) for _ in range(steps)]
+
+
+def _run(rule: str, dtype, steps: int = 5, grad_dtype=None, threads: int | None = None,
+         **settings):
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(N).astype(np.float32).astype(dtype)
+    opt = getattr(fastoptim, rule)([p], lr=_lr(rule), **settings)
+    saved = fastoptim.get_num_threads()
+    if threads is not None:
+        fastoptim.set_num_threads(threads)
+    try:
+        for g in _grads(grad_dtype or dtype, steps):
+            opt.step([g])
+    finally:
+        fastoptim.set_num_threads(saved)
+    return p, opt
+
+
+def _bits(a: np.ndarray) -> np.ndarray:
+    return a.view(np.uint16 if a.dtype.itemsize == 2 else np.uint32)
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("rule", RULES)
+def test_16bit_params_are_the_float32_step_rounded_once(rule: str, dtype) -> None:
+    """Default: state in the param's dtype, math in float32, each store rounded once to
+    nearest-even: one step equals the float32 step on widened values, rounded."""
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(N).astype(np.float32).astype(dtype)
+    ref = p.astype(np.float32)
+    opt = getattr(fastoptim, rule)([p], lr=_lr(rule))
+    ref_opt = getattr(fastoptim, rule)([ref], lr=_lr(rule))
+    (g,) = _grads(dtype, 1)
+    opt.step([g])
+    ref_opt.step([g.astype(np.float32)])
+    np.testing.assert_array_equal(_bits(p), _bits(ref.astype(dtype)))
+    for key, value in opt.state.get(0, {}).items():
+        if key != "step" and np.ndim(value):
+            assert value.dtype == dtype, key
+            np.testing.assert_array_equal(_bits(value),
+                                          _bits(ref_opt.state[0][key].astype(dtype)))
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_master_weights_are_the_float32_step_and_the_param_its_rounding(rule: str) -> None:
+    p, opt = _run(rule, BF16, master_weights=True)
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(N).astype(np.float32).astype(BF16).astype(np.float32)
+    ref_opt = getattr(fastoptim, rule)([ref], lr=_lr(rule))
+    for g in _grads(BF16, 5):
+        ref_opt.step([g.astype(np.float32)])
+    master = opt.state[0]["master_param"]
+    assert master.dtype == np.float32
+    np.testing.assert_array_equal(master, ref)
+    np.testing.assert_array_equal(_bits(p), _bits(master.astype(BF16)))
+    for key, value in opt.state[0].items():
+        if key not in ("step", "master_param") and np.ndim(value):
+            assert value.dtype == np.float32, key
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_bfloat16_state_for_float32_params(rule: str) -> None:
+    """bfloat16 moments: each step is the float32 step from the widened moments, the moments
+    stored rounded."""
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(N).astype(np.float32)
+    opt = getattr(fastoptim, rule)([p], lr=_lr(rule), state_dtype="bfloat16")
+    ref = p.copy()
+    ref_opt = getattr(fastoptim, rule)([ref], lr=_lr(rule))
+    for g in _grads(np.float32, 3):
+        opt.step([g])
+        ref_opt.step([g])
+        np.testing.assert_array_equal(p, ref)
+        for key, value in opt.state.get(0, {}).items():
+            if key != "step" and np.ndim(value):
+                assert value.dtype == BF16
+                np.testing.assert_array_equal(_bits(value),
+                                              _bits(ref_opt.state[0][key].astype(BF16)))
+                ref_opt.state[0][key][...] = value.astype(np.float32)
+
+
+@pytest.mark.parametrize("grad_dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_16bit_grads_of_float32_params_are_read_as_they_are(grad_dtype) -> None:
+    p, _ = _run("AdamW", np.float32, grad_dtype=grad_dtype)
+    ref, _ = _run("AdamW", np.float32, grad_dtype=None)  # not the same grads: widened below
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(N).astype(np.float32)
+    ref_opt = fastoptim.AdamW([ref], lr=0.05)
+    for g in _grads(grad_dtype, 5):
+        ref_opt.step([g.astype(np.float32)])
+    np.testing.assert_array_equal(p, ref)
+
+
+def test_float32_state_for_bfloat16_params_without_master() -> None:
+    p, opt = _run("Adam", BF16, state_dtype="float32")
+    assert opt.state[0]["exp_avg"].dtype == np.float32
+    assert "master_param" not in opt.state[0]
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_stochastic_rounding_is_reproducible_and_seeded(dtype) -> None:
+    a, _ = _run("AdamW", dtype, stochastic_rounding=True, seed=7)
+    b, _ = _run("AdamW", dtype, stochastic_rounding=True, seed=7)
+    c, _ = _run("AdamW", dtype, stochastic_rounding=True, seed=8)
+    d, _ = _run("AdamW", dtype)
+    np.testing.assert_array_equal(_bits(a), _bits(b))
+    assert (_bits(a) != _bits(c)).any()
+    assert (_bits(a) != _bits(d)).any()
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_stochastic_rounding_is_the_same_at_every_level_and_thread_count(rule: str) -> None:
+    level = _core.simd_level()
+    results = []
+    try:
+        for simd in _core.available_simd_levels():
+            _core.set_simd_level(simd)
+            for threads in (1, 2, 3):
+                p, opt = _run(rule, BF16, steps=3, threads=threads, stochastic_rounding=True,
+                              seed=3, state_dtype=None)
+                results.append(_bits(p).copy())
+    finally:
+        _core.set_simd_level(level)
+    for r in results[1:]:
+        np.testing.assert_array_equal(r, results[0])
+
+
+def test_sgd_keeps_its_own_rounding_count() -> None:
+    p, opt = _run("SGD", BF16, steps=3, stochastic_rounding=True)
+    assert float(opt.state[0]["rounding_step"]) == 3.0
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_stochastic_rounding_is_unbiased(dtype) -> None:
+    """SGD moves every element by the same fraction of an ulp: the mean of the stochastically
+    rounded results converges to the exact value; nearest-even leaves them all unchanged."""
+    n = 1 << 16
+    start = np.float32(1.0)
+    ulp = np.float32(2.0 ** -7 if dtype == BF16 else 2.0 ** -10)
+    update = np.float32(0.3) * ulp  # below half an ulp
+    for stochastic in (True, False):
+        p = np.full(n, start, np.float32).astype(dtype)
+        opt = fastoptim.SGD([p], lr=1.0, stochastic_rounding=stochastic, seed=11)
+        opt.step([np.full(n, -update, np.float32).astype(np.float32).astype(dtype)])
+        values = p.astype(np.float64)
+        if not stochastic:
+            assert (values == 1.0).all()
+            continue
+        assert set(np.unique(values)) <= {1.0, 1.0 + float(ulp)}
+        exact = 1.0 + float(np.float32(np.float32(-update).astype(dtype).astype(np.float32))) * -1
+        fraction = (exact - 1.0) / float(ulp)
+        standard_error = np.sqrt(fraction * (1 - fraction) / n) * float(ulp)
+        assert abs(values.mean() - exact) < 6 * standard_error
+
+
+def test_updates_below_half_an_ulp_move_params_only_with_stochastic_rounding_or_master() -> None:
+    moved = {}
+    for name, settings in {"nearest": {}, "stochastic": {"stochastic_rounding": True},
+                           "master": {"master_weights": True}}.items():
+        p = np.full(1000, 1.0, np.float32).astype(BF16)
+        opt = fastoptim.SGD([p], lr=1e-4, **settings)
+        for _ in range(50):
+            opt.step([np.ones(1000, np.float32).astype(BF16)])
+        moved[name] = float(np.abs(p.astype(np.float32) - 1.0).max())
+    assert moved["nearest"] == 0.0
+    assert moved["stochastic"] > 0.0
+    assert moved["master"] > 0.0
+
+
+# ---- bad input ----------------------------------------------------------------------------------
+def _unchanged_after(opt, params, grads, exc, words: str) -> None:
+    before = [p.copy() for p in params]
+    state_before = pickle.dumps(opt.state_dict())
+    with pytest.raises(exc, match=words):
+        opt.step(grads)
+    for a, b in zip(params, before):
+        np.testing.assert_array_equal(_bits(a), _bits(b))
+    assert pickle.dumps(opt.state_dict()) == state_before
+
+
+def test_grads_wider_than_params_are_refused() -> None:
+    p = [np.ones(10, np.float32).astype(BF16), np.ones(10, np.float32)]
+    opt = fastoptim.Adam(p)
+    _unchanged_after(opt, p, [np.ones(10, np.float32).astype(BF16), np.ones(10)], TypeError,
+                     "param 1: grad dtype float64 is wider")
+    _unchanged_after(opt, p, [np.ones(10, np.float32), np.ones(10, np.float32)], TypeError,
+                     "param 0: grad dtype float32 is wider")
+
+
+def test_nonsense_settings_are_refused() -> None:
+    p = [np.ones(10, np.float32), np.ones(10)]
+    opt = fastoptim.Adam(p, state_dtype="bfloat16")
+    _unchanged_after(opt, p, [np.ones(10, np.float32), np.ones(10)], TypeError,
+                     "param 1: state_dtype=bfloat16 does not fit float64")
+    with pytest.raises(ValueError, match="state_dtype"):
+        fastoptim.Adam(p, state_dtype="float16")
+    with pytest.raises(TypeError, match="seed"):
+        fastoptim.Adam(p, seed=1.5)
+    with pytest.raises(ValueError, match="seed"):
+        fastoptim.Adam(p, seed=-1)
+    with pytest.raises(TypeError, match="stochastic_rounding"):
+        fastoptim.Adam(p, stochastic_rounding="yes")
+    ints = [np.ones(10, np.int32)]
+    with pytest.raises(TypeError, match="param 0"):
+        fastoptim.Adam(ints).step([np.ones(10, np.int32)])
+
+
+# ---- checkpoints --------------------------------------------------------------------------------
+SETTINGS = [{}, {"master_weights": True}, {"state_dtype": "bfloat16", "master_weights": True},
+            {"state_dtype": "float32"}, {"stochastic_rounding": True, "seed": 5}]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: "-".join(map(str, s.values())) or
+                         "default")
+def test_checkpoints_carry_storage_types_and_continue_exactly(settings) -> None:
+    p, opt = _run("AdamW", BF16, steps=3, **settings)
+    saved = pickle.loads(pickle.dumps(opt.state_dict()))
+    assert saved["param_groups"][0]["seed"] == settings.get("seed", 0)
+    q = p.copy()
+    other = fastoptim.AdamW([q], lr=0.05, **{**settings, "seed": 0})
+    other.load_state_dict(saved)
+    for key, value in opt.state[0].items():
+        assert other.state[0][key].dtype == np.asarray(value).dtype
+    for g in _grads(BF16, 2, seed=9):
+        opt.step([g])
+        other.step([g])
+    np.testing.assert_array_equal(_bits(p), _bits(q))
+
+
+def test_checkpoint_with_other_storage_types_is_refused_and_changes_nothing() -> None:
+    p, opt = _run("AdamW", BF16, steps=2)
+    saved = opt.state_dict()
+    q = p.copy()
+    other = fastoptim.AdamW([q], lr=0.05, master_weights=True)
+    before = pickle.dumps(other.state_dict())
+    with pytest.raises(ValueError, match="master_weights"):
+        other.load_state_dict(saved)
+    assert pickle.dumps(other.state_dict()) == before
+    f32 = np.ones(N, np.float32)
+    plain = fastoptim.AdamW([f32], lr=0.05)
+    with pytest.raises(ValueError, match="param 0: loaded state 'exp_avg' is bfloat16"):
+        plain.load_state_dict(saved)
+    assert plain.state == {}
+
+
+def test_torch_bfloat16_checkpoint_loads_into_ml_dtypes_arrays() -> None:
+    torch = pytest.importorskip("torch")
+    w = torch.nn.Parameter(torch.randn(N).to(torch.bfloat16))
+    t_opt = torch.optim.AdamW([w], lr=0.05, fused=True)
+    w.grad = torch.randn(N).to(torch.bfloat16)
+    t_opt.step()
+    p = w.detach().float().numpy().astype(BF16)
+    opt = fastoptim.AdamW([p], lr=0.05)
+    opt.load_state_dict(t_opt.state_dict())
+    assert opt.state[0]["exp_avg"].dtype == BF16
+    np.testing.assert_array_equal(opt.state[0]["exp_avg"].astype(np.float32),
+                                  t_opt.state[w]["exp_avg"].float().numpy())
