@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pickle
 
+import fastoptim
 import numpy as np
 import pytest
-
-import fastoptim
 from fastoptim import _core
 
 ml_dtypes = pytest.importorskip("ml_dtypes")
