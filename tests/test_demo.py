@@ -3,6 +3,7 @@ fastoptim and torch.optim curves coincide; without torch it still trains with th
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -80,6 +81,57 @@ def test_demo_without_torch_uses_the_array_front(tmp_path: Path) -> None:
     assert len(rows) == 2 and all(r[-1] < r[0] for r in rows)
     assert "torch.optim" not in proc.stdout and "fastoptim.torch" not in proc.stdout
     assert proc.stderr == ""
+    bf16 = _bf16_rows(proc.stdout)  # the bfloat16 comparison on the array front (ml_dtypes)
+    if importlib.util.find_spec("ml_dtypes") is None:
+        assert "bfloat16 comparison skipped" in proc.stdout
+    else:
+        assert list(bf16) == BF16_NAMES
+        assert all(r[-2] < r[0] for r in bf16.values())
+
+
+BF16_NAMES = [name for name, _, _ in demo.BF16_RUNS]
+
+
+def _bf16_rows(text: str) -> dict[str, list[float]]:
+    """Rows of the bfloat16 table: name -> loss checkpoints, then the last-10% mean."""
+    rows = {}
+    names = [*BF16_NAMES, demo.TORCH_BF16]
+    for line in text.splitlines():
+        for name in names:
+            if line.startswith(name + "  "):
+                tokens = line[len(name) :].split()
+                rows[name] = [float(t) for t in tokens if re.fullmatch(r"\d+\.\d{4}", t)]
+    return rows
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_demo_bf16_comparison(tmp_path: Path) -> None:
+    """AdamW in float32 and on bfloat16 params (nearest-even, stochastic rounding, master
+    weights) side by side; nearest-even is torch's fused bfloat16 AdamW, and the master-weight
+    and stochastic runs stay near float32."""
+    proc = _run(["--steps", "60", "--rules", "sgd", "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "bfloat16: AdamW(lr=0.001, weight_decay=0.01) with fastoptim.torch" in out
+    rows = _bf16_rows(out)
+    assert list(rows) == [*BF16_NAMES, demo.TORCH_BF16]
+    marks = len(demo.checkpoints(60))
+    for name, values in rows.items():
+        assert len(values) == marks + 1, name
+        assert values[marks - 1] < values[0], name  # it learns
+    fp32 = rows["fp32"]
+    for name in ("bf16 stochastic rounding", "bf16 + master weights"):
+        np.testing.assert_allclose(rows[name], fp32, atol=0.02)
+    np.testing.assert_allclose(rows["bf16 nearest-even"], rows[demo.TORCH_BF16], atol=1e-3)
+    diff = re.search(r"bf16 nearest-even vs torch fused bf16: ([0-9.e+-]+)", out)
+    assert diff and float(diff.group(1)) < 1e-3
+    assert "trained 8 runs" in out  # SGD under three, five bfloat16 runs
+
+
+def test_demo_bf16_comparison_can_be_skipped(tmp_path: Path) -> None:
+    proc = _run(["--steps", "10", "--rules", "sgd", "--no-bf16", "--no-progress"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "bfloat16" not in proc.stdout and not _bf16_rows(proc.stdout)
 
 
 def test_demo_rejects_unknown_rule(tmp_path: Path) -> None:

@@ -11,6 +11,11 @@ and the same mini-batches for every optimizer. Per rule it trains
 
 It prints the loss at checkpoints side by side, the largest |difference| from torch.optim, and the
 median time of one ``step()`` call per optimizer.
+
+Then one bfloat16 comparison: the same model trained with AdamW on float32 params, on bfloat16
+params and grads rounded to nearest-even, with stochastic rounding, and with float32 master
+weights (the forward and backward computed in float32 from the bfloat16 params, as autocast
+does), plus torch's fused AdamW on the same bfloat16 params: the loss curves side by side.
 """
 
 from __future__ import annotations
@@ -46,6 +51,18 @@ DEMO_RULES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 SPARK = "▁▂▃▄▅▆▇█"
+
+# The bfloat16 comparison: AdamW with torch's default learning rate (an update of ~1e-3 is below
+# half a bfloat16 ulp of most weights here, so that rounding to nearest-even loses some of them).
+BF16_OPTIONS: dict[str, Any] = {"lr": 1e-3, "weight_decay": 1e-2}
+# (row name, param dtype, fastoptim options)
+BF16_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
+    ("fp32", "float32", {}),
+    ("bf16 nearest-even", "bfloat16", {}),
+    ("bf16 stochastic rounding", "bfloat16", {"stochastic_rounding": True}),
+    ("bf16 + master weights", "bfloat16", {"master_weights": True}),
+)
+TORCH_BF16 = "torch fused bf16"
 
 
 # ---- data and model ------------------------------------------------------------------------------
@@ -135,13 +152,23 @@ class Run:
 
 
 def train_arrays(
-    task: Task, cls_name: str, options: dict[str, Any], tick: Callable[[], None]
+    task: Task,
+    cls_name: str,
+    options: dict[str, Any],
+    tick: Callable[[], None],
+    param_dtype: Any = None,
+    name: str = "fastoptim arrays",
 ) -> Run:
-    params = [a.copy() for a in task.init]
+    """``param_dtype`` (a NumPy / ml_dtypes dtype): params and grads stored in it, the model
+    computed in the task's dtype from them."""
+    params = [a.astype(param_dtype) if param_dtype else a.copy() for a in task.init]
     opt = getattr(fastoptim, cls_name)(params, **options)
-    run = Run("fastoptim arrays")
+    run = Run(name)
     for batch in task.batches:
-        loss, grads = numpy_loss_and_grads(params, task.x[batch], task.y[batch])
+        wide = [p.astype(task.x.dtype) for p in params] if param_dtype else params
+        loss, grads = numpy_loss_and_grads(wide, task.x[batch], task.y[batch])
+        if param_dtype:
+            grads = [g.astype(param_dtype) for g in grads]
         t0 = time.perf_counter_ns()
         opt.step(grads)
         run.step_us.append((time.perf_counter_ns() - t0) / 1e3)
@@ -156,17 +183,24 @@ def train_torch(
     make_optimizer: Callable[[list[Any]], Any],
     name: str,
     tick: Callable[[], None],
+    param_dtype: Any = None,
 ) -> Run:
+    """``param_dtype`` (a torch dtype): params (so grads) stored in it, the model computed in
+    the task's dtype from them."""
     x = torch.from_numpy(task.x)
     y = torch.from_numpy(task.y)
-    params = [torch.from_numpy(a.copy()).requires_grad_() for a in task.init]
-    w1, b1, w2, b2 = params
+    params = [torch.from_numpy(a.copy()) for a in task.init]
+    if param_dtype is not None:
+        params = [p.to(param_dtype) for p in params]
+    params = [p.requires_grad_() for p in params]
     opt = make_optimizer(params)
     run = Run(name)
     for batch in task.batches:
         index = torch.from_numpy(batch)
         xb, yb = x[index], y[index]
         opt.zero_grad()
+        # the same tensors when the params have the task's dtype; float32 copies of bfloat16 ones
+        w1, b1, w2, b2 = (p.to(x.dtype) for p in params)
         logits = torch.tanh(xb @ w1.T + b1) @ w2.T + b2
         loss = torch.nn.functional.cross_entropy(logits, yb)
         loss.backward()
@@ -176,6 +210,84 @@ def train_torch(
         run.losses.append(loss.item())
         tick()
     return run
+
+
+def bf16_runs(task: Task, torch: Any, tick: Callable[[], None]) -> list[Run]:
+    """The bfloat16 comparison's runs (BF16_RUNS, then torch's fused AdamW on bfloat16 params):
+    fastoptim.torch when torch is installed, else the array front on ml_dtypes bfloat16 arrays.
+    RuntimeError when neither can hold bfloat16."""
+    if torch is not None:
+        fo_cls = importlib.import_module("fastoptim.torch").AdamW
+        runs = [
+            train_torch(
+                task,
+                torch,
+                lambda p, o=opts: fo_cls(p, **BF16_OPTIONS, **o),
+                name,
+                tick,
+                getattr(torch, dtype),
+            )
+            for name, dtype, opts in BF16_RUNS
+        ]
+        runs.append(
+            train_torch(
+                task,
+                torch,
+                lambda p: torch.optim.AdamW(p, fused=True, **BF16_OPTIONS),
+                TORCH_BF16,
+                tick,
+                torch.bfloat16,
+            )
+        )
+        return runs
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise RuntimeError("bfloat16 arrays need ml_dtypes (pip install ml_dtypes)") from None
+    return [
+        train_arrays(
+            task,
+            "AdamW",
+            {**BF16_OPTIONS, **opts},
+            tick,
+            None if dtype == "float32" else np.dtype(ml_dtypes.bfloat16),
+            name,
+        )
+        for name, dtype, opts in BF16_RUNS
+    ]
+
+
+def tail_mean(losses: Sequence[float]) -> float:
+    """Mean loss over the last tenth of the steps (at least one): where a curve ends up."""
+    n = max(1, len(losses) // 10)
+    return float(np.mean(losses[-n:]))
+
+
+def format_bf16_table(runs: list[Run], steps: int) -> str:
+    """The bfloat16 comparison: losses at checkpoints, the curve, the mean loss over the last
+    tenth of the steps and its difference from the float32 run, the step time."""
+    marks = checkpoints(steps)
+    head = ["AdamW", f"step {marks[0]}"] + [str(m) for m in marks[1:]]
+    head += ["curve", "last 10%", "vs fp32", "step µs"]
+    reference = tail_mean(runs[0].losses)
+    rows = []
+    for run in runs:
+        row = [run.name] + [f"{run.losses[m - 1]:.4f}" for m in marks]
+        row.append(sparkline(run.losses))
+        end = tail_mean(run.losses)
+        diff = round(end - reference, 4) + 0.0  # no "-0.0000"
+        row += [f"{end:.4f}", "" if run is runs[0] else f"{diff:+.4f}"]
+        row.append(f"{run.median_step_us:.1f}")
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    left = {0, len(head) - 4}
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))
+        ).rstrip()
+
+    return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
 
 
 # ---- output --------------------------------------------------------------------------------------
@@ -249,8 +361,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fastoptim",
         description="Train a small MLP on synthetic data with each rule under fastoptim and "
-        "torch.optim; print the loss curves side by side and the step time per rule. Other "
-        "commands: python -m fastoptim bench | info.",
+        "torch.optim; print the loss curves side by side and the step time per rule; then "
+        "AdamW on bfloat16 params (nearest-even, stochastic rounding, master weights) against "
+        "float32. Other commands: python -m fastoptim bench | info.",
     )
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
     parser.add_argument("--rules", default=",".join(DEMO_RULES), help="comma list of rules")
@@ -259,6 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--no-torch",
         action="store_true",
         help="train with the array front only, as when torch is not installed",
+    )
+    parser.add_argument(
+        "--no-bf16", action="store_true", help="skip the bfloat16 comparison (AdamW)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -292,7 +408,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     runs_per_rule = 3 if torch is not None else 1
-    bar = ProgressBar(len(rules) * runs_per_rule * args.steps, enabled=not args.no_progress)
+    bf16_count = 0 if args.no_bf16 else len(BF16_RUNS) + (torch is not None)
+    bar = ProgressBar(
+        (len(rules) * runs_per_rule + bf16_count) * args.steps, enabled=not args.no_progress
+    )
     results: list[tuple[str, list[Run]]] = []
     started = time.perf_counter()
     for rule in rules:
@@ -324,6 +443,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         runs.append(train_arrays(task, cls_name, options, bar.advance))
         results.append((label, runs))
+    bf16: list[Run] = []
+    bf16_skipped = ""
+    if not args.no_bf16:
+        bar.set_label("AdamW bfloat16")
+        bf16_task = task if args.dtype == "float32" else make_task(args.steps, "float32")
+        try:
+            bf16 = bf16_runs(bf16_task, torch, bar.advance)
+        except RuntimeError as exc:
+            bf16_skipped = str(exc)
+            bar.advance(bf16_count * args.steps)
     bar.close()
     elapsed = time.perf_counter() - started
 
@@ -343,12 +472,31 @@ def main(argv: Sequence[str] | None = None) -> int:
             "step µs: median time of one optimizer.step() call; speed-up: torch.optim's over "
             "this row's (a model this small measures per-call overhead, not bandwidth)."
         )
-    for _, runs in results:
-        for run in runs:
-            if not np.all(np.isfinite(run.losses)):
-                print(f"non-finite loss in {run.name}", file=sys.stderr)
-                return 1
-    print(f"trained {len(results) * runs_per_rule} runs in {elapsed:.1f} s")
+    if bf16:
+        print()
+        front = "fastoptim.torch" if torch is not None else "the array front (ml_dtypes)"
+        print(
+            f"bfloat16: AdamW({_rule_label('', BF16_OPTIONS)[1:-1]}) with {front}. The bf16 "
+            "rows keep params, grads and\n(without a master copy) the moments in bfloat16; the "
+            "forward and backward run in float32 from them."
+        )
+        print(format_bf16_table(bf16, args.steps))
+        by_name = {run.name: run for run in bf16}
+        if TORCH_BF16 in by_name:
+            diff = max_abs_diff(by_name["bf16 nearest-even"].losses, by_name[TORCH_BF16].losses)
+            print(f"max |loss difference| bf16 nearest-even vs {TORCH_BF16}: {diff:.2e}")
+        print(
+            "last 10%: mean loss over the last tenth of the steps; vs fp32: its difference from "
+            "the float32 run (updates below half a bfloat16 ulp are lost to nearest-even "
+            "rounding; stochastic rounding keeps them on average, a master copy in float32)."
+        )
+    elif bf16_skipped:
+        print(f"\nbfloat16 comparison skipped: {bf16_skipped}")
+    for run in [run for _, runs in results for run in runs] + bf16:
+        if not np.all(np.isfinite(run.losses)):
+            print(f"non-finite loss in {run.name}", file=sys.stderr)
+            return 1
+    print(f"trained {len(results) * runs_per_rule + len(bf16)} runs in {elapsed:.1f} s")
     return 0
 
 
