@@ -101,6 +101,12 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
         assert cell["errors"] == {}
     if torch is not None:
         assert doc["torch_version"] == torch.__version__
+    # the default runs the mixed-precision section too (its own tests: test_bench_mixed.py)
+    assert doc["sections"] == ["rules", "mixed"]
+    mixed_cells = doc["mixed_precision"]["results"]
+    assert len(mixed_cells) == len(bench.DEFAULT_LAYOUTS) * 2 * 2
+    assert {c["workload"] for c in mixed_cells} == {"100m", "gpt2"}
+    assert "Mixed precision summary" in text
 
 
 def test_bench_float64_variant_and_markdown(tmp_path: Path) -> None:

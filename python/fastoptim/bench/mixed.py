@@ -258,10 +258,18 @@ def _array_probe(layout: Layout) -> dict[str, Any]:
     return dict(opt.state[0])
 
 
+def attach_grad(param: Any, grad: Any) -> None:
+    """param.grad = grad, declaring the grad's dtype first when it is not the param's (torch's
+    Tensor.grad_dtype; a torch without it raises)."""
+    if grad.dtype != param.dtype:
+        param.grad_dtype = grad.dtype
+    param.grad = grad
+
+
 def _torch_probe(layout: Layout, torch: Any) -> dict[str, Any]:
     cls = getattr(importlib.import_module("fastoptim.torch"), RULES[RULE][0])
     param = torch.zeros(2, dtype=getattr(torch, layout.param), requires_grad=True)
-    param.grad = torch.zeros(2, dtype=getattr(torch, layout.grad))
+    attach_grad(param, torch.zeros(2, dtype=getattr(torch, layout.grad)))
     opt = cls([param], **RULES[RULE][1], **layout.options)
     opt.step()
     return dict(opt.state[param])
@@ -335,7 +343,7 @@ class LayoutBuffers:
         self.layout = layout
         self.state = state
         self.shapes = list(shapes)
-        self.grad_error = ""  # why the torch params hold no .grad (torch wants grad dtype = param)
+        self.grad_error = ""  # why the torch params hold no .grad (a torch without grad_dtype)
         if torch is not None:
             gen = torch.Generator().manual_seed(seed)
 
@@ -351,8 +359,8 @@ class LayoutBuffers:
             ]
             try:
                 for p, g in zip(self.params, self.grads):
-                    p.grad = g
-            except RuntimeError as exc:
+                    attach_grad(p, g)
+            except (RuntimeError, AttributeError, TypeError) as exc:
                 for p in self.params:
                     p.grad = None
                 self.grad_error = str(exc).splitlines()[0]
