@@ -20,6 +20,14 @@ import pytest
 import torch
 from _support import RICH, RULES, STATE_KEYS
 
+# fastoptim's mixed-precision settings: param-group keys torch's groups do not have
+PRECISION_KEYS = {"master_weights", "state_dtype", "stochastic_rounding", "seed"}
+
+
+def _torch_groups(groups: list[dict]) -> list[dict]:
+    """Param groups without fastoptim's own keys (what torch.optim's groups hold)."""
+    return [{k: v for k, v in g.items() if k not in PRECISION_KEYS} for g in groups]
+
 
 def _tol(dtype: torch.dtype) -> dict[str, float]:
     # Here the gradients come from a model, so they depend on the params and float32 rounding
@@ -84,7 +92,15 @@ def test_rmsprop_alias() -> None:
 
 @pytest.mark.parametrize("rule", RULES)
 def test_signature_equals_torch(rule: str) -> None:
-    assert inspect.signature(getattr(fo_torch, rule)) == inspect.signature(getattr(torch.optim, rule))
+    """torch's signature, then fastoptim's mixed-precision settings, keyword-only."""
+    ours = inspect.signature(getattr(fo_torch, rule)).parameters
+    theirs = inspect.signature(getattr(torch.optim, rule)).parameters
+    assert list(ours.values())[:len(theirs)] == list(theirs.values())
+    extra = list(ours.values())[len(theirs):]
+    assert [(p.name, p.kind, p.default) for p in extra] == [
+        (name, inspect.Parameter.KEYWORD_ONLY, default)
+        for name, default in (("master_weights", False), ("state_dtype", None),
+                              ("stochastic_rounding", False), ("seed", 0))]
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -138,7 +154,7 @@ def test_add_param_group_and_zero_grad(rule: str) -> None:
             ref.add_param_group({"params": [extra_ref], **group_opts})
             fo.add_param_group({"params": [extra_fo], **group_opts})
             assert len(fo.param_groups) == 2
-            assert fo.param_groups[1].keys() == ref.param_groups[1].keys()
+            assert fo.param_groups[1].keys() - PRECISION_KEYS == ref.param_groups[1].keys()
         for model, opt, extra in ((ref_model, ref, extra_ref), (fo_model, fo, extra_fo)):
             opt.zero_grad(set_to_none=step % 2 == 0)
             loss = torch.nn.functional.mse_loss(model(x), y) + (extra ** 3).sum() * 0.1
@@ -216,18 +232,28 @@ def test_meta_device_gets_torchs_fused_error() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("rule", RULES)
-def test_half_precision_params_run_torchs_update(rule: str, dtype: torch.dtype) -> None:
-    """bfloat16/float16 params (until fused kernels for them exist): torch's own update,
-    bit for bit."""
-    results = []
-    for cls, kw in ((getattr(torch.optim, rule), {"foreach": False}), (getattr(fo_torch, rule), {})):
-        p = torch.nn.Parameter(torch.linspace(-1, 1, 19).to(dtype))
-        opt = cls([p], **RICH[rule], **kw)
-        for k in range(5):
-            p.grad = torch.cos(torch.arange(19.0) * (k + 1)).to(dtype)
-            opt.step()
-        results.append(p.detach().clone())
-    assert torch.equal(results[0], results[1])
+def test_half_precision_params_are_fused(rule: str, dtype: torch.dtype,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """bfloat16/float16 params run the fused kernels (torch's own update is never called),
+    state in the param's dtype, close to torch's float32 update (exactness to within one ulp
+    of the rounded float32 step: test_mixed_precision_torch.py)."""
+    grads = [torch.cos(torch.arange(19.0) * (k + 1)).to(dtype) for k in range(5)]
+    q = torch.nn.Parameter(torch.linspace(-1, 1, 19).to(dtype).float())
+    ref = getattr(torch.optim, rule)([q], foreach=False, **RICH[rule])
+    for g in grads:
+        q.grad = g.float()
+        ref.step()
+    monkeypatch.setattr(getattr(torch.optim, rule), "step",
+                        lambda *a, **k: pytest.fail("torch's own update ran"))
+    p = torch.nn.Parameter(torch.linspace(-1, 1, 19).to(dtype))
+    opt = getattr(fo_torch, rule)([p], **RICH[rule])
+    for g in grads:
+        p.grad = g
+        opt.step()
+    assert all(v.dtype == dtype for k, v in opt.state[p].items()
+               if k not in ("step", "mu_product"))
+    bits = 2.0 ** (-7 if dtype == torch.bfloat16 else -10)
+    torch.testing.assert_close(p.detach().float(), q.detach(), rtol=8 * bits, atol=8 * bits)
 
 
 def test_integer_params_get_torchs_error() -> None:
@@ -331,7 +357,7 @@ def _variant_id(v) -> str:
 
 def _compare_state_dicts(got: dict, want: dict) -> None:
     assert got.keys() == want.keys()
-    assert got["param_groups"] == want["param_groups"]
+    assert _torch_groups(got["param_groups"]) == want["param_groups"]
     assert got["state"].keys() == want["state"].keys()
     for k, ws in want["state"].items():
         gs = got["state"][k]
@@ -730,7 +756,7 @@ def test_one_core_call_per_step(monkeypatch) -> None:
     real = fastoptim._core.step_plans
 
     def counting(rule, batches, *args, **kwargs):
-        calls.append(sorted(dtype for _, _, dtype in batches))
+        calls.append(sorted(types[0] for _, _, types in batches))  # the params' dtypes
         return real(rule, batches, *args, **kwargs)
 
     monkeypatch.setattr(fastoptim._core, "step_plans", counting)

@@ -13,14 +13,22 @@ contiguity (strides for other dense layouts) and whether any state mapping chang
 is read or written outside a tensor's current memory; new grad tensors only update the grad
 column. Dense layouts (channels_last, transposed, permuted) are stepped in place, gapped views
 through staging copies, DTensors on their local shards, complex params as their real view, and
-sparse grads (Adagrad; SGD without momentum) row by row. Half-precision params, differentiable
-groups and SGD's sparse momentum run torch's own update. GradScaler's scale and inf flag, and a
-pending clip, are folded into the kernel's grad read.
+sparse grads (Adagrad; SGD without momentum) row by row. Differentiable groups and SGD's sparse
+momentum run torch's own update. GradScaler's scale and inf flag, and a pending clip, are folded
+into the kernel's grad read.
+
+Mixed precision (fastoptim._precision): bfloat16/float16 params are stepped by the fused kernels
+too, by default with state in the param's dtype and the math in float32 (torch's fused=True
+semantics: every store rounded once). Four keyword-only constructor arguments, which become
+param-group keys saved in state_dict, choose other storage: ``master_weights`` (a float32 copy in
+state 'master_param'), ``state_dtype`` (float32 or bfloat16 moments), ``stochastic_rounding``
+and ``seed``. float32 params may have bfloat16/float16 grads (``p.grad_dtype``), read as they are.
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 from collections import defaultdict
 from operator import attrgetter, is_
@@ -35,7 +43,7 @@ try:
 except ImportError:  # torch built without distributed
     _DTensor = ()
 
-from .. import _core
+from .. import _core, _precision
 from .._arrays import (
     RULES,
     clip_arguments,
@@ -47,9 +55,15 @@ from .._arrays import (
 from .._runtime import get_num_threads
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # complex params are stepped as their real view (torch steps view_as_real too): twice the
 # elements of the real dtype, same memory
-_PARAM_DTYPES = {**_DTYPES, torch.complex64: "float32", torch.complex128: "float64"}
+_PARAM_DTYPES = {**_DTYPES, **_HALF, torch.complex64: "float32", torch.complex128: "float64"}
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64,
+                 "bfloat16": torch.bfloat16, "float16": torch.float16}
+_ITEM_SIZES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
+_dtype = attrgetter("dtype")
+_OPTIONS_ITEMS = tuple(_precision.OPTIONS.items())
 _stride = torch.Tensor.stride
 _data_ptr = torch.Tensor.data_ptr
 _is_contiguous = torch.Tensor.is_contiguous
@@ -128,6 +142,11 @@ class _Plan:
         self.sparse: list[dict[str, Any]] = []  # sparse grads, stepped row by row
         self.complex = False  # complex params (stepped as their real view)
         self.present: list[bool] = []  # which params had a grad
+        # 16-bit grads: bfloat16 and float16 have the same byte size, so their dtypes are
+        # compared too (a float16 grad read as bfloat16 would be garbage)
+        self.narrow = False
+        self.grad_dtypes: list[torch.dtype] = []
+        self.settings: tuple | None = None  # the group's mixed-precision settings
         # (stream types, pointer table): types as _core's plan tables take them
         self.batches: list[tuple[tuple, np.ndarray]] = []
         self.batch_rows: list[list[int]] = []  # per batch: the live-grad position of each row
@@ -141,6 +160,9 @@ class _Plan:
         # tensor whose .data is swapped by hand then still points to live memory.
         self.keep_alive: list[Any] = []
         self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # added on success
+        # state entries the settings no longer keep (a master copy after master_weights was
+        # turned off), removed on success
+        self.dropped: list[tuple[torch.Tensor, str]] = []
         self.generation = -1
         self.slots: list[str | None] | None = None  # the state slots the plan was built for
         self.state_obj: Any = None  # the optimizer's state mapping when the plan was built
@@ -175,7 +197,7 @@ class _Plan:
             if list(map(_nbytes, live)) != self.grad_sig[1] or (
                 list(map(_stride, live)) != self.grad_sig[2] if self.strided
                 else not all(map(_is_contiguous, live))
-            ):
+            ) or (self.narrow and list(map(_dtype, live)) != self.grad_dtypes):
                 return False
         except (RuntimeError, TypeError, AttributeError):  # sparse or opaque grads: rebuild,
             return False  # which reports them
@@ -193,6 +215,57 @@ class _Plan:
 def _plain_types(dtype: str) -> tuple:
     """A plan table's stream types when every stream has the param's dtype."""
     return (dtype, dtype, dtype, False, False, 0)
+
+
+def _settings(group: dict[str, Any]) -> dict[str, Any]:
+    """A group's mixed-precision settings (fastoptim._precision.OPTIONS), checked, with
+    state_dtype as its name; a group without them (hand-made, or from an older pickle) has the
+    defaults."""
+    settings = {key: group.get(key, default) for key, default in _precision.OPTIONS.items()}
+    _precision.check_group(settings)
+    if settings["state_dtype"] is not None:
+        settings["state_dtype"] = _precision.dtype_name(settings["state_dtype"])
+    return settings
+
+
+def _param_storage(p: torch.Tensor, settings: dict[str, Any],
+                   where: str) -> tuple[str, str, bool] | None:
+    """(param dtype, state dtype, has a master copy) of a param under a group's settings, as
+    names; None for a dtype fastoptim does not step. TypeError naming the param for settings
+    that make no sense for it (float64 params with bfloat16 state, complex params with state
+    of another dtype)."""
+    name = _PARAM_DTYPES.get(p.dtype)
+    if name is None:
+        return None
+    state, master = _precision.storage(name, settings, where)
+    if p.is_complex() and state != name:
+        raise TypeError(f"{where}: complex params keep state of their own dtype ({p.dtype}); "
+                        f"state_dtype={state} does not apply to them")
+    return name, state, master
+
+
+def _torch_dtype(p: torch.Tensor, name: str) -> torch.dtype:
+    """The torch dtype of a state stream of storage type ``name`` beside param ``p`` (complex
+    params keep complex state)."""
+    return p.dtype if p.is_complex() else _TORCH_DTYPES[name]
+
+
+# stream types (param, grad, state, master) -> None if the build has kernels for them, else
+# the binding's reason (the binding owns the list of layouts)
+_SUPPORT: dict[tuple, str | None] = {}
+
+
+def _check_types(rule: str, group: dict[str, Any], types: tuple, where: str) -> None:
+    """The binding's TypeError for stream types it has no kernel for, naming the param."""
+    key = types[:4]
+    if key not in _SUPPORT:
+        try:  # an empty table of these types: the binding checks them and nothing else
+            _core.check_plan_memory(rule, group, [(np.zeros((0, 12), dtype=np.int64), types)])
+            _SUPPORT[key] = None
+        except TypeError as error:
+            _SUPPORT[key] = str(error).removeprefix("a plan table: ")
+    if _SUPPORT[key] is not None:
+        raise TypeError(f"{where}: {_SUPPORT[key]}")
 
 
 def _memory(t: torch.Tensor) -> torch.Tensor:
@@ -213,6 +286,13 @@ class _TorchSteps(Exception):
 
 def _storage(t: torch.Tensor) -> Any:
     return t.untyped_storage()
+
+
+def _counter_ok(t: Any) -> bool:
+    """Whether a step counter can be read and incremented in place by the core: a float32 or
+    float64 tensor of one element in CPU memory."""
+    return isinstance(t, torch.Tensor) and t.dtype in _DTYPES and t.device.type == "cpu" and \
+        t.numel() == 1
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -241,7 +321,7 @@ class _FusedStep:
         super().__init_subclass__(**kwargs)
         if cls.__module__ == __name__:  # the classes made below, not users' subclasses
             cls.__module__ = "fastoptim.torch"  # where users import them from (repr, pickle)
-            cls.__doc__ = cls._torch_class(cls).__doc__
+            cls.__doc__ = (cls._torch_class(cls).__doc__ or "") + _OPTION_DOCS
 
     # ---- plans -------------------------------------------------------------------------------
     def _generation(self) -> int:
@@ -281,15 +361,19 @@ class _FusedStep:
         plan.param_sig = (list(map(_data_ptr, memory)), list(map(_nbytes, memory)),
                           list(map(_stride, memory)))
         name = type(self).__name__
-        rows: dict[str, list[list[int]]] = {}
-        row_live: dict[str, list[int]] = {}
+        rows: dict[tuple, list[list[int]]] = {}
+        row_live: dict[tuple, list[int]] = {}
         scalar_names = [name for name, _ in self._info["scalar_slots"]]
         counters: list[float] = []
         counter_rows: list[list[int]] = []
         live: list[torch.Tensor] = []
+        settings = _settings(group)
+        stochastic, seed = _precision.rounding(settings)
         # SGD without momentum keeps no state at all (not even an empty dict per param),
-        # and its state_dict shows that: do not touch self.state[p] then.
-        stateless = not self._has_step and all(slot is None for slot in slots)
+        # and its state_dict shows that: do not touch self.state[p] then (unless a master
+        # copy or stochastic rounding's counter has to be kept).
+        stateless = not self._has_step and all(slot is None for slot in slots) and \
+            not settings["master_weights"] and not stochastic
         seen: dict[int, int] = {}
         for index, (p, g) in enumerate(zip(params, grads)):
             if g is None:
@@ -315,11 +399,27 @@ class _FusedStep:
                     f"fastoptim.torch.{name} is fused: it requires all the params to be floating "
                     f"point Tensors of supported devices: ['cpu'] but {p.dtype} and "
                     f"{p.device.type} ({where}, grad on {g.device.type})")
-            dtype = _PARAM_DTYPES.get(p.dtype)
-            if dtype is None or g.dtype != p.dtype:
-                # bfloat16/float16 params, a grad_dtype other than the param's, or a dtype
-                # torch rejects: torch's own update (and its errors) until fused kernels exist
-                raise _TorchSteps
+            storage = _param_storage(p, settings, where)
+            if storage is None:
+                if p.is_floating_point() or p.is_complex():
+                    raise _TorchSteps  # float8, complex32, ...: torch's own update (and errors)
+                raise TypeError(f"{where}: params of {p.dtype} cannot be optimized; "
+                                "fastoptim.torch steps float32, float64, bfloat16 and float16 "
+                                "params (and complex64/complex128)")
+            dtype, state_dtype, master = storage
+            grad_dtype = _PARAM_DTYPES.get(g.dtype)
+            if p.is_complex() and g.dtype != p.dtype or not p.is_complex() and g.is_complex():
+                grad_dtype = None
+            if grad_dtype is None:
+                raise TypeError(f"{where}: its grad has dtype {g.dtype}, the param {p.dtype}; "
+                                "grads are float32, float64, bfloat16 or float16 (the param's "
+                                "dtype for complex params)")
+            if _ITEM_SIZES[grad_dtype] > _ITEM_SIZES[dtype]:
+                raise TypeError(f"{where}: its grad ({g.dtype}) is wider than the param "
+                                f"({p.dtype}); grads may be no wider than their params")
+            types = (dtype, grad_dtype, state_dtype, master, stochastic, seed)
+            _check_types(self._rule, group, types, where)
+            plan.narrow |= grad_dtype in _precision.HALF
             if g.shape != p.shape:
                 raise RuntimeError(f"{where}: grad shape {tuple(g.shape)} does not match param "
                                    f"shape {tuple(p.shape)}")
@@ -335,7 +435,8 @@ class _FusedStep:
             if pm.numel() and (_data_ptr(pm) == 0 or _data_ptr(gm) == 0):
                 raise ValueError(f"{where}: the param or its grad has no CPU memory")
             live.append(gm)
-            entry = None if stateless else self.state.get(p)
+            # (.get: a stateless step adds no entry; it only drops a stale master copy)
+            entry = self.state.get(p)
             fresh = not entry  # torch initialises a param's state when it is empty
             state = {} if fresh else entry
             if not fresh and self._has_step:
@@ -348,8 +449,7 @@ class _FusedStep:
                 step = state.get("step")
                 if step is None:
                     step = added["step"] = self._new_step_tensor(group)
-                elif not isinstance(step, torch.Tensor) or step.dtype not in _DTYPES or \
-                        step.device.type != "cpu" or step.numel() != 1:
+                elif not _counter_ok(step):
                     step = added["step"] = torch.tensor(step_count(step, where),
                                                         dtype=_get_scalar_dtype())
             scalar = None
@@ -376,41 +476,38 @@ class _FusedStep:
                 plan.staged_params.append((staged, pm))
                 row[0] = _data_ptr(staged)
                 layout = staged.stride()
+            buffer_dtype = _torch_dtype(p, state_dtype)
             for k, slot in enumerate(slots):
                 if slot is None:
                     continue
-                buf = state.get(slot)
-                if buf is None:
-                    if isinstance(p, _DTensor):  # sharded like the param, as torch's zeros_like
-                        buf = torch.zeros_like(p)
-                        _memory(buf).fill_(self._initial_value(slot, group))
-                    else:
-                        buf = torch.empty_strided(p.shape, layout, dtype=p.dtype).fill_(
-                            self._initial_value(slot, group))
-                    added[slot] = buf
-                    new_buffer = True
-                elif not isinstance(buf, torch.Tensor):
-                    raise TypeError(f"{where}: state '{slot}' is a {type(buf).__name__}, "
-                                    f"not a tensor")
-                elif isinstance(p, _DTensor):
-                    bm = _memory(buf)
-                    if not isinstance(buf, _DTensor) or bm.shape != pm.shape or \
-                            bm.dtype != pm.dtype or bm.stride() != layout:
-                        raise RuntimeError(f"{where}: state '{slot}' is not sharded like the "
-                                           f"param (local shape {tuple(bm.shape)}, param's "
-                                           f"{tuple(pm.shape)})")
-                elif buf.stride() != layout or buf.dtype != p.dtype or buf.shape != p.shape or \
-                        buf.device.type != "cpu":
-                    if buf.shape != p.shape:
-                        raise RuntimeError(f"{where}: state '{slot}' has shape "
-                                           f"{tuple(buf.shape)}, the param has shape "
-                                           f"{tuple(p.shape)}")
-                    # a loaded or hand-set buffer in another layout or dtype: a copy in the
-                    # param's layout replaces it
-                    buf = added[slot] = torch.empty_strided(
-                        p.shape, layout, dtype=p.dtype).copy_(buf)
+                buf, made = self._state_buffer(state, added, slot, p, layout, buffer_dtype,
+                                               self._initial_value(slot, group), where)
+                new_buffer |= made
                 row[2 + k] = _data_ptr(_memory(buf))
                 plan.keep_alive.append(_storage(_memory(buf)))
+            if master:
+                # float32 master copy: starts as the param itself (exact), is what the rule
+                # reads and writes; the param receives it rounded to nearest-even
+                buf, _ = self._state_buffer(state, added, "master_param", p, layout,
+                                            torch.float32, pm, where)
+                row[10] = _data_ptr(_memory(buf))
+                plan.keep_alive.append(_storage(_memory(buf)))
+            elif "master_param" in state:  # master_weights turned off: the copy is stale
+                plan.dropped.append((p, "master_param"))
+            if stochastic and not self._has_step and (
+                    dtype in _precision.HALF and not master
+                    or state_dtype in _precision.HALF and any(s is not None for s in slots)):
+                # SGD keeps no step count: stochastic rounding's own counter, in its state
+                counter = state.get("rounding_step")
+                if counter is None:
+                    counter = added["rounding_step"] = torch.tensor(0.0, dtype=torch.float32)
+                elif not _counter_ok(counter):
+                    counter = added["rounding_step"] = torch.tensor(
+                        step_count(counter, f"{where} (state 'rounding_step')"),
+                        dtype=torch.float32)
+                row[11] = _data_ptr(counter)
+                plan.keep_alive.append(_storage(counter))
+                row[9] |= 4 * (counter.dtype == torch.float64)  # flag bit 2: float64 counter
             if added and not stateless:
                 plan.new_state.append((p, added))
             if gm.stride() == layout:
@@ -433,10 +530,11 @@ class _FusedStep:
                 row[8] = _data_ptr(scalar)
                 plan.keep_alive.append(_storage(scalar))
                 row[9] |= 2 * (scalar.dtype == torch.float64)  # flag bit 1: float64 scalars
-            rows.setdefault(dtype, []).append(row)
-            row_live.setdefault(dtype, []).append(len(live) - 1)
+            rows.setdefault(types, []).append(row)
+            row_live.setdefault(types, []).append(len(live) - 1)
         plan.grad_sig = (list(map(_data_ptr, live)), list(map(_nbytes, live)),
                          list(map(_stride, live)))
+        plan.grad_dtypes = list(map(_dtype, live))
         plan.strided = not (all(map(_is_contiguous, memory)) and all(map(_is_contiguous, live)))
         if counter_rows:
             # the core reads "steps so far" and adds one: 0 marks a new momentum buffer
@@ -444,10 +542,51 @@ class _FusedStep:
             base = plan.counters.ctypes.data
             for i, row in enumerate(counter_rows):
                 row[6] = base + 8 * i
-        for dtype, table in rows.items():
-            plan.batches.append((_plain_types(dtype), np.array(table, dtype=np.int64)))
-            plan.batch_rows.append(row_live[dtype])
+        for types, table in rows.items():
+            plan.batches.append((types, np.array(table, dtype=np.int64)))
+            plan.batch_rows.append(row_live[types])
         return plan
+
+    def _state_buffer(self, state: dict[str, Any], added: dict[str, Any], key: str,
+                      p: torch.Tensor, layout: tuple[int, ...], dtype: torch.dtype,
+                      fill: float | torch.Tensor, where: str) -> tuple[torch.Tensor, bool]:
+        """The state buffer ``key`` of param ``p`` as the kernel reads it: of ``dtype``, in the
+        param's memory layout, on the CPU (sharded like the param for DTensors); made (filled
+        with ``fill``: a number or the param's values) and put in ``added`` if there is none,
+        replaced by such a copy there if the buffer there has another layout or dtype.
+        Returns (buffer, whether it is new)."""
+        buf = state.get(key)
+        if buf is None:
+            if isinstance(p, _DTensor):  # sharded like the param, as torch's zeros_like
+                buf = torch.zeros_like(p, dtype=dtype)
+                target = _memory(buf)
+            else:
+                buf = target = torch.empty_strided(p.shape, layout, dtype=dtype)
+            if isinstance(fill, torch.Tensor):
+                target.copy_(fill)
+            else:
+                target.fill_(fill)
+            added[key] = buf
+            return buf, True
+        if not isinstance(buf, torch.Tensor):
+            raise TypeError(f"{where}: state '{key}' is a {type(buf).__name__}, not a tensor")
+        if isinstance(p, _DTensor):
+            bm, pm = _memory(buf), _memory(p)
+            if not isinstance(buf, _DTensor) or bm.shape != pm.shape or bm.dtype != dtype or \
+                    bm.stride() != layout:
+                raise RuntimeError(f"{where}: state '{key}' is not sharded like the param "
+                                   f"(local shape {tuple(bm.shape)}, param's {tuple(pm.shape)}"
+                                   f", dtype {bm.dtype}, the step's {dtype})")
+            return buf, False
+        if buf.stride() != layout or buf.dtype != dtype or buf.shape != p.shape or \
+                buf.device.type != "cpu":
+            if buf.shape != p.shape:
+                raise RuntimeError(f"{where}: state '{key}' has shape {tuple(buf.shape)}, the "
+                                   f"param has shape {tuple(p.shape)}")
+            # a loaded or hand-set buffer in another layout or dtype: a copy in the param's
+            # layout and the settings' dtype replaces it
+            buf = added[key] = torch.empty_strided(p.shape, layout, dtype=dtype).copy_(buf)
+        return buf, False
 
     def _sparse_rows(self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor,
                      param_index: int) -> dict[str, Any] | None:
@@ -524,7 +663,32 @@ class _FusedStep:
             # applied to the grads first, as torch's unscale_ and clip would have
             return self._torch_step(loss)
 
+    def _check_torch_storage(self) -> None:
+        """torch's own update keeps no master copy, state of another dtype or stochastic
+        rounding: a ValueError naming the first param it would step against its group's
+        settings (before anything changes)."""
+        index = 0
+        for group in self.param_groups:
+            settings = _settings(group)
+            for p in group["params"]:
+                where, index = f"param {index}", index + 1
+                if p.grad is None:
+                    continue
+                storage = _param_storage(p, settings, where)
+                if storage is None:
+                    continue
+                dtype, state_dtype, master = storage
+                if master or state_dtype != dtype or (settings["stochastic_rounding"]
+                                                      and dtype in _precision.HALF):
+                    raise ValueError(
+                        f"{where}: this step is torch.optim's own update (differentiable=True, "
+                        "or sparse grads fastoptim does not step), which keeps no master copy, "
+                        "no state of another dtype and no stochastic rounding; use "
+                        "master_weights=False, state_dtype=None, stochastic_rounding=False "
+                        "for its group")
+
     def _torch_step(self, loss: Any) -> Any:
+        self._check_torch_storage()
         found_inf = getattr(self, "found_inf", None)
         clip_coef = self.__dict__.pop("_fastoptim_clip", 1.0)
         if found_inf is not None and bool(found_inf.item()):
@@ -568,6 +732,8 @@ class _FusedStep:
             # torch's wording, nothing changed), and a change that needs other state buffers
             # (SGD momentum set after a step without it, as torch allows) rebuilds the plan.
             slots = _core.state_slots(self._rule, group)
+            # the storage settings as set now (a change rebuilds the plan, which checks them)
+            settings = tuple(group.get(key, default) for key, default in _OPTIONS_ITEMS)
             plan = plans.get(index)
             if (
                 plan is None
@@ -575,10 +741,12 @@ class _FusedStep:
                 or plan.state_obj is not state
                 or plan.changes != _changes[0]
                 or plan.slots != slots
+                or plan.settings != settings
                 or not plan.serves(params, grads)
             ):
                 plan = self._build_plan(group, params, grads, slots, first_index)
                 plan.slots = slots
+                plan.settings = settings
                 plan.generation = generation
                 plan.state_obj = state
                 plans[index] = None  # until it has run: a failed step leaves no half plan
@@ -646,7 +814,10 @@ class _FusedStep:
                     state[p] = _ParamState(added)
                 else:
                     entry.update(added)
+            for p, key in plan.dropped:
+                state[p].pop(key, None)
             plan.new_state = []
+            plan.dropped = []
             self._fastoptim_plans[index] = plan
         for _, _, plan in ready:
             plan.changes = _changes[0]
@@ -708,7 +879,9 @@ class _FusedStep:
             except _TorchSteps:
                 return torch_clip()
             if any(plan.sparse or plan.distributed or (plan.complex and order != 2.0)
-                   for _, _, plan in ready):
+                   for _, _, plan in ready) or \
+                    any(types[1] in _precision.HALF for _, _, types in specs):
+                # 16-bit grads: the fused norm reads float32/float64 grads only
                 return torch_clip()
             if not specs:
                 raise ValueError("clip_grad_norm_: no param has a grad")
@@ -716,7 +889,8 @@ class _FusedStep:
                                                     get_num_threads())
             norm *= inv_scale  # the norm of grad * inv_scale (the unscaled grads)
             # torch's result dtype: the promotion of the grads' (real) dtypes
-            dtype = torch.float64 if any(d == "float64" for _, _, d in specs) else torch.float32
+            dtype = torch.float64 if any(types[1] == "float64" for _, _, types in specs) \
+                else torch.float32
             if scaler_state is not None:
                 # what scaler.unscale_(opt) would have recorded; the step unscales
                 scaler_state["found_inf_per_device"] = {
@@ -729,74 +903,210 @@ class _FusedStep:
                                                                  error_if_nonfinite)
             return torch.tensor(norm, dtype=dtype)
 
-    # ---- state -------------------------------------------------------------------------------
+    # ---- construction and param groups -------------------------------------------------------
+    def __init__(self, params: Any, *args: Any, master_weights: bool = False,
+                 state_dtype: Any = None, stochastic_rounding: bool = False, seed: int = 0,
+                 **kwargs: Any) -> None:
+        # checked before torch's constructor runs: a bad setting changes nothing
+        options = _settings({"master_weights": master_weights, "state_dtype": state_dtype,
+                             "stochastic_rounding": stochastic_rounding, "seed": seed})
+        self.__dict__["_fastoptim_options"] = options  # the defaults add_param_group gives
+        try:
+            super().__init__(params, *args, **kwargs)
+        finally:
+            self.__dict__.pop("_fastoptim_options", None)
+        self._convert_eager_state()
+
+    def _convert_eager_state(self) -> None:
+        """torch.optim.Adagrad makes its state in the constructor, in the param's dtype: state
+        the settings keep in another dtype is made again in that dtype from the initial value
+        (not converted from the param-dtype copy, which rounded it)."""
+        slot_names = {name for name, _ in self._info["slots"]}
+        index = 0
+        for group in self.param_groups:
+            settings = _settings(group)
+            for p in group["params"]:
+                where, index = f"param {index}", index + 1
+                state = self.state.get(p)
+                storage = _param_storage(p, settings, where)
+                if not state or storage is None:
+                    continue
+                dtype = _torch_dtype(p, storage[1])
+                for key, value in list(state.items()):
+                    if key in slot_names and isinstance(value, torch.Tensor) and \
+                            value.dtype != dtype:
+                        state[key] = torch.full_like(p, self._initial_value(key, group),
+                                                     dtype=dtype,
+                                                     memory_format=torch.preserve_format)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """torch's add_param_group; the group's mixed-precision settings (master_weights,
+        state_dtype, stochastic_rounding, seed: the constructor's unless the group has its own)
+        are checked first, and a param they do not fit (float64 params with bfloat16 state)
+        is a TypeError naming it; the group is not added then."""
+        options = self.__dict__.get("_fastoptim_options", _precision.OPTIONS)
+        for key, value in options.items():  # in the constructor: its settings are defaults
+            self.defaults.setdefault(key, value)
+        if isinstance(param_group, dict):
+            settings = _settings({key: param_group.get(key, self.defaults[key])
+                                  for key in _precision.OPTIONS})
+            for key in _precision.OPTIONS:
+                if key in param_group:
+                    param_group[key] = settings[key]
+        first = sum(len(group["params"]) for group in self.param_groups)
         super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        try:
+            settings = _settings(group)
+            for i, p in enumerate(group["params"]):
+                _param_storage(p, settings, f"param {first + i}")
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
         self._invalidate_plans()
 
+    # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """torch's state_dict, with copies of the state tensors: a checkpoint taken now does
-        not change with later steps, and loading it into another optimizer shares nothing."""
+        not change with later steps, and loading it into another optimizer shares nothing.
+        State tensors keep their dtypes (bfloat16 moments, float32 master copies)."""
         with self._lock():
             return copy.deepcopy(super().state_dict())
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, after checking that every state tensor has its param's
-        shape (torch does not): a mismatched state raises before anything changes."""
+        shape (torch does not) and the dtype this optimizer's mixed-precision settings keep
+        (torch casts every state tensor to its param's dtype; only float32/float64 state of
+        float32/float64 params is still cast), that a master copy is float32, and that the
+        checkpoint's master_weights, state_dtype and stochastic_rounding are this optimizer's
+        (its seed is loaded; a checkpoint without these keys, torch.optim's, loads with this
+        optimizer's settings). Anything else raises before anything changes."""
         groups = state_dict["param_groups"]
         if len(groups) != len(self.param_groups):
             raise ValueError("loaded state dict has a different number of parameter groups")
         id_to_param = {}
-        for saved, group in zip(groups, self.param_groups):
+        loaded_settings = []
+        for index, (saved, group) in enumerate(zip(groups, self.param_groups)):
             if len(saved["params"]) != len(group["params"]):
                 raise ValueError(
                     "loaded state dict contains a parameter group that doesn't match the size "
                     "of optimizer's group"
                 )
-            id_to_param.update(zip(saved["params"], group["params"]))
+            mine = _settings(group)
+            try:
+                theirs = _settings({key: saved.get(key, mine[key]) for key in _precision.OPTIONS})
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"loaded state dict: param group {index}: {error}") from None
+            for key in ("master_weights", "state_dtype", "stochastic_rounding"):
+                if theirs[key] != mine[key]:
+                    raise ValueError(
+                        f"loaded state dict has {key}={theirs[key]!r} in param group {index}, "
+                        f"this optimizer {key}={mine[key]!r}; a checkpoint loads into an "
+                        "optimizer with the same mixed-precision settings")
+            loaded_settings.append(theirs)
+            id_to_param.update((k, (p, theirs)) for k, p in zip(saved["params"], group["params"]))
         scalar_names = {name for name, _ in self._info["scalar_slots"]}
+        keep_dtype: list[tuple[Any, torch.Tensor]] = []  # (key, param): loaded as they are
         for key, saved_state in state_dict["state"].items():
-            param = id_to_param.get(key)
+            param, settings = id_to_param.get(key, (None, None))
             if param is None:
                 continue
+            where = f"param {key}"
             if saved_state and scalar_names:
                 # torch's __setstate__ (NAdam) reads these of every started state while it
                 # loads, after replacing the state: its KeyError, raised here with nothing changed
                 for name in ("step", *sorted(scalar_names)):
                     if name not in saved_state:
                         raise KeyError(name)
+            try:
+                storage = _param_storage(param, settings, where)
+            except TypeError as error:
+                raise ValueError(str(error)) from None
+            # torch casts state tensors to the param's dtype: what these settings keep in
+            # another dtype (and a 16-bit param's counters and scalars) is loaded as it is
+            plain = storage is None or (storage[0] == storage[1] and not storage[2]
+                                        and (param.is_complex() or storage[0] in _DTYPES.values()))
             for name, value in saved_state.items():
-                if name == "step":
-                    step_count(value, f"param {key}")
+                if name in ("step", "rounding_step"):
+                    step_count(value, where if name == "step" else f"{where} (state '{name}')")
+                elif name in scalar_names:  # NAdam's mu_product: one finite number
+                    scalar_value(value, f"{where}: state '{name}'")
+                elif not isinstance(value, torch.Tensor):
                     continue
-                if name in scalar_names:  # NAdam's mu_product: one finite number
-                    scalar_value(value, f"param {key}: state '{name}'")
-                    continue
-                if not isinstance(value, torch.Tensor):
-                    continue
-                if value.shape != param.shape:
+                elif value.shape != param.shape:
                     raise ValueError(
                         f"loaded state '{name}' of param {key} has shape {tuple(value.shape)}, "
                         f"param has shape {tuple(param.shape)}"
                     )
+                elif name == "master_param":
+                    if storage is None or not storage[2]:
+                        raise ValueError(
+                            f"{where}: loaded state has a 'master_param'; this optimizer keeps "
+                            f"none for the param ({param.dtype}, master_weights="
+                            f"{settings['master_weights']})")
+                    if value.dtype != torch.float32:
+                        raise ValueError(f"{where}: loaded state 'master_param' is "
+                                         f"{value.dtype}; a master copy is float32")
+                elif not plain:
+                    want = _torch_dtype(param, storage[1])
+                    if value.dtype != want:
+                        raise ValueError(
+                            f"{where}: loaded state '{name}' is {value.dtype}; with "
+                            f"master_weights={settings['master_weights']}, state_dtype="
+                            f"{settings['state_dtype']} this optimizer keeps it in {want} for "
+                            f"{param.dtype} params")
+                if isinstance(value, torch.Tensor) and name != "step" and (
+                        not plain or name == "master_param"):
+                    keep_dtype.append((key, param, name))
         with self._lock():
-            super().load_state_dict(copy.deepcopy(state_dict))
+            loaded = copy.deepcopy(state_dict)
+            super().load_state_dict(loaded)
+            for key, param, name in keep_dtype:
+                self.state[param][name] = loaded["state"][key][name].to(device=param.device)
+            for group, settings in zip(self.param_groups, loaded_settings):
+                group.update(settings)  # the seed loaded, the others this optimizer's
             self._invalidate_plans()
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.state = _State(self.state)
+        for key, value in _precision.OPTIONS.items():  # pickled before these settings existed
+            self.defaults.setdefault(key, value)
+            for group in self.param_groups:
+                group.setdefault(key, self.defaults[key])
         for key in ("_fastoptim_plans", "_fastoptim_written"):
             self.__dict__.pop(key, None)
 
 
+_OPTION_DOCS = """
+    fastoptim's mixed-precision arguments (keyword-only, param-group keys saved in
+    state_dict; fastoptim._precision):
+        master_weights (bool, optional): a float32 master copy of each bfloat16/float16
+            param (state 'master_param'), stepped with float32 state; the param holds it
+            rounded to nearest-even (default: False)
+        state_dtype (torch.dtype or str, optional): torch.float32 or torch.bfloat16 moments
+            (default: None, the param's dtype; float32 beside a master copy)
+        stochastic_rounding (bool, optional): bfloat16/float16 stores round stochastically,
+            reproducibly for a seed (default: False)
+        seed (int, optional): stochastic rounding's seed, 0..2**64 - 1 (default: 0)
+"""
+
+
 def _fused_class(info: dict[str, Any]) -> type:
     """fastoptim.torch's class for one rule the core describes: torch.optim's class of that
-    name (constructor, groups, hooks, state_dict) with the fused step."""
+    name (constructor, groups, hooks, state_dict) with the fused step, and the mixed-precision
+    settings as keyword-only arguments after torch's."""
     name = info["torch_name"]
-    return type(name, (_FusedStep, getattr(torch.optim, name)),
+    base = getattr(torch.optim, name)
+    signature = inspect.signature(base)
+    kind = inspect.Parameter.KEYWORD_ONLY
+    signature = signature.replace(parameters=[
+        *signature.parameters.values(),
+        *(inspect.Parameter(key, kind, default=value)
+          for key, value in _precision.OPTIONS.items())])
+    return type(name, (_FusedStep, base),
                 {"__module__": __name__, "__qualname__": name, "_rule": info["name"],
-                 "_info": info})
+                 "_info": info, "__signature__": signature})
 
 
 CLASSES = {info["torch_name"]: _fused_class(info) for info in RULES.values()}
