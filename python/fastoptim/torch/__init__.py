@@ -5,6 +5,12 @@ This package mirrors ``torch.optim``: every public name resolves, including the 
 OneCycleLR`` works). The rules the C++ core describes (SGD, Adagrad, Adadelta, RMSprop, Adam,
 AdamW, NAdam, RAdam, Adamax: ``FUSED``) are fastoptim's fused subclasses of their torch.optim
 namesakes (one C++ call per step); every other name is torch's own object, unchanged.
+
+The fused classes step float32, float64, bfloat16 and float16 params (16-bit params as torch's
+``fused=True`` does: state in the param's dtype, float32 math, one rounding per store) and take
+four keyword-only arguments after torch's: ``master_weights``, ``state_dtype``,
+``stochastic_rounding`` and ``seed`` (param-group keys, saved in state_dict; see
+``fastoptim._precision``).
 """
 
 from __future__ import annotations

@@ -494,10 +494,9 @@ class _FusedStep:
                 plan.keep_alive.append(_storage(_memory(buf)))
             elif "master_param" in state:  # master_weights turned off: the copy is stale
                 plan.dropped.append((p, "master_param"))
-            if stochastic and not self._has_step and (
-                    dtype in _precision.HALF and not master
-                    or state_dtype in _precision.HALF and any(s is not None for s in slots)):
-                # SGD keeps no step count: stochastic rounding's own counter, in its state
+            if stochastic and not self._has_step:
+                # SGD keeps no step count: stochastic rounding's own counter, in its state (for
+                # every param of the group, as the array front keeps it)
                 counter = state.get("rounding_step")
                 if counter is None:
                     counter = added["rounding_step"] = torch.tensor(0.0, dtype=torch.float32)
@@ -597,6 +596,9 @@ class _FusedStep:
         keeps a sparse momentum buffer; weight decay raises or densifies there)."""
         if group.get("weight_decay") or (self._rule == "sgd" and group.get("momentum")):
             return None
+        storage = _param_storage(p, _settings(group), f"param {param_index}")
+        if storage is None or storage[1] != storage[0] or storage[2]:
+            return None  # state of another dtype: torch's path, which refuses the settings
         dtype = _DTYPES.get(p.dtype)
         if (dtype is None or g.dtype != p.dtype or g.shape != p.shape or p.dim() < 1
                 or not p.is_contiguous() or p.device.type != "cpu" or g.sparse_dim() != 1
