@@ -775,3 +775,30 @@ def test_torch_fallback_refuses_settings_it_cannot_keep() -> None:
     with pytest.raises(ValueError, match="param 0.*torch.optim's own update"):
         opt.step()
     assert torch.equal(p.detach(), torch.ones(3, dtype=torch.bfloat16)) and not opt.state
+
+
+@pytest.mark.parametrize("rule", ["SGD", "Adam", "NAdam"])
+@pytest.mark.parametrize("name", SETTINGS)
+def test_checkpoint_continues_on_the_array_front(rule: str, name: str) -> None:
+    """A torch-front checkpoint loads into the array front (bfloat16 as ml_dtypes arrays), and
+    both continue bit-identically: same kernels, same stochastic-rounding keys (seed, step,
+    param index)."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    settings = dict(SETTINGS[name], lr=0.05)
+    if rule == "SGD":
+        settings["momentum"] = 0.9
+    p0, grads = problem(torch.bfloat16, steps=6)
+    p = torch.nn.Parameter(p0.clone())
+    opt = getattr(fo_torch, rule)([p], **settings)
+    for g in grads[:3]:
+        p.grad = g.clone()
+        opt.step()
+    array = p.detach().float().numpy().astype(ml_dtypes.bfloat16)
+    front = getattr(fastoptim, rule)([array], **{**settings, "seed": 0})
+    front.load_state_dict(opt.state_dict())
+    assert front.param_groups[0]["seed"] == opt.param_groups[0]["seed"]
+    for g in grads[3:]:
+        p.grad = g.clone()
+        opt.step()
+        front.step([g.float().numpy().astype(ml_dtypes.bfloat16)])
+    assert np.array_equal(array.view(np.uint16), p.detach().view(torch.int16).numpy().view(np.uint16))
