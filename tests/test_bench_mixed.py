@@ -370,3 +370,43 @@ def test_deepspeed_contender_when_importable() -> None:
             for k, slot in enumerate(state.slots):
                 assert st[slot] is buffers.slots[k][i]
                 assert st[slot].abs().sum() > 0
+
+
+@pytest.mark.skipif(ml_dtypes is None, reason="bfloat16 reference from ml_dtypes")
+@pytest.mark.parametrize("key", list(mixed.LAYOUTS))
+def test_roofline_moves_each_layouts_streams_exactly(key: str) -> None:
+    """The roofline of every layout's streams (a fused pass with written-out conversions for
+    the core's 16-bit layouts on AVX2/AVX-512, blocks elsewhere): each written stream gets
+    x + grad in float32, rounded to nearest even in its own type, across vector tails and
+    thread splits; NaN stays NaN."""
+    from fastoptim import _core, _roofline
+
+    layout = mixed.LAYOUTS[key]
+    state = mixed.layout_state(layout, torch)
+    dtypes = mixed.stream_dtypes(layout, state)
+    kinds = {"float32": np.float32, "float16": np.float16, "bfloat16": ml_dtypes.bfloat16}
+    rng = np.random.default_rng(len(key))
+    for n, threads in ((1, 1), (31, 1), (33, 1), (1000, 2), (70001, 2)):
+        src = []
+        for _ in dtypes:
+            v = rng.standard_normal(n) * 10.0 ** rng.integers(-8, 5, n)
+            v[::89] = np.nan
+            v[::97] = 1 + 2.0**-8  # a bfloat16 tie
+            src.append(v.astype(np.float32))
+        with np.errstate(over="ignore"):
+            arrays = [s.astype(kinds[d]) for s, d in zip(src, dtypes)]
+            grad = arrays[1].astype(np.float32)
+            want = [
+                (a.astype(np.float32) + grad).astype(a.dtype)
+                for i, a in enumerate(arrays)
+                if i != 1
+            ]
+        p, g, *st = arrays
+        slots = [a.ctypes.data for a in st] + [0] * (3 - len(st))
+        table = np.array([[p.ctypes.data, g.ctypes.data, *slots, n, 0]], dtype=np.int64)
+        _roofline.step(table, dtypes, threads, _core.serial_threshold)
+        for got, expect in zip([p, *st], want):
+            nan = np.isnan(expect.astype(np.float32))
+            assert np.isnan(got.astype(np.float32))[nan].all(), (key, n)
+            bits = np.uint16 if got.itemsize == 2 else np.uint32
+            np.testing.assert_array_equal(got.view(bits)[~nan], expect.view(bits)[~nan])

@@ -100,7 +100,7 @@ def _layouts() -> dict[str, Layout]:
     bf16, f16, f32 = "bfloat16", "float16", "float32"
     master = {"master_weights": True}
     rows = [
-        Layout("fp32", "fp32", f32, f32, {}, ("torch.fused",), "the float32 reference"),
+        Layout("fp32", "fp32 (reference)", f32, f32, {}, ("torch.fused",)),
         Layout(
             "bf16",
             "pure bf16",

@@ -249,7 +249,10 @@ def format_summary(rows: Sequence[dict[str, Any]], markdown: bool = False) -> st
     columns = list(dict.fromkeys((r["workload"], r["threads"]) for r in rows))
     checks = list(dict.fromkeys(r["check"] for r in rows))
     by = {(r["check"], r["workload"], r["threads"]): r for r in rows}
-    head = ["check", "target"] + [f"{w} {t}t" for w, t in columns]
+    labels = {r["workload"]: r["workload_label"] for r in rows}
+    # one tensor: its label (the size after --scale); several: the workload's key (gpt2, mlp)
+    short = {w: label if label.startswith("1x") else w for w, label in labels.items()}
+    head = ["check", "target"] + [f"{short[w]} {t}t" for w, t in columns]
     out = []
     for check in checks:
         first = next(r for r in rows if r["check"] == check)
