@@ -138,6 +138,81 @@ TEST(Eigen, NonContiguousObjectsAreRejected) {
   EXPECT_EQ(fe::as_span(single)[0], 1.0f);
 }
 
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)  // Eigen::bfloat16
+// Eigen's 16-bit scalars: the same bytes as fastoptim's storage types, updated in place like
+// spans over that memory (with master weights and stochastic rounding too), and 16-bit grads of
+// float params.
+using MatrixBf = Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic>;
+using VectorHalf = Eigen::Matrix<Eigen::half, Eigen::Dynamic, 1>;
+
+TEST(Eigen, SixteenBitScalarsAreFastoptimsStorageTypes) {
+  MatrixBf w(2, 2);
+  w << Eigen::bfloat16(1.5f), Eigen::bfloat16(-2.0f), Eigen::bfloat16(0.1f), Eigen::bfloat16(3.0f);
+  const std::span<bfloat16> s = fe::as_span(w);
+  EXPECT_EQ(static_cast<const void*>(s.data()), static_cast<const void*>(w.data()));
+  EXPECT_EQ(to_float(s[0]), 1.5f);
+  EXPECT_EQ(s[1].bits, to_bfloat16(0.1f).bits);  // column-major: (1, 0)
+  VectorHalf h(3);
+  h << Eigen::half(0.5f), Eigen::half(65504.0f), Eigen::half(1e-7f);
+  const VectorHalf& ch = h;
+  const std::span<const float16> t = fe::as_span(ch);
+  EXPECT_EQ(to_float(t[0]), 0.5f);
+  EXPECT_EQ(t[1].bits, 0x7bffu);
+  EXPECT_EQ(t[2].bits, to_float16(1e-7f).bits);  // a subnormal, rounded alike
+  s[3] = to_bfloat16(-7.0f);
+  EXPECT_EQ(static_cast<float>(w(1, 1)), -7.0f);
+}
+
+TEST(Eigen, SixteenBitParamsUpdatedInPlaceLikeSpans) {
+  for (const Precision& precision :
+       {Precision{}, Precision{.master_weights = true},
+        Precision{.master_weights = true, .state_dtype = DType::bfloat16,
+                  .stochastic_rounding = true, .seed = 4}}) {
+    MatrixBf w = Eigen::MatrixXf::Random(5, 3).cast<Eigen::bfloat16>();
+    VectorHalf b = Eigen::VectorXf::Random(7).cast<Eigen::half>();
+    Eigen::VectorXf f = Eigen::VectorXf::Random(4);  // float32, bfloat16 grads
+    std::vector<bfloat16> w_ref(fe::as_span(w).begin(), fe::as_span(w).end());
+    std::vector<float16> b_ref(fe::as_span(b).begin(), fe::as_span(b).end());
+    std::vector<float> f_ref(f.data(), f.data() + f.size());
+    Adam opt({.lr = 0.05}, precision), span_opt({.lr = 0.05}, precision);
+    EXPECT_EQ(fe::add_param(opt, w), 0u);
+    EXPECT_EQ(fe::add_param(opt, b), 1u);
+    EXPECT_EQ(fe::add_param(opt, f), 2u);
+    EXPECT_EQ(opt.param_dtype(0), DType::bfloat16);
+    EXPECT_EQ(opt.param_dtype(1), DType::float16);
+    span_opt.add_param(w_ref);
+    span_opt.add_param(b_ref);
+    span_opt.add_param(f_ref);
+    for (int s = 0; s < 4; ++s) {
+      const MatrixBf gw = Eigen::MatrixXf::Random(5, 3).cast<Eigen::bfloat16>();
+      const VectorHalf gb = Eigen::VectorXf::Random(7).cast<Eigen::half>();
+      const Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, 1> gf =
+          Eigen::VectorXf::Random(4).cast<Eigen::bfloat16>();
+      fe::step(opt, gw, s == 1 ? Grad{} : fe::grad(gb), gf);
+      span_opt.step({fe::grad(gw), s == 1 ? Grad{} : fe::grad(gb), fe::grad(gf)});
+    }
+    auto bits = [](auto span) {
+      std::vector<std::uint16_t> out;
+      for (auto x : span) out.push_back(x.bits);
+      return out;
+    };
+    EXPECT_EQ(bits(fe::as_span(w)), bits(std::span(w_ref)));
+    EXPECT_EQ(bits(fe::as_span(b)), bits(std::span(b_ref)));
+    EXPECT_TRUE(bit_equal(std::vector<float>(f.data(), f.data() + f.size()), f_ref));
+    EXPECT_EQ(saved(opt), saved(span_opt));
+  }
+}
+
+TEST(Eigen, SixteenBitBlocksWithGapsAreRejected) {
+  MatrixBf m = Eigen::MatrixXf::Zero(4, 4).cast<Eigen::bfloat16>();
+  Adam opt;
+  EXPECT_INVALID(fe::add_param(opt, m.row(1)), "not contiguous");
+  EXPECT_EQ(opt.num_params(), 0u);
+  EXPECT_EQ(fe::add_param(opt, m.col(2)), 0u);
+  EXPECT_EQ(opt.param_size(0), 4u);
+}
+#endif
+
 TEST(Eigen, SizeMismatchNamesTheParam) {
   Eigen::VectorXf a = Eigen::VectorXf::Zero(3), b = Eigen::VectorXf::Zero(4);
   Rmsprop opt;

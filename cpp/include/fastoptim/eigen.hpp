@@ -1,7 +1,9 @@
 // Eigen adapter (header-only, opt-in: link fastoptim::eigen, which adds Eigen3::Eigen).
-// Params and grads held in Eigen objects: vectors and matrices of float or double, as
-// Eigen::Ref, Matrix, Array, Map or a gap-free block. Nothing is copied: the optimizer updates
-// the Eigen object's own memory.
+// Params and grads held in Eigen objects: vectors and matrices of float, double, Eigen::bfloat16
+// (Eigen 3.4 and later) or Eigen::half, as Eigen::Ref, Matrix, Array, Map or a gap-free block.
+// Nothing is copied: the optimizer updates the Eigen object's own memory. Eigen::bfloat16 and
+// Eigen::half hold the same 2 bytes as fastoptim::bfloat16 and fastoptim::float16 (the value's
+// bits), so their data is handed over as those types.
 //
 //   Eigen::MatrixXf w = Eigen::MatrixXf::Random(4, 3);
 //   Eigen::VectorXf b = Eigen::VectorXf::Zero(4);
@@ -9,6 +11,10 @@
 //   fastoptim::eigen::add_param(opt, w);
 //   fastoptim::eigen::add_param(opt, b);
 //   fastoptim::eigen::step(opt, grad_w, grad_b);       // one grad per param, in order
+//
+//   Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic> v(4, 3);  // 16-bit params
+//   fastoptim::AdamW opt16({}, {.master_weights = true});  // float32 master copies and state
+//   fastoptim::eigen::add_param(opt16, v);
 //
 // Only contiguous storage can be updated in place: a block with gaps (a row of a column-major
 // matrix, a sub-matrix) throws std::invalid_argument instead of being silently copied.
@@ -52,17 +58,57 @@ concept DirectAccess = requires(E& e) {
 template <class E>
 using ElementOf = std::remove_pointer_t<decltype(std::declval<E&>().data())>;
 
+// The fastoptim storage type of an Eigen scalar type (Unsupported: none).
+struct Unsupported {};
+template <class T>
+struct Storage {
+  using type = Unsupported;
+};
+template <>
+struct Storage<float> {
+  using type = float;
+};
+template <>
+struct Storage<double> {
+  using type = double;
+};
+template <>
+struct Storage<Eigen::half> {
+  using type = fastoptim::float16;
+};
+static_assert(sizeof(Eigen::half) == sizeof(fastoptim::float16) &&
+                  alignof(Eigen::half) >= alignof(fastoptim::float16),
+              "fastoptim::eigen: Eigen::half is not 2 bytes of IEEE binary16");
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)
+template <>
+struct Storage<Eigen::bfloat16> {
+  using type = fastoptim::bfloat16;
+};
+static_assert(sizeof(Eigen::bfloat16) == sizeof(fastoptim::bfloat16) &&
+                  alignof(Eigen::bfloat16) >= alignof(fastoptim::bfloat16),
+              "fastoptim::eigen: Eigen::bfloat16 is not the top 2 bytes of a float32");
+#endif
+
+// const T -> const Storage<T>::type
+template <class T>
+using StorageOf = std::conditional_t<std::is_const_v<T>,
+                                     const typename Storage<std::remove_const_t<T>>::type,
+                                     typename Storage<std::remove_const_t<T>>::type>;
+
 }  // namespace detail
 
 // The elements of `x` as a span (std::span<float>, std::span<const double>, ...), in storage
-// order. std::invalid_argument if `x` has gaps between its elements.
+// order; Eigen::bfloat16 and Eigen::half elements as fastoptim::bfloat16 and fastoptim::float16
+// (the same bytes). std::invalid_argument if `x` has gaps between its elements.
 template <class E>
   requires detail::DirectAccess<std::remove_reference_t<E>>
-auto as_span(E&& x) -> std::span<detail::ElementOf<std::remove_reference_t<E>>> {
+auto as_span(E&& x)
+    -> std::span<detail::StorageOf<detail::ElementOf<std::remove_reference_t<E>>>> {
   using Element = detail::ElementOf<std::remove_reference_t<E>>;
-  static_assert(std::is_same_v<std::remove_const_t<Element>, float> ||
-                    std::is_same_v<std::remove_const_t<Element>, double>,
-                "fastoptim::eigen: only float and double Eigen objects are supported");
+  using Stored = detail::StorageOf<Element>;
+  static_assert(!std::is_same_v<std::remove_const_t<Stored>, detail::Unsupported>,
+                "fastoptim::eigen: only float, double, Eigen::bfloat16 and Eigen::half Eigen "
+                "objects are supported");
   const auto size = static_cast<std::size_t>(x.size());
   const bool contiguous =
       size <= 1 || ((x.innerSize() <= 1 || x.innerStride() == 1) &&
@@ -73,7 +119,8 @@ auto as_span(E&& x) -> std::span<detail::ElementOf<std::remove_reference_t<E>>> 
         std::to_string(x.innerStride()) + ", outer stride " + std::to_string(x.outerStride()) +
         " for " + std::to_string(x.rows()) + "x" + std::to_string(x.cols()) +
         "); pass a contiguous Matrix, Array, Ref or Map");
-  return std::span<Element>(x.data(), size);
+  // Eigen's 16-bit scalars are their bits, as fastoptim's storage types are
+  return std::span<Stored>(reinterpret_cast<Stored*>(x.data()), size);
 }
 
 // Registers an Eigen object as a param (updated in place); returns its index.
