@@ -105,10 +105,12 @@ def test_signature_equals_torch(rule: str) -> None:
 
 @pytest.mark.parametrize("rule", RULES)
 def test_array_front_signature_matches_torch(rule: str) -> None:
-    """Same names, order, kinds and defaults as torch.optim (annotations aside)."""
+    """Same names, order, kinds and defaults as torch.optim (annotations aside), then the
+    mixed-precision settings, keyword-only."""
     ours = inspect.signature(getattr(fastoptim, rule)).parameters
     theirs = inspect.signature(getattr(torch.optim, rule)).parameters
-    assert list(ours) == list(theirs)
+    assert list(ours) == [*theirs, "master_weights", "state_dtype", "stochastic_rounding", "seed"]
+    assert all(ours[k].kind == inspect.Parameter.KEYWORD_ONLY for k in PRECISION_KEYS)
     for name in theirs:
         assert ours[name].kind == theirs[name].kind, name
         assert ours[name].default == theirs[name].default, name
@@ -468,7 +470,7 @@ def test_torch_state_dict_into_array_front_and_back(variant) -> None:
     sd = arr.state_dict()
     want = ref.state_dict()
     assert sd.keys() == want.keys()
-    assert sd["param_groups"] == want["param_groups"]
+    assert _torch_groups(sd["param_groups"]) == want["param_groups"]
     assert sd["state"].keys() == want["state"].keys()
     for i, s in want["state"].items():
         assert sd["state"][i].keys() == s.keys()
