@@ -1,5 +1,7 @@
 // Logistic regression on generated data, trained with each of fastoptim's rules through
-// the Eigen adapter. Prints the loss as it falls; exits 1 if a rule's loss did not fall.
+// the Eigen adapter, then with the model held in bfloat16 (mixed precision: float32 master
+// weights, or bfloat16 state with stochastic rounding). Prints the loss as it falls; exits 1
+// if a run's loss did not fall.
 #include <cmath>
 #include <cstdio>
 #include <functional>
@@ -103,8 +105,50 @@ int main() {
     std::printf("  %s\n", fell ? "ok" : "DID NOT FALL");
     failures += fell ? 0 : 1;
   }
+
+#if EIGEN_VERSION_AT_LEAST(3, 4, 0)  // Eigen::bfloat16
+  // The same model in bfloat16 (half the memory of float32): the optimizer keeps a float32
+  // master copy of each param and writes the param as the master rounded to nearest, in the
+  // same pass; or keeps bfloat16 state and rounds every store stochastically (unbiased).
+  using VectorBf = Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, 1>;
+  struct Mixed {
+    std::string name;
+    fastoptim::Precision precision;
+  };
+  const std::vector<Mixed> mixed = {
+      {"AdamW bf16 + fp32 master weights", {.master_weights = true}},
+      {"AdamW bf16, bf16 state, stochastic rounding",
+       {.state_dtype = fastoptim::DType::bfloat16, .stochastic_rounding = true, .seed = 42}},
+  };
+  for (const Mixed& run : mixed) {
+    VectorBf w = Eigen::VectorXf::Zero(data.x.cols()).cast<Eigen::bfloat16>();
+    VectorBf b = Eigen::VectorXf::Zero(1).cast<Eigen::bfloat16>();
+    Eigen::VectorXf grad_w(data.x.cols()), grad_b(1);
+    fastoptim::AdamW optimizer(adamw, run.precision);
+    fastoptim::eigen::add_param(optimizer, w);
+    fastoptim::eigen::add_param(optimizer, b);
+    auto loss = [&] {  // the loss and float32 grads of the bfloat16 model
+      const Model model{w.cast<float>(), b.cast<float>()};
+      return loss_and_grad(data, model, grad_w, grad_b);
+    };
+    const float first = loss();
+    std::printf("%s\n          loss %.4f", run.name.c_str(), first);
+    float last = first;
+    for (int step = 1; step <= steps; ++step) {
+      const VectorBf gw = grad_w.cast<Eigen::bfloat16>(), gb = grad_b.cast<Eigen::bfloat16>();
+      fastoptim::eigen::step(optimizer, gw, gb);  // bfloat16 grads, as the params
+      last = loss();
+      if (step % 40 == 0) std::printf(" -> %.4f", last);
+    }
+    const bool fell = std::isfinite(last) && last < 0.95f * first;
+    std::printf("  %s (master copy: %s)\n", fell ? "ok" : "DID NOT FALL",
+                optimizer.state(0).master != nullptr ? "float32" : "none");
+    failures += fell ? 0 : 1;
+  }
+#endif
+
   if (failures != 0) {
-    std::printf("%d rule(s) did not reduce the loss\n", failures);
+    std::printf("%d run(s) did not reduce the loss\n", failures);
     return 1;
   }
   std::printf("loss fell with every rule\n");
