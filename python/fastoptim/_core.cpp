@@ -846,6 +846,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("step_plans", &step_plans, py::arg("rule"), py::arg("batches"), py::arg("written"),
         py::arg("num_threads"), py::arg("inv_scale") = 1.0,
         py::arg("clip_coef") = 1.0);
+  m.def(
+      "check_types",
+      [](const std::string& where, const py::tuple& types) {
+        check_types(parse_types(types), [&] { return where; });
+      },
+      py::arg("where"), py::arg("types"));
   m.def("check_plan_memory", &check_plan_memory, py::arg("rule"), py::arg("group"),
         py::arg("tables"));
   m.attr("max_step_count") = fastoptim::kMaxStepCount;

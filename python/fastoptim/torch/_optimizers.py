@@ -250,22 +250,15 @@ def _torch_dtype(p: torch.Tensor, name: str) -> torch.dtype:
     return p.dtype if p.is_complex() else _TORCH_DTYPES[name]
 
 
-# stream types (param, grad, state, master) -> None if the build has kernels for them, else
-# the binding's reason (the binding owns the list of layouts)
-_SUPPORT: dict[tuple, str | None] = {}
+# (param, grad, state, master) dtypes the binding has kernels for (it owns the list of layouts)
+_SUPPORTED: set[tuple] = set()
 
 
-def _check_types(rule: str, group: dict[str, Any], types: tuple, where: str) -> None:
+def _check_types(types: tuple, where: str) -> None:
     """The binding's TypeError for stream types it has no kernel for, naming the param."""
-    key = types[:4]
-    if key not in _SUPPORT:
-        try:  # an empty table of these types: the binding checks them and nothing else
-            _core.check_plan_memory(rule, group, [(np.zeros((0, 12), dtype=np.int64), types)])
-            _SUPPORT[key] = None
-        except TypeError as error:
-            _SUPPORT[key] = str(error).removeprefix("a plan table: ")
-    if _SUPPORT[key] is not None:
-        raise TypeError(f"{where}: {_SUPPORT[key]}")
+    if types[:4] not in _SUPPORTED:
+        _core.check_types(where, types)
+        _SUPPORTED.add(types[:4])
 
 
 def _memory(t: torch.Tensor) -> torch.Tensor:
@@ -418,7 +411,7 @@ class _FusedStep:
                 raise TypeError(f"{where}: its grad ({g.dtype}) is wider than the param "
                                 f"({p.dtype}); grads may be no wider than their params")
             types = (dtype, grad_dtype, state_dtype, master, stochastic, seed)
-            _check_types(self._rule, group, types, where)
+            _check_types(types, where)
             plan.narrow |= grad_dtype in _precision.HALF
             if g.shape != p.shape:
                 raise RuntimeError(f"{where}: grad shape {tuple(g.shape)} does not match param "
