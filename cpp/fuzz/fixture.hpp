@@ -1,14 +1,17 @@
 // The optimizer the checkpoint fuzzer loads into, shared with the corpus generator so that the
-// seed checkpoints match it: one rule (picked by the input's control byte), a fixed set of
-// float32 and float64 params of several sizes (0 and odd ones included), stepped a few times
-// so that its state exists before load() is tried.
+// seed checkpoints match it: one rule and mixed-precision variant (picked by the input's
+// control byte), a fixed set of params of several sizes (0 and odd ones included) and storage
+// types, stepped a few times so that its state exists before load() is tried.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
+#include <span>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fastoptim/optimizer.hpp"
@@ -16,9 +19,11 @@
 namespace fastoptim::fuzz {
 
 // Control byte: bits 0-2 and 4 the rule id (bit 4 its fourth bit; mod the number of rules), bit
-// 3 the option variant (plain / every slot and option), bit 7 "recompute the trailing checksum
-// of the input before loading". (fastoptim 0.1 had six rules and bits 0-2 only: its seeds keep
-// their meaning.)
+// 3 the option variant (plain / every slot and option), bits 5-6 the mixed-precision variant
+// (0: the default settings with float32 and float64 params, as before mixed precision; 1-3:
+// 16-bit params, master copies, bfloat16 state, stochastic rounding: see kVariants), bit 7
+// "recompute the trailing checksum of the input before loading". (fastoptim 0.1 had six rules
+// and bits 0-2 only, format 2 bits 0-4: their seeds keep their meaning.)
 inline constexpr unsigned kRuleCount = rules::All::size;
 inline Rule control_rule(std::uint8_t control) {
   return static_cast<Rule>(((control & 7u) | ((control & 0x10u) >> 1)) % kRuleCount);
@@ -29,6 +34,49 @@ inline std::uint8_t control_of(Rule rule) {
 }
 inline bool control_rich(std::uint8_t control) { return (control & 8u) != 0; }
 inline bool control_reseal(std::uint8_t control) { return (control & 0x80u) != 0; }
+inline int control_variant(std::uint8_t control) { return (control >> 5) & 3; }
+inline std::uint8_t control_of_variant(int variant) {
+  return static_cast<std::uint8_t>((variant & 3) << 5);
+}
+
+// A param of the fixture: its storage type, its grads' type, its size.
+struct ParamKind {
+  DType param, grad;
+  std::size_t size;
+};
+struct Variant {
+  Precision precision;
+  std::vector<ParamKind> params;
+};
+inline const Variant& variant(int v) {
+  using enum DType;
+  static const Variant kVariants[4] = {
+      // float32 of 5, 0, 33 elements and float64 of 17, 0, 1, interleaved
+      {{}, {{float32, float32, 5}, {float64, float64, 17}, {float32, float32, 0},
+            {float64, float64, 0}, {float32, float32, 33}, {float64, float64, 1}}},
+      // master copies (float32 state beside them) and stochastic rounding of 16-bit params
+      {{.master_weights = true, .stochastic_rounding = true, .seed = 7},
+       {{float32, float32, 5}, {bfloat16, bfloat16, 17}, {float16, float16, 0},
+        {float16, float16, 9}, {bfloat16, bfloat16, 1}, {float64, float64, 3},
+        {float32, bfloat16, 4}}},
+      // bfloat16 state everywhere, nearest-even
+      {{.state_dtype = bfloat16},
+       {{float32, float32, 5}, {bfloat16, bfloat16, 17}, {bfloat16, bfloat16, 0},
+        {float32, float16, 9}, {bfloat16, bfloat16, 1}}},
+      // master copies with bfloat16 state, stochastic rounding
+      {{.master_weights = true, .state_dtype = bfloat16, .stochastic_rounding = true,
+        .seed = ~0ull},
+       {{float32, float32, 5}, {bfloat16, bfloat16, 17}, {float16, float16, 0},
+        {float16, float16, 9}, {bfloat16, bfloat16, 1}, {float32, bfloat16, 2}}}};
+  return kVariants[v & 3];
+}
+
+inline std::unique_ptr<Optimizer> make_optimizer(Rule rule, bool rich);
+inline std::unique_ptr<Optimizer> make_optimizer(Rule rule, bool rich, const Precision& precision) {
+  auto opt = make_optimizer(rule, rich);
+  opt->set_precision(precision);
+  return opt;
+}
 
 inline std::unique_ptr<Optimizer> make_optimizer(Rule rule, bool rich) {
   switch (rule) {
@@ -97,32 +145,78 @@ std::vector<T> values(std::size_t n, std::uint64_t seed) {
   return v;
 }
 
-// Params: float32 of 5, 0, 33 elements and float64 of 17, 0, 1, interleaved.
+// n deterministic values of storage type `dtype`, as bytes (16-bit types rounded from float32).
+inline std::vector<unsigned char> values_of(DType dtype, std::size_t n, std::uint64_t seed) {
+  std::vector<unsigned char> out;
+  auto put = [&](const auto& v) {
+    out.resize(v.size() * sizeof(v[0]));
+    if (!v.empty()) std::memcpy(out.data(), v.data(), out.size());
+  };
+  if (dtype == DType::float64) {
+    put(values<double>(n, seed));
+    return out;
+  }
+  const std::vector<float> f = values<float>(n, seed);
+  if (dtype == DType::float32) {
+    put(f);
+  } else if (dtype == DType::bfloat16) {
+    std::vector<bfloat16> b(n);
+    for (std::size_t i = 0; i < n; ++i) b[i] = to_bfloat16(f[i]);
+    put(b);
+  } else {
+    std::vector<float16> h(n);
+    for (std::size_t i = 0; i < n; ++i) h[i] = to_float16(f[i]);
+    put(h);
+  }
+  return out;
+}
+
+template <class T>
+std::span<T> as(std::vector<unsigned char>& bytes) {
+  return {reinterpret_cast<T*>(bytes.data()), bytes.size() / sizeof(T)};
+}
+template <class T>
+std::span<const T> as(const std::vector<unsigned char>& bytes) {
+  return {reinterpret_cast<const T*>(bytes.data()), bytes.size() / sizeof(T)};
+}
+
 struct Fixture {
-  std::vector<float> f32[3] = {values<float>(5, 1), {}, values<float>(33, 2)};
-  std::vector<double> f64[3] = {values<double>(17, 3), {}, values<double>(1, 4)};
+  const Variant& kinds;
+  std::vector<std::vector<unsigned char>> data;
   std::unique_ptr<Optimizer> opt;
 
-  Fixture(Rule rule, bool rich) : opt(make_optimizer(rule, rich)) {
-    for (int k = 0; k < 3; ++k) {
-      opt->add_param(f32[k]);
-      opt->add_param(f64[k]);
+  Fixture(Rule rule, bool rich, int variant_id = 0)
+      : kinds(variant(variant_id)), opt(make_optimizer(rule, rich, kinds.precision)) {
+    for (std::size_t k = 0; k < kinds.params.size(); ++k)
+      data.push_back(values_of(kinds.params[k].param, kinds.params[k].size, 1 + k));
+    for (std::size_t k = 0; k < kinds.params.size(); ++k) {
+      switch (kinds.params[k].param) {
+        case DType::float32: opt->add_param(as<float>(data[k])); break;
+        case DType::float64: opt->add_param(as<double>(data[k])); break;
+        case DType::bfloat16: opt->add_param(as<bfloat16>(data[k])); break;
+        case DType::float16: opt->add_param(as<float16>(data[k])); break;
+      }
     }
   }
 
   // One step; `skip` (a bit per param) leaves params without a grad. Same throw guarantees
   // as Optimizer::step.
   void step(std::uint64_t seed, unsigned skip = 0) {
-    std::vector<std::vector<float>> g32;
-    std::vector<std::vector<double>> g64;
-    for (int k = 0; k < 3; ++k) {
-      g32.push_back(values<float>(f32[k].size(), seed + 10 + k));
-      g64.push_back(values<double>(f64[k].size(), seed + 20 + k));
-    }
+    std::vector<std::vector<unsigned char>> g;
+    for (std::size_t k = 0; k < kinds.params.size(); ++k)
+      g.push_back(values_of(kinds.params[k].grad, kinds.params[k].size, seed + 10 + k));
     std::vector<Grad> grads;
-    for (int k = 0; k < 3; ++k) {
-      grads.push_back((skip >> (2 * k)) & 1u ? Grad{} : Grad(g32[k]));
-      grads.push_back((skip >> (2 * k + 1)) & 1u ? Grad{} : Grad(g64[k]));
+    for (std::size_t k = 0; k < kinds.params.size(); ++k) {
+      if ((skip >> k) & 1u) {
+        grads.emplace_back();
+        continue;
+      }
+      switch (kinds.params[k].grad) {
+        case DType::float32: grads.emplace_back(as<float>(std::as_const(g[k]))); break;
+        case DType::float64: grads.emplace_back(as<double>(std::as_const(g[k]))); break;
+        case DType::bfloat16: grads.emplace_back(as<bfloat16>(std::as_const(g[k]))); break;
+        case DType::float16: grads.emplace_back(as<float16>(std::as_const(g[k]))); break;
+      }
     }
     opt->step(grads);
   }
@@ -130,10 +224,7 @@ struct Fixture {
   // The params' bytes (load() must never touch them).
   std::string params() const {
     std::string out;
-    for (int k = 0; k < 3; ++k) {
-      out.append(reinterpret_cast<const char*>(f32[k].data()), f32[k].size() * sizeof(float));
-      out.append(reinterpret_cast<const char*>(f64[k].data()), f64[k].size() * sizeof(double));
-    }
+    for (const auto& d : data) out.append(reinterpret_cast<const char*>(d.data()), d.size());
     return out;
   }
 };

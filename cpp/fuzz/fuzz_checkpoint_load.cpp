@@ -2,8 +2,8 @@
 // std::invalid_argument and changes nothing, or succeeds with a state that saves, loads back
 // to the same bytes and steps without undefined behaviour (ASan + UBSan watch that).
 //
-// Input: one control byte (fixture.hpp: rule, option variant, reseal flag), then the
-// checkpoint. With the reseal flag the harness rewrites the trailing FNV-1a checksum, so
+// Input: one control byte (fixture.hpp: rule, option variant, mixed-precision variant, reseal
+// flag), then the checkpoint. With the reseal flag the harness rewrites the trailing FNV-1a checksum, so
 // that mutations reach the parser past the checksum instead of all failing there.
 #include <cstdint>
 #include <cstdio>
@@ -31,11 +31,12 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::uint8_t control = data[0];
   const Rule rule = control_rule(control);
   const bool rich = control_rich(control);
+  const int variant_id = control_variant(control);
   std::string input(reinterpret_cast<const char*>(data) + 1, size - 1);
   if (control_reseal(control)) reseal(input);
 
   // A stepped optimizer, one of its params skipped once: unequal step counts, state present.
-  Fixture f(rule, rich);
+  Fixture f(rule, rich, variant_id);
   f.step(1);
   f.step(2, 0b000100);
   const std::string before = saved(*f.opt);
@@ -61,7 +62,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   // Accepted: what it saves loads into an optimizer with other options, and saves the same.
   const std::string after = saved(*f.opt);
   {
-    Fixture other(rule, !rich);
+    Fixture other(rule, !rich, variant_id);
     std::istringstream in(after);
     try {
       other.opt->load(in);
