@@ -321,7 +321,9 @@ bool is_bfloat16_array(py::handle obj) {
 
 DType acquire(BufferView& out, py::handle obj, bool writable, const std::string& what) {
   const int flags = PyBUF_STRIDES | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
-  if (is_bfloat16_array(obj)) {
+  if (PyObject_GetBuffer(obj.ptr(), &out.view, flags) == 0) {
+    out.held = true;
+  } else if (PyErr_Clear(), is_bfloat16_array(obj)) {
     out.bits = obj.attr("view")("uint16");
     if (PyObject_GetBuffer(out.bits.ptr(), &out.view, flags) != 0) {
       PyErr_Clear();
@@ -333,9 +335,7 @@ DType acquire(BufferView& out, py::handle obj, bool writable, const std::string&
     if (!PyBuffer_IsContiguous(&out.view, 'C'))
       raise_value(what + ": array is not C-contiguous; pass a contiguous array");
     return DType::bfloat16;
-  }
-  if (PyObject_GetBuffer(obj.ptr(), &out.view, flags) != 0) {
-    PyErr_Clear();
+  } else {
     if (!PyObject_CheckBuffer(obj.ptr()))
       raise_type(what + ": expected an array supporting the buffer protocol, got " +
                  std::string(Py_TYPE(obj.ptr())->tp_name));

@@ -30,14 +30,26 @@ FLOAT = ("float32", "float64", *HALF)
 _SEED_LIMIT = 1 << 64
 
 
+_NAMES: dict[Any, str | None] = {}  # dtype -> name: str() of a NumPy dtype costs microseconds
+
+
 def dtype_name(dtype: Any) -> str | None:
     """'float32', 'float64', 'bfloat16' or 'float16' for a torch, NumPy or ml_dtypes dtype or a
     name; None for anything else."""
     if dtype is None:
         return None
+    try:
+        return _NAMES[dtype]
+    except (KeyError, TypeError):
+        pass
     name = str(dtype).removeprefix("torch.")
     name = {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
-    return name if name in FLOAT else None
+    name = name if name in FLOAT else None
+    try:
+        _NAMES[dtype] = name
+    except TypeError:  # unhashable
+        pass
+    return name
 
 
 def check_group(group: dict[str, Any]) -> None:
