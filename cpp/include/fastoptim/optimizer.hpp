@@ -1,5 +1,6 @@
 // Stateful optimizers for C++ programs: one class per rule that owns its state and updates
-// caller-owned parameter buffers in place, every param in one fused driver call per dtype.
+// caller-owned parameter buffers in place: one fused driver call per combination of storage
+// types (param, grad, state, master copy).
 //
 //   std::vector<float> w(1000), b(10);
 //   fastoptim::Adam opt({.lr = 1e-3});
@@ -16,10 +17,10 @@
 // Mixed precision: params may be fastoptim::bfloat16 / fastoptim::float16 buffers (grads of the
 // same type; float32 params also take 16-bit grads), with the optimizer's Precision settings:
 //
-//   std::vector<fastoptim::bfloat16> w(1000);
+//   std::vector<fastoptim::bfloat16> w(1000), grad_w(1000);
 //   fastoptim::AdamW opt({.lr = 1e-3}, {.master_weights = true});  // float32 master + state
 //   opt.add_param(w);
-//   opt.step({std::span<const fastoptim::bfloat16>(grad_w)});
+//   opt.step({grad_w});
 #pragma once
 
 #include <array>
@@ -107,8 +108,8 @@ class Grad {
 //   stochastic_rounding, seed: every bfloat16/float16 store (a param without a master copy,
 //     16-bit state) rounds stochastically (fastoptim::Rounding): unbiased, reproducible for a
 //     seed, the same bits at every SIMD level and thread count. The generator's param id is
-//     the param's index, its step the param's step count (also for SGD, whose step count here
-//     counts its updates).
+//     the param's index, its step the param's update count including this one (for SGD too,
+//     which keeps no step in torch: step_count() counts its updates here).
 struct Precision {
   bool master_weights = false;
   std::optional<DType> state_dtype{};
