@@ -124,8 +124,12 @@ void Optimizer::load(std::istream& in) {
   std::vector<double> options(option_count);
   for (double& v : options) v = std::bit_cast<double>(r.scalar<std::uint64_t>("the options"));
 
-  // The mixed-precision settings (versions 1 and 2: the defaults) must be this optimizer's.
-  Precision saved_precision;
+  // The mixed-precision storage settings (versions 1 and 2: the defaults) must be this
+  // optimizer's; the seed is restored, as the options are (versions 1 and 2 keep the current).
+  Precision saved_precision = precision_;
+  saved_precision.master_weights = false;
+  saved_precision.state_dtype.reset();
+  saved_precision.stochastic_rounding = false;
   if (version >= 3) {
     unsigned char bytes[8];
     r.bytes(bytes, sizeof(bytes), "the mixed-precision settings");
@@ -143,7 +147,9 @@ void Optimizer::load(std::istream& in) {
     saved_precision.stochastic_rounding = bytes[2] == 1;
     saved_precision.seed = r.scalar<std::uint64_t>("the seed");
   }
-  if (!(saved_precision == precision_))
+  if (saved_precision.master_weights != precision_.master_weights ||
+      saved_precision.state_dtype != precision_.state_dtype ||
+      saved_precision.stochastic_rounding != precision_.stochastic_rounding)
     corrupt("saved with mixed-precision settings " + describe(saved_precision) +
             ", this optimizer has " + describe(precision_));
 
@@ -228,6 +234,7 @@ void Optimizer::load(std::istream& in) {
   if (stored != computed) corrupt("checksum mismatch (the data is corrupt)");
 
   set_options_vector(options);  // validates; the last step that can throw
+  precision_.seed = saved_precision.seed;
   for (std::size_t i = 0; i < params.size(); ++i) {
     impl_->params[i].step = loaded[i].step;
     impl_->params[i].scalars = loaded[i].scalars;

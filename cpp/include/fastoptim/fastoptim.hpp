@@ -3,4 +3,6 @@
 
 #include "fastoptim/options.hpp"    // per-rule options structs with torch's defaults
 #include "fastoptim/step.hpp"       // the driver: one fused step over a list of buffers
-#include "fastoptim/optimizer.hpp"  // stateful optimizers: Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW
+#include "fastoptim/types.hpp"      // 16-bit storage types: bfloat16, float16
+// stateful optimizers: Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax
+#include "fastoptim/optimizer.hpp"

@@ -259,8 +259,9 @@ class Optimizer {
   //     types as their bits, u16), then the master copy if stored
   //     S x f64  the rule's scalar state values (S: the rule's scalar slots, NAdam 1)
   //   u64      FNV-1a 64 hash of every byte before it
-  // load() needs the same Precision settings and, per param, the same storage types as this
-  // optimizer (a param with a master copy may have none stored: not created yet).
+  // load() needs the same storage settings (master_weights, state_dtype, stochastic_rounding)
+  // and, per param, the same storage types as this optimizer (a param with a master copy may
+  // have none stored: not created yet); it restores the options and the seed.
   // Version 2 is version 3 without the Precision block (the default settings), per-param byte
   // 6 zero and float32/float64 params only; version 1 (fastoptim 0.1, rules sgd..adamw only,
   // none with scalar state) is version 2 with the per-slot and scalar storage bytes zero and

@@ -20,7 +20,10 @@ enum class DType : std::uint8_t { float32, float64, bfloat16, float16 };
 // conversions), or stochastically: up or down with probabilities that make the stored value
 // unbiased, from a counter-based generator of (seed, step, param id, stream, element index),
 // so a run is reproducible for a seed and bit-identical across SIMD levels and thread counts.
-// A float32 master copy is always written exactly, and the param beside it rounded to nearest.
+// A value between the largest finite 16-bit value and the next power of two rounds up to inf
+// with the probability of its distance (float16: x in (65504, 65536)), where nearest-even keeps
+// 65504 below 65520. A float32 master copy is always written exactly, and the param beside it
+// rounded to nearest.
 struct Rounding {
   bool stochastic = false;
   std::uint64_t seed = 0;
