@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from fastoptim import _core
 
-ml_dtypes = pytest.importorskip("ml_dtypes")
+ml_dtypes = pytest.importorskip("ml_dtypes", exc_type=ImportError)
 BF16 = np.dtype(ml_dtypes.bfloat16)
 F16 = np.dtype(np.float16)
 RULES = [info["torch_name"] for info in _core.rules()]

@@ -297,7 +297,8 @@ def layout_state(layout: Layout, torch: Any = None) -> LayoutState:
             continue
         slots.append(key)
         dtypes.append(dtype_name(value.dtype))
-        init.append(None if key == MASTER_SLOT else float(np.asarray(value, np.float64)[0]))
+        # a torch bfloat16 tensor has no NumPy view without ml_dtypes: read its first value
+        init.append(None if key == MASTER_SLOT else float(value.reshape(-1)[0]))
     return LayoutState(slots, dtypes, init)
 
 
