@@ -227,11 +227,9 @@ Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& siz
   if (rounding.stochastic) {
     const auto step = static_cast<std::uint64_t>(b.rounding_step > 0 ? b.rounding_step : b.step);
     const std::uint64_t base = mix64(mix64(mix64(rounding.seed) ^ step) ^ b.id);
-    for (std::uint64_t stream = 0; stream < 1 + rules::kMaxSlots; ++stream) {
-      const std::uint64_t key = mix64(base ^ (stream | (std::uint64_t{first} >> 32 << 8)));
-      s.keys[stream][0] = static_cast<std::uint32_t>(key);
-      s.keys[stream][1] = static_cast<std::uint32_t>(key >> 32);
-    }
+    for (std::uint64_t pair = 0; pair < 2; ++pair)
+      s.keys[pair] = static_cast<std::uint32_t>(
+          mix64(base ^ (pair | (std::uint64_t{first} >> 32 << 8))) >> 32);
   }
   return s;
 }

@@ -11,8 +11,9 @@
 // memory-bound.
 
 // A stream's storage type to the compute vector V and back: the one place a conversion
-// happens (stochastic rounding, below, first moves a value onto the 16-bit grid). The same type is a plain load and store; a 16-bit storage type (bfloat16, float16)
-// widens to and narrows from float32 lanes with the vector header's conversions.
+// happens (stochastic rounding, below, first moves a value onto the 16-bit grid). The same
+// type is a plain load and store; a 16-bit storage type (bfloat16, float16) widens to and
+// narrows from float32 lanes with the vector header's conversions.
 template <class V, class S>
 FASTOPTIM_INLINE V load_as(const S* p) {
   static_assert(rules::kSame<S, typename V::Lane> || rules::kSame<typename V::Lane, float>,
@@ -26,23 +27,24 @@ FASTOPTIM_INLINE void store_as(S* p, V x) {
   V::store(p, x);
 }
 
-// Stochastic rounding. The random bits of element e of a stream are a counter-based hash of
-// (e, the stream's key), the key itself a hash of (seed, step, param, stream) the driver made:
-// the same bits at every SIMD level, for any thread split, and reproducible for a seed.
+// Stochastic rounding. Element e of a pair of streams (the param and state slot 0; slots 1
+// and 2) draws 32 random bits, a counter-based hash of (e, the pair's key), the key itself a
+// hash of (seed, step, param, pair) the driver made: the same bits at every SIMD level, for
+// any thread split, and reproducible for a seed. Each stream of the pair rounds with 16 of
+// them.
 template <class U>
-FASTOPTIM_INLINE U random_bits(const uint32_t key[2], uint32_t first) {
-  U x = U::iota(first) ^ U::set1(key[0]);
+FASTOPTIM_INLINE U random_bits(uint32_t key, uint32_t first) {
+  U x = U::iota(first) ^ U::set1(key);
   x = x ^ shift_right<16>(x);
   x = x * U::set1(0x7feb352du);
   x = x ^ shift_right<15>(x);
   x = x * U::set1(0x846ca68bu);
-  x = (x ^ shift_right<16>(x) ^ U::set1(key[1])) * U::set1(0x9e3779b1u);
   return x ^ shift_right<16>(x);
 }
 
 // x rounded to one of the two nearest values of 16-bit type S (x itself if it is one), away
-// from zero with probability (|x| - lower) / spacing, using the top bits of r; inf and NaN
-// pass unchanged. The result is exact in S, so the nearest-even store that follows keeps it.
+// from zero with probability (|x| - lower) / spacing (to 2^-16), using the top 16 bits of r;
+// inf and NaN pass unchanged. The result is exact in S, so the nearest-even store that follows keeps it.
 template <class S, class V>
 FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
   using U = typename V::Bits;
@@ -55,14 +57,14 @@ FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
     rounded = (b + shift_right<16>(r)) & U::set1(0xffff0000u);
   } else {
     // float16: its spacing at |x| is 2^(exponent - 10), at least 2^-24 (subnormals); |x| in
-    // units of it splits exactly into a whole part and a fraction, which 24 random bits
+    // units of it splits exactly into a whole part and a fraction, which 16 random bits
     // compare against
     const U sign = b & U::set1(0x80000000u);
     const V magnitude = from_bits(b ^ sign);
     const U spacing = max_signed(exponent - U::set1(10u << 23), U::set1(0x33800000u));
     const V units = magnitude * from_bits(U::set1(254u << 23) - spacing);  // |x| / spacing
     const V whole = int_to_float(truncate_to_int(units));
-    const V uniform = int_to_float(shift_right<8>(r)) * V::set1(0x1p-24f);
+    const V uniform = int_to_float(shift_right<16>(r)) * V::set1(0x1p-16f);
     const V up = from_bits(less_mask(uniform, units - whole) & as_bits(V::set1(1.0f)));
     rounded = as_bits((whole + up) * from_bits(spacing)) | sign;
   }
@@ -102,19 +104,27 @@ struct Io {
     store_as(static_cast<typename L::state*>(p.state[k]) + i, rounded<typename L::state>(x, 1 + k));
   }
 
- private:
   // x as a store of type S rounds it: stochastically when asked and S is 16-bit; else the
   // store rounds to nearest even
   template <class S>
   FASTOPTIM_INLINE V rounded(V x, int stream) const {
     if constexpr (kHalf<S>) {
-      if (p.stochastic)
-        return round_stochastically<S>(
-            x, random_bits<typename V::Bits>(p.keys[stream],
-                                             p.first + static_cast<uint32_t>(i)));
+      if (p.stochastic) {
+        using Bits = typename V::Bits;
+        const int pair = stream >> 1;
+        if (!drawn[pair]) {  // once per element for both streams of the pair
+          bits[pair] = random_bits<Bits>(p.keys[pair], p.first + static_cast<uint32_t>(i));
+          drawn[pair] = true;
+        }
+        return round_stochastically<S>(x, stream & 1 ? shift_left<16>(bits[pair]) : bits[pair]);
+      }
     }
     return x;
   }
+  // the random bits drawn for this element, per stream pair (stores are const: the rules
+  // take `const Io&`)
+  mutable typename V::Bits bits[2];
+  mutable bool drawn[2] = {false, false};
 };
 
 template <class R, class L>

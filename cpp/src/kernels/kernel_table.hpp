@@ -17,12 +17,12 @@ struct Streams {
   const void* grad;
   void* state[rules::kMaxSlots];
   void* master;
-  // Stochastic rounding of 16-bit stores: the keys of the param (0) and state slots (1 + k),
-  // and the index of the chunk's first element in its param (mod 2^32: the driver folds the
-  // rest into the keys).
+  // Stochastic rounding of 16-bit stores: the keys of the stream pairs (param and state slot
+  // 0; slots 1 and 2), and the index of the chunk's first element in its param (mod 2^32: the
+  // driver folds the rest into the keys).
   bool stochastic;
   uint32_t first;
-  uint32_t keys[1 + rules::kMaxSlots][2];
+  uint32_t keys[2];
 };
 
 // Factors every grad is multiplied by as it is read, in this order, as torch's in-place

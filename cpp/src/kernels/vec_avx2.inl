@@ -47,6 +47,7 @@ struct F32 {
 };
 struct F64 {
   using Lane = double;
+  using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
   static constexpr size_t kLanes = 4;
   __m256d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm256_loadu_pd(p)}; }
@@ -106,6 +107,8 @@ FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {_mm256_xor_si256(a.v, b.v
 FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {_mm256_and_si256(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {_mm256_or_si256(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {_mm256_andnot_si256(a.v, b.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_left(U32 a) { return {_mm256_slli_epi32(a.v, N)}; }
 template <int N>
 FASTOPTIM_INLINE U32 shift_right(U32 a) { return {_mm256_srli_epi32(a.v, N)}; }
 FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) { return {_mm256_max_epi32(a.v, b.v)}; }

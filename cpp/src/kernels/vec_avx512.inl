@@ -44,6 +44,7 @@ struct F32 {
 };
 struct F64 {
   using Lane = double;
+  using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
   static constexpr size_t kLanes = 8;
   __m512d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
@@ -109,6 +110,8 @@ FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {_mm512_xor_si512(a.v, b.v
 FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {_mm512_and_si512(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {_mm512_or_si512(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {_mm512_andnot_si512(a.v, b.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_left(U32 a) { return {_mm512_slli_epi32(a.v, N)}; }
 template <int N>
 FASTOPTIM_INLINE U32 shift_right(U32 a) { return {_mm512_srli_epi32(a.v, N)}; }
 FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) { return {_mm512_max_epi32(a.v, b.v)}; }

@@ -41,6 +41,7 @@ struct F32 {
 };
 struct F64 {
   using Lane = double;
+  using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
   static constexpr size_t kLanes = 2;
   float64x2_t v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {vld1q_f64(p)}; }
@@ -109,6 +110,8 @@ FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {veorq_u32(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {vandq_u32(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {vorrq_u32(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {vbicq_u32(b.v, a.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_left(U32 a) { return {vshlq_n_u32(a.v, N)}; }
 template <int N>
 FASTOPTIM_INLINE U32 shift_right(U32 a) { return {vshrq_n_u32(a.v, N)}; }
 FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) {

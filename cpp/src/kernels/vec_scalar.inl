@@ -74,6 +74,8 @@ FASTOPTIM_INLINE ScalarU32 operator&(ScalarU32 a, ScalarU32 b) { return {a.v & b
 FASTOPTIM_INLINE ScalarU32 operator|(ScalarU32 a, ScalarU32 b) { return {a.v | b.v}; }
 FASTOPTIM_INLINE ScalarU32 andnot(ScalarU32 a, ScalarU32 b) { return {~a.v & b.v}; }
 template <int N>
+FASTOPTIM_INLINE ScalarU32 shift_left(ScalarU32 a) { return {a.v << N}; }
+template <int N>
 FASTOPTIM_INLINE ScalarU32 shift_right(ScalarU32 a) { return {a.v >> N}; }
 FASTOPTIM_INLINE ScalarU32 max_signed(ScalarU32 a, ScalarU32 b) {
   return {static_cast<int32_t>(a.v) > static_cast<int32_t>(b.v) ? a.v : b.v};

@@ -43,6 +43,7 @@ struct F32 {
 };
 struct F64 {
   using Lane = double;
+  using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
   static constexpr size_t kLanes = 2;
   __m128d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm_loadu_pd(p)}; }
@@ -124,6 +125,8 @@ FASTOPTIM_INLINE U32 operator^(U32 a, U32 b) { return {_mm_xor_si128(a.v, b.v)};
 FASTOPTIM_INLINE U32 operator&(U32 a, U32 b) { return {_mm_and_si128(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 operator|(U32 a, U32 b) { return {_mm_or_si128(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 andnot(U32 a, U32 b) { return {_mm_andnot_si128(a.v, b.v)}; }
+template <int N>
+FASTOPTIM_INLINE U32 shift_left(U32 a) { return {_mm_slli_epi32(a.v, N)}; }
 template <int N>
 FASTOPTIM_INLINE U32 shift_right(U32 a) { return {_mm_srli_epi32(a.v, N)}; }
 FASTOPTIM_INLINE U32 max_signed(U32 a, U32 b) {
