@@ -281,3 +281,20 @@ def test_torch_bfloat16_checkpoint_loads_into_ml_dtypes_arrays() -> None:
     assert opt.state[0]["exp_avg"].dtype == BF16
     np.testing.assert_array_equal(opt.state[0]["exp_avg"].astype(np.float32),
                                   t_opt.state[w]["exp_avg"].float().numpy())
+
+
+@pytest.mark.parametrize("grad_dtype", [np.float32, BF16, F16], ids=["float32", "bfloat16",
+                                                                      "float16"])
+@pytest.mark.parametrize("rule", RULES)
+def test_narrower_grads_of_float64_params_are_widened_as_read(rule: str, grad_dtype) -> None:
+    """Any grad no wider than its param: a float64 param's float32/bfloat16/float16 grad gives
+    the float64 step on the widened grad."""
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(N)
+    ref = p.copy()
+    opt = getattr(fastoptim, rule)([p], lr=_lr(rule))
+    ref_opt = getattr(fastoptim, rule)([ref], lr=_lr(rule))
+    for g in _grads(grad_dtype, 3):
+        opt.step([g])
+        ref_opt.step([g.astype(np.float64)])
+    np.testing.assert_array_equal(p, ref)

@@ -822,3 +822,25 @@ def test_checkpoint_continues_on_the_array_front(rule: str, name: str) -> None:
         opt.step()
         front.step([g.float().numpy().astype(ml_dtypes.bfloat16)])
     assert np.array_equal(array.view(np.uint16), p.detach().view(torch.int16).numpy().view(np.uint16))
+
+
+@pytest.mark.parametrize("grad_dtype", [torch.float32, torch.bfloat16, torch.float16],
+                         ids=["float32", "bfloat16", "float16"])
+@needs_grad_dtype
+def test_narrower_grads_of_float64_params(grad_dtype: torch.dtype) -> None:
+    """A float64 param with a narrower grad (p.grad_dtype): the float64 step on the widened
+    grad, the grad read as it is."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(4099, dtype=torch.float64))
+    ref = p.detach().clone().requires_grad_()
+    p.grad_dtype = grad_dtype
+    opt = fo_torch.AdamW([p], lr=0.05)
+    ref_opt = fo_torch.AdamW([ref], lr=0.05)
+    for _ in range(3):
+        g = torch.randn(4099).to(grad_dtype)
+        p.grad = g.clone()
+        ref.grad = g.double()
+        opt.step()
+        ref_opt.step()
+    assert p.grad.dtype == grad_dtype
+    assert torch.equal(p.detach(), ref.detach())

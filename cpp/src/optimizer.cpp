@@ -186,6 +186,7 @@ void Optimizer::check_grads(std::span<const Grad> grads, const char* caller) con
       throw std::invalid_argument(param_name(i) + ": grad is " + dtype_name(g.dtype()) +
                                   ", param is " + dtype_name(p.dtype) +
                                   " (a grad has its param's type; float32 params also take "
+                                  "bfloat16 and float16 grads, float64 params also float32, "
                                   "bfloat16 and float16 grads)");
     if (g.size() != p.size)
       throw std::invalid_argument(param_name(i) + ": grad has " + std::to_string(g.size()) +

@@ -40,7 +40,8 @@ using AllLayouts = std::tuple<
     Lay<bfloat16, bfloat16, bfloat16, true>, Lay<float16, float16, bfloat16, true>,
     Lay<float, float, bfloat16, false>, Lay<float, bfloat16, float, false>,
     Lay<float, float16, float, false>, Lay<float, bfloat16, bfloat16, false>,
-    Lay<float, float16, bfloat16, false>>;
+    Lay<float, float16, bfloat16, false>, Lay<double, float, double, false>,
+    Lay<double, bfloat16, double, false>, Lay<double, float16, double, false>>;
 
 template <class F>
 void for_each_layout(F&& f) {

@@ -432,7 +432,8 @@ void check_types(const StreamTypes& t, Name&& name) {
              (t.master ? " with a float32 master copy" : "") +
              "; supported: float32/float64 throughout; bfloat16/float16 params with their own "
              "grads and state of their type or float32 (or bfloat16 beside a master copy); "
-             "float32 params with float32/bfloat16/float16 grads and float32/bfloat16 state");
+             "float32 params with float32/bfloat16/float16 grads and float32/bfloat16 state; "
+             "float64 params with float64/float32/bfloat16/float16 grads and float64 state");
 }
 
 // Validates every batch of the call, then runs them all: a bad step count or option in the

@@ -41,6 +41,7 @@ struct Rounding {
 //   bf16   bf16         f32 or bf16      f32      (optimizer offload: one pass, param written)
 //   f16    f16          f32 or bf16      f32
 //   f32    f32/bf16/f16 f32 or bf16      -        (16-bit grads read as they are)
+//   f64    f32/bf16/f16 f64              -        (narrower grads widened as they are read)
 struct StreamTypes {
   DType param, grad, state;
   bool master = false;

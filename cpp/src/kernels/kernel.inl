@@ -16,9 +16,14 @@
 // narrows from float32 lanes with the vector header's conversions.
 template <class V, class S>
 FASTOPTIM_INLINE V load_as(const S* p) {
-  static_assert(rules::kSame<S, typename V::Lane> || rules::kSame<typename V::Lane, float>,
-                "16-bit storage computes in float32");
-  return V::load(p);
+  if constexpr (rules::kSame<typename V::Lane, double> && kHalf<S>) {
+    // a 16-bit grad of a float64 param: widened exactly to float32 lanes, then to float64
+    float wide[V::kLanes];
+    for (size_t k = 0; k < V::kLanes; ++k) wide[k] = to_float(p[k]);
+    return V::load(static_cast<const float*>(wide));
+  } else {
+    return V::load(p);  // the same type, or float32 lanes from 16-bit or float64 from float32
+  }
 }
 template <class V, class S>
 FASTOPTIM_INLINE void store_as(S* p, V x) {

@@ -26,8 +26,8 @@ struct LayoutList {
   static constexpr size_t size = sizeof...(L);
 };
 
-// The layouts this build has kernels for; their index is the table's second dimension. Every
-// layout with a 16-bit stream computes in float32.
+// The layouts this build has kernels for; their index is the table's second dimension. A
+// layout computes in float64 when its params are float64, else in float32.
 using Registered = LayoutList<
     Layout<float, float, float, float>, Layout<double, double, double, double>,
     // 16-bit params: state in the param's type (torch's fused default), or float32 state, or a
@@ -40,7 +40,10 @@ using Registered = LayoutList<
     // float32 params: bfloat16 state, 16-bit grads
     Layout<float, float, bfloat16, float>, Layout<float, bfloat16, float, float>,
     Layout<float, float16, float, float>, Layout<float, bfloat16, bfloat16, float>,
-    Layout<float, float16, bfloat16, float>>;
+    Layout<float, float16, bfloat16, float>,
+    // float64 params: float32 and 16-bit grads
+    Layout<double, float, double, double>, Layout<double, bfloat16, double, double>,
+    Layout<double, float16, double, double>>;
 inline constexpr size_t kLayoutCount = Registered::size;
 
 // Storage type ids as the driver names them (fastoptim::DType's values; -1: none).

@@ -53,6 +53,8 @@ struct F64 {
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm256_loadu_pd(p)}; }
   static FASTOPTIM_INLINE void store(double* p, F64 x) { _mm256_storeu_pd(p, x.v); }
   static FASTOPTIM_INLINE F64 set1(double x) { return {_mm256_set1_pd(x)}; }
+  // a float32 grad of a float64 param, widened exactly
+  static FASTOPTIM_INLINE F64 load(const float* p) { return {_mm256_cvtps_pd(_mm_loadu_ps(p))}; }
 };
 
 FASTOPTIM_INLINE F32 operator+(F32 a, F32 b) { return {_mm256_add_ps(a.v, b.v)}; }

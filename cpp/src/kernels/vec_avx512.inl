@@ -50,6 +50,8 @@ struct F64 {
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
   static FASTOPTIM_INLINE void store(double* p, F64 x) { _mm512_storeu_pd(p, x.v); }
   static FASTOPTIM_INLINE F64 set1(double x) { return {_mm512_set1_pd(x)}; }
+  // a float32 grad of a float64 param, widened exactly
+  static FASTOPTIM_INLINE F64 load(const float* p) { return {_mm512_cvtps_pd(_mm256_loadu_ps(p))}; }
 };
 
 FASTOPTIM_INLINE F32 operator+(F32 a, F32 b) { return {_mm512_add_ps(a.v, b.v)}; }

@@ -47,6 +47,8 @@ struct F64 {
   static FASTOPTIM_INLINE F64 load(const double* p) { return {vld1q_f64(p)}; }
   static FASTOPTIM_INLINE void store(double* p, F64 x) { vst1q_f64(p, x.v); }
   static FASTOPTIM_INLINE F64 set1(double x) { return {vdupq_n_f64(x)}; }
+  // a float32 grad of a float64 param, widened exactly
+  static FASTOPTIM_INLINE F64 load(const float* p) { return {vcvt_f64_f32(vld1_f32(p))}; }
 };
 
 FASTOPTIM_INLINE F32 operator+(F32 a, F32 b) { return {vaddq_f32(a.v, b.v)}; }

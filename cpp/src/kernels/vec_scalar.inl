@@ -21,6 +21,12 @@ struct Scalar {
   static FASTOPTIM_INLINE Scalar load(const bfloat16* p) { return {to_float(*p)}; }
   static FASTOPTIM_INLINE void store(bfloat16* p, Scalar x) { *p = to_bfloat16(x.v); }
   static FASTOPTIM_INLINE Scalar load(const float16* p) { return {to_float(*p)}; }
+  // a float32 grad of a float64 param
+  static FASTOPTIM_INLINE Scalar load(const float* p)
+    requires(sizeof(T) == 8)
+  {
+    return {static_cast<T>(*p)};
+  }
   static FASTOPTIM_INLINE void store(float16* p, Scalar x) { *p = to_float16(x.v); }
 };
 

@@ -49,6 +49,10 @@ struct F64 {
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm_loadu_pd(p)}; }
   static FASTOPTIM_INLINE void store(double* p, F64 x) { _mm_storeu_pd(p, x.v); }
   static FASTOPTIM_INLINE F64 set1(double x) { return {_mm_set1_pd(x)}; }
+  // a float32 grad of a float64 param, widened exactly
+  static FASTOPTIM_INLINE F64 load(const float* p) {
+    return {_mm_cvtps_pd(_mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
+  }
 };
 
 FASTOPTIM_INLINE F32 operator+(F32 a, F32 b) { return {_mm_add_ps(a.v, b.v)}; }
