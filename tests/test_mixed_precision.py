@@ -117,6 +117,14 @@ def test_16bit_grads_of_float32_params_are_read_as_they_are(grad_dtype) -> None:
     np.testing.assert_array_equal(p, ref)
 
 
+@pytest.mark.parametrize("spelling", ["bfloat16", BF16, ml_dtypes.bfloat16], ids=["name",
+                                                                                "dtype", "type"])
+def test_state_dtype_spellings(spelling) -> None:
+    p, opt = _run("Adam", np.float32, steps=1, state_dtype=spelling)
+    assert opt.state[0]["exp_avg"].dtype == BF16
+    assert opt.param_groups[0]["state_dtype"] == "bfloat16"
+
+
 def test_float32_state_for_bfloat16_params_without_master() -> None:
     p, opt = _run("Adam", BF16, state_dtype="float32")
     assert opt.state[0]["exp_avg"].dtype == np.float32

@@ -42,8 +42,9 @@ def dtype_name(dtype: Any) -> str | None:
         return _NAMES[dtype]
     except (KeyError, TypeError):
         pass
-    name = str(dtype).removeprefix("torch.")
-    name = {"half": "float16", "float": "float32", "double": "float64"}.get(name, name)
+    # a scalar type (np.float32, ml_dtypes.bfloat16) by its name, a dtype by its text
+    name = dtype.__name__ if isinstance(dtype, type) else str(dtype).removeprefix("torch.")
+    name = {"half": "float16", "double": "float64"}.get(name, name)
     name = name if name in FLOAT else None
     try:
         _NAMES[dtype] = name
