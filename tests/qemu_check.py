@@ -9,7 +9,9 @@ It checks that dispatch picked ``--expect`` and nothing wider is offered, then r
 of every rule (several option sets, float32 and float64, sizes that hit every vector tail and
 the multi-threaded split) at every SIMD level the CPU has, 1 and 2 threads, through the array
 front, and compares them with a float64 NumPy reference written here from torch.optim's update
-rules; results must also be bit-identical across levels and thread counts. With torch
+rules; results must also be bit-identical across levels and thread counts. The mixed-precision
+layouts (float16, and bfloat16 with ml_dtypes; master copies, 16-bit state and grads,
+stochastic rounding) must be bit-identical across levels and thread counts too. With torch
 importable it also checks the torch front against ``torch.optim`` (``--no-torch`` skips that).
 
 An instruction the emulated CPU lacks, executed outside the dispatched kernels (a baseline
@@ -300,6 +302,69 @@ def check_array_front(levels: list[str]) -> int:
     return checks
 
 
+def _mixed_layouts() -> list[tuple[str, Any, Any, Options]]:
+    """(name, param dtype, grad dtype, settings) of the mixed-precision layouts to check:
+    float16 always (NumPy's), bfloat16 when ml_dtypes is installed."""
+    layouts = [("fp16", np.float16, np.float16, {}),
+               ("fp16 fp32-state", np.float16, np.float16, {"state_dtype": "float32"}),
+               ("fp16 master", np.float16, np.float16, {"master_weights": True}),
+               ("fp16 stochastic", np.float16, np.float16, {"stochastic_rounding": True}),
+               ("fp32 fp16-grads", np.float32, np.float16, {}),
+               ("fp64 fp32-grads", np.float64, np.float32, {})]
+    try:
+        import ml_dtypes
+    except ImportError:
+        return layouts
+    bf16 = ml_dtypes.bfloat16
+    return layouts + [
+        ("bf16", bf16, bf16, {}),
+        ("bf16 master bf16-state stochastic", bf16, bf16,
+         {"master_weights": True, "state_dtype": "bfloat16", "stochastic_rounding": True}),
+        ("fp32 bf16-state stochastic", np.float32, np.float32,
+         {"state_dtype": "bfloat16", "stochastic_rounding": True})]
+
+
+def check_mixed_precision(levels: list[str]) -> int:
+    """Every rule in 16-bit layouts: the widest level (1 and 2 threads) bit-identical to the
+    scalar one (the conversions and stochastic rounding of the emulated CPU's level), and
+    the default 16-bit step equal to the float32 step on the widened values, rounded once."""
+    checks = 0
+    for seed, (name, (cls, _, variants)) in enumerate(RULES.items()):
+        options = variants[-1]
+        for label, param, grad, settings in _mixed_layouts():
+            params0, grads = make_data(200 + seed, 2)
+            first: tuple[str, list[np.ndarray]] | None = None
+            # the reference level and the emulated CPU's widest (qemu time is limited)
+            for level in dict.fromkeys((levels[0], levels[-1])):
+                fastoptim.set_simd_level(level)
+                for threads in (1,) if level == levels[0] else (1, 2):
+                    fastoptim.set_num_threads(threads)
+                    params = [p.astype(param) for p in params0]
+                    opt = cls(params, **options, **settings)
+                    for step_grads in grads:
+                        opt.step([g.astype(grad) for g in step_grads])
+                    bits = [p.view(np.uint8) for p in params]
+                    where = f"{name}{options} {label} {level} x{threads}"
+                    if first is None:
+                        first = (f"{level} x{threads}", bits)
+                    elif not all(np.array_equal(a, b) for a, b in zip(bits, first[1])):
+                        raise AssertionError(f"{where}: not bit-identical to {first[0]}")
+                    checks += 1
+            # one step: the float32 step rounded once (state starting from zero: a nonzero
+            # initial accumulator is itself rounded to the param's dtype)
+            if label in ("fp16", "bf16") and not options.get("initial_accumulator_value"):
+                fastoptim.set_num_threads(1)
+                wide = [p.astype(param).astype(np.float32) for p in params0]
+                narrow = [p.astype(param) for p in params0]
+                cls(wide, **options).step([g.astype(param).astype(np.float32) for g in grads[0]])
+                cls(narrow, **options).step([g.astype(param) for g in grads[0]])
+                for a, b in zip(narrow, wide):
+                    if not np.array_equal(a.view(np.uint8), b.astype(param).view(np.uint8)):
+                        raise AssertionError(f"{name}{options} {label}: not the float32 step "
+                                             "rounded once")
+    return checks
+
+
 def check_torch_front() -> int:
     import fastoptim.torch as fot
     import torch
@@ -347,6 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         checks = check_array_front(available)
         fastoptim.set_simd_level(level)
         print(f"qemu_check: array front: {checks} runs match the reference", flush=True)
+        mixed = check_mixed_precision(available)
+        fastoptim.set_simd_level(level)
+        print(f"qemu_check: mixed precision: {mixed} runs bit-identical across levels and "
+              "threads", flush=True)
         torch_checks = 0
         if not args.no_torch:
             try:
