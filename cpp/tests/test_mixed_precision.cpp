@@ -93,16 +93,28 @@ struct Streams {
   std::vector<float> scalar;  // NAdam's mu_product, one per buffer
 };
 
-template <class L, class O>
-void check_layout(const O& o, const std::string& rule, bool stochastic,
+// One instance per layout (the options stay a variant: one per (layout, rule) pair made this
+// file the slowest of the suite to compile, minutes under the sanitizers).
+template <class L>
+void check_layout(const AnyOptions& any, const std::string& rule, bool stochastic,
                   const std::vector<std::size_t>& sizes, const std::vector<int>& thread_counts,
                   int steps = 3) {
+  auto uses_slot = [&](int s) {
+    return std::visit([&](const auto& o) { return uses_state_slot(o, s); }, any);
+  };
+  auto initial = [&](int s) {
+    return std::visit([&](const auto& o) { return initial_state(o, s); }, any);
+  };
+  auto step_with = [&](const StreamTypes& t, std::span<const ParamBuffers> b, int threads,
+                       const GradFactors& f) {
+    std::visit([&](const auto& o) { fastoptim::step(o, t, b, threads, f); }, any);
+  };
   using P = typename L::param;
   using G = typename L::grad;
   using S = typename L::state;
   using C = std::conditional_t<std::is_same_v<P, double>, double, float>;
   const std::size_t buffers = sizes.size();
-  steps = steps_for(AnyOptions(o), steps);
+  steps = steps_for(any, steps);
   const Rounding rounding{stochastic, 0x5eed + static_cast<std::uint64_t>(stochastic)};
   const StreamTypes types = L::types(rounding);
   const std::string where = L::name() + " " + rule + (stochastic ? " stochastic" : " nearest");
@@ -120,8 +132,7 @@ void check_layout(const O& o, const std::string& rule, bool stochastic,
     cur.param.push_back(p);
     std::array<std::vector<S>, 3> st;
     for (int s = 0; s < 3; ++s)
-      if (uses_state_slot(o, s))
-        st[s].assign(sizes[k], narrow<S>(static_cast<C>(initial_state(o, s))));
+      if (uses_slot(s)) st[s].assign(sizes[k], narrow<S>(static_cast<C>(initial(s))));
     cur.state.push_back(st);
     cur.scalar.push_back(1.0f);
   }
@@ -179,7 +190,7 @@ void check_layout(const O& o, const std::string& rule, bool stochastic,
       ref[k].scalar_state = &scalar_ref[k];
     }
     set_simd_level("scalar");
-    fastoptim::step(o, dtype_of<C>(), ref, 1, factors);
+    step_with(dtype_of<C>(), ref, 1, factors);
 
     // expected: each stored value rounded once to nearest; stochastically, the scalar level's
     // one-thread result, each value one of the reference's two neighbours
@@ -199,7 +210,7 @@ void check_layout(const O& o, const std::string& rule, bool stochastic,
     } else {
       expected = cur;
       auto b = buffers_of(expected, grads, step);
-      fastoptim::step(o, types, b, 1, factors);
+      step_with(types, b, 1, factors);
       for (std::size_t k = 0; k < buffers; ++k) {
         for (std::size_t i = 0; i < sizes[k]; ++i) {
           if constexpr (L::master) {
@@ -233,7 +244,7 @@ void check_layout(const O& o, const std::string& rule, bool stochastic,
       for (int threads : thread_counts) {
         Streams<L> run = cur;
         auto b = buffers_of(run, grads, step);
-        fastoptim::step(o, types, b, threads, factors);
+        step_with(types, b, threads, factors);
         for (std::size_t k = 0; k < buffers; ++k) {
           const std::string at = where + " at " + level + ", " + std::to_string(threads) +
                                  " threads, step " + std::to_string(step) + ", buffer " +
@@ -264,29 +275,21 @@ class MixedLayoutsGrid : public testing::TestWithParam<NamedOptions> {};
 // Every rule and option combination: each layout at every level (one thread; the thread
 // counts below).
 TEST_P(MixedLayoutsGrid, EveryLayoutIsTheComputeStepRoundedOnceAtEveryLevel) {
-  std::visit(
-      [&](const auto& o) {
-        for_each_layout([&](auto l) {
-          if (HasFatalFailure()) return;
-          check_layout<decltype(l)>(o, GetParam().name, false, kSizes, {1});
-        });
-      },
-      GetParam().options);
+  for_each_layout([&](auto l) {
+    if (HasFatalFailure()) return;
+    check_layout<decltype(l)>(GetParam().options, GetParam().name, false, kSizes, {1});
+  });
 }
 
 // Stochastic rounding: each 16-bit store one of the float32 result's two neighbours (the param
 // beside a master copy: nearest), the same bits at every level.
 TEST_P(MixedLayoutsGrid, EveryLayoutRoundsStochasticallyToANeighbourAtEveryLevel) {
-  std::visit(
-      [&](const auto& o) {
-        for_each_layout([&](auto l) {
-          if constexpr (kRounds<decltype(l)>) {
-            if (HasFatalFailure()) return;
-            check_layout<decltype(l)>(o, GetParam().name, true, kSizes, {1});
-          }
-        });
-      },
-      GetParam().options);
+  for_each_layout([&](auto l) {
+    if constexpr (kRounds<decltype(l)>) {
+      if (HasFatalFailure()) return;
+      check_layout<decltype(l)>(GetParam().options, GetParam().name, true, kSizes, {1});
+    }
+  });
 }
 
 // 2 and 3 threads at every level, both roundings, every layout, one step of two rules that
@@ -298,14 +301,10 @@ TEST(MixedLayouts, EveryLayoutIsTheSameForTwoAndThreeThreadsAtEveryLevel) {
                               RmspropOptions{.lr = 0.01, .momentum = 0.9, .centered = true}};
   for (const AnyOptions& options : rules)
     for (bool stochastic : {false, true})
-      std::visit(
-          [&](const auto& o) {
-            for_each_layout([&](auto l) {
-              if (HasFatalFailure()) return;
-              check_layout<decltype(l)>(o, "threads", stochastic, kThreadedSizes, {2, 3}, 1);
-            });
-          },
-          options);
+      for_each_layout([&](auto l) {
+        if (HasFatalFailure()) return;
+        check_layout<decltype(l)>(options, "threads", stochastic, kThreadedSizes, {2, 3}, 1);
+      });
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, MixedLayoutsGrid, testing::ValuesIn(option_grid()), grid_name);
