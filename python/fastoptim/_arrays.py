@@ -393,12 +393,7 @@ class Optimizer:
                 merged.setdefault(key, group.get(key, default))
             _core.state_slots(self.rule, merged)
             _check_precision(merged)
-            for key in ("master_weights", "state_dtype", "stochastic_rounding"):
-                if merged[key] != group[key]:
-                    raise ValueError(
-                        f"loaded state dict has {key}={merged[key]!r}, this optimizer "
-                        f"{key}={group[key]!r}; a checkpoint loads into an optimizer with the "
-                        "same mixed-precision settings")
+            _precision.check_loadable(merged, group)
             new_groups.append(merged)
             for param in group["params"]:
                 group_of[id(param)] = merged

@@ -85,6 +85,20 @@ def storage(param: str, group: dict[str, Any], where: str) -> tuple[str, bool]:
     return wanted, master
 
 
+STORAGE = ("master_weights", "state_dtype", "stochastic_rounding")  # must match to load
+
+
+def check_loadable(loaded: dict[str, Any], current: dict[str, Any], where: str = "") -> None:
+    """ValueError unless a checkpoint's storage settings are this optimizer's (the seed is
+    restored from the checkpoint instead). ``where`` names the group in the message."""
+    for key in STORAGE:
+        if loaded[key] != current[key]:
+            raise ValueError(
+                f"loaded state dict has {key}={loaded[key]!r}{where}, this optimizer "
+                f"{key}={current[key]!r}; a checkpoint loads into an optimizer with the same "
+                "mixed-precision settings")
+
+
 def rounding(group: dict[str, Any]) -> tuple[bool, int]:
     """(stochastic, seed) as the core takes them."""
     return bool(group["stochastic_rounding"]), group["seed"].__index__()

@@ -992,12 +992,7 @@ class _FusedStep:
                 theirs = _settings({key: saved.get(key, mine[key]) for key in _precision.OPTIONS})
             except (TypeError, ValueError) as error:
                 raise ValueError(f"loaded state dict: param group {index}: {error}") from None
-            for key in ("master_weights", "state_dtype", "stochastic_rounding"):
-                if theirs[key] != mine[key]:
-                    raise ValueError(
-                        f"loaded state dict has {key}={theirs[key]!r} in param group {index}, "
-                        f"this optimizer {key}={mine[key]!r}; a checkpoint loads into an "
-                        "optimizer with the same mixed-precision settings")
+            _precision.check_loadable(theirs, mine, f" in param group {index}")
             loaded_settings.append(theirs)
             id_to_param.update((k, (p, theirs)) for k, p in zip(saved["params"], group["params"]))
         scalar_names = {name for name, _ in self._info["scalar_slots"]}
