@@ -79,14 +79,6 @@ Storage storage_for(std::size_t index, DType dtype, const Precision& precision) 
   return {state, master};
 }
 
-template <class T>
-constexpr DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return DType::float32;
-  else if constexpr (std::is_same_v<T, double>) return DType::float64;
-  else if constexpr (std::is_same_v<T, bfloat16>) return DType::bfloat16;
-  else return DType::float16;
-}
-
 }  // namespace
 
 // ---- Optimizer -------------------------------------------------------------------------------

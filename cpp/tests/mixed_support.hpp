@@ -16,14 +16,6 @@
 
 namespace fastoptim::test {
 
-template <class T>
-constexpr DType dtype_of() {
-  if constexpr (std::is_same_v<T, float>) return DType::float32;
-  else if constexpr (std::is_same_v<T, double>) return DType::float64;
-  else if constexpr (std::is_same_v<T, bfloat16>) return DType::bfloat16;
-  else return DType::float16;
-}
-
 inline const char* name_of(DType t) {
   switch (t) {
     case DType::float32: return "float32";

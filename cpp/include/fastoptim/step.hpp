@@ -16,6 +16,17 @@ namespace fastoptim {
 // fastoptim::bfloat16 / fastoptim::float16 elements, fastoptim/types.hpp).
 enum class DType : std::uint8_t { float32, float64, bfloat16, float16 };
 
+// The DType of a storage type: float, double, fastoptim::bfloat16, fastoptim::float16.
+template <class T>
+constexpr DType dtype_of() {
+  static_assert(rules::kSame<T, float> || rules::kSame<T, double> ||
+                rules::kSame<T, bfloat16> || rules::kSame<T, float16>);
+  if constexpr (rules::kSame<T, float>) return DType::float32;
+  else if constexpr (rules::kSame<T, double>) return DType::float64;
+  else if constexpr (rules::kSame<T, bfloat16>) return DType::bfloat16;
+  else return DType::float16;
+}
+
 // How a call stores values into 16-bit streams: rounded to nearest, ties to even (torch's
 // conversions), or stochastically: up or down with probabilities that make the stored value
 // unbiased, from a counter-based generator of (seed, step, param id, stream, element index),
