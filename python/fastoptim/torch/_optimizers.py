@@ -156,8 +156,12 @@ class _Plan:
         self.staged_params: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, param)
         self.direct_params: list[torch.Tensor] = []  # written through their own memory
         self.counters: np.ndarray | None = None  # SGD's private step counters
-        # The storages of every state buffer and step counter the tables point to: a state
-        # tensor whose .data is swapped by hand then still points to live memory.
+        # Every state buffer, master copy and step counter the tables point to, and what it
+        # was: address, byte size, strides, dtype (a tensor resized in place, its storage
+        # resized or freed, or its .data swapped, no longer matches and the plan is rebuilt).
+        # Their storages are kept too: until the check, the tables point into live memory.
+        self.watched: list[torch.Tensor] = []
+        self.watched_sig: list[tuple] = []
         self.keep_alive: list[Any] = []
         self.new_state: list[tuple[torch.Tensor, dict[str, Any]]] = []  # added on success
         # state entries the settings no longer keep (a master copy after master_weights was
@@ -168,12 +172,22 @@ class _Plan:
         self.state_obj: Any = None  # the optimizer's state mapping when the plan was built
         self.changes = -1
 
+    def watch(self, t: torch.Tensor, what: str) -> int:
+        """Records a tensor the tables point to (checked before every step); its address."""
+        _check_memory(t, what)
+        self.watched.append(t)
+        self.watched_sig.append(_signature(t))
+        self.keep_alive.append(_storage(t))
+        return _data_ptr(t)
+
     def serves(self, params: list[torch.Tensor], grads: list[Any]) -> bool:
         """Whether this plan can run the step, after pointing it at new grad tensors if only
         those changed (zero_grad(set_to_none=True) then backward makes new ones each step).
         Address, byte size and contiguity of every param and grad are what keeps reads and
         writes inside each tensor's current memory; they cost ~25 ns a tensor each."""
         if self.sparse:  # new indices every step: the row tables are rebuilt
+            return False
+        if list(map(_signature, self.watched)) != self.watched_sig:
             return False
         if len(params) != len(self.params) or not all(map(is_, params, self.params)):
             return False
@@ -210,6 +224,10 @@ class _Plan:
         if not same:
             self.grads = list(grads)
         return True
+
+
+def _signature(t: torch.Tensor) -> tuple:
+    return _data_ptr(t), _nbytes(t), _stride(t), t.dtype
 
 
 def _plain_types(dtype: str) -> tuple:
@@ -286,6 +304,43 @@ def _counter_ok(t: Any) -> bool:
     float64 tensor of one element in CPU memory."""
     return isinstance(t, torch.Tensor) and t.dtype in _DTYPES and t.device.type == "cpu" and \
         t.numel() == 1
+
+
+def _check_sparse(p: torch.Tensor, g: torch.Tensor, where: str) -> None:
+    """A sparse COO grad whose indices or values do not fit its param (torch checks sparse
+    invariants only when asked, so such grads can be made): IndexError (torch.optim.Adagrad's
+    error type) before anything is written. torch's own SGD would write outside the param."""
+    if not g.is_sparse:
+        return
+    sparse_dim = g.sparse_dim()
+    if g.shape != p.shape:
+        return  # the shape error comes later, from torch or from the plan
+    indices, values = g._indices(), g._values()
+    if indices.dim() != 2 or indices.shape[0] != sparse_dim or values.dim() < 1 or \
+            values.shape[0] != indices.shape[1] or values.shape[1:] != p.shape[sparse_dim:]:
+        raise ValueError(f"{where}: its sparse grad has {tuple(indices.shape)} indices and "
+                         f"{tuple(values.shape)} values, which do not fit the param's shape "
+                         f"{tuple(p.shape)}")
+    if indices.numel():
+        low = indices.amin(dim=1)
+        high = indices.amax(dim=1)
+        for d in range(sparse_dim):
+            if low[d] < 0 or high[d] >= p.shape[d]:
+                bad = int(low[d]) if low[d] < 0 else int(high[d])
+                raise IndexError(f"{where}: its sparse grad has index {bad} in dim {d}, outside "
+                                 f"the param's {p.shape[d]} rows (0..{p.shape[d] - 1})")
+
+
+def _check_memory(t: torch.Tensor, what: str) -> None:
+    """RuntimeError naming the tensor unless its storage holds every element it addresses (a
+    storage resized by hand, t.untyped_storage().resize_(0), leaves a tensor without memory)."""
+    if t.numel() == 0:
+        return
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    if _data_ptr(t) == 0 or \
+            t.untyped_storage().nbytes() < (t.storage_offset() + extent) * t.element_size():
+        raise RuntimeError(f"{what} has no memory for its {t.numel()} elements (its storage "
+                           f"holds {t.untyped_storage().nbytes()} bytes)")
 
 
 def _dense(t: torch.Tensor) -> bool:
@@ -378,6 +433,7 @@ class _FusedStep:
                                  "a param may appear only once")
             if g.layout != torch.strided:
                 if g.is_sparse and self._rule in ("sgd", "adagrad"):
+                    _check_sparse(p, g, where)
                     touched = self._sparse_rows(group, p, g, first_index + index)
                     if touched is None:
                         raise _TorchSteps  # torch's own sparse update
@@ -427,6 +483,8 @@ class _FusedStep:
                                    f"param shape {tuple(pm.shape)} (local shards)")
             if pm.numel() and (_data_ptr(pm) == 0 or _data_ptr(gm) == 0):
                 raise ValueError(f"{where}: the param or its grad has no CPU memory")
+            _check_memory(pm, where)
+            _check_memory(gm, f"{where}: its grad")
             live.append(gm)
             # (.get: a stateless step adds no entry; it only drops a stale master copy)
             entry = self.state.get(p)
@@ -476,15 +534,13 @@ class _FusedStep:
                 buf, made = self._state_buffer(state, added, slot, p, layout, buffer_dtype,
                                                self._initial_value(slot, group), where)
                 new_buffer |= made
-                row[2 + k] = _data_ptr(_memory(buf))
-                plan.keep_alive.append(_storage(_memory(buf)))
+                row[2 + k] = plan.watch(_memory(buf), f"{where}: state '{slot}'")
             if master:
                 # float32 master copy: starts as the param itself (exact), is what the rule
                 # reads and writes; the param receives it rounded to nearest-even
                 buf, _ = self._state_buffer(state, added, "master_param", p, layout,
                                             torch.float32, pm, where)
-                row[10] = _data_ptr(_memory(buf))
-                plan.keep_alive.append(_storage(_memory(buf)))
+                row[10] = plan.watch(_memory(buf), f"{where}: state 'master_param'")
             elif "master_param" in state:  # master_weights turned off: the copy is stale
                 plan.dropped.append((p, "master_param"))
             if stochastic and not self._has_step:
@@ -497,8 +553,7 @@ class _FusedStep:
                     counter = added["rounding_step"] = torch.tensor(
                         step_count(counter, f"{where} (state 'rounding_step')"),
                         dtype=torch.float32)
-                row[11] = _data_ptr(counter)
-                plan.keep_alive.append(_storage(counter))
+                row[11] = plan.watch(counter, f"{where}: state 'rounding_step'")
                 row[9] |= 4 * (counter.dtype == torch.float64)  # flag bit 2: float64 counter
             if added and not stateless:
                 plan.new_state.append((p, added))
@@ -511,16 +566,14 @@ class _FusedStep:
             row[5] = pm.numel() * (2 if pm.is_complex() else 1)
             row[7] = first_index + index
             if self._has_step:
-                row[6] = _data_ptr(step)
-                plan.keep_alive.append(_storage(step))
+                row[6] = plan.watch(step, f"{where}: state 'step'")
                 row[9] |= step.dtype == torch.float64  # flag bit 0: a float64 counter
             else:  # SGD: a new momentum buffer starts as the gradient, as in torch
                 counters.append(0.0 if new_buffer else 1.0)
                 counter_rows.append(row)
                 row[9] |= 1
             if scalar is not None:
-                row[8] = _data_ptr(scalar)
-                plan.keep_alive.append(_storage(scalar))
+                row[8] = plan.watch(scalar, f"{where}: state '{name}'")
                 row[9] |= 2 * (scalar.dtype == torch.float64)  # flag bit 1: float64 scalars
             rows.setdefault(types, []).append(row)
             row_live.setdefault(types, []).append(len(live) - 1)
@@ -684,6 +737,17 @@ class _FusedStep:
 
     def _torch_step(self, loss: Any) -> Any:
         self._check_torch_storage()
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                where, index = f"param {index}", index + 1
+                if p.grad is None or not p.grad.is_sparse:
+                    continue
+                _check_sparse(p, p.grad, where)
+                if self._rule == "adagrad" and group.get("weight_decay"):
+                    # torch's error, which torch raises after counting the step
+                    raise RuntimeError("weight_decay option is not compatible with sparse "
+                                       "gradients")
         found_inf = getattr(self, "found_inf", None)
         clip_coef = self.__dict__.pop("_fastoptim_clip", 1.0)
         if found_inf is not None and bool(found_inf.item()):
