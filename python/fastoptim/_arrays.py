@@ -236,6 +236,7 @@ class Optimizer:
                 f"step() got {len(grads)} grads for {count} params; "
                 "pass one grad (or None) per param, in param order"
             )
+        clip_coef = self._pending_clip(grads)
         specs = []
         pending: dict[int, dict[str, Any]] = {}
         index = 0
@@ -301,13 +302,33 @@ class Optimizer:
             specs.append((group, names, params, grad_arrays, states, steps, scalars, masters,
                           rounding_steps, (stochastic, seed), ids))
         _core.step_buffers(self.rule, specs, get_num_threads(),
-                           clip_coef=self.__dict__.get("_clip_coef", 1.0))
+                           clip_coef=clip_coef)
         self.__dict__.pop("_clip_coef", None)
         for i, state in pending.items():
             for key in ("step", "rounding_step"):
                 if key in state and (key == "rounding_step" or self.has_step):
                     state[key] = np.array(float(state[key]) + 1.0, dtype=np.float32)
             self.state[i] = state
+
+    def _pending_clip(self, grads: list[Any]) -> float:
+        """The pending clip's coefficient for these grads: it applies to the grad buffers
+        clip_grad_norm_ measured (same memory, size and dtype, per param), not to others
+        (read as they are). ValueError when only some of the grads are the measured ones
+        (the arrays are not rewritten, so a clip cannot apply to part of a step)."""
+        pending = self.__dict__.get("_clip_coef")
+        if pending is None:
+            return 1.0
+        coef, measured = pending
+        same = [_buffer_key(g) == measured.get(i) for i, g in enumerate(grads) if g is not None]
+        if all(same):
+            return coef
+        if not any(same):
+            return 1.0
+        first = next(i for i, g in enumerate(grads)
+                     if g is not None and _buffer_key(g) != measured.get(i))
+        raise ValueError(f"param {first}: its grad is not one clip_grad_norm_ measured, while "
+                         "other grads of this step are: pass the grads the clip measured, or "
+                         "clip the grads of this step")
 
     def clip_grad_norm_(self, *args: Any, grads: Sequence[Any] | None = None,
                         **kwargs: Any) -> float:
@@ -345,9 +366,14 @@ class Optimizer:
         if not live:
             raise ValueError("clip_grad_norm_: no param has a grad")
         with self._lock():
+            # a clip already pending for these grads: torch's second clip measures the clipped
+            # grads, and the factors compose
+            before = self._pending_clip(grads)
             norm, _ = _core.grad_norm_buffers(live, order, get_num_threads())
-            self.__dict__["_clip_coef"] = clip_coefficient(max_norm, norm, order,
-                                                           error_if_nonfinite)
+            norm *= before
+            self.__dict__["_clip_coef"] = (
+                before * clip_coefficient(max_norm, norm, order, error_if_nonfinite),
+                {i: _buffer_key(g) for i, g in enumerate(grads) if g is not None})
         return float(norm)
 
     @staticmethod
@@ -441,6 +467,15 @@ class Optimizer:
             new_state[i] = entry
         self.state = new_state
         self.param_groups = new_groups
+
+
+def _buffer_key(obj: Any) -> tuple | None:
+    """What identifies a grad buffer between a clip and a step: address, byte size, dtype."""
+    try:
+        array = _as_array(obj, "grad")
+    except (TypeError, ValueError):  # not an array: the step reports it
+        return None
+    return array.__array_interface__["data"][0], array.nbytes, array.dtype.str
 
 
 def _buffer_like(p: np.ndarray, value: Any, dtype: Any = None) -> np.ndarray:

@@ -749,9 +749,10 @@ class _FusedStep:
                     raise RuntimeError("weight_decay option is not compatible with sparse "
                                        "gradients")
         found_inf = getattr(self, "found_inf", None)
-        clip_coef = self.__dict__.pop("_fastoptim_clip", 1.0)
         if found_inf is not None and bool(found_inf.item()):
+            self.__dict__.pop("_fastoptim_pending", None)  # it was for these grads
             return loss
+        self._settle_pending(apply=True)
         grad_scale = getattr(self, "grad_scale", None)
         grads = [p.grad for group in self.param_groups for p in group["params"]
                  if p.grad is not None]
@@ -759,9 +760,6 @@ class _FusedStep:
             inv_scale = grad_scale.double().reciprocal().float()
             for g in grads:
                 (g._values() if g.is_sparse else g).mul_(inv_scale)
-        if clip_coef != 1.0:
-            for g in grads:
-                (g._values() if g.is_sparse else g).mul_(clip_coef)
         # both applied above: torch's non-fused step requires them unset
         for name in ("grad_scale", "found_inf"):
             if name in self.__dict__:
@@ -836,15 +834,15 @@ class _FusedStep:
         # read, and an inf/NaN grad skips the whole step.
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and bool(found_inf.item()):
-            self.__dict__.pop("_fastoptim_clip", None)  # they were for these grads
-            self.__dict__.pop("_fastoptim_unscale", None)
+            self.__dict__.pop("_fastoptim_pending", None)  # it was for these grads
             return
+        # clip_grad_norm_'s pending factors (and its grad_scaler's unscale), for the grads it
+        # measured
+        inv_scale, clip_coef = self._settle_pending(apply=False)
         grad_scale = getattr(self, "grad_scale", None)
-        inv_scale = self.__dict__.get("_fastoptim_unscale", 1.0)  # clip_grad_norm_(grad_scaler=)
         if grad_scale is not None:
             # as GradScaler.unscale_: the float32 reciprocal of the scale
             inv_scale = float(grad_scale.double().reciprocal().float())
-        clip_coef = self.__dict__.get("_fastoptim_clip", 1.0)
         state, ready, specs, written = self._prepare()
         for _, _, plan in ready:
             for staged, param in plan.staged_params:
@@ -853,8 +851,7 @@ class _FusedStep:
             _core.step_plans(self._rule, specs, written, get_num_threads(),
                              inv_scale=inv_scale, clip_coef=clip_coef)
         self.__dict__["_fastoptim_written"] = written
-        self.__dict__.pop("_fastoptim_clip", None)
-        self.__dict__.pop("_fastoptim_unscale", None)
+        self.__dict__.pop("_fastoptim_pending", None)
         for index, _, plan in ready:
             for staged, param in plan.staged_params:
                 param.copy_(staged)
@@ -882,6 +879,60 @@ class _FusedStep:
             plan.changes = _changes[0]
 
     # ---- clipping ----------------------------------------------------------------------------
+    # clip_grad_norm_ does not rewrite the grads: it leaves a pending record (the unscale and
+    # clip factors, and the grads it measured with their version counters) that the next
+    # step folds into its grad read. torch's clip rewrites the grads in place, so the record
+    # must give torch's result whatever happens in between: a grad replaced since (zero_grad
+    # then backward, a new tensor) is read as it is; zero_grad drops the record; a grad
+    # modified in place since cannot be reconstructed (an error); when only some grads are
+    # still the measured ones (others replaced, a param group added), those are multiplied
+    # in place as torch's clip would have, and the step reads every grad as it is.
+    def _settle_pending(self, apply: bool) -> tuple[float, float]:
+        """The (inv_scale, clip_coef) the next step reads every grad with: the pending
+        record's when every grad is one it measured, unchanged; else (1, 1), after
+        multiplying the measured grads that are still there in place (every one of them if
+        ``apply``). RuntimeError naming the param, nothing changed, for a grad modified in
+        place after the clip."""
+        pending = self.__dict__.get("_fastoptim_pending")
+        if pending is None:
+            return 1.0, 1.0
+        inv_scale, clip_coef, measured = pending
+        kept, other = [], False
+        index = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                where, index = f"param {index}", index + 1
+                g = p.grad
+                if g is None:
+                    continue
+                record = measured.get(id(p))
+                if record is None or record[0] is not p or record[1] is not g:
+                    other = True  # a grad the clip did not measure: read as it is
+                    continue
+                if g._version != record[2]:
+                    raise RuntimeError(
+                        f"{where}: its grad was modified in place after clip_grad_norm_ "
+                        "measured it (torch's clip would have scaled it before the change); "
+                        "call clip_grad_norm_ after the grads are final, or zero_grad() "
+                        "first")
+                kept.append(g)
+        if not other and not apply:
+            return inv_scale, clip_coef
+        for g in kept:
+            values = g._values() if g.is_sparse else g
+            if inv_scale != 1.0:
+                values.mul_(inv_scale)
+            if clip_coef != 1.0:
+                values.mul_(clip_coef)
+        self.__dict__.pop("_fastoptim_pending", None)
+        return 1.0, 1.0
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """torch's zero_grad; a pending clip_grad_norm_ is dropped with the grads it
+        measured."""
+        self.__dict__.pop("_fastoptim_pending", None)
+        super().zero_grad(set_to_none)
+
     def _scaler_state(self, scaler: Any) -> tuple[dict[str, Any], float]:
         """The scaler's record for this optimizer, checked as scaler.unscale_ checks it, and the
         float32 reciprocal of its scale (as unscale_ computes it)."""
@@ -915,6 +966,8 @@ class _FusedStep:
         then unscales inside the step: clip, scaler and step in two passes over the grads."""
         max_norm, order = clip_arguments(max_norm, norm_type)
         with self._lock():
+            # a clip already pending: its grads as torch's clip left them, measured again
+            self._settle_pending(apply=True)
             params = [p for group in self.param_groups for p in group["params"]]
             scaler = grad_scaler if grad_scaler is not None and grad_scaler.is_enabled() else None
 
@@ -950,16 +1003,17 @@ class _FusedStep:
             # torch's result dtype: the promotion of the grads' (real) dtypes
             dtype = torch.float64 if any(types[1] == "float64" for _, _, types in specs) \
                 else torch.float32
+            coef = 1.0
             if scaler_state is not None:
                 # what scaler.unscale_(opt) would have recorded; the step unscales
                 scaler_state["found_inf_per_device"] = {
                     torch.device("cpu"): torch.full((), float(nonfinite), dtype=torch.float32)}
                 scaler_state["stage"] = _optim_state().UNSCALED
-                self.__dict__["_fastoptim_unscale"] = inv_scale
-                if nonfinite:  # the scaler skips this step: nothing to clip
-                    return torch.tensor(norm, dtype=dtype)
-            self.__dict__["_fastoptim_clip"] = clip_coefficient(max_norm, norm, order,
-                                                                 error_if_nonfinite)
+            if scaler_state is None or not nonfinite:  # else the scaler skips this step
+                coef = clip_coefficient(max_norm, norm, order, error_if_nonfinite)
+            measured = {id(p): (p, p.grad, p.grad._version) for p in params
+                        if p.grad is not None}
+            self.__dict__["_fastoptim_pending"] = (inv_scale, coef, measured)
             return torch.tensor(norm, dtype=dtype)
 
     # ---- construction and param groups -------------------------------------------------------
