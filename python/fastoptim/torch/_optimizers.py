@@ -750,7 +750,6 @@ class _FusedStep:
                                        "gradients")
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and bool(found_inf.item()):
-            self.__dict__.pop("_fastoptim_pending", None)  # it was for these grads
             return loss
         self._settle_pending(apply=True)
         grad_scale = getattr(self, "grad_scale", None)
@@ -834,7 +833,6 @@ class _FusedStep:
         # read, and an inf/NaN grad skips the whole step.
         found_inf = getattr(self, "found_inf", None)
         if found_inf is not None and bool(found_inf.item()):
-            self.__dict__.pop("_fastoptim_pending", None)  # it was for these grads
             return
         # clip_grad_norm_'s pending factors (and its grad_scaler's unscale), for the grads it
         # measured
@@ -851,7 +849,6 @@ class _FusedStep:
             _core.step_plans(self._rule, specs, written, get_num_threads(),
                              inv_scale=inv_scale, clip_coef=clip_coef)
         self.__dict__["_fastoptim_written"] = written
-        self.__dict__.pop("_fastoptim_pending", None)
         for index, _, plan in ready:
             for staged, param in plan.staged_params:
                 param.copy_(staged)
@@ -880,13 +877,14 @@ class _FusedStep:
 
     # ---- clipping ----------------------------------------------------------------------------
     # clip_grad_norm_ does not rewrite the grads: it leaves a pending record (the unscale and
-    # clip factors, and the grads it measured with their version counters) that the next
-    # step folds into its grad read. torch's clip rewrites the grads in place, so the record
-    # must give torch's result whatever happens in between: a grad replaced since (zero_grad
-    # then backward, a new tensor) is read as it is; zero_grad drops the record; a grad
-    # modified in place since cannot be reconstructed (an error); when only some grads are
-    # still the measured ones (others replaced, a param group added), those are multiplied
-    # in place as torch's clip would have, and the step reads every grad as it is.
+    # clip factors, and the grads it measured with their version counters) that every step
+    # folds into its grad read while those grads are unchanged (torch's clip rewrote them
+    # once, so a second step on the same grads reads them clipped too). The record must give
+    # torch's result whatever happens in between: a grad replaced since (zero_grad then
+    # backward, a new tensor) is read as it is; zero_grad drops the record; a grad modified in
+    # place since cannot be reconstructed (an error); when only some grads are still the
+    # measured ones (others replaced, a param group added), those are multiplied in place as
+    # torch's clip would have, and the step reads every grad as it is.
     def _settle_pending(self, apply: bool) -> tuple[float, float]:
         """The (inv_scale, clip_coef) the next step reads every grad with: the pending
         record's when every grad is one it measured, unchanged; else (1, 1), after
@@ -918,6 +916,9 @@ class _FusedStep:
                 kept.append(g)
         if not other and not apply:
             return inv_scale, clip_coef
+        if not kept:
+            self.__dict__.pop("_fastoptim_pending", None)  # every measured grad is gone
+            return 1.0, 1.0
         for g in kept:
             values = g._values() if g.is_sparse else g
             if inv_scale != 1.0:
