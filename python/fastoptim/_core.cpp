@@ -827,6 +827,8 @@ py::list state_slots(const std::string& rule_name, py::dict group) {
 
 }  // namespace
 
+void register_plan_guard(py::module_& m);  // _plan_guard.cpp
+
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastoptim C++ core: fused SIMD/OpenMP optimizer steps over contiguous buffers";
   py::register_exception_translator([](std::exception_ptr p) {
@@ -866,4 +868,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("openmp_enabled", &fastoptim::openmp_enabled);
   m.def("openmp_runtime", &fastoptim::openmp_runtime);
   m.attr("serial_threshold") = fastoptim::kSerialThreshold;
+  register_plan_guard(m);
 }

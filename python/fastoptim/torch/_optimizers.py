@@ -167,6 +167,8 @@ class _Plan:
         # state entries the settings no longer keep (a master copy after master_weights was
         # turned off), removed on success
         self.dropped: list[tuple[torch.Tensor, str]] = []
+        self.memory: list[torch.Tensor] = []  # the params' memory (DTensors' local shards)
+        self.guard: Any = None  # _core.PlanGuard: the same checks in C++
         self.generation = -1
         self.slots: list[str | None] | None = None  # the state slots the plan was built for
         self.state_obj: Any = None  # the optimizer's state mapping when the plan was built
@@ -180,15 +182,18 @@ class _Plan:
         self.keep_alive.append(_storage(t))
         return _data_ptr(t)
 
-    def serves(self, params: list[torch.Tensor], grads: list[Any]) -> bool:
+    def serves(self, params: list[torch.Tensor]) -> bool:
         """Whether this plan can run the step, after pointing it at new grad tensors if only
         those changed (zero_grad(set_to_none=True) then backward makes new ones each step).
         Address, byte size and contiguity of every param and grad are what keeps reads and
         writes inside each tensor's current memory; they cost ~25 ns a tensor each."""
         if self.sparse:  # new indices every step: the row tables are rebuilt
             return False
+        if self.guard is not None:
+            return self.guard.serves(params)
         if list(map(_signature, self.watched)) != self.watched_sig:
             return False
+        grads = list(map(_grad, params))
         if len(params) != len(self.params) or not all(map(is_, params, self.params)):
             return False
         if self.distributed:
@@ -224,6 +229,42 @@ class _Plan:
         if not same:
             self.grads = list(grads)
         return True
+
+
+def _load_plan_guard() -> bool:
+    """Whether the per-step plan check runs in C++ (_core.PlanGuard, through torch's stable C
+    shim in the libtorch_cpu this process loaded), after a probe that it sees what torch's
+    Python methods see; else the check is the Python one (_Plan.serves)."""
+    import os
+    import sys
+
+    aoti = getattr(torch._C, "_aoti", None)
+    one = getattr(aoti, "unsafe_alloc_void_ptr_from_tensor", None)
+    many = getattr(aoti, "unsafe_alloc_void_ptrs_from_tensors", None)
+    name = {"win32": "torch_cpu.dll", "darwin": "libtorch_cpu.dylib"}.get(sys.platform,
+                                                                           "libtorch_cpu.so")
+    library = os.path.join(os.path.dirname(torch.__file__), "lib", name)
+    if one is None or many is None or os.environ.get("FASTOPTIM_PLAN_CHECK") == "python":
+        return False
+    try:
+        if not _core.load_torch_shim(library if sys.platform != "win32" else name, one, many):
+            return False
+        t, g = torch.zeros(2, 3), torch.zeros(2, 3)
+        table = np.zeros((1, 12), dtype=np.int64)
+        guard = _core.PlanGuard([t], [t], [g], [table], [[0]], False)
+        g2 = torch.ones(2, 3)
+        t.grad = None
+        probe = [t]
+        ok = not guard.serves(probe)  # no grad where the plan had one
+        t.grad = g2
+        ok = ok and guard.serves(probe) and table[0, 1] == _data_ptr(g2)
+        t.data = torch.zeros(3, 2)
+        return ok and not guard.serves(probe)
+    except Exception:  # noqa: BLE001 - any surprise: the Python check, which is always right
+        return False
+
+
+_PLAN_GUARD = _load_plan_guard()
 
 
 def _signature(t: torch.Tensor) -> tuple:
@@ -405,7 +446,7 @@ class _FusedStep:
         plan.present = [g is not None for g in grads]
         plan.distributed = any(isinstance(t, _DTensor) for t in params)
         plan.complex = any(p.is_complex() for p in params)
-        memory = list(map(_memory, params))
+        memory = plan.memory = list(map(_memory, params))
         plan.param_sig = (list(map(_data_ptr, memory)), list(map(_nbytes, memory)),
                           list(map(_stride, memory)))
         name = type(self).__name__
@@ -590,6 +631,10 @@ class _FusedStep:
         for types, table in rows.items():
             plan.batches.append((types, np.array(table, dtype=np.int64)))
             plan.batch_rows.append(row_live[types])
+        if _PLAN_GUARD and not plan.distributed and not plan.sparse:
+            plan.guard = _core.PlanGuard(plan.watched + plan.memory, list(params), list(grads),
+                                         [table for _, table in plan.batches], plan.batch_rows,
+                                         bool(plan.staged_grads))
         return plan
 
     def _state_buffer(self, state: dict[str, Any], added: dict[str, Any], key: str,
@@ -783,7 +828,6 @@ class _FusedStep:
         rebuilt = False
         for index, group in enumerate(self.param_groups):
             params = group["params"]
-            grads = list(map(_grad, params))
             # Every group's options are checked before any group is stepped (ValueError with
             # torch's wording, nothing changed), and a change that needs other state buffers
             # (SGD momentum set after a step without it, as torch allows) rebuilds the plan.
@@ -798,9 +842,10 @@ class _FusedStep:
                 or plan.changes != _changes[0]
                 or plan.slots != slots
                 or plan.settings != settings
-                or not plan.serves(params, grads)
+                or not plan.serves(params)
             ):
-                plan = self._build_plan(group, params, grads, slots, first_index)
+                plan = self._build_plan(group, params, list(map(_grad, params)), slots,
+                                        first_index)
                 plan.slots = slots
                 plan.settings = settings
                 plan.generation = generation
