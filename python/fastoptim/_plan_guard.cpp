@@ -166,10 +166,12 @@ class PlanGuard {
     }
     for (Record& r : watched_)
       if (!read(r.handle, r)) throw py::value_error("internal: a watched tensor is unreadable");
-    for (std::size_t i = 0; i < grads_.size(); ++i) grads_[i] = grads[i];
     std::size_t live = 0;
-    for (py::handle g : grads_)
-      if (!g.is_none()) ++live;
+    for (std::size_t i = 0; i < grads_.size(); ++i) {
+      grads_[i] = grads[i];
+      live_index_.push_back(live);
+      if (!grads_[i].is_none()) ++live;
+    }
     grad_rows_.resize(live);
     std::size_t t = 0;
     for (py::handle table_obj : tables) {
@@ -205,20 +207,19 @@ class PlanGuard {
     for (const Record& r : watched_)
       if (!unchanged(r.handle, r)) return false;
     static PyObject* const grad_name = PyUnicode_InternFromString("grad");
-    std::size_t live = 0;
+    now_.clear();
+    changed_.clear();
     for (std::size_t i = 0; i < n; ++i) {
       PyObject* g = PyObject_GetAttr(PyList_GET_ITEM(params.ptr(), i), grad_name);
       if (g == nullptr) throw py::error_already_set();
-      const py::object grad = py::reinterpret_steal<py::object>(g);
+      now_.push_back(py::reinterpret_steal<py::object>(g));
       PyObject* before = grads_[i].ptr();
       if ((g == Py_None) != (before == Py_None)) return false;
-      if (g == Py_None) continue;
-      Record& r = grad_records_[live];
-      if (g != before && !take_grad(grad, r, live)) return false;
-      if (!unchanged(r.handle, r) || !has_memory(r.handle, r)) return false;
-      grads_[i] = grad;
-      ++live;
+      if (g != before) changed_.push_back(i);
     }
+    if (!changed_.empty() && !take_grads()) return false;
+    for (const Record& r : grad_records_)
+      if (!unchanged(r.handle, r) || !has_memory(r.handle, r)) return false;
     return true;
   }
 
@@ -230,27 +231,41 @@ class PlanGuard {
     return out;
   }
 
-  // A new grad tensor in place of live grad `k`: taken when it has the old one's dtype, sizes
-  // and strides (the tables' element order and sizes); its address goes into the tables.
-  bool take_grad(const py::object& grad, Record& r, std::size_t k) {
+  // New grad tensors (now_[changed_]) in place of the old: taken when each has the old one's
+  // dtype, sizes and strides (the tables' element order and sizes); their addresses go into
+  // the tables. One call makes every new handle.
+  bool take_grads() {
     if (fixed_grads_) return false;
-    PyObject* capsule_ptr = PyObject_CallOneArg(g_new_handle, grad.ptr());
-    if (capsule_ptr == nullptr) {  // not a plain tensor: the front rebuilds, and reports it
-      PyErr_Clear();
+    py::list tensors;
+    for (std::size_t i : changed_) tensors.append(now_[i]);
+    std::vector<Handle> handles;
+    try {
+      handles = new_handles(tensors);
+    } catch (const py::error_already_set&) {  // not plain tensors: the front rebuilds (and
+      return false;                           // reports them)
+    }
+    std::vector<Record> taken(handles.size());
+    bool ok = true;
+    for (std::size_t k = 0; k < handles.size(); ++k) {
+      taken[k].handle = handles[k];
+      const Record& old = grad_records_[live_index_[changed_[k]]];
+      ok = ok && read(handles[k], taken[k]) && taken[k].dtype == old.dtype &&
+           taken[k].shape == old.shape;
+    }
+    if (!ok) {
+      for (const Record& r : taken) g_shim.release(r.handle);
       return false;
     }
-    const py::object capsule = py::reinterpret_steal<py::object>(capsule_ptr);
-    Record now;
-    now.handle = handle_of(capsule);
-    if (!read(now.handle, now) || now.dtype != r.dtype || now.shape != r.shape) {
-      g_shim.release(now.handle);
-      return false;
+    for (std::size_t k = 0; k < changed_.size(); ++k) {
+      const std::size_t i = changed_[k], live = live_index_[i];
+      g_shim.release(grad_records_[live].handle);
+      grad_records_[live] = std::move(taken[k]);
+      grads_[i] = now_[i];
+      const auto address =
+          static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(grad_records_[live].ptr));
+      for (const auto& [t, row] : grad_rows_[live])
+        tables_[t].mutable_at(static_cast<py::ssize_t>(row), 1) = address;
     }
-    g_shim.release(r.handle);
-    r = std::move(now);
-    for (const auto& [t, row] : grad_rows_[k])
-      tables_[t].mutable_at(static_cast<py::ssize_t>(row), 1) =
-          static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(r.ptr));
     return true;
   }
 
@@ -261,6 +276,9 @@ class PlanGuard {
   std::vector<Record> grad_records_;  // per live grad
   std::vector<py::array_t<std::int64_t>> tables_;
   std::vector<std::vector<std::pair<std::size_t, std::size_t>>> grad_rows_;
+  std::vector<std::size_t> live_index_;  // per param: its position among the live grads
+  std::vector<py::object> now_;         // per param: its grad at this check
+  std::vector<std::size_t> changed_;    // params whose grad is another tensor than before
 };
 
 }  // namespace
