@@ -363,8 +363,8 @@ class Optimizer:
         # the same
         live = [g.astype(np.float32) if _precision.dtype_name(g.dtype) in _precision.HALF
                 else g for g in live]
-        if not live:
-            raise ValueError("clip_grad_norm_: no param has a grad")
+        if not live:  # torch's answer: a zero norm, nothing to clip
+            return 0.0
         with self._lock():
             # a clip already pending for these grads: torch's second clip measures the clipped
             # grads, and the factors compose

@@ -384,6 +384,15 @@ def _check_memory(t: torch.Tensor, what: str) -> None:
                            f"holds {t.untyped_storage().nbytes()} bytes)")
 
 
+def _check_state_memory(state: dict[str, Any], where: str) -> None:
+    """_check_memory for every CPU tensor of a param's state (before anything reads them:
+    torch itself crashes reading a tensor whose storage was freed by hand)."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.device.type == "cpu" and \
+                value.layout == torch.strided:
+            _check_memory(_memory(value), f"{where}: state '{key}'")
+
+
 def _dense(t: torch.Tensor) -> bool:
     """Non-overlapping and dense: the elements fill [data_ptr, data_ptr + nbytes) exactly once,
     in some order of the dims (contiguous, channels_last, transposed, permuted)."""
@@ -531,6 +540,7 @@ class _FusedStep:
             entry = self.state.get(p)
             fresh = not entry  # torch initialises a param's state when it is empty
             state = {} if fresh else entry
+            _check_state_memory(state, where)  # before anything reads it
             if not fresh and self._has_step:
                 # torch reads every entry of a started state: a missing one is its KeyError
                 for key in ["step", *scalar_names, *(s for s in slots if s is not None)]:
@@ -711,6 +721,7 @@ class _FusedStep:
         count = 1.0  # SGD: an existing momentum buffer (none is used without momentum)
         if self._rule == "adagrad":
             state = self.state.get(p) or {}
+            _check_state_memory(state, f"param {param_index}")
             step, total = state.get("step"), state.get("sum")
             if step is None:
                 step = added["step"] = self._new_step_tensor(group)
@@ -786,7 +797,10 @@ class _FusedStep:
         for group in self.param_groups:
             for p in group["params"]:
                 where, index = f"param {index}", index + 1
-                if p.grad is None or not p.grad.is_sparse:
+                if p.grad is None:
+                    continue
+                _check_state_memory(self.state.get(p, {}), where)
+                if not p.grad.is_sparse:
                     continue
                 _check_sparse(p, p.grad, where)
                 if self._rule == "adagrad" and group.get("weight_decay"):
@@ -1034,15 +1048,17 @@ class _FusedStep:
                 scaler_state, inv_scale = self._scaler_state(scaler)
             try:
                 _, ready, specs, _ = self._prepare()
-            except _TorchSteps:
+            except (_TorchSteps, RuntimeError, ValueError, TypeError, KeyError, IndexError):
+                # the norm reads only grads: state the step would refuse (a shrunk param
+                # against its old state, ...) is the step's error, not the clip's
                 return torch_clip()
             if any(plan.sparse or plan.distributed or (plan.complex and order != 2.0)
                    for _, _, plan in ready) or \
                     any(types[1] in _precision.HALF for _, _, types in specs):
                 # 16-bit grads: the fused norm reads float32/float64 grads only
                 return torch_clip()
-            if not specs:
-                raise ValueError("clip_grad_norm_: no param has a grad")
+            if not specs:  # torch's answer: a zero norm, nothing to clip
+                return torch.tensor(0.0)
             norm, nonfinite = _core.grad_norm_plans([(t, d) for _, t, d in specs], order,
                                                     get_num_threads())
             norm *= inv_scale  # the norm of grad * inv_scale (the unscaled grads)
