@@ -20,7 +20,6 @@
 #define FASTOPTIM_FORK_GUARD 1
 #endif
 #endif
-#include <mutex>
 
 #include "fastoptim/step.hpp"
 #include "kernels/dispatch.hpp"
@@ -36,18 +35,16 @@ std::atomic<int> g_num_threads{0};  // 0: whatever OpenMP says
 
 // libgomp cannot start threads in a process forked after a parallel region ran in its parent:
 // the child's first parallel region never returns (DataLoader workers, multiprocessing with
-// fork). So once a region has run, a fork handler marks the child, whose steps then run on the
-// calling thread: slower, never stuck.
-std::atomic<bool> g_forked_after_parallel{false};
+// fork). The region may be anyone's that shares the runtime (torch's libgomp is the one its
+// wheel ships, and fastoptim loaded after torch binds to it), so the handler is registered when
+// the library loads, not before fastoptim's own first region: every forked child steps on the
+// calling thread, slower, never stuck.
+std::atomic<bool> g_forked{false};
 #if defined(FASTOPTIM_FORK_GUARD)
-extern "C" void fastoptim_mark_forked_child() { g_forked_after_parallel.store(true); }
-std::once_flag g_fork_handler_once;
-void before_first_parallel_region() {
-  std::call_once(g_fork_handler_once,
-                 [] { pthread_atfork(nullptr, nullptr, fastoptim_mark_forked_child); });
-}
-#elif defined(FASTOPTIM_OPENMP)
-void before_first_parallel_region() {}
+extern "C" void fastoptim_mark_forked_child() { g_forked.store(true); }
+// This TU is the baseline driver; the ISA translation units keep no static initializers.
+[[maybe_unused]] const int g_fork_handler_registered =
+    pthread_atfork(nullptr, nullptr, fastoptim_mark_forked_child);
 #endif
 
 // Chunk boundaries fall on multiples of this many elements, so that threads do not share
@@ -236,7 +233,7 @@ Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& siz
 
 int resolve_threads(int requested, std::size_t total) {
   int threads = requested > 0 ? requested : get_num_threads();
-  if (total < kSerialThreshold || g_forked_after_parallel.load(std::memory_order_relaxed)) return 1;
+  if (total < kSerialThreshold || g_forked.load(std::memory_order_relaxed)) return 1;
   const std::size_t most = (total + kChunkAlign - 1) / kChunkAlign;
   return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), most));
 }
@@ -330,7 +327,6 @@ void apply(const typename R::Options& options, std::size_t layout, const Roundin
 
 #if defined(FASTOPTIM_OPENMP)
   if (threads > 1) {
-    before_first_parallel_region();
 #pragma omp parallel num_threads(threads)
     {
       const auto t = static_cast<std::size_t>(omp_get_thread_num());
@@ -550,7 +546,6 @@ double norm_of(std::span<const ParamBuffers> buffers, double p, int num_threads,
   const int threads = resolve_threads(num_threads, total);
 #if defined(FASTOPTIM_OPENMP)
   if (threads > 1 && blocks > 1) {
-    before_first_parallel_region();
     const auto count = static_cast<std::ptrdiff_t>(blocks);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (std::ptrdiff_t k = 0; k < count; ++k) run_block(static_cast<std::size_t>(k));
@@ -633,7 +628,7 @@ void set_num_threads(int num_threads) {
 }
 
 int get_num_threads() {
-  if (g_forked_after_parallel.load()) return 1;
+  if (g_forked.load()) return 1;
   const int n = g_num_threads.load();
   if (n > 0) return n;
 #if defined(FASTOPTIM_OPENMP)
