@@ -168,6 +168,12 @@ void validate_buffers(const typename R::Options& o, const StreamTypes& types,
                                     " is null");
       if (b.scalar_dtype != DType::float32 && b.scalar_dtype != DType::float64)
         throw std::invalid_argument(buffer_name(i) + ": unsupported scalar state dtype");
+      // edited in place, a NaN here would show as an overflow blamed on the options
+      for (std::size_t k = 0; k < R::scalar_slots.size; ++k)
+        if (!std::isfinite(read_scalar(b, static_cast<int>(k))))
+          throw std::invalid_argument(buffer_name(i) + ": state '" + R::scalar_slots[k].name +
+                                      "' is " + detail::py_float(read_scalar(b, static_cast<int>(k))) +
+                                      "; it must be a finite number");
     }
     if (b.size == 0) continue;
     if (b.param == nullptr) throw std::invalid_argument(buffer_name(i) + ": param is null");
