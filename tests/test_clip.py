@@ -94,13 +94,119 @@ def test_norm_bit_identical_across_threads_and_levels(restore_threads) -> None:
             fastoptim.set_simd_level(level)
             for threads in (1, 2, 3):
                 fastoptim.set_num_threads(threads)
-                for p in NORMS:
+                for p in NORMS + ODD_NORMS:
                     # a new optimizer each time: a second clip would measure the clipped grads
                     norms[(level, threads, p)] = float(fo_torch.Adam(ps).clip_grad_norm_(1.0, p))
     finally:
         fastoptim.set_simd_level(previous)
     for (_, _, p), value in norms.items():
         assert value == norms[(previous, 1, p)]
+
+
+# ---- orders whose powers leave float range (issue 16, item 6) ---------------------------------
+
+# |g|^p overflows (or underflows) double for these orders and grads of magnitude ~5: the norm is
+# taken relative to the largest magnitude, max|g| * (sum (|g| / max|g|)^p)^(1/p), finite for any
+# finite order. torch's vector_norm does not scale: it answers inf (or 1.0) for the first three.
+ODD_NORMS = [1e300, 1e10, 1000.0, 0.5, 3.0]
+TORCH_FINITE = {0.5, 3.0}  # orders torch still answers correctly for these grads
+
+
+def _reference_norm(grads, p: float) -> float:
+    """The definition in float64, relative to the largest magnitude."""
+    a = np.concatenate([np.abs(np.asarray(g, dtype=np.float64)).ravel() for g in grads])
+    m = a.max()
+    return float(m * np.sum((a / m) ** p) ** (1.0 / p))
+
+
+def _ref_step_with_coef(ref_ps, coef: float) -> None:
+    for q in ref_ps:
+        q.grad.mul_(coef)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("norm_type", ODD_NORMS)
+def test_any_finite_order_gives_a_finite_norm_torch_front(norm_type: float, dtype) -> None:
+    ps, qs = _params((dtype,) * 3), _params((dtype,) * 3)
+    opt = fo_torch.SGD(ps, lr=0.1)
+    ref = torch.optim.SGD(qs, lr=0.1, foreach=False)
+    _grads(ps, 0)
+    _grads(qs, 0)
+    want = _reference_norm([q.grad for q in qs], norm_type)
+    got = opt.clip_grad_norm_(1.0, norm_type=norm_type)
+    assert math.isfinite(float(got))
+    torch.testing.assert_close(float(got), want, **_tol(dtype))
+    if norm_type in TORCH_FINITE:
+        rs = _params((dtype,) * 3)
+        _grads(rs, 0)
+        theirs = torch.nn.utils.clip_grad_norm_(rs, 1.0, norm_type)
+        torch.testing.assert_close(got, theirs, **_tol(dtype))
+    # the clip the next step applies: torch.optim's step on grads scaled by the same factor
+    coef = min(1.0, 1.0 / (want + 1e-6))
+    assert coef < 1.0
+    _ref_step_with_coef(qs, coef)
+    opt.step()
+    ref.step()
+    for a, b in zip(ps, qs):
+        torch.testing.assert_close(a.detach(), b.detach(), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("norm_type", ODD_NORMS)
+def test_any_finite_order_gives_a_finite_norm_array_front(norm_type: float, dtype) -> None:
+    qs = _params((torch.float64,) * 3)
+    _grads(qs, 0)
+    grads = [q.grad.numpy().astype(dtype) for q in qs]
+    ws = [q.detach().numpy().astype(dtype) for q in qs]
+    opt = fastoptim.SGD(ws, lr=0.1)
+    want = _reference_norm(grads, norm_type)
+    got = opt.clip_grad_norm_(grads, 1.0, norm_type=norm_type)
+    assert math.isfinite(got)
+    assert got == pytest.approx(want, rel=1e-6 if dtype == np.float32 else 1e-12)
+    if norm_type in TORCH_FINITE:
+        tq = [torch.nn.Parameter(torch.from_numpy(w.copy())) for w in ws]
+        for q, g in zip(tq, grads):
+            q.grad = torch.from_numpy(g.copy())
+        assert got == pytest.approx(float(torch.nn.utils.clip_grad_norm_(tq, 1.0, norm_type)),
+                                    rel=1e-5)
+    coef = min(1.0, 1.0 / (want + 1e-6))
+    expected = [w - 0.1 * (g * dtype(coef)) for w, g in zip(ws, grads)]
+    opt.step(grads)
+    for w, e in zip(ws, expected):
+        np.testing.assert_allclose(w, e, rtol=1e-6 if dtype == np.float32 else 1e-12)
+
+
+@pytest.mark.parametrize("norm_type", [2.0, 1e300, 3.0])
+def test_float64_grads_whose_powers_overflow_or_underflow(norm_type: float) -> None:
+    """float64 grads near 1e200 (squares overflow) and near 1e-170 (squares underflow): the
+    order-2 norm too is finite and right, where an unscaled sum says inf or 0."""
+    for scale in (1e200, 1e-170):
+        g = np.array([3.0, -4.0, 1.0, 0.5]) * scale
+        opt = fastoptim.SGD([np.zeros(4)], lr=0.1)
+        got = opt.clip_grad_norm_([g], 1.0, norm_type=norm_type)
+        assert got == pytest.approx(_reference_norm([g], norm_type), rel=1e-12)
+        p = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        p.grad = torch.from_numpy(g.copy())
+        fo = fo_torch.SGD([p], lr=0.1)
+        assert float(fo.clip_grad_norm_(1.0, norm_type)) == got
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+@pytest.mark.parametrize("norm_type", ODD_NORMS)
+def test_odd_orders_with_nonfinite_grads_as_before(norm_type: float, bad: float) -> None:
+    """An inf grad makes the norm inf, a NaN one NaN (torch's answer too), on both fronts."""
+    ps = _params((torch.float32,) * 3)
+    _grads(ps, 0)
+    ps[2].grad[1, 1, 0] = bad
+    opt = fo_torch.SGD(ps, lr=0.1)
+    got = float(opt.clip_grad_norm_(1.0, norm_type))
+    arr = fastoptim.SGD([p.detach().numpy().copy() for p in ps], lr=0.1)
+    got_array = arr.clip_grad_norm_([p.grad.numpy() for p in ps], 1.0, norm_type)
+    for value in (got, got_array):
+        assert math.isnan(value) if math.isnan(bad) else value == math.inf
+    with pytest.raises(RuntimeError, match="non-finite"):
+        arr.clip_grad_norm_([p.grad.numpy() for p in ps], 1.0, norm_type,
+                            error_if_nonfinite=True)
 
 
 # ---- clip + step against torch -----------------------------------------------------------------

@@ -251,3 +251,64 @@ def test_set_num_threads_overrides_default(import_torch: bool, threads: int) -> 
     assert out["added_again"] == out["added"]
     assert out["rejected"] == ["0", "-1", "1.5", "True", "'2'"]
     assert out["num_threads_after_rejects"] == threads  # a rejected value changes nothing
+
+
+# ---- fork after torch's parallel region --------------------------------------------------------
+
+FORK_AFTER_TORCH = """
+import json, os, signal, time
+import torch          # first: fastoptim then shares torch's libgomp (one soname, one runtime)
+import numpy as np
+import fastoptim
+
+torch.set_num_threads(2)
+a = torch.randn(2000, 2000)
+torch.mm(a, a)        # a parallel region of the shared runtime; fastoptim has run none
+out = dict(runtime=fastoptim.openmp_runtime(), openmp=fastoptim._core.openmp_enabled())
+
+def trained(threads):
+    fastoptim.set_num_threads(threads)
+    w = np.linspace(-1, 1, 300_000, dtype=np.float32)
+    g = np.cos(np.arange(w.size, dtype=np.float32))
+    opt = fastoptim.Adam([w], lr=0.1)
+    for _ in range(2):
+        opt.step([g])
+    return w
+
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:  # the child: 2 threads asked for, then 1; report, leave without cleanup
+    try:
+        two = trained(2)
+        one = trained(1)
+        os.write(write, b"1" if np.array_equal(one, two) else b"0")
+    finally:
+        os._exit(0)
+os.close(write)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    status = None
+out["finished"] = status is not None
+out["answer"] = os.read(read, 1).decode()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fork_after_a_torch_parallel_region_steps_on_one_thread() -> None:
+    """The parent ran only torch's OpenMP (never a fastoptim step) before the fork; in the child a
+    2-thread fastoptim step must not try to start the inherited runtime's dead pool: it runs on
+    one thread and gives the 1-thread result."""
+    pytest.importorskip("torch")
+    out = run_child(FORK_AFTER_TORCH, OMP_NUM_THREADS=None)
+    if not out["openmp"]:
+        pytest.skip("built without OpenMP")
+    assert out["finished"], f"the step in the forked child hung ({out['runtime']})"
+    assert out["answer"] == "1", "the child's 2-thread step differs from its 1-thread step"

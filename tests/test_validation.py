@@ -566,3 +566,49 @@ def test_momentum_switched_on_mid_run(front: str) -> None:
             opt.step([g.numpy()])
     got = p.detach().numpy() if front == "torch" else w
     np.testing.assert_allclose(got, ref_p.detach().numpy(), rtol=1e-12)
+
+
+# ---- a scalar state edited in place (issue 16, item 3) -------------------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("front", ["array", "torch"])
+def test_nonfinite_mu_product_names_param_and_entry(front: str, bad: float) -> None:
+    """NAdam's mu_product made NaN/inf in place after a step: the step's error names the param and
+    the state entry (not lr, beta1, momentum_decay), and nothing changes in either group."""
+    if front == "array":
+        params = [np.linspace(-1, 1, 6), np.linspace(0, 2, 5)]
+        opt = fastoptim.NAdam([{"params": [params[0]]}, {"params": [params[1]]}], lr=0.01)
+        grads = [np.full(6, 0.5), np.full(5, -0.25)]
+
+        def step():
+            opt.step(grads)
+
+        def snapshot():
+            return [p.copy() for p in params], copy.deepcopy(opt.state)
+
+        step()
+        opt.state[1]["mu_product"][...] = bad
+    else:
+        if not HAVE_TORCH:
+            pytest.skip("needs torch")
+        params = [torch.nn.Parameter(torch.linspace(-1, 1, 6, dtype=torch.float64)),
+                  torch.nn.Parameter(torch.linspace(0, 2, 5, dtype=torch.float64))]
+        opt = fo_torch.NAdam([{"params": [params[0]]}, {"params": [params[1]]}], lr=0.01)
+        for p in params:
+            p.grad = torch.full_like(p, 0.5)
+
+        def step():
+            opt.step()
+
+        def snapshot():
+            return [p.detach().clone() for p in params], copy.deepcopy(
+                {i: dict(opt.state[p]) for i, p in enumerate(params) if p in opt.state})
+
+        step()
+        opt.state[params[1]]["mu_product"].fill_(bad)
+    before = snapshot()
+    with pytest.raises(ValueError, match=r"param 1\b.*'mu_product'") as info:
+        step()
+    for blamed in ("lr", "beta1", "momentum_decay"):
+        assert f"{blamed}=" not in str(info.value)
+    _assert_same_snapshot(snapshot(), before)

@@ -20,7 +20,6 @@
 #define FASTOPTIM_FORK_GUARD 1
 #endif
 #endif
-#include <mutex>
 
 #include "fastoptim/step.hpp"
 #include "kernels/dispatch.hpp"
@@ -36,18 +35,16 @@ std::atomic<int> g_num_threads{0};  // 0: whatever OpenMP says
 
 // libgomp cannot start threads in a process forked after a parallel region ran in its parent:
 // the child's first parallel region never returns (DataLoader workers, multiprocessing with
-// fork). So once a region has run, a fork handler marks the child, whose steps then run on the
-// calling thread: slower, never stuck.
-std::atomic<bool> g_forked_after_parallel{false};
+// fork). The region may be anyone's that shares the runtime (torch's libgomp is the one its
+// wheel ships, and fastoptim loaded after torch binds to it), so the handler is registered when
+// the library loads, not before fastoptim's own first region: every forked child steps on the
+// calling thread, slower, never stuck.
+std::atomic<bool> g_forked{false};
 #if defined(FASTOPTIM_FORK_GUARD)
-extern "C" void fastoptim_mark_forked_child() { g_forked_after_parallel.store(true); }
-std::once_flag g_fork_handler_once;
-void before_first_parallel_region() {
-  std::call_once(g_fork_handler_once,
-                 [] { pthread_atfork(nullptr, nullptr, fastoptim_mark_forked_child); });
-}
-#elif defined(FASTOPTIM_OPENMP)
-void before_first_parallel_region() {}
+extern "C" void fastoptim_mark_forked_child() { g_forked.store(true); }
+// This TU is the baseline driver; the ISA translation units keep no static initializers.
+[[maybe_unused]] const int g_fork_handler_registered =
+    pthread_atfork(nullptr, nullptr, fastoptim_mark_forked_child);
 #endif
 
 // Chunk boundaries fall on multiples of this many elements, so that threads do not share
@@ -171,6 +168,12 @@ void validate_buffers(const typename R::Options& o, const StreamTypes& types,
                                     " is null");
       if (b.scalar_dtype != DType::float32 && b.scalar_dtype != DType::float64)
         throw std::invalid_argument(buffer_name(i) + ": unsupported scalar state dtype");
+      // edited in place, a NaN here would show as an overflow blamed on the options
+      for (std::size_t k = 0; k < R::scalar_slots.size; ++k)
+        if (!std::isfinite(read_scalar(b, static_cast<int>(k))))
+          throw std::invalid_argument(buffer_name(i) + ": state '" + R::scalar_slots[k].name +
+                                      "' is " + detail::py_float(read_scalar(b, static_cast<int>(k))) +
+                                      "; it must be a finite number");
     }
     if (b.size == 0) continue;
     if (b.param == nullptr) throw std::invalid_argument(buffer_name(i) + ": param is null");
@@ -236,7 +239,7 @@ Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& siz
 
 int resolve_threads(int requested, std::size_t total) {
   int threads = requested > 0 ? requested : get_num_threads();
-  if (total < kSerialThreshold || g_forked_after_parallel.load(std::memory_order_relaxed)) return 1;
+  if (total < kSerialThreshold || g_forked.load(std::memory_order_relaxed)) return 1;
   const std::size_t most = (total + kChunkAlign - 1) / kChunkAlign;
   return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), most));
 }
@@ -330,7 +333,6 @@ void apply(const typename R::Options& options, std::size_t layout, const Roundin
 
 #if defined(FASTOPTIM_OPENMP)
   if (threads > 1) {
-    before_first_parallel_region();
 #pragma omp parallel num_threads(threads)
     {
       const auto t = static_cast<std::size_t>(omp_get_thread_num());
@@ -470,30 +472,31 @@ struct NormPartial {
   double value;  // sum of |g|^p, or the largest |g|
 };
 
-template <NormKind K>
-FASTOPTIM_NORM_INLINE double norm_term(double x) {
-  if constexpr (K == NormKind::kTwo) return x * x;
-  else return std::fabs(x);
-}
-
 // NaN-propagating max: a NaN element makes the norm NaN, as torch's does.
 FASTOPTIM_NORM_INLINE double nan_max(double a, double b) { return a <= b ? b : (a > b ? a : a + b); }
 
-// |g|^p of elements [0, n) of one buffer into acc; element k goes to lane (lane0 + k) % 8. The
-// middle runs whole groups of 8 with a fixed lane per position, which the compiler vectorizes
-// without reordering any lane's additions.
+// (|g| / divisor)^p of elements [0, n) of one buffer into acc (the largest |g| for kInf);
+// element k goes to lane (lane0 + k) % 8. With divisor 1 (the division is then exact) orders 1
+// and 2 run the dispatched kernel: the same eight lanes, added in the same order, at any level.
+// Otherwise the middle runs whole groups of 8 with a fixed lane per position, which the
+// compiler vectorizes without reordering any lane's additions.
 template <NormKind K, class T>
-void accumulate(const T* g, std::size_t n, std::size_t lane0, double p, double* acc) {
+void accumulate(const T* g, std::size_t n, std::size_t lane0, double p, double divisor,
+                double* acc) {
   auto add = [&](std::size_t lane, double x) {
-    if constexpr (K == NormKind::kInf) acc[lane] = nan_max(acc[lane], std::fabs(x));
-    else if constexpr (K == NormKind::kPow) acc[lane] += std::pow(std::fabs(x), p);
-    else acc[lane] += norm_term<K>(x);
+    if constexpr (K == NormKind::kInf) {
+      acc[lane] = nan_max(acc[lane], std::fabs(x));
+    } else {
+      const double a = std::fabs(x) / divisor;
+      if constexpr (K == NormKind::kPow) acc[lane] += std::pow(a, p);
+      else if constexpr (K == NormKind::kTwo) acc[lane] += a * a;
+      else acc[lane] += a;
+    }
   };
   std::size_t i = 0;
   for (; i < n && (lane0 + i) % kNormLanes != 0; ++i) add((lane0 + i) % kNormLanes, g[i]);
   const std::size_t whole = (n - i) / kNormLanes * kNormLanes;
-  if constexpr (K == NormKind::kOne || K == NormKind::kTwo) {
-    // the dispatched kernel: the same eight lanes, added in the same order, at any level
+  if (K != NormKind::kInf && K != NormKind::kPow && divisor == 1.0) {
     kernels::active_table().norms[K == NormKind::kTwo][sizeof(T) == 8](g + i, whole, acc);
     i += whole;
   } else {
@@ -505,7 +508,7 @@ void accumulate(const T* g, std::size_t n, std::size_t lane0, double p, double* 
 
 template <NormKind K, class T>
 NormPartial norm_block(std::span<const ParamBuffers> buffers, const std::vector<std::size_t>& starts,
-                       std::size_t lo, std::size_t hi, double p) {
+                       std::size_t lo, std::size_t hi, double p, double divisor) {
   double acc[kNormLanes] = {};
   std::size_t b = static_cast<std::size_t>(
       std::upper_bound(starts.begin(), starts.end(), lo) - starts.begin() - 1);
@@ -514,7 +517,7 @@ NormPartial norm_block(std::span<const ParamBuffers> buffers, const std::vector<
     const std::size_t last = std::min(hi, starts[b] + buffers[b].size) - starts[b];
     if (first < last)
       accumulate<K>(static_cast<const T*>(buffers[b].grad) + first, last - first,
-                    (starts[b] + first - lo) % kNormLanes, p, acc);
+                    (starts[b] + first - lo) % kNormLanes, p, divisor, acc);
   }
   if constexpr (K == NormKind::kInf) {
     double value = 0.0;
@@ -535,9 +538,10 @@ bool any_nonfinite(std::span<const ParamBuffers> buffers) {
   return false;
 }
 
+// The blocks' sum of (|g| / divisor)^p (the largest |g| for kInf), added in block order.
 template <NormKind K, class T>
-double norm_of(std::span<const ParamBuffers> buffers, double p, int num_threads,
-               bool* nonfinite) {
+double block_sum(std::span<const ParamBuffers> buffers, double p, double divisor,
+                 int num_threads) {
   std::vector<std::size_t> starts(buffers.size() + 1, 0);
   for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
   const std::size_t total = starts.back();
@@ -545,12 +549,11 @@ double norm_of(std::span<const ParamBuffers> buffers, double p, int num_threads,
   std::vector<NormPartial> partials(blocks);
   auto run_block = [&](std::size_t k) {
     partials[k] = norm_block<K, T>(buffers, starts, k * kNormBlock,
-                                   std::min(total, (k + 1) * kNormBlock), p);
+                                   std::min(total, (k + 1) * kNormBlock), p, divisor);
   };
   const int threads = resolve_threads(num_threads, total);
 #if defined(FASTOPTIM_OPENMP)
   if (threads > 1 && blocks > 1) {
-    before_first_parallel_region();
     const auto count = static_cast<std::ptrdiff_t>(blocks);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (std::ptrdiff_t k = 0; k < count; ++k) run_block(static_cast<std::size_t>(k));
@@ -563,10 +566,52 @@ double norm_of(std::span<const ParamBuffers> buffers, double p, int num_threads,
   double sum = 0.0;
   for (const NormPartial& part : partials)
     sum = K == NormKind::kInf ? nan_max(sum, part.value) : sum + part.value;
-  if (nonfinite != nullptr) *nonfinite = !std::isfinite(sum) && any_nonfinite<T>(buffers);
-  if constexpr (K == NormKind::kTwo) return std::sqrt(sum);
-  else if constexpr (K == NormKind::kPow) return std::pow(sum, 1.0 / p);
-  else return sum;
+  return sum;
+}
+
+// The p-norm relative to the largest magnitude m: m * (sum (|g| / m)^p)^(1/p). Every term is
+// at most 1 and the largest is exactly 1, so the sum lies in [1, n] and the norm is finite for
+// any finite order of finite grads (unless the norm itself exceeds double), where |g|^p
+// overflows or underflows double (orders past a few hundred; squares of float64 grads past
+// 1e154 or below 1e-154). m is a max, and the sum the same blocks and lanes: the result is
+// still the same bits for any thread count and SIMD level.
+template <NormKind K, class T>
+double scaled_norm(std::span<const ParamBuffers> buffers, double p, double m, int num_threads) {
+  const double sum = block_sum<K, T>(buffers, p, m, num_threads);
+  if constexpr (K == NormKind::kTwo) return m * std::sqrt(sum);
+  else if constexpr (K == NormKind::kPow) return m * std::pow(sum, 1.0 / p);
+  else return m * sum;
+}
+
+template <NormKind K, class T>
+double norm_of(std::span<const ParamBuffers> buffers, double p, int num_threads,
+               bool* nonfinite) {
+  if constexpr (K == NormKind::kPow) {
+    // always relative to the largest magnitude: |g|^p leaves double's range for modest orders
+    const double m = block_sum<NormKind::kInf, T>(buffers, p, 1.0, num_threads);
+    if (nonfinite != nullptr) *nonfinite = !std::isfinite(m);
+    if (std::isfinite(m) && m > 0.0) return scaled_norm<K, T>(buffers, p, m, num_threads);
+    // inf or NaN elements (or all zero): the plain sum, inf or NaN (or 0) as before
+    return std::pow(block_sum<K, T>(buffers, p, 1.0, num_threads), 1.0 / p);
+  } else {
+    const double sum = block_sum<K, T>(buffers, p, 1.0, num_threads);
+    if constexpr (K == NormKind::kInf) {
+      if (nonfinite != nullptr) *nonfinite = !std::isfinite(sum) && any_nonfinite<T>(buffers);
+      return sum;
+    } else {
+      // Orders 1 and 2 keep the plain sum (torch's, and the fast kernel) unless it overflowed
+      // from finite grads, or, for squares, fell below double's normal range (where it loses
+      // digits, or is 0 for grads that are not): then the sum relative to the largest |g|.
+      const bool overflowed = !std::isfinite(sum) && !any_nonfinite<T>(buffers);
+      if (nonfinite != nullptr) *nonfinite = !std::isfinite(sum) && !overflowed;
+      if (overflowed || (K == NormKind::kTwo && sum < std::numeric_limits<double>::min())) {
+        const double m = block_sum<NormKind::kInf, T>(buffers, p, 1.0, num_threads);
+        if (m > 0.0) return scaled_norm<K, T>(buffers, p, m, num_threads);
+      }
+      if constexpr (K == NormKind::kTwo) return std::sqrt(sum);
+      else return sum;
+    }
+  }
 }
 
 template <class T>
@@ -633,7 +678,7 @@ void set_num_threads(int num_threads) {
 }
 
 int get_num_threads() {
-  if (g_forked_after_parallel.load()) return 1;
+  if (g_forked.load()) return 1;
   const int n = g_num_threads.load();
   if (n > 0) return n;
 #if defined(FASTOPTIM_OPENMP)

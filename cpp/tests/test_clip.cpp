@@ -16,22 +16,26 @@ std::vector<T> wave(std::size_t n, double phase) {
   return v;
 }
 
-// The definition, in long double: (sum |g|^p)^(1/p), or max |g|.
+// The definition, in long double, relative to the largest magnitude m (m * (sum (|g| /
+// m)^p)^(1/p), so that orders whose powers leave long double's range still have an answer), or
+// max |g|.
 template <class T>
 long double reference_norm(const std::vector<std::vector<T>>& grads, double p) {
+  long double m = 0;
+  for (const auto& g : grads)
+    for (T x : g) m = std::max(m, std::fabs(static_cast<long double>(x)));
+  if (std::isinf(p) || m == 0) return m;
   long double sum = 0;
   for (const auto& g : grads)
-    for (T x : g) {
-      const long double a = std::fabs(static_cast<long double>(x));
-      if (std::isinf(p)) sum = std::max(sum, a);
-      else sum += std::pow(a, static_cast<long double>(p));
-    }
-  return std::isinf(p) ? sum : std::pow(sum, 1.0L / p);
+    for (T x : g) sum += std::pow(std::fabs(static_cast<long double>(x)) / m,
+                                  static_cast<long double>(p));
+  return m * std::pow(sum, 1.0L / p);
 }
 
 TEST(ClipGradNorm, NormOfEveryOrderMatchesTheDefinition) {
   const double inf = std::numeric_limits<double>::infinity();
-  for (double p : {1.0, 2.0, 3.0, 0.5, inf}) {
+  // 1e300, 1e10, 1000: |g|^p leaves double's range (issue 16); the norm is still finite
+  for (double p : {1.0, 2.0, 3.0, 0.5, inf, 1e300, 1e10, 1000.0}) {
     std::vector<std::vector<float>> grads = {wave<float>(100003, 0.1), wave<float>(17, 0.2),
                                              wave<float>(1, 0.3)};
     std::vector<float> w0(100003), w1(17), w2(1);
@@ -41,13 +45,72 @@ TEST(ClipGradNorm, NormOfEveryOrderMatchesTheDefinition) {
     opt.add_param(w2);
     const double norm = opt.clip_grad_norm({grads[0], grads[1], grads[2]}, 1.0, p);
     const long double want = reference_norm(grads, p);
+    ASSERT_TRUE(std::isfinite(norm)) << p;
     EXPECT_NEAR(norm, static_cast<double>(want), 1e-12 * static_cast<double>(want)) << p;
   }
+}
+
+// float64 grads whose squares overflow (1e200) or underflow (1e-170), and large orders: finite
+// and right, where the plain sum says inf or 0.
+TEST(ClipGradNorm, Float64GradsWhosePowersLeaveDoubleRange) {
+  for (double scale : {1e200, 1e-170, 1.0})
+    for (double p : {1.0, 2.0, 3.0, 0.5, 1e300, 1e10, 1000.0}) {
+      std::vector<std::vector<double>> grads = {wave<double>(70001, 0.4), wave<double>(9, 0.1)};
+      for (auto& g : grads)
+        for (double& x : g) x *= scale;
+      std::vector<double> w0(70001), w1(9);
+      Sgd opt;
+      opt.add_param(w0);
+      opt.add_param(w1);
+      const double norm = opt.clip_grad_norm({grads[0], grads[1]}, 1.0, p);
+      const long double want = reference_norm(grads, p);
+      ASSERT_TRUE(std::isfinite(norm)) << scale << " " << p;
+      EXPECT_NEAR(norm, static_cast<double>(want), 1e-12 * static_cast<double>(want))
+          << scale << " " << p;
+    }
+}
+
+// The clip after a huge order scales the next step's grads by max_norm / (norm + 1e-6), as a
+// finite norm says, instead of zeroing them (the norm was inf).
+TEST(ClipGradNorm, HugeOrderClipsTheNextStepByTheFiniteNorm) {
+  const std::vector<float> g = wave<float>(5000, 0.2);
+  std::vector<float> clipped(g.size(), 1.0f), manual(g.size(), 1.0f);
+  Sgd a(SgdOptions{.lr = 0.1}), b(SgdOptions{.lr = 0.1});
+  a.add_param(clipped);
+  b.add_param(manual);
+  const double norm = a.clip_grad_norm({g}, 0.5, 1e300);
+  const double coef = 0.5 / (norm + 1e-6);
+  ASSERT_LT(coef, 1.0);
+  ASSERT_GT(coef, 0.1);
+  std::vector<float> scaled(g);
+  for (float& x : scaled) x = x * static_cast<float>(coef);
+  a.step({g});
+  b.step({scaled});
+  EXPECT_EQ(clipped, manual);
+}
+
+// inf and NaN grads: the norm is inf or NaN at every order, as before (and as torch's).
+TEST(ClipGradNorm, NonfiniteGradsStillGiveANonfiniteNorm) {
+  const double inf = std::numeric_limits<double>::infinity();
+  for (float bad : {std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()})
+    for (double p : {1.0, 2.0, 3.0, 0.5, inf, 1e300, 1e10, 1000.0}) {
+      std::vector<float> g = wave<float>(40000, 0.2), w(g.size());
+      g[12345] = bad;
+      Sgd opt;
+      opt.add_param(w);
+      const double norm = opt.clip_grad_norm({g}, 1.0, p);
+      if (std::isnan(bad)) EXPECT_TRUE(std::isnan(norm)) << p;
+      else EXPECT_EQ(norm, inf) << p;
+      EXPECT_THROW(opt.clip_grad_norm({g}, 1.0, p, true), std::invalid_argument) << p;
+    }
 }
 
 TEST(ClipGradNorm, BitIdenticalAcrossThreadsAndLevels) {
   const std::vector<float> g32 = wave<float>(300001, 0.5);
   const std::vector<double> g64 = wave<double>(70001, 0.7);
+  const std::array<double, 7> kOrders = {1.0, 2.0, 3.0, std::numeric_limits<double>::infinity(),
+                                          1e300, 1000.0, 0.5};
   std::vector<double> norms;
   const std::string before = simd_level();
   for (const std::string& level : available_simd_levels()) {
@@ -59,12 +122,12 @@ TEST(ClipGradNorm, BitIdenticalAcrossThreadsAndLevels) {
       opt.add_param(w32);
       opt.add_param(w64);
       opt.set_num_threads(threads);
-      for (double p : {1.0, 2.0, 3.0, std::numeric_limits<double>::infinity()})
-        norms.push_back(opt.clip_grad_norm({g32, g64}, 1.0, p));
+      for (double p : kOrders) norms.push_back(opt.clip_grad_norm({g32, g64}, 1.0, p));
     }
   }
   set_simd_level(before);
-  for (std::size_t i = 4; i < norms.size(); ++i) EXPECT_EQ(norms[i], norms[i % 4]) << i;
+  for (std::size_t i = kOrders.size(); i < norms.size(); ++i)
+    EXPECT_EQ(norms[i], norms[i % kOrders.size()]) << i;
 }
 
 class ClipGradNormEveryRule : public testing::TestWithParam<NamedOptions> {};

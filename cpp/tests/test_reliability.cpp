@@ -241,6 +241,14 @@ TEST(Reliability, OverflowingScalarsOfEveryRuleNameTheirOption) {
             "lr=0.001 and weight_decay=1e+300 overflow float32 in 1 - lr * weight_decay");
   EXPECT_EQ(mu_product, 1.0f);  // a refused call does not advance the scalar state either
   EXPECT_EQ(message(NadamOptions{.lr = 1e38}), "no exception");
+  // a non-finite mu_product (edited in place) is named, not blamed on lr, beta1, momentum_decay
+  mu_product = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(message(NadamOptions{}), "buffer 0: state 'mu_product' is nan; it must be a finite "
+                                     "number");
+  mu_product = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(message(NadamOptions{}), "buffer 0: state 'mu_product' is -inf; it must be a "
+                                     "finite number");
+  mu_product = 1.0f;
   buffers[0].scalar_state = nullptr;
 
   // RAdam: eps is read only when the step is rectified (torch adds it in _compute_adaptive_lr).

@@ -7,6 +7,7 @@ buffers of all groups before it writes any.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import threading
@@ -15,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import _core, _precision
+from . import _checkpoint, _core, _precision
 from ._runtime import get_num_threads
 
 # What the core knows about each rule (its description): names, torch's constructor
@@ -31,37 +32,6 @@ def initial_value(info: dict[str, Any], slot: str, defaults: dict[str, Any]) -> 
         if name == slot and option is not None:
             return float(defaults[option])
     return 0.0
-
-
-def scalar_value(value: Any, where: str) -> np.ndarray:
-    """A loaded per-param scalar state (NAdam's mu_product) as the 0-d float32 array the front
-    keeps (float64 if it came as float64), checked: one finite number."""
-    dtype = np.float64 if str(getattr(value, "dtype", "")) in ("float64", "torch.float64") \
-        else np.float32
-    try:
-        array = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
-        if array.size != 1 or array.dtype.kind not in "fiu":
-            raise TypeError
-        number = float(array.reshape(()))
-    except (TypeError, ValueError):
-        raise TypeError(f"{where} must be a number, got {value!r}") from None
-    if not math.isfinite(number):
-        raise ValueError(f"{where} must be finite, got {number!r}")
-    return np.array(number, dtype=dtype)
-
-
-def step_count(step: Any, where: str) -> float:
-    """A param's step count so far, as a float, checked as the core checks it: a whole number in
-    0..2**53 - 2 (the next step's count must stay exact in the double per-step math). Used when
-    a checkpoint is loaded, so a bad count is reported there, with the param named."""
-    try:
-        value = float(step.item() if hasattr(step, "item") else step)
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{where}: state 'step' must be a number, got {step!r}") from None
-    if not (0 <= value <= _core.max_step_count - 1) or value != int(value):
-        raise ValueError(f"{where}: state 'step' is {value!r}; a step count must be a whole "
-                         f"number in 0..{_core.max_step_count - 1}")
-    return value
 
 
 def clip_arguments(max_norm: Any, norm_type: Any) -> tuple[float, float]:
@@ -307,7 +277,8 @@ class Optimizer:
         for i, state in pending.items():
             for key in ("step", "rounding_step"):
                 if key in state and (key == "rounding_step" or self.has_step):
-                    state[key] = np.array(float(state[key]) + 1.0, dtype=np.float32)
+                    count = float(state[key]) + 1.0  # exact: a float64 counter past 2**24
+                    state[key] = np.array(count, dtype=_checkpoint.counter_dtype(count))
             self.state[i] = state
 
     def _pending_clip(self, grads: list[Any]) -> float:
@@ -396,23 +367,12 @@ class Optimizer:
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict of this front or of torch.optim (tensors are copied to arrays).
-        Everything is checked before anything changes."""
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        id_map: dict[Any, tuple[int, Any]] = {}
-        index = 0
-        for saved, group in zip(groups, self.param_groups):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't match the size "
-                    "of optimizer's group"
-                )
-            for key, param in zip(saved["params"], group["params"]):
-                id_map[key] = (index, param)
-                index += 1
-        new_groups, group_of = [], {}
-        for saved, group in zip(groups, self.param_groups):
+        The whole checkpoint is checked (fastoptim._checkpoint, then the arrays) before
+        anything changes."""
+        loaded = _checkpoint.parse(state_dict, self._info,
+                                   [len(g["params"]) for g in self.param_groups])
+        new_groups, group_of = [], []
+        for saved, group in zip(loaded.groups, self.param_groups):
             merged = {k: v for k, v in saved.items() if k != "params"}
             merged["params"] = group["params"]
             for key, default in self.defaults.items():
@@ -421,42 +381,51 @@ class Optimizer:
             _check_precision(merged)
             _precision.check_loadable(merged, group)
             new_groups.append(merged)
-            for param in group["params"]:
-                group_of[id(param)] = merged
+            group_of += [merged] * len(group["params"])
+        params = [p for g in self.param_groups for p in g["params"]]
         new_state: dict[int, dict[str, Any]] = {}
-        scalar_names = {name for name, _ in self._info["scalar_slots"]}
-        for key, saved_state in state_dict["state"].items():
-            if key not in id_map:
+        for key, i, saved_state in loaded.states:
+            if i is None:
                 raise ValueError(f"loaded state dict has state for unknown param {key!r}")
-            i, param = id_map[key]
             where = f"param {i}"
-            p = _as_array(param, where)
+            p = _as_array(params[i], where)
             param_type = _storage_name(p, where)
-            state_type, master = _precision.storage(param_type, group_of[id(param)], where)
+            state_type, master = _precision.storage(param_type, group_of[i], where)
             entry: dict[str, Any] = {}
             for name, value in saved_state.items():
-                if value is None:
+                what = _checkpoint.kind(self._info, name)
+                if what == "counter":
+                    count = _checkpoint.step_count(value, where)
+                    entry[name] = np.array(count, dtype=_checkpoint.counter_dtype(count))
                     continue
-                if name in ("step", "rounding_step"):
-                    count = step_count(value, where)
-                    entry[name] = np.array(count, dtype=np.float32)
+                if what == "scalar":
+                    entry[name] = _checkpoint.scalar_value(value, f"{where}: state '{name}'")
                     continue
-                if name in scalar_names:
-                    entry[name] = scalar_value(value, f"{where}: state '{name}'")
+                if what == "unknown":  # kept as it is, as torch keeps it
+                    entry[name] = copy.deepcopy(value)
                     continue
-                array = _to_numpy(value)
+                if value is None:  # torch.optim's SGD without momentum
+                    continue
+                try:
+                    array = _to_numpy(value)
+                except (TypeError, ValueError, RuntimeError) as error:
+                    raise TypeError(f"{where}: loaded state '{name}' must be an array, got "
+                                    f"{type(value).__name__} ({error})") from None
+                have = _precision.dtype_name(array.dtype)
+                if have is None:
+                    raise TypeError(f"{where}: loaded state '{name}' is {array.dtype}; state "
+                                    "is float32, float64, bfloat16 or float16")
                 if array.shape != p.shape:
                     raise ValueError(
                         f"{where}: loaded state '{name}' has shape {array.shape}, "
                         f"param has shape {p.shape}"
                     )
-                have = _precision.dtype_name(array.dtype)
-                want = "float32" if name == "master_param" else state_type
+                want = "float32" if name == _checkpoint.MASTER else state_type
                 # plain float32/float64 state converts to its param's dtype, as torch's loading
                 # does; a 16-bit stream or a master copy must be what these settings keep
                 plain = have in ("float32", "float64") and want == param_type and \
-                    param_type in ("float32", "float64") and name != "master_param"
-                if name == "master_param" and not master:
+                    param_type in ("float32", "float64") and name != _checkpoint.MASTER
+                if name == _checkpoint.MASTER and not master:
                     raise ValueError(f"{where}: loaded state has a 'master_param'; this "
                                      "optimizer keeps none for the param (master_weights "
                                      f"applies to bfloat16/float16 params, this is {param_type})")

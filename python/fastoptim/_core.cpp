@@ -235,6 +235,22 @@ std::int64_t next_step(double count, Name&& param) {
   return static_cast<std::int64_t>(count) + 1;
 }
 
+// A rule's scalar state (NAdam's mu_product) as a step reads it: finite, or the step names the
+// param and the entry. The load checks it too, but the state is the user's to edit in place
+// (opt.state[p]['mu_product'].fill_(nan)); the driver would otherwise see an overflow in the
+// per-step scalars and blame the options it was computed from.
+template <class Name>
+void check_scalar_state(const GroupOptions& opts, const void* data, DType dtype, Name&& param) {
+  for (std::size_t k = 0; k < opts.scalar_count(); ++k) {
+    const double value = dtype == DType::float64 ? static_cast<const double*>(data)[k]
+                                                 : static_cast<const float*>(data)[k];
+    if (!std::isfinite(value))
+      throw py::value_error(param() + ": state '" + opts.scalar_name(static_cast<int>(k)) +
+                            "' is " + py::repr(py::float_(value)).cast<std::string>() +
+                            "; it must be a finite number");
+  }
+}
+
 // ---- buffers ---------------------------------------------------------------------------------
 
 struct BufferView {
@@ -573,6 +589,7 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
                       " value(s), got " + std::to_string(sv->len / sv->itemsize));
         b.scalar_state = sv->buf;
         b.scalar_dtype = scalar_dtype;
+        check_scalar_state(opts, b.scalar_state, b.scalar_dtype, [&] { return name; });
         add_range(*sv, true, what);
       }
       auto batch = std::find_if(batches.begin() + static_cast<std::ptrdiff_t>(first_batch),
@@ -751,6 +768,7 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
       auto name = [r] { return "param " + std::to_string(r[7]); };
       if (r[6] == 0) raise_value("internal: null step pointer");
       if (opts.scalar_count() > 0 && r[8] == 0) raise_value("internal: null scalar state pointer");
+      if (r[8] != 0) check_scalar_state(opts, b.scalar_state, b.scalar_dtype, name);
       const double count = r[9] & kStepF64 ? *reinterpret_cast<const double*>(r[6])
                                            : *reinterpret_cast<const float*>(r[6]);
       b.step = next_step(count, name);

@@ -43,15 +43,9 @@ try:
 except ImportError:  # torch built without distributed
     _DTensor = ()
 
-from .. import _core, _precision
-from .._arrays import (
-    RULES,
-    clip_arguments,
-    clip_coefficient,
-    initial_value,
-    scalar_value,
-    step_count,
-)
+from .. import _checkpoint, _core, _precision
+from .._arrays import RULES, clip_arguments, clip_coefficient, initial_value
+from .._checkpoint import scalar_value, step_count
 from .._runtime import get_num_threads
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -393,6 +387,12 @@ def _check_state_memory(state: dict[str, Any], where: str) -> None:
             _check_memory(_memory(value), f"{where}: state '{key}'")
 
 
+def _counter_tensor(count: int) -> torch.Tensor:
+    """A step counter holding ``count``: torch's float32 while that is exact, else float64."""
+    dtype = _get_scalar_dtype() if _checkpoint.counter_dtype(count) == "float32" else torch.float64
+    return torch.tensor(float(count), dtype=dtype)
+
+
 def _dense(t: torch.Tensor) -> bool:
     """Non-overlapping and dense: the elements fill [data_ptr, data_ptr + nbytes) exactly once,
     in some order of the dims (contiguous, channels_last, transposed, permuted)."""
@@ -552,8 +552,7 @@ class _FusedStep:
                 if step is None:
                     step = added["step"] = self._new_step_tensor(group)
                 elif not _counter_ok(step):
-                    step = added["step"] = torch.tensor(step_count(step, where),
-                                                        dtype=_get_scalar_dtype())
+                    step = added["step"] = _counter_tensor(step_count(step, where))
             scalar = None
             for name, initial in self._info["scalar_slots"]:  # NAdam's mu_product
                 scalar = state.get(name)
@@ -601,9 +600,8 @@ class _FusedStep:
                 if counter is None:
                     counter = added["rounding_step"] = torch.tensor(0.0, dtype=torch.float32)
                 elif not _counter_ok(counter):
-                    counter = added["rounding_step"] = torch.tensor(
-                        step_count(counter, f"{where} (state 'rounding_step')"),
-                        dtype=torch.float32)
+                    counter = added["rounding_step"] = _counter_tensor(
+                        step_count(counter, f"{where} (state 'rounding_step')"))
                 row[11] = plan.watch(counter, f"{where}: state 'rounding_step'")
                 row[9] |= 4 * (counter.dtype == torch.float64)  # flag bit 2: float64 counter
             if added and not stateless:
@@ -1156,17 +1154,11 @@ class _FusedStep:
         checkpoint's master_weights, state_dtype and stochastic_rounding are this optimizer's
         (its seed is loaded; a checkpoint without these keys, torch.optim's, loads with this
         optimizer's settings). Anything else raises before anything changes."""
-        groups = state_dict["param_groups"]
-        if len(groups) != len(self.param_groups):
-            raise ValueError("loaded state dict has a different number of parameter groups")
-        id_to_param = {}
-        loaded_settings = []
-        for index, (saved, group) in enumerate(zip(groups, self.param_groups)):
-            if len(saved["params"]) != len(group["params"]):
-                raise ValueError(
-                    "loaded state dict contains a parameter group that doesn't match the size "
-                    "of optimizer's group"
-                )
+        loaded = _checkpoint.parse(state_dict, self._info,
+                                   [len(g["params"]) for g in self.param_groups])
+        params = [p for group in self.param_groups for p in group["params"]]
+        loaded_settings, settings_of = [], []
+        for index, (saved, group) in enumerate(zip(loaded.groups, self.param_groups)):
             mine = _settings(group)
             try:
                 theirs = _settings({key: saved.get(key, mine[key]) for key in _precision.OPTIONS})
@@ -1174,20 +1166,16 @@ class _FusedStep:
                 raise ValueError(f"loaded state dict: param group {index}: {error}") from None
             _precision.check_loadable(theirs, mine, f" in param group {index}")
             loaded_settings.append(theirs)
-            id_to_param.update((k, (p, theirs)) for k, p in zip(saved["params"], group["params"]))
-        scalar_names = {name for name, _ in self._info["scalar_slots"]}
-        keep_dtype: list[tuple[Any, torch.Tensor]] = []  # (key, param): loaded as they are
-        for key, saved_state in state_dict["state"].items():
-            param, settings = id_to_param.get(key, (None, None))
-            if param is None:
-                continue
-            where = f"param {key}"
-            if saved_state and scalar_names:
-                # torch's __setstate__ (NAdam) reads these of every started state while it
-                # loads, after replacing the state: its KeyError, raised here with nothing changed
-                for name in ("step", *sorted(scalar_names)):
-                    if name not in saved_state:
-                        raise KeyError(name)
+            settings_of += [theirs] * len(group["params"])
+        keep_dtype: list[tuple[Any, torch.Tensor, str]] = []  # loaded as they are
+        counters: list[tuple[Any, torch.Tensor, str, int]] = []  # (key, param, name, count)
+        scalars: list[tuple[Any, str, torch.Tensor]] = []  # loaded as numbers or arrays
+        as_is: list[tuple[Any, torch.Tensor, str]] = []  # unknown entries that are no tensors
+        for key, index, saved_state in loaded.states:
+            if index is None:
+                continue  # an id no group lists: torch keeps it, unused
+            param, settings = params[index], settings_of[index]
+            where = f"param {index}"
             try:
                 storage = _param_storage(param, settings, where)
             except TypeError as error:
@@ -1197,18 +1185,39 @@ class _FusedStep:
             plain = storage is None or (storage[0] == storage[1] and not storage[2]
                                         and (param.is_complex() or storage[0] in _DTYPES.values()))
             for name, value in saved_state.items():
-                if name in ("step", "rounding_step"):
-                    step_count(value, where if name == "step" else f"{where} (state '{name}')")
-                elif name in scalar_names:  # NAdam's mu_product: one finite number
-                    scalar_value(value, f"{where}: state '{name}'")
-                elif not isinstance(value, torch.Tensor):
+                what = _checkpoint.kind(self._info, name)
+                if what == "counter":  # checked by parse; kept exact below
+                    counters.append((key, param, name, step_count(value, where)))
                     continue
-                elif value.shape != param.shape:
+                if what == "scalar":  # checked by parse; a 0-d tensor, as torch keeps it
+                    if not isinstance(value, torch.Tensor):
+                        scalars.append((key, name, torch.from_numpy(
+                            scalar_value(value, f"{where}: state '{name}'"))))
+                    elif not plain:  # a 16-bit param's: not cast to the param's dtype
+                        keep_dtype.append((key, param, name))
+                    continue
+                if what == "unknown":
+                    if not isinstance(value, torch.Tensor):
+                        # kept as it is: torch's loader would rebuild a str or an array from a
+                        # generator of its items
+                        as_is.append((key, param, name))
+                    continue
+                if value is None and name != "master_param":
+                    continue  # torch.optim's SGD without momentum
+                if not isinstance(value, torch.Tensor):
+                    raise TypeError(f"{where}: loaded state '{name}' must be a tensor, got "
+                                    f"{type(value).__module__}.{type(value).__name__}")
+                real = value.is_floating_point() and value.dtype in (*_DTYPES, *_HALF)
+                if not (real or (param.is_complex() and value.dtype == param.dtype)):
+                    raise TypeError(f"{where}: loaded state '{name}' is {value.dtype}; state "
+                                    "tensors are float32, float64, bfloat16 or float16 (the "
+                                    "param's dtype for complex params)")
+                if value.shape != param.shape:
                     raise ValueError(
                         f"loaded state '{name}' of param {key} has shape {tuple(value.shape)}, "
                         f"param has shape {tuple(param.shape)}"
                     )
-                elif name == "master_param":
+                if name == "master_param":
                     if storage is None or not storage[2]:
                         raise ValueError(
                             f"{where}: loaded state has a 'master_param'; this optimizer keeps "
@@ -1225,14 +1234,31 @@ class _FusedStep:
                             f"master_weights={settings['master_weights']}, state_dtype="
                             f"{settings['state_dtype']} this optimizer keeps it in {want} for "
                             f"{param.dtype} params")
-                if isinstance(value, torch.Tensor) and name != "step" and (
-                        not plain or name == "master_param"):
+                if not plain or name == "master_param":
                     keep_dtype.append((key, param, name))
         with self._lock():
-            loaded = copy.deepcopy(state_dict)
-            super().load_state_dict(loaded)
+            copied = copy.deepcopy(dict(state_dict))
+            copied["state"] = {key: dict(state) for key, state in copied["state"].items()}
+            # torch's loader copies tensors; it takes anything else for an iterable of tensors
+            for key, param, name, count in counters:
+                value = copied["state"][key][name]
+                if not isinstance(value, torch.Tensor):
+                    copied["state"][key][name] = _counter_tensor(count)
+            for key, name, value in scalars:
+                copied["state"][key][name] = value
+            kept = {(key, name): copied["state"][key].pop(name) for key, _, name in as_is}
+            super().load_state_dict(copied)
+            for key, param, name in as_is:
+                self.state[param][name] = kept[(key, name)]
             for key, param, name in keep_dtype:
-                self.state[param][name] = loaded["state"][key][name].to(device=param.device)
+                self.state[param][name] = copied["state"][key][name].to(device=param.device)
+            for key, param, name, count in counters:
+                # exact: torch would keep a float32 count (fused groups, or one loaded as a
+                # number), which rounds 2**53 - 2 to 2**53 and stops counting at 2**24
+                value = self.state[param][name]
+                if not (_counter_ok(value) and float(value) == count and (
+                        value.dtype == torch.float64 or count < 2**24)):
+                    self.state[param][name] = _counter_tensor(count)
             for group, settings in zip(self.param_groups, loaded_settings):
                 group.update(settings)  # the seed loaded, the others this optimizer's
             self._invalidate_plans()
