@@ -93,9 +93,24 @@ struct Io {
     if (f.clip) g = g * V::set1(f.clip_coef);
     return g;
   }
+  // With a master, the param may have been written since the last step (a copy_, a loaded
+  // model, a clamp, an EMA swap). An untouched param is exactly the master rounded to nearest
+  // even, as store_param left it; where its bits differ from that rounding, the write wins and
+  // the param, widened exactly, is the master value this step starts from. Comparing bits,
+  // not values, treats NaN, -0/+0 and inf like any other value.
   FASTOPTIM_INLINE V param() const {
-    if constexpr (kMaster) return load_as<V>(static_cast<const typename L::master*>(p.master) + i);
-    else return load_as<V>(static_cast<const typename L::param*>(p.param) + i);
+    using P = typename L::param;
+    const V current = load_as<V>(static_cast<const P*>(p.param) + i);
+    if constexpr (kMaster) {
+      const V master = load_as<V>(static_cast<const typename L::master*>(p.master) + i);
+      P stored[V::kLanes];  // through the store's own rounding: every level decides alike
+      V::store(stored, master);
+      const V untouched_value = V::load(static_cast<const P*>(stored));
+      const typename V::Bits kept = equal_mask(as_bits(untouched_value), as_bits(current));
+      return from_bits((kept & as_bits(master)) | andnot(kept, as_bits(current)));
+    } else {
+      return current;
+    }
   }
   FASTOPTIM_INLINE void store_param(V x) const {
     if constexpr (kMaster) store_as(static_cast<typename L::master*>(p.master) + i, x);
