@@ -78,7 +78,8 @@ FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
 
 // What a rule's update sees at element i: each stream loaded and stored in its layout's
 // storage type, the grad unscaled and clipped as it is read. With a master copy, the param
-// the rule reads and writes is the master; the param stream receives it rounded to nearest.
+// the rule reads and writes is the master (or the param, where the user wrote it since the last
+// step: param()); the param stream receives it rounded to nearest.
 template <class V, class L>
 struct Io {
   using C = typename V::Lane;
