@@ -176,8 +176,9 @@ def test_writes_to_params_with_master_weights_follow_torch(rule: str, ops: list[
                     stepped[i] = a.detach().clone()
                 assert state.keys() - {"master_param"} == ref.state[b].keys()
                 for key, value in ref.state[b].items():
-                    torch.testing.assert_close(state[key].float(), value.float(), rtol=1e-5,
-                                               atol=1e-6, msg=lambda m, key=key: f"{ops} {key}: {m}")
+                    torch.testing.assert_close(
+                        state[key].float(), value.float(), rtol=1e-5, atol=1e-6,
+                        msg=lambda m, key=key: f"{ops} {key}: {m}")
         elif op == "new_grads":
             for i, (a, b) in enumerate(zip(fo_ps, ref_ps)):
                 a.grad = _grad_like(a, k, i).to(a.dtype)
