@@ -84,6 +84,111 @@ def test_master_weights_are_the_float32_step_and_the_param_its_rounding(rule: st
             assert value.dtype == np.float32, key
 
 
+
+# ---- writes to a param beside its master copy -------------------------------------------------
+# A write to a 16-bit param between steps is the new master value of every element it changed:
+# the next step starts from the written value widened to float32, the untouched elements from
+# their master. The reference: the float32 step of float32 params (bit-identical to the master)
+# whose values take each change of the 16-bit param, widened.
+
+def _take_writes(before: np.ndarray, p: np.ndarray, shadow: np.ndarray) -> int:
+    written = _bits(before) != _bits(p)
+    shadow[written] = p[written].astype(np.float32)
+    return int(written.sum())
+
+
+def _write(kind: str, p: np.ndarray, saved: np.ndarray, ema: np.ndarray, k: int) -> None:
+    if kind == "assign":  # some elements, specials among them, another set each time
+        finfo = ml_dtypes.finfo(p.dtype)
+        tiny = float(finfo.tiny)
+        values = ((np.arange(p[k::7].size) % 9 - 4) * 0.37 + k).astype(np.float32)
+        special = [5.0, -0.0, 0.0, np.inf, -np.inf, np.nan, float(finfo.max),
+                   -float(finfo.max), tiny, tiny / 4]
+        values[:len(special)] = special
+        p[k::7] = values.astype(p.dtype)
+    elif kind == "restore":  # the model's weights from a checkpoint
+        p[...] = saved
+    elif kind == "clip":
+        np.clip(p, -0.5, 0.3, out=p)
+    elif kind == "ema_swap":
+        kept = p.copy()
+        p[...] = ema
+        ema[...] = kept
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("kind", ["assign", "restore", "clip", "ema_swap"])
+@pytest.mark.parametrize("rule", RULES)
+def test_a_write_to_the_param_becomes_the_master(rule: str, kind: str, dtype,
+                                                 simd_level: str) -> None:
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(N).astype(np.float32).astype(dtype)
+    saved, ema = p.copy(), (p.astype(np.float32) * 0.5 + 0.01).astype(dtype)
+    shadow = p.astype(np.float32)
+    opt = getattr(fastoptim, rule)([p], lr=_lr(rule), master_weights=True)
+    ref = getattr(fastoptim, rule)([shadow], lr=_lr(rule))
+    grads = _grads(dtype, 4)
+    grads[2][...] = 0  # a zero-grad step after a write
+    for k, g in enumerate(grads):
+        if k > 0:
+            before = p.copy()
+            _write(kind, p, saved, ema, k)
+            changed = _take_writes(before, p, shadow)
+            assert changed > 0 or k > 1  # later writes may find nothing to change
+        opt.step([g])
+        ref.step([g.astype(np.float32)])
+        master = opt.state[0]["master_param"]
+        np.testing.assert_array_equal(master, shadow, err_msg=f"{kind}, step {k}")
+        np.testing.assert_array_equal(_bits(p), _bits(shadow.astype(dtype)),
+                                      err_msg=f"{kind}, step {k}")
+
+
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_zero_grad_step_keeps_a_written_value(dtype, simd_level: str) -> None:
+    """The issue's case. AdamW with fresh moments (its first grad is zero too) only decays:
+    5.0 * (1 - 0.5 * 0.5) = 3.75 exactly; SGD keeps 5.0 (and -0.0, inf). The untouched
+    element steps from its master, which the param cannot hold."""
+    odd = 1 + float(ml_dtypes.finfo(dtype).eps)  # times 0.75 it needs one bit more
+    p = np.array([odd, 1.5, -2.0], dtype=dtype)
+    q = p.copy()
+    adamw = fastoptim.AdamW([p], lr=0.5, weight_decay=0.5, master_weights=True)
+    sgd = fastoptim.SGD([q], lr=0.5, master_weights=True)
+    zero = np.zeros(3, dtype=dtype)
+    adamw.step([zero])
+    sgd.step([zero])
+    assert adamw.state[0]["master_param"][0] == odd * 0.75 != float(p[0])
+    p[1] = 5.0
+    q[...] = np.array([5.0, -0.0, np.inf], dtype=dtype)
+    adamw.step([zero])
+    sgd.step([zero])
+    want = [odd * 0.75**2, 3.75, -1.125]
+    assert adamw.state[0]["master_param"].tolist() == want
+    np.testing.assert_array_equal(_bits(p), _bits(np.array(want, dtype=np.float32).astype(dtype)))
+    assert q.astype(np.float32).tolist() == [5.0, 0.0, np.inf] and np.signbit(q[1])
+
+
+def test_a_stale_master_in_a_state_dict_yields_to_the_saved_param() -> None:
+    """A consistent pair (param and master saved together after a step) continues from the
+    master, exactly. state_dict() after a write and before the next step holds the old master:
+    loaded beside the written param, the next step still starts from the written values."""
+    p, opt = _run("AdamW", BF16, steps=2, master_weights=True)
+    g1, g2 = _grads(BF16, 2, seed=5)
+    for write in (False, True):
+        if write:
+            p *= -2
+        values, state = p.copy(), opt.state_dict()
+        opt.step([g1 if not write else g2])
+        q = values.copy()
+        other = fastoptim.AdamW([q], lr=0.05, master_weights=True)
+        other.load_state_dict(state)
+        other.step([g1 if not write else g2])
+        np.testing.assert_array_equal(_bits(q), _bits(p))
+        np.testing.assert_array_equal(other.state[0]["master_param"], opt.state[0]["master_param"])
+    # one step of lr 0.05 from the written values, not from the stale master
+    np.testing.assert_allclose(other.state[0]["master_param"], values.astype(np.float32),
+                               rtol=0, atol=0.1)
+
+
 @pytest.mark.parametrize("rule", RULES)
 def test_bfloat16_state_for_float32_params(rule: str) -> None:
     """bfloat16 moments: each step is the float32 step from the widened moments, the moments

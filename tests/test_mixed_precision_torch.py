@@ -243,6 +243,192 @@ def test_master_weights_leave_float32_params_alone() -> None:
     assert torch.equal(double.detach(), ref_double["param"])
 
 
+
+# ---- writes to a param beside its master copy --------------------------------------------------
+# A write to a 16-bit param between steps (copy_, a loaded model, clamp_, an EMA swap) is the new
+# master value of each element it changed: the next step starts from the written value widened
+# to float32, the untouched elements from their master. The reference: fastoptim's float32 step
+# of float32 params (bit-identical to the master, test_master_weights_are_the_float32_step) whose
+# values take each change of the 16-bit param, widened.
+
+WRITES = ("copy", "load_state_dict", "clamp", "ema_swap")
+
+
+def _model(dtype: torch.dtype) -> torch.nn.Module:
+    torch.manual_seed(3)
+    # 64 * 65 + 65 elements: SIMD tails at every level
+    return torch.nn.Linear(64, 65).to(dtype)
+
+
+def _write(kind: str, model: torch.nn.Module, saved: dict, ema: list[torch.Tensor]) -> None:
+    """One user write to every param of ``model`` between steps."""
+    with torch.no_grad():
+        if kind == "copy":
+            for p in model.parameters():
+                g = torch.Generator().manual_seed(p.numel())
+                p.data.copy_(torch.randn(p.shape, generator=g) * 4)
+        elif kind == "load_state_dict":
+            model.load_state_dict(saved)
+        elif kind == "clamp":
+            for p in model.parameters():
+                p.clamp_(-0.05, 0.03)
+        elif kind == "ema_swap":  # swap in the averaged weights (in place, as EMA helpers do)
+            for p, e in zip(model.parameters(), ema):
+                kept = p.detach().clone()
+                p.copy_(e)
+                e.copy_(kept)
+
+
+def _take_writes(before: list[torch.Tensor], params, shadow) -> int:
+    """The float32 shadow takes each element whose 16-bit bits the write changed; returns how
+    many elements changed."""
+    changed = 0
+    with torch.no_grad():
+        for old, p, q in zip(before, params, shadow):
+            bits = torch.int16
+            written = old.view(bits) != p.detach().view(bits)
+            q.copy_(torch.where(written, p.detach().float(), q))
+            changed += int(written.sum())
+    return changed
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("kind", WRITES)
+def test_a_write_to_the_param_becomes_the_master(kind: str, dtype: torch.dtype,
+                                                 simd_level: str) -> None:
+    model = _model(dtype)
+    params = list(model.parameters())
+    saved = copy.deepcopy(model.state_dict())  # the model before training
+    ema = [(p.detach().float() * 0.5 + 0.01).to(dtype) for p in params]
+    shadow = [torch.nn.Parameter(p.detach().float()) for p in params]
+    options = dict(lr=0.01, weight_decay=0.1)
+    opt = fo_torch.AdamW(params, **options, master_weights=True)
+    ref = fo_torch.AdamW(shadow, **options)
+    for k in range(4):
+        if k in (1, 3):  # after a step: a master exists that is not the param's value
+            before = [p.detach().clone() for p in params]
+            _write(kind, model, saved, ema)
+            assert _take_writes(before, params, shadow) > len(params)
+        grads = _grads(params, k)
+        for p, q, g in zip(params, shadow, grads):
+            p.grad, q.grad = g, g.float()
+        opt.step()
+        ref.step()
+        for p, q in zip(params, shadow):
+            assert torch.equal(opt.state[p]["master_param"], q.detach()), (kind, k)
+            assert torch.equal(p.detach(), q.detach().to(dtype)), (kind, k)
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert torch.equal(opt.state[p][key], ref.state[q][key]), (kind, k, key)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+@pytest.mark.parametrize("rule", RULES)
+def test_copy_into_the_param_becomes_the_master_for_every_rule(rule: str, dtype: torch.dtype,
+                                                                simd_level: str) -> None:
+    """p.data.copy_(x) on some elements (specials among them) before a zero-grad and a real
+    step: those elements step from x rounded to the param dtype, the others from the master."""
+    p0, grads = problem(dtype, n=1031, steps=3)
+    grads[1].zero_()
+    p = torch.nn.Parameter(p0.clone())
+    shadow = torch.nn.Parameter(p0.float())
+    options = RICH[rule]
+    opt = getattr(fo_torch, rule)([p], **options, master_weights=True)
+    ref = getattr(fo_torch, rule)([shadow], **options)
+    tiny = torch.finfo(dtype).tiny
+    special = torch.tensor([5.0, -0.0, 0.0, float("inf"), -float("inf"), float("nan"),
+                            torch.finfo(dtype).max, -torch.finfo(dtype).max, tiny, tiny / 4])
+    for k, g in enumerate(grads):
+        if k > 0:
+            before = p.detach().clone()
+            with torch.no_grad():
+                written = slice(k, None, 7)  # another set each time, at every lane position
+                values = (torch.arange(p[written].numel()) % 9 - 4) * 0.37 + k
+                values[:special.numel()] = special
+                p.data[written] = values.to(dtype)
+            _take_writes([before], [p], [shadow])
+        p.grad, shadow.grad = g.clone(), g.float()
+        opt.step()
+        ref.step()
+        master = opt.state[p]["master_param"]
+        torch.testing.assert_close(master, shadow.detach(), rtol=0, atol=0, equal_nan=True)
+        torch.testing.assert_close(p.detach(), shadow.detach().to(dtype), rtol=0, atol=0,
+                                   equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", HALVES, ids=str)
+def test_zero_grad_step_keeps_a_written_value(dtype: torch.dtype, simd_level: str) -> None:
+    """The issue's case: a zero-grad step after a write. AdamW with fresh moments (the first
+    step's grad is zero too) only decays: 5.0 * (1 - 0.5 * 0.5) = 3.75 exactly; SGD keeps 5.0
+    (and -0.0, inf). The untouched element steps from its master, which the param cannot hold."""
+    odd = 1 + 2.0 ** -_FORMAT[dtype][0]  # one ulp above 1: times 0.75 it needs one more bit
+    p = torch.nn.Parameter(torch.tensor([odd, 1.5, -2.0], dtype=dtype))
+    q = torch.nn.Parameter(p.detach().clone())
+    adamw = fo_torch.AdamW([p], lr=0.5, weight_decay=0.5, master_weights=True)
+    sgd = fo_torch.SGD([q], lr=0.5, master_weights=True)
+    for x in (p, q):
+        x.grad = torch.zeros_like(x)
+    adamw.step()
+    sgd.step()
+    assert adamw.state[p]["master_param"][0].item() == odd * 0.75 != p[0].item()
+    with torch.no_grad():
+        p[1] = 5.0
+        q.data.copy_(torch.tensor([5.0, -0.0, float("inf")]))
+    adamw.step()
+    sgd.step()
+    assert adamw.state[p]["master_param"].tolist() == [odd * 0.75**2, 3.75, -1.125]
+    assert p.detach().tolist() == torch.tensor([odd * 0.75**2, 3.75, -1.125]).to(dtype).tolist()
+    assert q.detach().tolist() == [5.0, 0.0, float("inf")]
+    assert torch.equal(torch.signbit(q.detach()), torch.tensor([False, True, False]))
+
+
+def test_a_consistent_checkpoint_keeps_the_master_precision() -> None:
+    """Model and optimizer restored together: each param is its saved master rounded, so the
+    saved master (not the param) continues, exactly as the uninterrupted run."""
+    dtype = torch.bfloat16
+    model = _model(dtype)
+    params = list(model.parameters())
+    opt = fo_torch.AdamW(params, lr=0.01, master_weights=True)
+    _train(opt, params, range(2))
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_opt = _roundtrip(opt.state_dict())
+    _train(opt, params, range(2, 4))
+    want = [p.detach().clone() for p in params]
+    want_master = [opt.state[p]["master_param"].clone() for p in params]
+    model.load_state_dict(saved_model)
+    opt.load_state_dict(saved_opt)
+    _train(opt, params, range(2, 4))
+    for p, w, m in zip(params, want, want_master):
+        assert torch.equal(p.detach(), w)
+        assert torch.equal(opt.state[p]["master_param"], m)
+
+
+def test_a_stale_master_in_a_checkpoint_yields_to_the_saved_param() -> None:
+    """state_dict() after a write and before the next step holds the old master; loaded with
+    the written params, the next step still starts from the written values."""
+    dtype = torch.bfloat16
+    model = _model(dtype)
+    params = list(model.parameters())
+    opt = fo_torch.AdamW(params, lr=0.01, master_weights=True)
+    _train(opt, params, range(2))
+    with torch.no_grad():
+        for p in params:
+            p.mul_(-2.0)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), _roundtrip(opt.state_dict())
+    other_model = _model(dtype)
+    other_model.load_state_dict(saved_model)
+    others = list(other_model.parameters())
+    other = fo_torch.AdamW(others, lr=0.01, master_weights=True)
+    other.load_state_dict(saved_opt)
+    written = [p.detach().float() for p in params]
+    _train(opt, params, range(2, 3))
+    _train(other, others, range(2, 3))
+    for p, q, w in zip(params, others, written):
+        assert torch.equal(p.detach(), q.detach())
+        assert torch.equal(opt.state[p]["master_param"], other.state[q]["master_param"])
+        # one AdamW step of lr 0.01 from the written value, not from the stale master
+        torch.testing.assert_close(other.state[q]["master_param"], w, rtol=0, atol=0.02)
+
+
 # ---- state dtypes ------------------------------------------------------------------------------
 
 @needs_torch_fma

@@ -4,7 +4,9 @@ cleared, checkpoints reloaded, lr changed, clip_grad_norm_ (once or twice), zero
 group added — played on fastoptim.torch and on torch.optim (foreach=False) side by side: after
 every step both have the same params and state, or both raised (hypothesis). A state
 tensor's storage freed by hand crashes torch itself: fastoptim alone is played then, and must
-raise. Both of fastoptim's plan checks are played (C++ and Python)."""
+raise. Both of fastoptim's plan checks are played (C++ and Python). With master_weights=True,
+writes to the 16-bit params (copy_, clamp_, a restored model, an EMA swap, a new p.data)
+against torch.optim on float32 params that take every change, widened."""
 
 from __future__ import annotations
 
@@ -174,3 +176,88 @@ def test_random_changes_between_steps_follow_torch(rule: str, ops: list[str], pl
                 # torch leaves to the next step (where it raises): the one allowed difference
                 assert want == got or (op == "reload" and got is ValueError), (ops, want, got)
                 return
+
+
+# ---- master weights: writes to the 16-bit params between steps --------------------------------
+MASTER_OPS = ("step", "new_grads", "none_grad", "copy", "clamp", "restore", "ema_swap",
+              "new_data", "reload", "lr")
+
+
+def _half_params() -> list[torch.nn.Parameter]:
+    g = torch.Generator().manual_seed(13)
+    return [torch.nn.Parameter(torch.randn(4, 5, generator=g).to(torch.bfloat16)),
+            torch.nn.Parameter(torch.randn(17, generator=g).to(torch.float16)),
+            torch.nn.Parameter(torch.randn(2, 9, generator=g).to(torch.bfloat16))]
+
+
+def _write_half(op: str, k: int, ps, saved, ema) -> None:
+    """One write to the 16-bit params (k makes each write's values distinct)."""
+    with torch.no_grad():
+        if op == "copy":
+            ps[0].copy_(_grad_like(ps[0], k, 5) * 2)
+        elif op == "clamp":
+            ps[1].clamp_(-0.3 - 0.01 * k, 0.4)
+        elif op == "restore":  # model.load_state_dict of the initial weights
+            ps[2].copy_(saved[2])
+        elif op == "ema_swap":
+            kept = ps[0].detach().clone()
+            ps[0].copy_(ema)
+            ema.copy_(kept)
+        elif op == "new_data":
+            ps[2].data = torch.full_like(ps[2], 0.1 * k - 0.5)
+
+
+@pytest.mark.parametrize("rule", RULES)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(st.sampled_from(MASTER_OPS), min_size=1, max_size=14))
+def test_writes_to_params_with_master_weights_follow_torch(rule: str, ops: list[str]) -> None:
+    """The model: at a step, every element of a 16-bit param whose bits differ from what the
+    last step left there (any number of writes in between) starts from its value widened to
+    float32 (torch.optim's float32 params take exactly that), the others from their master. A
+    param the step skips (no grad) keeps its master and its written value. After every step the
+    master is torch's float32 param, the 16-bit param the master rounded to nearest-even, the
+    state torch's."""
+    fo_ps = _half_params()
+    ref_ps = [torch.nn.Parameter(p.detach().float()) for p in fo_ps]
+    saved = [p.detach().clone() for p in fo_ps]
+    stepped = [p.detach().clone() for p in fo_ps]  # each param as the last step left it
+    ema = (fo_ps[0].detach().float() * 0.5 + 0.02).to(fo_ps[0].dtype)
+    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule], master_weights=True)
+    for k, op in enumerate(["new_grads", *ops, "step"]):
+        if op == "step":
+            with torch.no_grad():
+                for i, (a, b) in enumerate(zip(fo_ps, ref_ps)):
+                    if a.grad is not None:
+                        changed = stepped[i].view(torch.int16) != a.detach().view(torch.int16)
+                        b.copy_(torch.where(changed, a.detach().float(), b))
+            ref.step()
+            fo.step()
+            for i, (a, b) in enumerate(zip(fo_ps, ref_ps)):
+                state = fo.state.get(a, {})
+                if "master_param" not in state:  # never stepped: no master yet
+                    continue
+                master = state["master_param"]
+                torch.testing.assert_close(master, b.detach(), rtol=1e-5, atol=1e-6,
+                                           msg=lambda m: f"{ops}: {m}")
+                if a.grad is not None:
+                    assert torch.equal(a.detach(), master.to(a.dtype)), ops
+                    stepped[i] = a.detach().clone()
+                assert state.keys() - {"master_param"} == ref.state[b].keys()
+                for key, value in ref.state[b].items():
+                    torch.testing.assert_close(
+                        state[key].float(), value.float(), rtol=1e-5, atol=1e-6,
+                        msg=lambda m, key=key: f"{ops} {key}: {m}")
+        elif op == "new_grads":
+            for i, (a, b) in enumerate(zip(fo_ps, ref_ps)):
+                a.grad = _grad_like(a, k, i).to(a.dtype)
+                b.grad = a.grad.float()
+        elif op == "none_grad":
+            fo_ps[1].grad = ref_ps[1].grad = None
+        elif op == "reload":
+            fo.load_state_dict(fo.state_dict())
+            ref.load_state_dict(ref.state_dict())
+        elif op == "lr":
+            fo.param_groups[0]["lr"] = ref.param_groups[0]["lr"] = 0.001 * (k + 1)
+        else:
+            _write_half(op, k, fo_ps, saved, ema)

@@ -530,12 +530,130 @@ TEST(MixedOptimizer, StateViewsShowSixteenBitStateAndTheMasterCopy) {
   EXPECT_EQ(v.buffer<bfloat16>(1).size(), 3u);
   EXPECT_EQ(opt.state(1).master, nullptr);  // float32: its own master
   EXPECT_EQ(opt.state(1).buffer<bfloat16>(0).size(), 0u);
-  // the master is where the next update starts: written through the view, it moves the param
-  v.master_copy()[0] = 100.0f;
+  // the master is where the next update starts: written through the view beside the param as
+  // its rounding (100.25 rounds to 100), it moves the param and keeps its precision
+  v.master_copy()[0] = 100.25f;
+  b[0] = to_bfloat16(100.25f);
   const auto g = narrowed<bfloat16>({0.0f, 0.0f, 0.0f});
   opt.step({g, Grad{}});
   EXPECT_EQ(to_float(b[0]), 100.0f);
+  EXPECT_EQ(v.master_copy()[0], 100.25f);
   EXPECT_EQ(b[1].bits, to_bfloat16(-2.25f).bits);
+  // a master written alone, the param left as it was: the param is not the master's rounding,
+  // which reads as a write to the param, and the param wins
+  v.master_copy()[1] = 7.0f;
+  opt.step({g, Grad{}});
+  EXPECT_EQ(v.master_copy()[1], -2.25f);
+  EXPECT_EQ(b[1].bits, to_bfloat16(-2.25f).bits);
+}
+
+// ---- writes to a param beside its master copy ------------------------------------------------
+struct LevelGuard {
+  std::string before = simd_level();
+  ~LevelGuard() { set_simd_level(before); }
+};
+
+// The case: a zero-grad step after a write. AdamW's moments are fresh (the first grad
+// is zero too), so a step only decays: 5.0 * (1 - 0.5 * 0.5) = 3.75 exactly (the stale master
+// gave 1.5 * 0.75^2). The untouched elements continue from masters no 16-bit value holds.
+template <class T>
+void check_zero_grad_step_after_a_write() {
+  LevelGuard guard;
+  for (const std::string& level : available_simd_levels()) {
+    SCOPED_TRACE(level);
+    set_simd_level(level);
+    // one ulp above 1: times 0.75 it needs one bit more than T has
+    const float odd = std::is_same_v<T, bfloat16> ? 1.0078125f : 1.0009765625f;
+    std::vector<T> p = narrowed<T>({odd, 1.5f, -2.0f});
+    AdamWOptions o;
+    o.lr = 0.5, o.weight_decay = 0.5;
+    AdamW opt(o, {.master_weights = true});
+    opt.add_param(p);
+    const std::vector<T> zero = narrowed<T>({0.0f, 0.0f, 0.0f});
+    opt.step({zero});
+    ASSERT_EQ(opt.state(0).master_copy()[0], odd * 0.75f);
+    ASSERT_NE(widen<float>(p[0]), odd * 0.75f);
+    p[1] = narrow<T>(5.0f);
+    opt.step({zero});
+    const std::vector<float> want = {odd * 0.5625f, 3.75f, -1.125f};
+    const std::span<float> master = opt.state(0).master_copy();
+    EXPECT_EQ(std::vector<float>(master.begin(), master.end()), want);
+    EXPECT_TRUE(same_bits(p, narrowed<T>(want)));
+    EXPECT_EQ(widen<float>(p[1]), 3.75f);
+  }
+}
+TEST(MixedOptimizer, ZeroGradStepAfterAWriteStartsFromTheWrittenBfloat) {
+  check_zero_grad_step_after_a_write<bfloat16>();
+}
+TEST(MixedOptimizer, ZeroGradStepAfterAWriteStartsFromTheWrittenHalf) {
+  check_zero_grad_step_after_a_write<float16>();
+}
+
+// Through the public optimizer, every master layout (16-bit params; float32 or bfloat16 state)
+// at every level with 1 and 2 threads: params written between steps (specials, the 16-bit
+// limits, subnormals, ordinary values) continue exactly as float32 params with the written
+// values widened, the untouched ones as float32 params that were never rounded.
+template <class T>
+void check_writes_follow_float32(std::optional<DType> state_dtype) {
+  constexpr std::size_t n = 4099;
+  const auto start = random_vector<float>(n, 41, -2.0, 2.0);
+  const float tiny = std::is_same_v<T, bfloat16> ? 0x1p-126f : 0x1p-14f;
+  const float biggest = static_cast<float>(max_finite<T>());
+  const std::vector<float> specials = {std::numeric_limits<float>::quiet_NaN(), INFINITY, -INFINITY,
+                                       -0.0f, 0.0f, biggest, -biggest, tiny, tiny / 8, -tiny / 512,
+                                       5.0f, 0.2f};
+  LevelGuard guard;
+  for (const std::string& level : available_simd_levels()) {
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(level + ", " + std::to_string(threads) + " threads");
+      set_simd_level(level);
+      std::vector<T> p = narrowed<T>(start);
+      std::vector<float> ref(n);
+      for (std::size_t i = 0; i < n; ++i) ref[i] = widen<float>(p[i]);
+      AdamWOptions o;
+      o.lr = 0.01, o.weight_decay = 0.1, o.amsgrad = true;
+      AdamW opt(o, {.master_weights = true, .state_dtype = state_dtype});
+      AdamW plain(o, {.state_dtype = state_dtype});
+      opt.add_param(p);
+      plain.add_param(ref);
+      opt.set_num_threads(threads);
+      for (int step = 0; step < 4; ++step) {
+        if (step > 0) {
+          for (std::size_t i = static_cast<std::size_t>(step); i < n; i += 5) {
+            const T x = narrow<T>(specials[(i / 5) % specials.size()] * (i % 2 ? 1.0f : 0.5f));
+            if (bits_of(x) == bits_of(p[i])) continue;  // the value it holds: no change
+            p[i] = x;
+            ref[i] = widen<float>(x);
+          }
+        }
+        std::vector<float> g = random_vector<float>(n, 50 + step, -1.0, 1.0);
+        if (step == 1) std::fill(g.begin(), g.end(), 0.0f);
+        const std::vector<T> g16 = narrowed<T>(g);
+        std::vector<float> g32(n);
+        for (std::size_t i = 0; i < n; ++i) g32[i] = widen<float>(g16[i]);
+        opt.step({g16});
+        plain.step({g32});
+        const std::span<float> master = opt.state(0).master_copy();
+        for (std::size_t i = 0; i < n; ++i) {
+          // NaN payloads may differ (x86 and Arm pick different ones); every NaN is one NaN
+          const bool same = bits_of(master[i]) == bits_of(ref[i]) ||
+                            (std::isnan(master[i]) && std::isnan(ref[i]));
+          ASSERT_TRUE(same) << "step " << step << " element " << i << ": master " << master[i]
+                            << ", float32 " << ref[i];
+          ASSERT_EQ(bits_of(p[i]), bits_of(narrow<T>(ref[i])))
+              << "step " << step << " element " << i;
+        }
+      }
+    }
+  }
+}
+TEST(MixedOptimizer, WritesToBfloatParamsFollowFloat32Params) {
+  check_writes_follow_float32<bfloat16>(std::nullopt);
+  check_writes_follow_float32<bfloat16>(DType::bfloat16);
+}
+TEST(MixedOptimizer, WritesToHalfParamsFollowFloat32Params) {
+  check_writes_follow_float32<float16>(std::nullopt);
+  check_writes_follow_float32<float16>(DType::bfloat16);
 }
 
 // ---- checkpoints -------------------------------------------------------------------------------------

@@ -262,6 +262,8 @@ class Optimizer:
                 grad_arrays.append(g)
                 states.append([None if s is None else state[s] for s in slots])
                 scalars.append(state[scalar_names[0]] if scalar_names else None)
+                # the master as last stepped: where the param was written since, the kernel
+                # reads the param instead (fastoptim._precision)
                 masters.append(state["master_param"] if master else None)
                 rounding_steps.append(state["rounding_step"] if own_counter else None)
                 ids.append(i)
@@ -539,7 +541,11 @@ def _rule_class(info: dict[str, Any]) -> type:
         "__module__": "fastoptim",
         "__qualname__": name,
         "__doc__": f"torch.optim.{name} over NumPy arrays: ``opt.step(grads)`` updates every "
-                   "param in place in one fused call (the constructor is torch's).",
+                   "param in place in one fused call (the constructor is torch's). The "
+                   "keyword-only master_weights, state_dtype, stochastic_rounding and seed are "
+                   "fastoptim._precision's; with master_weights a write to a param between "
+                   "steps is kept (an element whose bits differ from its master rounded to "
+                   "nearest-even steps from the param's value).",
         "rule": info["name"],
         "_info": info,
     })

@@ -3,7 +3,11 @@ streams live and how 16-bit stores round. They are param-group keys (saved in st
 
 - ``master_weights`` (False): bfloat16/float16 params get a float32 master copy (state key
   ``master_param``) and float32 state; the param holds the master rounded to nearest-even,
-  written in the same pass. float32/float64 params are their own master.
+  written in the same pass. float32/float64 params are their own master. A write to the param
+  between steps (a copy, a loaded model, a clip or clamp, an EMA swap) is kept: where an
+  element's bits differ from its master rounded to nearest-even, the next step starts from the
+  param's value widened exactly (rewriting the value it holds changes nothing). Until then a
+  saved ``master_param`` is the old one; loaded beside the same param values, it yields again.
 - ``state_dtype`` (None: the param's dtype, float32 beside a master copy): ``"float32"`` or
   ``"bfloat16"`` (or the torch / ml_dtypes / NumPy dtype). bfloat16 state is for float32 params
   and master copies; float32 state for 16-bit params keeps their moments exact without a master.

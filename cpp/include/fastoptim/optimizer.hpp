@@ -99,7 +99,11 @@ class Grad {
 //   master_weights: bfloat16/float16 params get a float32 master copy, owned by the optimizer
 //     and created on the param's first update (or allocate_state()) from the param's values,
 //     exactly. The update reads and writes the master; the param receives the master rounded
-//     to nearest-even in the same pass. float32/float64 params are their own master.
+//     to nearest-even in the same pass. float32/float64 params are their own master. A write
+//     to the param between steps is kept: an element whose bits differ from its master
+//     rounded to nearest-even starts the next update from the param's value, widened exactly
+//     (the master as saved by save() is the old one until then; loaded beside the same param
+//     values, the update sees the write again).
 //   state_dtype: the storage type of the state slots. std::nullopt (the default): the param's
 //     type, float32 beside a master copy. float32 or bfloat16: every param's state in that
 //     type, where a kernel exists (fastoptim::supports): float32 params with bfloat16 state,
@@ -123,7 +127,9 @@ struct Precision {
 // Adam: exp_avg, exp_avg_sq, max_exp_avg_sq); nullptr where a slot is not allocated. Each slot
 // holds `size` elements of `state_dtype`. Writing through them is allowed. `master` is the
 // param's float32 master copy (Precision::master_weights), nullptr if the param has none or it
-// is not created yet; writing it sets the value the next update starts from. The pointers stay
+// is not created yet; writing it sets the value the next update starts from where the param is
+// that value rounded to nearest-even (write both: elsewhere the param counts as written and
+// wins, see Precision). The pointers stay
 // valid until load() or the optimizer's destruction; `step` is a copy, and a view does not show
 // buffers allocated after it was taken. `scalars` are copies of the rule's per-param scalar
 // state (NAdam: mu_product, kept in float32 as torch keeps it); set_scalar_state() changes them.

@@ -34,7 +34,8 @@ constexpr DType dtype_of() {
 // A value between the largest finite 16-bit value and the next power of two rounds up to inf
 // with the probability of its distance (float16: x in (65504, 65536)), where nearest-even keeps
 // 65504 below 65520. A float32 master copy is always written exactly, and the param beside it
-// rounded to nearest.
+// rounded to nearest (never stochastically: the next call tells a param the caller wrote by
+// its bits differing from that rounding, ParamBuffers::master).
 struct Rounding {
   bool stochastic = false;
   std::uint64_t seed = 0;
@@ -84,8 +85,12 @@ bool supports(const StreamTypes& types);
 // `scalar_state` points to the rule's per-param scalars (NAdam: mu_product), one value of
 // `scalar_dtype` per scalar slot: read, and written with the new values after the update (torch
 // keeps them as 0-d float32 tensors, float64 under a float64 default dtype).
-// `master` is the param's float32 master copy when the call's StreamTypes has one (then
-// `param` is only written). `id` and `rounding_step` name the param and the step in stochastic
+// `master` is the param's float32 master copy when the call's StreamTypes has one. The update
+// starts from the master, except where the caller wrote the param since the last update: an
+// element whose param bits differ from its master rounded to nearest-even (how the update
+// stores it) was written, and starts from the param widened exactly (rewriting the value it
+// holds changes nothing). The master is written exactly, the param as its rounding. `id` and
+// `rounding_step` name the param and the step in stochastic
 // rounding's generator: id is the param's index (torch's state_dict numbering), rounding_step
 // 0 means `step` (SGD, which keeps no step count, passes one of its own).
 struct ParamBuffers {

@@ -78,7 +78,8 @@ FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
 
 // What a rule's update sees at element i: each stream loaded and stored in its layout's
 // storage type, the grad unscaled and clipped as it is read. With a master copy, the param
-// the rule reads and writes is the master; the param stream receives it rounded to nearest.
+// the rule reads and writes is the master (or the param, where the user wrote it since the last
+// step: param()); the param stream receives it rounded to nearest.
 template <class V, class L>
 struct Io {
   using C = typename V::Lane;
@@ -93,9 +94,24 @@ struct Io {
     if (f.clip) g = g * V::set1(f.clip_coef);
     return g;
   }
+  // With a master, the param may have been written since the last step (a copy_, a loaded
+  // model, a clamp, an EMA swap). An untouched param is exactly the master rounded to nearest
+  // even, as store_param left it; where its bits differ from that rounding, the write wins and
+  // the param, widened exactly, is the master value this step starts from. Comparing bits,
+  // not values, treats NaN, -0/+0 and inf like any other value.
   FASTOPTIM_INLINE V param() const {
-    if constexpr (kMaster) return load_as<V>(static_cast<const typename L::master*>(p.master) + i);
-    else return load_as<V>(static_cast<const typename L::param*>(p.param) + i);
+    using P = typename L::param;
+    const V current = load_as<V>(static_cast<const P*>(p.param) + i);
+    if constexpr (kMaster) {
+      const V master = load_as<V>(static_cast<const typename L::master*>(p.master) + i);
+      P stored[V::kLanes];  // through the store's own rounding: every level decides alike
+      V::store(stored, master);
+      const V untouched_value = V::load(static_cast<const P*>(stored));
+      const typename V::Bits kept = equal_mask(as_bits(untouched_value), as_bits(current));
+      return from_bits((kept & as_bits(master)) | andnot(kept, as_bits(current)));
+    } else {
+      return current;
+    }
   }
   FASTOPTIM_INLINE void store_param(V x) const {
     if constexpr (kMaster) store_as(static_cast<typename L::master*>(p.master) + i, x);

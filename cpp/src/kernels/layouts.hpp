@@ -11,7 +11,8 @@
 namespace fastoptim::kernels {
 
 // Master: the storage type of a master copy of the param (void: none). With a master the
-// kernel reads and writes the master, and writes the param as the master rounded to nearest.
+// kernel reads and writes the master, and writes the param as the master rounded to nearest;
+// it reads the param too, whose bits differ from that rounding where the user wrote it.
 template <class Param, class Grad, class State, class Compute, class Master = void>
 struct Layout {
   using param = Param;

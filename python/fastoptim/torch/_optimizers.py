@@ -587,7 +587,9 @@ class _FusedStep:
                 row[2 + k] = plan.watch(_memory(buf), f"{where}: state '{slot}'")
             if master:
                 # float32 master copy: starts as the param itself (exact), is what the rule
-                # reads and writes; the param receives it rounded to nearest-even
+                # reads and writes; the param receives it rounded to nearest-even. No sync from
+                # the param here: the kernel takes a param written since the last step as its
+                # new master (per element), so a stale master_param is never read
                 buf, _ = self._state_buffer(state, added, "master_param", p, layout,
                                             torch.float32, pm, where)
                 row[10] = plan.watch(_memory(buf), f"{where}: state 'master_param'")
@@ -1279,7 +1281,10 @@ _OPTION_DOCS = """
     state_dict; fastoptim._precision):
         master_weights (bool, optional): a float32 master copy of each bfloat16/float16
             param (state 'master_param'), stepped with float32 state; the param holds it
-            rounded to nearest-even (default: False)
+            rounded to nearest-even. A write to the param between steps (copy_, clamp_,
+            load_state_dict of the model) is kept: an element whose bits differ from its
+            master rounded to nearest-even steps from the param's value, widened exactly
+            (default: False)
         state_dtype (torch.dtype or str, optional): torch.float32 or torch.bfloat16 moments
             (default: None, the param's dtype; float32 beside a master copy)
         stochastic_rounding (bool, optional): bfloat16/float16 stores round stochastically,
