@@ -131,12 +131,16 @@ bool unchanged(Handle h, const Record& r) {
     return false;
   if (dim == 0) return true;
   if (g_shim.sizes(h, &sizes) || g_shim.strides(h, &strides)) return false;
-  const std::size_t bytes = static_cast<std::size_t>(dim) * sizeof(std::int64_t);
-  return std::memcmp(sizes, r.shape.data(), bytes) == 0 &&
-         std::memcmp(strides, r.shape.data() + dim, bytes) == 0;
+  bool same = true;  // (a plain loop: a few dims, where memcmp's call costs more)
+  for (std::int64_t d = 0; d < dim; ++d)
+    same &= sizes[d] == r.shape[static_cast<std::size_t>(d)] &&
+            strides[d] == r.shape[static_cast<std::size_t>(dim + d)];
+  return same;
 }
 
-// Whether the storage behind `h` holds every element its sizes and strides address.
+// Whether the storage behind `h` holds every element its sizes and strides address. Asked
+// once per tensor: a storage cannot shrink without moving (torch reallocates it, or frees it
+// to address 0), so a tensor found unchanged later still has that memory.
 bool has_memory(Handle h, const Record& r) {
   const std::size_t dim = r.shape.size() / 2;
   std::int64_t extent = 1, offset = 0, storage = 0;
@@ -219,7 +223,7 @@ class PlanGuard {
     }
     if (!changed_.empty() && !take_grads()) return false;
     for (const Record& r : grad_records_)
-      if (!unchanged(r.handle, r) || !has_memory(r.handle, r)) return false;
+      if (!unchanged(r.handle, r)) return false;
     return true;
   }
 
@@ -250,7 +254,7 @@ class PlanGuard {
       taken[k].handle = handles[k];
       const Record& old = grad_records_[live_index_[changed_[k]]];
       ok = ok && read(handles[k], taken[k]) && taken[k].dtype == old.dtype &&
-           taken[k].shape == old.shape;
+           taken[k].shape == old.shape && has_memory(handles[k], taken[k]);
     }
     if (!ok) {
       for (const Record& r : taken) g_shim.release(r.handle);

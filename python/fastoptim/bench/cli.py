@@ -62,7 +62,7 @@ def build_parser(default_dir: Path | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--workloads",
         default=None,
-        help="comma list: gpt2, mlp, or a size (one tensor: 10m, 100m, 4097, ...); default "
+        help="comma list: gpt2, mlp, fixed (400 one-element tensors: the fixed cost per step), or a size (one tensor: 10m, 100m, 4097, ...); default "
         f"{RULES_WORKLOADS} for the rules, {mixed.DEFAULT_WORKLOADS} for the mixed section",
     )
     p.add_argument("--threads", default="1,2", help="comma list of thread counts")

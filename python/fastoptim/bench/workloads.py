@@ -101,6 +101,12 @@ def tiny_mlp_shapes() -> list[tuple[int, ...]]:
     return [(64,)] * 300 + [(64, 64)] * 100
 
 
+def fixed_cost_shapes() -> list[tuple[int, ...]]:
+    """400 one-element tensors: a step's time here is its fixed cost per tensor count (the
+    plan check, the per-tensor dispatch, torch's optimizer hooks), with no data to speak of."""
+    return [(1,)] * 400
+
+
 @dataclass(frozen=True)
 class Workload:
     key: str
@@ -136,13 +142,16 @@ def parse_count(text: str) -> int:
 
 
 def make_workload(key: str, scale: float = 1.0) -> Workload:
-    """'gpt2', 'mlp', or a size ('10m', '100m', '4097'): one tensor of that many elements.
+    """'gpt2', 'mlp', 'fixed' (400 one-element tensors), or a size ('10m', '100m', '4097'): one
+    tensor of that many elements.
     ``scale`` shrinks every tensor's first dimension (tensor count unchanged)."""
     k = key.strip().lower()
     if k in ("gpt2", "gpt2-small", "gpt-2"):
         shapes, label = gpt2_small_shapes(), "GPT-2 small"
     elif k in ("mlp", "tiny-mlp"):
         shapes, label = tiny_mlp_shapes(), "tiny MLP"
+    elif k in ("fixed", "fixed-cost"):
+        shapes, label = fixed_cost_shapes(), "fixed cost"
     else:
         shapes, label = [(parse_count(k),)], ""
     if scale != 1.0:
