@@ -10,6 +10,9 @@ against torch.optim on float32 params that take every change, widened."""
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -21,7 +24,21 @@ from hypothesis import strategies as st  # noqa: E402
 
 OPS = ("step", "new_grads", "inplace_grads", "none_grad", "swap_data", "transpose", "shrink",
        "replace_state", "clear_param_state", "reload", "lr", "resize_state", "free_state",
-       "clip", "zero_grad", "zero_grad_keep", "add_group")
+       "clip", "zero_grad", "zero_grad_keep", "add_group", "sparse_outside", "bad_checkpoint")
+
+# Malformed checkpoints: each a change to a good state_dict; loading one must raise and change
+# nothing (fastoptim alone: torch's own loader is not all-or-nothing).
+BAD_CHECKPOINTS = (
+    lambda sd: sd["state"].__setitem__(0, None),
+    lambda sd: sd.__setitem__("state", []),
+    lambda sd: sd["state"].get(0, {}).pop("step", None) if sd["state"].get(0) else sd.clear(),
+    lambda sd: sd["state"].get(0, {}).__setitem__("step", "3") if sd["state"].get(0) else sd.clear(),
+    lambda sd: sd["param_groups"][0]["params"].pop(),
+    lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
+    lambda sd: sd.pop("param_groups"),
+    lambda sd: [v.__setitem__(k, v[k][:2]) for v in sd["state"].values() for k in list(v)
+                if hasattr(v[k], "shape") and v[k].dim() > 0] or sd.clear(),
+)
 
 
 def _params() -> list[torch.nn.Parameter]:
@@ -151,6 +168,37 @@ def test_random_changes_between_steps_follow_torch(rule: str, ops: list[str], pl
                 for key, value in ref.state.get(b, {}).items():
                     torch.testing.assert_close(fo.state[a][key].double(), value.double(),
                                                rtol=1e-12, atol=1e-15, equal_nan=True)
+        elif op == "sparse_outside":  # fastoptim alone: torch's SGD would write outside
+            before = [p.detach().clone() for p in fo_ps]
+            states = {id(p): {key: v.clone() for key, v in fo.state.get(p, {}).items()}
+                      for p in fo_ps}
+            kept = fo_ps[1].grad
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                n = fo_ps[1].shape[0]
+                fo_ps[1].grad = torch.sparse_coo_tensor(
+                    torch.tensor([[0, n + k]]), torch.ones(2, dtype=torch.float64), (n,),
+                    check_invariants=False)
+            with pytest.raises((IndexError, RuntimeError)):
+                fo.step()
+            assert all(torch.equal(a, b.detach()) for a, b in zip(before, fo_ps))
+            for p in fo_ps:
+                for key, v in states[id(p)].items():
+                    assert torch.equal(v, fo.state[p][key]), key
+            fo_ps[1].grad = kept
+        elif op == "bad_checkpoint":  # fastoptim alone: raises, changes nothing, goes on
+            sd = fo.state_dict()
+            BAD_CHECKPOINTS[k % len(BAD_CHECKPOINTS)](sd)
+            before = copy.deepcopy(fo.state_dict())
+            with pytest.raises((TypeError, ValueError, KeyError)):
+                fo.load_state_dict(sd)
+            after = fo.state_dict()
+            assert before["param_groups"] == after["param_groups"]
+            assert before["state"].keys() == after["state"].keys()
+            for key, entry in before["state"].items():
+                assert entry.keys() == after["state"][key].keys()
+                for name, v in entry.items():
+                    assert torch.equal(v, after["state"][key][name]), name
         elif op == "free_state":
             state = fo.state.get(fo_ps[0], {})
             tensors = sorted(key for key, v in state.items() if v.numel() > 1)

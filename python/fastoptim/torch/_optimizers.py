@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
 import threading
 from collections import defaultdict
 from operator import attrgetter, is_
@@ -946,15 +947,15 @@ class _FusedStep:
     # torch's clip would have, and the step reads every grad as it is.
     def _settle_pending(self, apply: bool) -> tuple[float, float]:
         """The (inv_scale, clip_coef) the next step reads every grad with: the pending
-        record's when every grad is one it measured, unchanged; else (1, 1), after
-        multiplying the measured grads that are still there in place (every one of them if
-        ``apply``). RuntimeError naming the param, nothing changed, for a grad modified in
+        record's when every grad is one it measured, unchanged (and not ``apply``); else
+        (1, 1), after multiplying the measured grads in place as torch's clip did.
+        RuntimeError naming the param, nothing changed, for an attached grad modified in
         place after the clip."""
         pending = self.__dict__.get("_fastoptim_pending")
         if pending is None:
             return 1.0, 1.0
         inv_scale, clip_coef, measured = pending
-        kept, other = [], False
+        other = False
         index = 0
         for group in self.param_groups:
             for p in group["params"]:
@@ -972,13 +973,14 @@ class _FusedStep:
                         "measured it (torch's clip would have scaled it before the change); "
                         "call clip_grad_norm_ after the grads are final, or zero_grad() "
                         "first")
-                kept.append(g)
         if not other and not apply:
             return inv_scale, clip_coef
-        if not kept:
-            self.__dict__.pop("_fastoptim_pending", None)  # every measured grad is gone
-            return 1.0, 1.0
-        for g in kept:
+        # torch's clip rewrote every grad it measured, attached or not: so do that now to each
+        # one still as measured that anyone can still see (a grad only this record holds,
+        # replaced by zero_grad() and backward, is garbage: left alone)
+        for p, g, version in measured.values():
+            if g._version != version or (p.grad is not g and sys.getrefcount(g) <= 3):
+                continue
             values = g._values() if g.is_sparse else g
             if inv_scale != 1.0:
                 values.mul_(inv_scale)
