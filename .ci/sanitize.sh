@@ -145,9 +145,11 @@ EOF
 # path (the binding's checks before it releases the GIL), the torch front, and exactness at
 # every size and level, with the big option grid at the scalar level and the widest one only
 # (sse2/avx2 repeat the same code paths), and the benchmark's roofline loop (a few seconds).
-# tests/test_reliability*.py is included when present.
+# tests/test_reliability*.py is included when present; test_new_surfaces.py: state tensors resized
+# or freed in place, sparse grads outside the param (the plan check in C++ under ASan).
 pytest_files=(tests/test_validation.py tests/test_torch_front.py tests/test_exactness.py
-              tests/test_clip.py tests/test_layouts.py tests/test_roofline.py)
+              tests/test_clip.py tests/test_layouts.py tests/test_roofline.py
+              tests/test_new_surfaces.py)
 for extra in "$repo"/tests/test_reliability*.py; do
   [[ -e "$extra" ]] && pytest_files+=("tests/$(basename "$extra")")
 done
