@@ -203,6 +203,13 @@ class PlanGuard {
   // Whether the plan still serves a step with these params and their grads; a new grad tensor
   // of the same dtype, sizes and strides is taken (its address written into the tables).
   bool serves(const py::handle& params) {
+    const bool ok = check(params);
+    now_.clear();  // the grads read: held by the params (and grads_), not by this check
+    return ok;
+  }
+
+ private:
+  bool check(const py::handle& params) {
     if (!PyList_Check(params.ptr())) return false;
     const std::size_t n = static_cast<std::size_t>(PyList_GET_SIZE(params.ptr()));
     if (n != static_cast<std::size_t>(PyList_GET_SIZE(params_.ptr()))) return false;
@@ -227,7 +234,6 @@ class PlanGuard {
     return true;
   }
 
- private:
   py::list live_grads() const {
     py::list out;
     for (py::handle g : grads_)
