@@ -63,6 +63,11 @@ BF16_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("bf16 + master weights", "bfloat16", {"master_weights": True}),
 )
 TORCH_BF16 = "torch fused bf16"
+NO_TORCH_LINE = (
+    "torch is not installed: no comparison with torch.optim and no bfloat16 table against torch "
+    "below. For them: pip install torch==2.13.0 (CPU build, ~190 MB: add --index-url "
+    "https://download.pytorch.org/whl/cpu), then python -m fastoptim again."
+)
 
 
 # ---- data and model ------------------------------------------------------------------------------
@@ -407,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A model this small runs fastest on one thread; more only add fork/join (and on a busy
         # machine, waits for a descheduled worker).
         torch.set_num_threads(1)
+    if torch is None and not args.no_torch:
+        # The first thing a user without torch reads: what the run lacks and the command for it.
+        print(NO_TORCH_LINE)
     task = make_task(args.steps, args.dtype)
     params = sum(a.size for a in task.init)
     print(
