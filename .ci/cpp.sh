@@ -5,6 +5,7 @@
 #   3. configure, build and run cpp/examples against that prefix (find_package); the loss
 #      must fall with every rule
 #   4. a tiny add_subdirectory() consumer of the repository
+#   5. README.md's C++ blocks, each compiled against the installed package and run
 # Installs its Debian build dependencies when they are missing.
 set -euo pipefail
 
@@ -56,5 +57,37 @@ cmake -S "$repo/cpp/examples/add_subdirectory" -B "$work/subdirectory" \
   -DFASTOPTIM_SOURCE_DIR="$repo" -DCMAKE_BUILD_TYPE=Release
 cmake --build "$work/subdirectory" --parallel "$jobs"
 "$work/subdirectory/consumer"
+
+# ---- 5. the README's C++ blocks -----------------------------------------------------------------
+# Each ```cpp block of README.md is a whole program (tests/test_readme.py checks that it is and
+# that it is marked as covered here): compiled against the installed package and run.
+stage "README C++ blocks"
+mkdir -p "$work/readme"
+awk -v dir="$work/readme" '
+  /^```cpp[[:space:]]*$/ { n++; file = sprintf("%s/readme_%d.cpp", dir, n); inside = 1; next }
+  /^```/ && inside      { inside = 0; close(file); next }
+  inside                { print > file }
+' "$repo/README.md"
+blocks=("$work"/readme/readme_*.cpp)
+[ -e "${blocks[0]}" ] || { echo "error: no C++ block found in README.md" >&2; exit 1; }
+{
+  echo 'cmake_minimum_required(VERSION 3.21)'
+  echo 'project(fastoptim_readme LANGUAGES CXX)'
+  echo 'find_package(fastoptim CONFIG REQUIRED)'
+  for src in "${blocks[@]}"; do
+    name="$(basename "$src" .cpp)"
+    echo "add_executable($name $name.cpp)"
+    echo "target_compile_features($name PRIVATE cxx_std_20)"
+    echo "target_link_libraries($name PRIVATE fastoptim::fastoptim)"
+  done
+} > "$work/readme/CMakeLists.txt"
+cmake -S "$work/readme" -B "$work/readme/build" -DCMAKE_PREFIX_PATH="$work/prefix" \
+  -DCMAKE_BUILD_TYPE=Release
+cmake --build "$work/readme/build" --parallel "$jobs"
+for src in "${blocks[@]}"; do
+  name="$(basename "$src" .cpp)"
+  "$work/readme/build/$name" || { echo "error: README.md's $name exited with $?" >&2; exit 1; }
+  echo "$name: ok"
+done
 
 stage "C++ checks passed"

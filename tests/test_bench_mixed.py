@@ -270,9 +270,10 @@ def test_mixed_section_alone(tmp_path: Path) -> None:
     for key in mixed.DEFAULT_LAYOUTS:
         rows = [r for r in mp["summary"] if r["check"] == f"{key}: % of roofline"]
         assert len(rows) == 4 and all(r["target"] == 90 and r["unit"] == "%" for r in rows)
+    assert doc["smoke_run"] is True
     for r in mp["summary"]:
         assert r["value"] > 0 and r["fastoptim_ms"] > 0 and r["versus_ms"] > 0
-        assert r["met"] is None if r["target"] is None else isinstance(r["met"], bool)
+        assert r["met"] is None  # a smoke run (--quick) judges no target
     for check in TARGETED:
         assert check in text
 

@@ -174,6 +174,49 @@ def test_bench_without_torch_runs_array_front_and_roofline(tmp_path: Path) -> No
     assert set(doc["results"][0]["contenders"]) == {"fastoptim.arrays", "roofline"}
 
 
+def test_quick_run_is_a_smoke_run_and_writes_no_file_by_default(tmp_path: Path) -> None:
+    """--quick prints what it is and no verdict (no 'busy' flag, no '*' median, no target, no
+    'NO'); without --json/--png no run writes a file (the current directory stays empty)."""
+    proc = _run(
+        ["bench", "--quick", "--rules", "adamw", "--workloads", "4097", "--threads", "1",
+         "--layouts", "bf16", "--no-progress"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert bench.report.SMOKE_NOTE in out
+    assert "busy" not in out and " NO" not in out and ">= " not in out and "*" not in out
+    assert "Mixed precision summary\n" in out and "targets from issue 8" not in out
+    assert "wrote" not in out
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_run_defaults_write_no_file(tmp_path: Path) -> None:
+    args = bench.build_parser().parse_args([])
+    assert args.json == "" and args.png == ""
+    # bench/run.py (the published runs) keeps its results folder as the default
+    args = bench.build_parser(default_dir=tmp_path).parse_args([])
+    assert args.json == str(tmp_path / "fastoptim-bench.json")
+    assert args.png == str(tmp_path / "fastoptim-bench.png")
+
+
+def test_verdicts_only_outside_smoke_runs() -> None:
+    """The formatting decides: the same measured rows print 'NO', a target and 'busy' in a full
+    run, and none of them in a smoke run."""
+    rows = [
+        {"check": "bf16-master: % of roofline", "workload": "gpt2", "workload_label": "GPT-2",
+         "threads": 1, "fastoptim": "fastoptim.torch", "value": 50.0, "unit": "%",
+         "target": 90, "met": False},
+    ]
+    full = bench.format_summary(rows)
+    assert ">= 90%" in full and "50.0% NO" in full
+    smoke = bench.format_summary(rows, smoke=True)
+    assert "50.0%" in smoke and "NO" not in smoke and ">=" not in smoke
+    entry = {"rounds_used": 3, "samples_ms": [1.0, 1.0, 1.0], "clean": False}
+    assert bench.report.rounds_text(entry, smoke=False) == "3/3 busy"
+    assert bench.report.rounds_text(entry, smoke=True) == "3/3"
+
+
 def test_bench_rejects_unknown_names(tmp_path: Path) -> None:
     for args in (
         ["--rules", "lion"],

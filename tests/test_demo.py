@@ -76,10 +76,13 @@ def test_demo_without_torch_uses_the_array_front(tmp_path: Path) -> None:
         prelude="import sys; sys.modules['torch'] = None; ",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "torch not installed" in proc.stdout
-    rows = _loss_rows(proc.stdout, "fastoptim arrays")
+    # the first line says what the comparison needs and the command to get it
+    first, rest = proc.stdout.split("\n", 1)
+    assert first == demo.NO_TORCH_LINE and "pip install torch==2.13.0" in first
+    assert "torch not installed" in rest
+    rows = _loss_rows(rest, "fastoptim arrays")
     assert len(rows) == 2 and all(r[-1] < r[0] for r in rows)
-    assert "torch.optim" not in proc.stdout and "fastoptim.torch" not in proc.stdout
+    assert "torch.optim" not in rest and "fastoptim.torch" not in rest
     assert proc.stderr == ""
     bf16 = _bf16_rows(proc.stdout)  # the bfloat16 comparison on the array front (ml_dtypes)
     if importlib.util.find_spec("ml_dtypes") is None:
@@ -176,3 +179,40 @@ def test_sparkline_and_checkpoints() -> None:
     assert demo.sparkline([1.0, 1.0]) == "▁▁"
     assert demo.checkpoints(300) == [1, 51, 101, 150, 200, 250, 300]
     assert demo.checkpoints(3) == [1, 2, 3]
+
+
+PROGRESS_LINE = re.compile(r"\]\s+([0-9.]+)%.*\s run (\d+)/(\d+): (.+)$")
+
+
+@pytest.mark.parametrize("ml_dtypes_missing", [False, True])
+def test_demo_progress_label_names_the_run_in_progress(
+    tmp_path: Path, ml_dtypes_missing: bool
+) -> None:
+    """On a pipe the bar prints a line per 10%: each line's label is the run the percentage
+    falls in (run k of n covers (k-1)/n .. k/n of the steps), never the next one; a bfloat16
+    comparison that cannot run (no torch, no ml_dtypes) is not counted, labelled or shown as
+    done."""
+    if not ml_dtypes_missing and importlib.util.find_spec("ml_dtypes") is None:
+        pytest.skip("needs ml_dtypes")
+    prelude = "import sys; sys.modules['torch'] = None; "
+    if ml_dtypes_missing:
+        prelude += "sys.modules['ml_dtypes'] = None; "
+    proc = _run(["--steps", "20", "--rules", "sgd,adam,adamax"], tmp_path, prelude)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = [m for m in map(PROGRESS_LINE.search, proc.stderr.splitlines()) if m]
+    total = 3 + (0 if ml_dtypes_missing else len(demo.BF16_RUNS))
+    assert len(lines) >= 10
+    seen = []
+    for m in lines:
+        pct, k, n, what = float(m.group(1)), int(m.group(2)), int(m.group(3)), m.group(4)
+        assert n == total
+        assert (k - 1) / n * 100 - 0.1 <= pct <= k / n * 100 + 0.1, m.group(0)
+        seen.append(what)
+    assert seen[0] == "SGD fastoptim arrays" and lines[-1].group(1) == "100.0"
+    if ml_dtypes_missing:
+        assert not any("bfloat16" in w or "bf16" in w for w in seen)
+        assert "bfloat16 comparison skipped: bfloat16 arrays need ml_dtypes" in proc.stdout
+        assert "trained 3 runs" in proc.stdout
+    else:
+        assert seen[-1] == "AdamW " + demo.BF16_RUNS[-1][0]
+        assert f"trained {total} runs" in proc.stdout

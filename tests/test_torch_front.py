@@ -224,12 +224,48 @@ def test_differentiable_runs_torchs_update(rule: str) -> None:
     torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-12, atol=0)
 
 
-def test_meta_device_gets_torchs_fused_error() -> None:
-    p = torch.nn.Parameter(torch.zeros(3, device="meta"))
-    p.grad = torch.zeros(3, device="meta")
-    opt = fo_torch.Adam([p])
-    with pytest.raises(RuntimeError, match="requires all the params to be floating point Tensors"):
+# The regex torch's own test_fused_error_on_params_on_meta_* (test/test_optim.py) matches with.
+TORCH_FUSED_DEVICE_REGEX = "`fused=True` requires all the params to be floating point Tensors"
+TORCH_FUSED_RULES = ("SGD", "Adagrad", "Adam", "AdamW")  # the rules torch has fused=True for
+
+
+def _device_error(cls: type, dtype: torch.dtype, device: str, **kw) -> str:
+    p = torch.nn.Parameter(torch.zeros(3, dtype=dtype, device=device))
+    p.grad = torch.zeros(3, dtype=dtype, device=device)
+    opt = cls([p], **kw)
+    with pytest.raises(RuntimeError, match=TORCH_FUSED_DEVICE_REGEX) as info:
         opt.step()
+    return str(info.value)
+
+
+def _split_device_error(message: str) -> tuple[str, str]:
+    """(the sentence up to the device list, what follows the list up to fastoptim's note)."""
+    head, rest = message.split(" supported devices: ", 1)
+    tail = rest.split("] ", 1)[1]
+    return head, tail.split(" (fastoptim.torch.", 1)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("rule", RULES)
+def test_meta_device_gets_torchs_fused_error(rule: str, dtype: torch.dtype) -> None:
+    """torch's sentence word for word, first in the message (torch's test matches it with a
+    regex); fastoptim's supported device list is ['cpu'] and its name follows in parentheses.
+    For the rules torch has fused=True for, the text is torch's own apart from the list."""
+    got = _device_error(getattr(fo_torch, rule), dtype, "meta")
+    assert got.startswith(TORCH_FUSED_DEVICE_REGEX + " of supported devices: ['cpu'] but "
+                          f"{dtype} and meta (fastoptim.torch.{rule} is fused; param 0 on meta")
+    if rule in TORCH_FUSED_RULES:
+        want = _device_error(getattr(torch.optim, rule), dtype, "meta", fused=True)
+        assert _split_device_error(got) == _split_device_error(want)
+        assert not want.split("] ", 1)[1].startswith("(")  # torch's ends where ours adds a note
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("rule", TORCH_FUSED_RULES)
+def test_cuda_device_gets_torchs_fused_error(rule: str) -> None:
+    got = _device_error(getattr(fo_torch, rule), torch.float32, "cuda")
+    assert got.startswith(TORCH_FUSED_DEVICE_REGEX + " of supported devices: ['cpu'] but "
+                          "torch.float32 and cuda (")
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

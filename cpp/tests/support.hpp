@@ -354,8 +354,10 @@ void ref_step(const RmspropOptions& o, RefParam<T>& p, const std::vector<T>& gra
   }
 }
 
-template <class T>
-void ref_step(const AdamOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+// Adam and AdamW (their options are two structs of the same fields).
+template <class T, class O>
+  requires std::is_same_v<O, AdamOptions> || std::is_same_v<O, AdamWOptions>
+void ref_step(const O& o, RefParam<T>& p, const std::vector<T>& grad) {
   const std::size_t n = p.value.size();
   ref_ensure(p.slots[0], n);
   ref_ensure(p.slots[1], n);

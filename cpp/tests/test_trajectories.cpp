@@ -70,15 +70,15 @@ AnyOptions options_from(const std::string& rule, const json::Value& kwargs) {
     flag("centered", o.centered), flag("maximize", o.maximize);
     result = o;
   } else if (rule == "adam" || rule == "adamw") {
-    AdamOptions base;
-    AdamWOptions w;
-    AdamOptions& o = rule == "adam" ? base : static_cast<AdamOptions&>(w);
-    number("lr", o.lr), number("eps", o.eps), number("weight_decay", o.weight_decay);
-    flag("amsgrad", o.amsgrad), flag("maximize", o.maximize);
-    if (rule == "adam") flag("decoupled_weight_decay", o.decoupled_weight_decay);
-    betas(o.beta1, o.beta2);
-    if (rule == "adam") result = base;
-    else result = w;
+    auto read = [&](auto o) {  // AdamOptions or AdamWOptions: the same fields
+      number("lr", o.lr), number("eps", o.eps), number("weight_decay", o.weight_decay);
+      flag("amsgrad", o.amsgrad), flag("maximize", o.maximize);
+      if (rule == "adam") flag("decoupled_weight_decay", o.decoupled_weight_decay);
+      betas(o.beta1, o.beta2);
+      result = o;
+    };
+    if (rule == "adam") read(AdamOptions{});
+    else read(AdamWOptions{});
   } else if (rule == "nadam") {
     NadamOptions o;
     number("lr", o.lr), number("eps", o.eps), number("weight_decay", o.weight_decay);

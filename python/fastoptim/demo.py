@@ -63,6 +63,11 @@ BF16_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("bf16 + master weights", "bfloat16", {"master_weights": True}),
 )
 TORCH_BF16 = "torch fused bf16"
+NO_TORCH_LINE = (
+    "torch is not installed: no comparison with torch.optim and no bfloat16 table against torch "
+    "below. For them: pip install torch==2.13.0 (CPU build, ~190 MB: add --index-url "
+    "https://download.pytorch.org/whl/cpu), then python -m fastoptim again."
+)
 
 
 # ---- data and model ------------------------------------------------------------------------------
@@ -257,6 +262,18 @@ def bf16_runs(task: Task, torch: Any, tick: Callable[[], None]) -> list[Run]:
     ]
 
 
+def bf16_unavailable(torch: Any) -> str:
+    """Why the bfloat16 comparison cannot run here ('' when it can): decided before the
+    progress bar is made, so that the bar counts only runs that happen."""
+    if torch is not None:
+        return ""
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return "bfloat16 arrays need ml_dtypes (pip install ml_dtypes)"
+    return ""
+
+
 def tail_mean(losses: Sequence[float]) -> float:
     """Mean loss over the last tenth of the steps (at least one): where a curve ends up."""
     n = max(1, len(losses) // 10)
@@ -395,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A model this small runs fastest on one thread; more only add fork/join (and on a busy
         # machine, waits for a descheduled worker).
         torch.set_num_threads(1)
+    if torch is None and not args.no_torch:
+        # The first thing a user without torch reads: what the run lacks and the command for it.
+        print(NO_TORCH_LINE)
     task = make_task(args.steps, args.dtype)
     params = sum(a.size for a in task.init)
     print(
@@ -408,16 +428,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     runs_per_rule = 3 if torch is not None else 1
-    bf16_count = 0 if args.no_bf16 else len(BF16_RUNS) + (torch is not None)
-    bar = ProgressBar(
-        (len(rules) * runs_per_rule + bf16_count) * args.steps, enabled=not args.no_progress
-    )
+    bf16_skipped = "" if args.no_bf16 else bf16_unavailable(torch)
+    run_bf16 = not args.no_bf16 and not bf16_skipped
+    bf16_count = len(BF16_RUNS) + (torch is not None) if run_bf16 else 0
+    total_runs = len(rules) * runs_per_rule + bf16_count
+    bar = ProgressBar(total_runs * args.steps, enabled=not args.no_progress)
+    # The label names the run in progress and its place ("run 4/13"): the percentage counts the
+    # steps already done, so a bare rule name next to it read as that rule being finished.
+    started_runs = 0
+
+    def tick_for(what: str) -> Callable[[], None]:
+        nonlocal started_runs
+        started_runs += 1
+        bar.set_label(f"run {started_runs}/{total_runs}: {what}")
+        return bar.advance
+
     results: list[tuple[str, list[Run]]] = []
     started = time.perf_counter()
     for rule in rules:
         cls_name, options = DEMO_RULES[rule]
         label = _rule_label(cls_name, options)
-        bar.set_label(cls_name)
         runs = []
         if torch is not None:
             fo_torch = importlib.import_module("fastoptim.torch")
@@ -429,7 +459,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     torch,
                     lambda p, c=fo_cls, o=options: c(p, **o),
                     "fastoptim.torch",
-                    bar.advance,
+                    tick_for(f"{cls_name} fastoptim.torch"),
                 )
             )
             runs.append(
@@ -438,21 +468,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                     torch,
                     lambda p, c=torch_cls, o=options: c(p, foreach=False, **o),
                     "torch.optim",
-                    bar.advance,
+                    tick_for(f"{cls_name} torch.optim"),
                 )
             )
-        runs.append(train_arrays(task, cls_name, options, bar.advance))
+        runs.append(
+            train_arrays(task, cls_name, options, tick_for(f"{cls_name} fastoptim arrays"))
+        )
         results.append((label, runs))
     bf16: list[Run] = []
-    bf16_skipped = ""
-    if not args.no_bf16:
-        bar.set_label("AdamW bfloat16")
+    if run_bf16:
         bf16_task = task if args.dtype == "float32" else make_task(args.steps, "float32")
-        try:
-            bf16 = bf16_runs(bf16_task, torch, bar.advance)
-        except RuntimeError as exc:
-            bf16_skipped = str(exc)
-            bar.advance(bf16_count * args.steps)
+        names = iter([name for name, _, _ in BF16_RUNS] + [TORCH_BF16])
+        current: list[Callable[[], None]] = []
+        steps_done = 0
+
+        def bf16_tick() -> None:
+            # bf16_runs trains its runs one after another through one tick
+            nonlocal steps_done
+            if steps_done % args.steps == 0:
+                current[:] = [tick_for(f"AdamW {next(names)}")]
+            steps_done += 1
+            current[0]()
+
+        bf16 = bf16_runs(bf16_task, torch, bf16_tick)
     bar.close()
     elapsed = time.perf_counter() - started
 

@@ -117,17 +117,26 @@ def build_parser(default_dir: Path | None = None) -> argparse.ArgumentParser:
         default=0.05,
         help="flag a round when other processes used more than this share of all CPUs",
     )
+    # No file unless asked for: a run from a user's directory leaves nothing behind.
+    # bench/run.py (the published runs) passes its results folder as default_dir.
     p.add_argument(
-        "--json", default=str(where / "fastoptim-bench.json"), help="JSON output ('' for none)"
+        "--json",
+        default=str(where / "fastoptim-bench.json") if default_dir is not None else "",
+        metavar="PATH",
+        help="write every cell and round as JSON to PATH (default: no file)",
     )
     p.add_argument(
-        "--png", default=str(where / "fastoptim-bench.png"), help="chart output ('' for none)"
+        "--png",
+        default=str(where / "fastoptim-bench.png") if default_dir is not None else "",
+        metavar="PATH",
+        help="write a chart to PATH (needs matplotlib; default: no file)",
     )
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="CI smoke test: tiny sizes (--scale 0.001), 3 rounds, no redo",
+        help="smoke run: tiny sizes (--scale 0.001), 3 rounds, no redo; checks that everything "
+        "runs and prints no verdicts (targets need a full run on a quiet machine)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -314,23 +323,28 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
     header = report.header(__version__, dtype_text, simd_level(), torch_version, date)
     print(header)
     if run_rules:
-        print(report.format_table(cells, markdown=args.markdown))
-        print(report.footer(cells, elapsed))
+        print(report.format_table(cells, markdown=args.markdown, smoke=args.quick))
+        print(report.footer(cells, elapsed, smoke=args.quick))
     facts: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     if run_mixed:
         facts = mixed.layout_facts(layouts, torch)
-        rows = mixed_report.summary(mixed_cells)
+        rows = mixed_report.summary(mixed_cells, verdicts=not args.quick)
         print()
         print("Mixed precision, AdamW: storage layouts (param, grad, moments, master copy)")
         print(mixed_report.format_layouts(facts, markdown=args.markdown))
         print()
-        print(mixed_report.format_mixed_table(mixed_cells, markdown=args.markdown))
+        print(
+            mixed_report.format_mixed_table(mixed_cells, markdown=args.markdown, smoke=args.quick)
+        )
         print()
-        print("Mixed precision summary (targets from issue 8)")
-        print(mixed_report.format_summary(rows, markdown=args.markdown))
+        print("Mixed precision summary" + ("" if args.quick else " (targets from issue 8)"))
+        print(mixed_report.format_summary(rows, markdown=args.markdown, smoke=args.quick))
         print()
-        print(mixed_report.footer(mixed_cells, unavailable))
+        print(mixed_report.footer(mixed_cells, unavailable, smoke=args.quick))
+    if args.quick:
+        print()
+        print(report.SMOKE_NOTE)
     if interrupted:
         print("interrupted: partial results", file=sys.stderr)
 
@@ -352,6 +366,7 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
             elapsed_s=round(elapsed, 1),
             interrupted=interrupted,
             sections=[s for s, on in (("rules", run_rules), ("mixed", run_mixed)) if on],
+            smoke_run=args.quick,
         )
         if run_mixed:
             doc["mixed_precision"] = {

@@ -85,9 +85,10 @@ def front_of(*cells: MixedCell) -> str | None:
     return next((f for f in FRONTS if all(_median(c, f) for c in cells)), None)
 
 
-def summary(cells: Sequence[MixedCell]) -> list[dict[str, Any]]:
+def summary(cells: Sequence[MixedCell], verdicts: bool = True) -> list[dict[str, Any]]:
     """The issue's ratios and every layout's % of its roofline, per workload and thread count,
-    each with its target (None: shown for information) and whether it is met."""
+    each with its target (None: shown for information) and whether it is met (None throughout
+    without ``verdicts``: a smoke run judges nothing)."""
     by_key = {(c.layout, c.workload, c.threads): c for c in cells}
     groups = list(dict.fromkeys((c.workload, c.workload_label, c.threads) for c in cells))
     rows: list[dict[str, Any]] = []
@@ -116,7 +117,7 @@ def summary(cells: Sequence[MixedCell]) -> list[dict[str, Any]]:
                     "value": value,
                     "unit": "x",
                     "target": target,
-                    "met": None if target is None else value >= target,
+                    "met": None if target is None or not verdicts else value >= target,
                 }
             )
         for c in cells:
@@ -139,7 +140,7 @@ def summary(cells: Sequence[MixedCell]) -> list[dict[str, Any]]:
                     "value": pct,
                     "unit": "%",
                     "target": ROOFLINE_TARGET,
-                    "met": pct >= ROOFLINE_TARGET,
+                    "met": pct >= ROOFLINE_TARGET if verdicts else None,
                 }
             )
     return rows
@@ -195,7 +196,9 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else format(value, spec) + suffix
 
 
-def format_mixed_table(cells: Sequence[MixedCell], markdown: bool = False) -> str:
+def format_mixed_table(
+    cells: Sequence[MixedCell], markdown: bool = False, smoke: bool = False
+) -> str:
     head = [
         "layout",
         "workload",
@@ -228,12 +231,12 @@ def format_mixed_table(cells: Sequence[MixedCell], markdown: bool = False) -> st
                 lead
                 + [
                     short,
-                    _fmt(e["median_ms"], ".3f", "" if e["clean"] else "*"),
+                    _fmt(e["median_ms"], ".3f", "" if smoke or e["clean"] else "*"),
                     _fmt(e.get("gelem_per_s"), ".3f"),
                     _fmt(e.get("roofline_gelem_per_s"), ".3f"),
                     _fmt(e.get("pct_of_roofline"), ".1f", "%"),
                     _fmt(ratio, ".2f", "x"),
-                    f"{e['rounds_used']}/{len(e['samples_ms'])}" + ("" if e["clean"] else " busy"),
+                    report.rounds_text(e, smoke),
                     cell.notes.get(name, ""),
                 ]
             )
@@ -242,23 +245,26 @@ def format_mixed_table(cells: Sequence[MixedCell], markdown: bool = False) -> st
     return _table(head, rows, {4, 5, 6, 7, 8}, markdown)
 
 
-def format_summary(rows: Sequence[dict[str, Any]], markdown: bool = False) -> str:
+def format_summary(
+    rows: Sequence[dict[str, Any]], markdown: bool = False, smoke: bool = False
+) -> str:
     """The summary as one row per check and one column per (workload, threads): the ratio or %
     of roofline, 'NO' after one that misses its target, '(a)' when the array front speaks for
-    fastoptim (the torch front had no row there)."""
+    fastoptim (the torch front had no row there). A smoke run shows neither targets nor 'NO'."""
     columns = list(dict.fromkeys((r["workload"], r["threads"]) for r in rows))
     checks = list(dict.fromkeys(r["check"] for r in rows))
     by = {(r["check"], r["workload"], r["threads"]): r for r in rows}
     labels = {r["workload"]: r["workload_label"] for r in rows}
     # one tensor: its label (the size after --scale); several: the workload's key (gpt2, mlp)
     short = {w: label if label.startswith("1x") else w for w, label in labels.items()}
-    head = ["check", "target"] + [f"{short[w]} {t}t" for w, t in columns]
+    head = ["check"] + ([] if smoke else ["target"])
+    head += [f"{short[w]} {t}t" for w, t in columns]
     out = []
     for check in checks:
         first = next(r for r in rows if r["check"] == check)
         unit = first["unit"]
         target = "" if first["target"] is None else f">= {first['target']:g}{unit}"
-        line = [check, target]
+        line = [check] + ([] if smoke else [target])
         for w, t in columns:
             r = by.get((check, w, t))
             if r is None:
@@ -266,17 +272,18 @@ def format_summary(rows: Sequence[dict[str, Any]], markdown: bool = False) -> st
                 continue
             text = _fmt(r["value"], ".1f" if unit == "%" else ".2f", unit)
             text += " (a)" if r["fastoptim"] == "fastoptim.arrays" else ""
-            text += " NO" if r["met"] is False else ""
+            text += " NO" if r["met"] is False and not smoke else ""
             line.append(text)
         out.append(line)
-    return _table(head, out, set(range(2, len(head))), markdown)
+    return _table(head, out, set(range(1 if smoke else 2, len(head))), markdown)
 
 
-def footer(cells: Sequence[MixedCell], unavailable: dict[str, str]) -> str:
+def footer(cells: Sequence[MixedCell], unavailable: dict[str, str], smoke: bool = False) -> str:
     flagged = sum(1 for c in cells for r in c.rounds if r["busy"])
     total = sum(len(c.rounds) for c in cells)
+    activity = "" if smoke else f" ({flagged} with other CPU activity)"
     lines = [
-        f"{len(cells)} mixed-precision cells, {total} rounds ({flagged} with other CPU activity). "
+        f"{len(cells)} mixed-precision cells, {total} rounds{activity}. "
         "'x torch': the cell's torch fused time (torch 3-pass in offload cells) over the row's; "
         "'% roofline': the roofline of the layout's own stream types over the row's time.",
         "B/elem moved: grad read, param and every state stream (moments, master) read and "

@@ -43,7 +43,24 @@ def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
     return "-" if value is None else format(value, spec) + suffix
 
 
-def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
+def rounds_text(entry: dict[str, Any], smoke: bool) -> str:
+    """The 'rounds' column: rounds used / measured, and ' busy' when other processes used the
+    CPU in every round used. A smoke run screens nothing (it makes no claim), so it shows no
+    flag."""
+    text = f"{entry['rounds_used']}/{len(entry['samples_ms'])}"
+    return text if smoke or entry["clean"] else text + " busy"
+
+
+# What a smoke run prints instead of verdicts: its numbers come from tiny sizes, 3 rounds and no
+# screening for other CPU use, so a target missed there says nothing.
+SMOKE_NOTE = (
+    "Smoke run (--quick): tiny sizes, 3 rounds, no round screened for other CPU use or redone. "
+    "It checks that every contender runs, not how fast; targets are checked only by a full run "
+    "(without --quick) on a quiet machine."
+)
+
+
+def format_table(cells: Sequence[CellResult], markdown: bool = False, smoke: bool = False) -> str:
     head = [
         "rule",
         "workload",
@@ -70,7 +87,7 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
                 )
                 continue
             e = cell.contenders[name]
-            mark = "" if e["clean"] else "*"
+            mark = "" if smoke or e["clean"] else "*"
             is_torch = name in TORCH_CONTENDERS
             rows.append(
                 lead
@@ -83,7 +100,7 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False) -> str:
                     if name == "torch.fused"
                     else _fmt(e.get("speedup_vs_torch_fused"), ".2f", "x"),
                     "" if is_torch else _fmt(e.get("speedup_vs_torch_best"), ".2f", "x"),
-                    f"{e['rounds_used']}/{len(e['samples_ms'])}" + ("" if e["clean"] else " busy"),
+                    rounds_text(e, smoke),
                 ]
             )
         if not markdown:
@@ -221,10 +238,12 @@ def header(version: str, dtype: str, simd: str, torch_version: str | None, date:
     )
 
 
-def footer(cells: Sequence[CellResult], elapsed: float) -> str:
-    """The line below the table: rounds kept and redone."""
+def footer(cells: Sequence[CellResult], elapsed: float, smoke: bool = False) -> str:
+    """The line below the table: rounds kept and redone (a smoke run: what it is)."""
     flagged = sum(1 for c in cells for r in c.rounds if r["busy"])
     total_rounds = sum(len(c.rounds) for c in cells)
+    if smoke:
+        return f"\n{len(cells)} cells, {total_rounds} rounds, {elapsed:.0f} s."
     return (
         f"\n{len(cells)} cells, {total_rounds} rounds ({flagged} with other CPU activity, "
         f"redone while the budget lasted), {elapsed:.0f} s. '*' = median over busy rounds only."

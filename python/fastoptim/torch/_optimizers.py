@@ -494,11 +494,15 @@ class _FusedStep:
                     ", please consider SparseAdam instead" if self._rule in ("adam", "adamw")
                     else ""))
             if p.device.type != "cpu" or g.device.type != "cpu":
-                # torch's wording for its fused optimizers
+                # torch's sentence word for word (torch/optim/optimizer.py,
+                # _device_dtype_check_for_fused): code and tests written for torch's fused
+                # optimizers match it with a regex. Ours follows it in parentheses.
+                device = p.device.type if p.device.type != "cpu" else g.device.type
                 raise RuntimeError(
-                    f"fastoptim.torch.{name} is fused: it requires all the params to be floating "
-                    f"point Tensors of supported devices: ['cpu'] but {p.dtype} and "
-                    f"{p.device.type} ({where}, grad on {g.device.type})")
+                    "`fused=True` requires all the params to be floating point Tensors of "
+                    f"supported devices: ['cpu'] but {p.dtype} and {device} "
+                    f"(fastoptim.torch.{name} is fused; {where} on {p.device.type}, its grad on "
+                    f"{g.device.type})")
             storage = _param_storage(p, settings, where)
             if storage is None:
                 if p.is_floating_point() or p.is_complex():

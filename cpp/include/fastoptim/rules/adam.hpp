@@ -5,21 +5,24 @@
 
 namespace fastoptim::rules {
 
-struct Adam {
+// Adam and AdamW share everything but their names, torch's signature and two defaults. Each
+// has its own Options struct, an aggregate (`fastoptim::AdamW opt({.lr = 1e-3})`): a
+// designated initializer can name only a struct's own members, so AdamW's options cannot
+// derive from Adam's.
+template <class Self, double kWeightDecay, bool kDecoupledWeightDecay>
+struct AdamFamily {
   struct Options {
-    using Rule = Adam;
+    using Rule = Self;
     double lr = 1e-3;
     double beta1 = 0.9;
     double beta2 = 0.999;
     double eps = 1e-8;
-    double weight_decay = 0.0;
+    double weight_decay = kWeightDecay;
     bool amsgrad = false;
     bool maximize = false;
-    bool decoupled_weight_decay = false;
+    bool decoupled_weight_decay = kDecoupledWeightDecay;
   };
   using O = Options;
-  static constexpr const char* name = "adam";
-  static constexpr const char* torch_name = "Adam";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("betas", &O::beta1, 0), number("betas", &O::beta2, 1),
       number("eps", &O::eps), number("weight_decay", &O::weight_decay),
@@ -36,11 +39,6 @@ struct Adam {
       Slot<O>{"exp_avg"}, Slot<O>{"exp_avg_sq"},
       Slot<O>{"max_exp_avg_sq", [](const O& o) { return o.amsgrad; }});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
-  static constexpr auto args = list<Arg>(
-      Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"amsgrad"},
-      ignored_none("foreach", true), kw("maximize"), ignored_false("capturable", true),
-      ignored_false("differentiable", true), ignored_none("fused", true),
-      kw("decoupled_weight_decay"));
   static constexpr bool has_step = true;
   static constexpr bool eager_state = false;
 
@@ -103,15 +101,18 @@ struct Adam {
   }
 };
 
+struct Adam : AdamFamily<Adam, 0.0, false> {
+  static constexpr const char* name = "adam";
+  static constexpr const char* torch_name = "Adam";
+  static constexpr auto args = list<Arg>(
+      Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"amsgrad"},
+      ignored_none("foreach", true), kw("maximize"), ignored_false("capturable", true),
+      ignored_false("differentiable", true), ignored_none("fused", true),
+      kw("decoupled_weight_decay"));
+};
+
 // torch.optim.AdamW: Adam with decoupled weight decay, 1e-2 by default.
-struct AdamW : Adam {
-  struct Options : Adam::Options {
-    using Rule = AdamW;
-    Options() {
-      weight_decay = 1e-2;
-      decoupled_weight_decay = true;
-    }
-  };
+struct AdamW : AdamFamily<AdamW, 1e-2, true> {
   static constexpr const char* name = "adamw";
   static constexpr const char* torch_name = "AdamW";
   static constexpr auto args = list<Arg>(
