@@ -164,6 +164,27 @@ class PlanGuard {
             bool fixed_grads)
       : params_(std::move(params)), grads_(py::len(grads)), fixed_grads_(fixed_grads) {
     if (!g_loaded) throw py::value_error("internal: torch's C shim is not loaded");
+    try {
+      take(watched, grads, tables, rows);
+    } catch (...) {  // no destructor runs for a constructor that throws: release here
+      release_all();
+      throw;
+    }
+  }
+  PlanGuard(const PlanGuard&) = delete;
+  PlanGuard& operator=(const PlanGuard&) = delete;
+  ~PlanGuard() { release_all(); }
+
+ private:
+  void release_all() {
+    for (const Record& r : watched_) g_shim.release(r.handle);
+    for (const Record& r : grad_records_) g_shim.release(r.handle);
+    watched_.clear();
+    grad_records_.clear();
+  }
+
+  void take(const py::list& watched, const py::list& grads, const py::list& tables,
+            const py::list& rows) {
     for (Handle h : new_handles(watched)) {
       watched_.emplace_back();
       watched_.back().handle = h;  // owned from here on: released with the guard
@@ -193,13 +214,8 @@ class PlanGuard {
     for (Record& r : grad_records_)
       if (!read(r.handle, r)) throw py::value_error("internal: a grad is unreadable");
   }
-  PlanGuard(const PlanGuard&) = delete;
-  PlanGuard& operator=(const PlanGuard&) = delete;
-  ~PlanGuard() {
-    for (const Record& r : watched_) g_shim.release(r.handle);
-    for (const Record& r : grad_records_) g_shim.release(r.handle);
-  }
 
+ public:
   // Whether the plan still serves a step with these params and their grads; a new grad tensor
   // of the same dtype, sizes and strides is taken (its address written into the tables).
   bool serves(const py::handle& params) {

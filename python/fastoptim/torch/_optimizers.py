@@ -647,9 +647,12 @@ class _FusedStep:
             plan.batches.append((types, np.array(table, dtype=np.int64)))
             plan.batch_rows.append(row_live[types])
         if _PLAN_GUARD and not plan.distributed and not plan.sparse:
-            plan.guard = _core.PlanGuard(plan.watched + plan.memory, list(params), list(grads),
-                                         [table for _, table in plan.batches], plan.batch_rows,
-                                         bool(plan.staged_grads))
+            try:
+                plan.guard = _core.PlanGuard(plan.watched + plan.memory, list(params),
+                                             list(grads), [table for _, table in plan.batches],
+                                             plan.batch_rows, bool(plan.staged_grads))
+            except (ValueError, TypeError):  # a tensor the shim cannot read: Python's check
+                plan.guard = None
         return plan
 
     def _state_buffer(self, state: dict[str, Any], added: dict[str, Any], key: str,
