@@ -8,8 +8,9 @@ namespace fastoptim::rules {
 // Adam and AdamW share everything but their names, torch's signature and two defaults. Each
 // has its own Options struct, an aggregate (`fastoptim::AdamW opt({.lr = 1e-3})`): a
 // designated initializer can name only a struct's own members, so AdamW's options cannot
-// derive from Adam's.
-template <class Self, double kWeightDecay, bool kDecoupledWeightDecay>
+// derive from Adam's. The two defaults come as a type (Clang before 18 and MSVC take no
+// floating-point template arguments).
+template <class Self, class Defaults>
 struct AdamFamily {
   struct Options {
     using Rule = Self;
@@ -17,10 +18,10 @@ struct AdamFamily {
     double beta1 = 0.9;
     double beta2 = 0.999;
     double eps = 1e-8;
-    double weight_decay = kWeightDecay;
+    double weight_decay = Defaults::weight_decay;
     bool amsgrad = false;
     bool maximize = false;
-    bool decoupled_weight_decay = kDecoupledWeightDecay;
+    bool decoupled_weight_decay = Defaults::decoupled_weight_decay;
   };
   using O = Options;
   static constexpr auto fields = list<Field<O>>(
@@ -101,7 +102,16 @@ struct AdamFamily {
   }
 };
 
-struct Adam : AdamFamily<Adam, 0.0, false> {
+struct AdamDefaults {
+  static constexpr double weight_decay = 0.0;
+  static constexpr bool decoupled_weight_decay = false;
+};
+struct AdamWDefaults {
+  static constexpr double weight_decay = 1e-2;
+  static constexpr bool decoupled_weight_decay = true;
+};
+
+struct Adam : AdamFamily<Adam, AdamDefaults> {
   static constexpr const char* name = "adam";
   static constexpr const char* torch_name = "Adam";
   static constexpr auto args = list<Arg>(
@@ -112,7 +122,7 @@ struct Adam : AdamFamily<Adam, 0.0, false> {
 };
 
 // torch.optim.AdamW: Adam with decoupled weight decay, 1e-2 by default.
-struct AdamW : AdamFamily<AdamW, 1e-2, true> {
+struct AdamW : AdamFamily<AdamW, AdamWDefaults> {
   static constexpr const char* name = "adamw";
   static constexpr const char* torch_name = "AdamW";
   static constexpr auto args = list<Arg>(
