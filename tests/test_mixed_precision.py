@@ -85,6 +85,57 @@ def test_master_weights_are_the_float32_step_and_the_param_its_rounding(rule: st
 
 
 
+# ---- every layout the build takes, from the registry ------------------------------------------
+# One step on each layout `_core.layouts()` reports equals the step of the compute type (float64
+# for float64 params, else float32) on the widened values, each 16-bit store rounded once to
+# nearest-even and a master copy the exact float32 result. A storage type missing from DTYPES
+# fails here.
+DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "bfloat16": BF16,
+          "float16": F16}
+LAYOUTS = _core.layouts()
+
+
+def _layout_id(layout: dict) -> str:
+    return "{param}-{grad}-{state}".format(**layout) + ("-master" if layout["master"] else "")
+
+
+def test_layouts_name_known_storage_types() -> None:
+    assert LAYOUTS, "the build reports no layout"
+    for layout in LAYOUTS:
+        for stream in ("param", "grad", "state"):
+            assert layout[stream] in DTYPES, f"{_layout_id(layout)}: no test dtype for {stream}"
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=_layout_id)
+@pytest.mark.parametrize("rule", RULES)
+def test_every_layout_is_the_compute_step_stored_once(rule: str, layout: dict) -> None:
+    param, grad, state = (DTYPES[layout[k]] for k in ("param", "grad", "state"))
+    compute = np.dtype(np.float64) if param == np.float64 else np.dtype(np.float32)
+    settings = {"master_weights": True} if layout["master"] else {}
+    if state != param or layout["master"]:  # beside a master, state defaults to float32
+        settings["state_dtype"] = layout["state"]
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(N).astype(np.float32).astype(param)
+    g = (rng.standard_normal(N) * 0.5).astype(np.float32).astype(grad)
+    opt = getattr(fastoptim, rule)([p], lr=_lr(rule), **settings)
+    ref = p.astype(compute)
+    ref_opt = getattr(fastoptim, rule)([ref], lr=_lr(rule))
+    for step in range(2):  # the second step reads state the first one stored
+        opt.step([g])
+        ref_opt.step([g.astype(compute)])
+        if layout["master"]:
+            np.testing.assert_array_equal(opt.state[0]["master_param"], ref)
+        np.testing.assert_array_equal(_bits(p), _bits(ref.astype(param)))
+        for key, value in ref_opt.state.get(0, {}).items():
+            if key == "step" or not np.ndim(value):
+                continue
+            stored = opt.state[0][key]
+            assert stored.dtype == state, key
+            np.testing.assert_array_equal(_bits(stored), _bits(value.astype(state)), err_msg=key)
+            ref_opt.state[0][key][...] = stored.astype(compute)  # the next step reads this
+        ref[...] = (opt.state[0]["master_param"] if layout["master"] else p).astype(compute)
+
+
 # ---- writes to a param beside its master copy -------------------------------------------------
 # A write to a 16-bit param between steps is the new master value of every element it changed:
 # the next step starts from the written value widened to float32, the untouched elements from

@@ -28,9 +28,6 @@
 namespace fastoptim {
 namespace {
 
-using kernels::Kernel;
-using kernels::Streams;
-
 std::atomic<int> g_num_threads{0};  // 0: whatever OpenMP says
 
 // libgomp cannot start threads in a process forked after a parallel region ran in its parent:
@@ -189,20 +186,6 @@ void validate_buffers(const typename R::Options& o, const StreamTypes& types,
   }
 }
 
-// Bytes per element of each stream of a layout: chunks and heads count elements, and each
-// stream's pointer advances by its own storage size.
-struct ElementSizes {
-  std::size_t param, grad, state, master;
-};
-template <class L>
-constexpr ElementSizes element_sizes() {
-  if constexpr (std::is_void_v<typename L::master>)
-    return {sizeof(typename L::param), sizeof(typename L::grad), sizeof(typename L::state), 0};
-  else
-    return {sizeof(typename L::param), sizeof(typename L::grad), sizeof(typename L::state),
-            sizeof(typename L::master)};
-}
-
 // splitmix64's finalizer: a bijective 64-bit mix
 std::uint64_t mix64(std::uint64_t z) {
   z += 0x9e3779b97f4a7c15ull;
@@ -211,22 +194,41 @@ std::uint64_t mix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
-// Elements [first, first + count) of one buffer as the kernel sees them; a range never
-// crosses a multiple of 2^32 elements (run_range splits there), so the stochastic-rounding
-// keys fold in the index's high half once.
-Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& sizes,
+// A call's layout as the driver runs it: the rule's kernel for the compute type, and each
+// stream's storage type.
+struct LayoutRun {
+  kernels::Kernel kernel;
+  int param, grad, state;  // storage ids
+  bool master;
+  bool slot_used[rules::kMaxSlots];
+  std::size_t param_size, grad_size, state_size;
+};
+
+constexpr std::size_t storage_size(int id) {
+  return id == kernels::kF64 ? 8 : id == kernels::kF32 ? 4 : 2;
+}
+
+// Elements [first, first + count) of one buffer. A range never crosses a multiple of 2^32
+// elements (run_range splits there), so the stochastic-rounding keys fold in the index's high
+// half once.
+void run_piece(const LayoutRun& l, const void* scalars, const void* factors,
+               const ParamBuffers& b, std::size_t first, std::size_t count,
                const Rounding& rounding) {
-  auto shift = [first](void* p, std::size_t size) {
-    return p ? static_cast<char*>(p) + first * size : nullptr;
+  auto at = [first](const void* p, std::size_t size) -> char* {
+    return p ? const_cast<char*>(static_cast<const char*>(p)) + first * size : nullptr;
   };
-  Streams s{shift(b.param, sizes.param),
-            static_cast<const char*>(b.grad) + first * sizes.grad,
-            {shift(b.state[0], sizes.state), shift(b.state[1], sizes.state),
-             shift(b.state[2], sizes.state)},
-            sizes.master ? shift(b.master, sizes.master) : nullptr,
-            rounding.stochastic,
-            static_cast<std::uint32_t>(first),
-            {}};
+  kernels::Streams s{at(b.param, l.param_size),
+                     at(b.grad, l.grad_size),
+                     {},
+                     l.master ? at(b.master, sizeof(float)) : nullptr,
+                     static_cast<std::int8_t>(l.param),
+                     static_cast<std::int8_t>(l.grad),
+                     static_cast<std::int8_t>(l.state),
+                     rounding.stochastic,
+                     static_cast<std::uint32_t>(first),
+                     {}};
+  for (int k = 0; k < rules::kMaxSlots; ++k)
+    s.state[k] = l.slot_used[k] ? at(b.state[k], l.state_size) : nullptr;
   if (rounding.stochastic) {
     const auto step = static_cast<std::uint64_t>(b.rounding_step > 0 ? b.rounding_step : b.step);
     const std::uint64_t base = mix64(mix64(mix64(rounding.seed) ^ step) ^ b.id);
@@ -234,7 +236,7 @@ Streams offset(const ParamBuffers& b, std::size_t first, const ElementSizes& siz
       s.keys[pair] = static_cast<std::uint32_t>(
           mix64(base ^ (pair | (std::uint64_t{first} >> 32 << 8))) >> 32);
   }
-  return s;
+  l.kernel(scalars, factors, s, count);
 }
 
 int resolve_threads(int requested, std::size_t total) {
@@ -280,11 +282,10 @@ std::vector<StepScalars<R, C>> make_all_scalars(const typename R::Options& optio
   return out;
 }
 
-// Runs `kernel` over elements [lo, hi) of the concatenation of all buffers.
-template <class Scalars, class C>
-void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
-               const kernels::GradFactors<C>& factors, std::span<const ParamBuffers> buffers,
-               const std::vector<std::size_t>& starts, const ElementSizes& sizes,
+// Runs the layout's kernels over elements [lo, hi) of the concatenation of all buffers.
+template <class Scalars>
+void run_range(const LayoutRun& layout, const std::vector<Scalars>& scalars, const void* factors,
+               std::span<const ParamBuffers> buffers, const std::vector<std::size_t>& starts,
                const Rounding& rounding, std::size_t lo, std::size_t hi) {
   if (lo >= hi) return;
   std::size_t b = static_cast<std::size_t>(
@@ -296,7 +297,7 @@ void run_range(Kernel kernel, const std::vector<Scalars>& scalars,
       constexpr std::uint64_t kSpan = std::uint64_t{1} << 32;
       const std::size_t end = static_cast<std::size_t>(
           std::min<std::uint64_t>(last, (std::uint64_t{at} / kSpan + 1) * kSpan));
-      kernel(&scalars[b].kernel, &factors, offset(buffers[b], at, sizes, rounding), end - at);
+      run_piece(layout, &scalars[b].kernel, factors, buffers[b], at, end - at, rounding);
       at = end;
     }
   }
@@ -314,18 +315,16 @@ void check_factors(const GradFactors& f) {
 
 // The whole call for one rule and compute type C: scalars (checked), then, if `write`, the
 // kernels over every buffer and the new scalar state.
-template <class R, class L>
-void apply(const typename R::Options& options, std::size_t layout, const Rounding& rounding,
+template <class R, class C>
+void apply(const typename R::Options& options, LayoutRun layout, const Rounding& rounding,
            std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& f,
            bool write) {
-  using C = typename L::compute;
-  constexpr ElementSizes sizes = element_sizes<L>();
   auto scalars = make_all_scalars<R, C>(options, buffers);
   if (!write) return;
   const kernels::GradFactors<C> factors{saturate<C>(f.inv_scale), saturate<C>(f.clip_coef),
                                         f.inv_scale != 1.0, f.clip_coef != 1.0};
-  const Kernel kernel =
-      kernels::active_table().kernels[static_cast<std::size_t>(rules::id<R>)][layout];
+  layout.kernel = kernels::active_table()
+                      .kernels[static_cast<std::size_t>(rules::id<R>)][std::is_same_v<C, double>];
   std::vector<std::size_t> starts(buffers.size() + 1, 0);
   for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
   const std::size_t total = starts.back();
@@ -340,14 +339,14 @@ void apply(const typename R::Options& options, std::size_t layout, const Roundin
       auto boundary = [&](std::size_t k) {
         return k == n ? total : (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
       };
-      run_range(kernel, scalars, factors, buffers, starts, sizes, rounding, boundary(t),
+      run_range(layout, scalars, &factors, buffers, starts, rounding, boundary(t),
                 boundary(t + 1));
     }
   } else
 #endif
   {
     (void)threads;
-    run_range(kernel, scalars, factors, buffers, starts, sizes, rounding, 0, total);
+    run_range(layout, scalars, &factors, buffers, starts, rounding, 0, total);
   }
   for (std::size_t i = 0; i < buffers.size(); ++i)
     for (std::size_t k = 0; k < R::scalar_slots.size; ++k) {
@@ -359,11 +358,10 @@ void apply(const typename R::Options& options, std::size_t layout, const Roundin
     }
 }
 
-// Calls f.template operator()<L>() with the registered layout of this index.
-template <class F, class... L>
-void with_layout(std::size_t index, kernels::LayoutList<L...>, F&& f) {
-  std::size_t i = 0;
-  ((i++ == index ? f.template operator()<L>() : void()), ...);
+int find_layout(const StreamTypes& types) {
+  return kernels::find_layout(static_cast<int>(types.param), static_cast<int>(types.grad),
+                              static_cast<int>(types.state),
+                              types.master ? static_cast<int>(DType::float32) : -1);
 }
 
 // Validates everything; then, if `write`, updates every buffer.
@@ -374,19 +372,26 @@ void call(const void* options_ptr, const StreamTypes& types, std::span<const Par
   check_factors(factors);
   validate(options);
   validate_buffers<R>(options, types, buffers);
-  const int layout = kernels::find_layout(
-      static_cast<int>(types.param), static_cast<int>(types.grad), static_cast<int>(types.state),
-      types.master ? static_cast<int>(DType::float32) : -1);
-  if (layout < 0)
+  if (find_layout(types) < 0)
     throw std::invalid_argument(std::string("no kernel for params of ") +
                                 storage_name(types.param) + ", grads of " +
                                 storage_name(types.grad) + " and state of " +
                                 storage_name(types.state) +
                                 (types.master ? " with a float32 master copy" : ""));
-  const auto index = static_cast<std::size_t>(layout);
-  with_layout(index, kernels::Registered{}, [&]<class L>() {
-    apply<R, L>(options, index, types.rounding, buffers, num_threads, factors, write);
-  });
+  const bool float64 = types.param == DType::float64;
+  LayoutRun layout{};
+  layout.param = static_cast<int>(types.param);
+  layout.grad = static_cast<int>(types.grad);
+  layout.state = static_cast<int>(types.state);
+  layout.master = types.master;
+  for (int k = 0; k < rules::kMaxSlots; ++k) layout.slot_used[k] = uses_slot<R>(options, k);
+  layout.param_size = storage_size(layout.param);
+  layout.grad_size = storage_size(layout.grad);
+  layout.state_size = storage_size(layout.state);
+  if (float64)
+    apply<R, double>(options, layout, types.rounding, buffers, num_threads, factors, write);
+  else
+    apply<R, float>(options, layout, types.rounding, buffers, num_threads, factors, write);
 }
 
 // Every registered rule's entry points, by Rule id.
@@ -438,10 +443,14 @@ void detail::check_step(Rule rule, const void* options, const StreamTypes& types
   entry(rule).call(options, types, buffers, 0, factors, false);
 }
 
-bool supports(const StreamTypes& types) {
-  return kernels::find_layout(static_cast<int>(types.param), static_cast<int>(types.grad),
-                              static_cast<int>(types.state),
-                              types.master ? static_cast<int>(DType::float32) : -1) >= 0;
+bool supports(const StreamTypes& types) { return find_layout(types) >= 0; }
+
+std::vector<StreamTypes> layouts() {
+  std::vector<StreamTypes> out;
+  for (const kernels::Layout& l : kernels::kLayouts)
+    out.emplace_back(static_cast<DType>(l.param), static_cast<DType>(l.grad),
+                     static_cast<DType>(l.state), l.master >= 0);
+  return out;
 }
 
 void check_step_counts(std::span<const ParamBuffers> buffers) {

@@ -877,6 +877,14 @@ PYBIND11_MODULE(_core, m) {
         py::arg("tables"));
   m.attr("max_step_count") = fastoptim::kMaxStepCount;
   m.def("rules", &rules_info);
+  m.def("layouts", [] {
+    py::list out;
+    for (const StreamTypes& t : fastoptim::layouts())
+      out.append(py::dict(py::arg("param") = dtype_name(t.param),
+                          py::arg("grad") = dtype_name(t.grad),
+                          py::arg("state") = dtype_name(t.state), py::arg("master") = t.master));
+    return out;
+  });
   m.def("state_slots", &state_slots, py::arg("rule"), py::arg("group"));
   m.def("simd_level", &fastoptim::simd_level);
   m.def("available_simd_levels", &fastoptim::available_simd_levels);

@@ -63,8 +63,12 @@ struct StreamTypes {
       : param(p), grad(g), state(s), master(with_master), rounding(r) {}
 };
 
-// Whether this build has a kernel for these stream types (every rule has the same layouts).
+// Whether a call takes these stream types (every rule takes the same ones): one of layouts().
 bool supports(const StreamTypes& types);
+
+// Every combination of stream types a call takes (rounding: nearest; each also takes
+// stochastic rounding), in a fixed order.
+std::vector<StreamTypes> layouts();
 
 // One parameter tensor and its optimizer state: `size` elements per stream, each stream contiguous
 // in its storage type (the call's StreamTypes).

@@ -1,7 +1,8 @@
-// The kernels of one ISA: every registered (rule, layout) pair, and the grad-norm pass.
-// Included inside namespace fastoptim::kernels::<isa> by each isa_*.cpp, after its vector
-// header, so every function here is compiled once per ISA and stays in that ISA's namespace.
-// The rules' element math (fastoptim/rules/*.hpp) is instantiated here with this ISA's vectors.
+// The kernels of one ISA: every registered rule's element math per compute type, and the
+// grad-norm pass. Included inside namespace
+// fastoptim::kernels::<isa> by each isa_*.cpp, after its vector header, so every function here
+// is compiled once per ISA and stays in that ISA's namespace. The rules' element math
+// (fastoptim/rules/*.hpp) is instantiated here with this ISA's vectors.
 //
 // Operation order follows torch.optim's single-tensor (foreach=False) code line by line, with
 // a fused multiply-add exactly where torch's CPU kernels use one (add with alpha, addcmul,
@@ -10,26 +11,18 @@
 // Uniform flags are plain branches: they are predicted perfectly and the loops are
 // memory-bound.
 
-// A stream's storage type to the compute vector V and back: the one place a conversion
-// happens (stochastic rounding, below, first moves a value onto the 16-bit grid). The same
-// type is a plain load and store; a 16-bit storage type (bfloat16, float16) widens to and
-// narrows from float32 lanes with the vector header's conversions.
+// A storage type S as compute vector V: the same type is a plain load; a 16-bit type widens
+// to float32 lanes with the vector header's conversions, and then, for float64 lanes, exactly
+// once more.
 template <class V, class S>
 FASTOPTIM_INLINE V load_as(const S* p) {
   if constexpr (rules::kSame<typename V::Lane, double> && kHalf<S>) {
-    // a 16-bit grad of a float64 param: widened exactly to float32 lanes, then to float64
     float wide[V::kLanes];
     for (size_t k = 0; k < V::kLanes; ++k) wide[k] = to_float(p[k]);
     return V::load(static_cast<const float*>(wide));
   } else {
     return V::load(p);  // the same type, or float32 lanes from 16-bit or float64 from float32
   }
-}
-template <class V, class S>
-FASTOPTIM_INLINE void store_as(S* p, V x) {
-  static_assert(rules::kSame<S, typename V::Lane> || rules::kSame<typename V::Lane, float>,
-                "16-bit storage computes in float32");
-  V::store(p, x);
 }
 
 // Stochastic rounding. Element e of a pair of streams (the param and state slot 0; slots 1
@@ -49,7 +42,8 @@ FASTOPTIM_INLINE U random_bits(uint32_t key, uint32_t first) {
 
 // x rounded to one of the two nearest values of 16-bit type S (x itself if it is one), away
 // from zero with probability (|x| - lower) / spacing (to 2^-16), using the top 16 bits of r;
-// inf and NaN pass unchanged. The result is exact in S, so the nearest-even store that follows keeps it.
+// inf and NaN pass unchanged. The result is exact in S, so the nearest-even store that follows
+// keeps it.
 template <class S, class V>
 FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
   using U = typename V::Bits;
@@ -76,20 +70,36 @@ FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
   return from_bits((nonfinite & b) | andnot(nonfinite, rounded));
 }
 
-// What a rule's update sees at element i: each stream loaded and stored in its layout's
-// storage type, the grad unscaled and clipped as it is read. With a master copy, the param
-// the rule reads and writes is the master (or the param, where the user wrote it since the last
-// step: param()); the param stream receives it rounded to nearest.
-template <class V, class L>
+// ---- loads and stores by run-time storage type ---------------------------------------------------
+// A call's streams keep their storage types for the whole call: these branches are predicted
+// perfectly, and each arm is the vector header's conversion.
+
+// n = V::kLanes elements of a stream of storage type `type`, as compute vector V. float64 math
+// reads float64 params and state, and grads of any type; float32 math never reads float64.
+template <class V>
+FASTOPTIM_INLINE V load_stream(int type, const void* base, size_t i) {
+  if constexpr (rules::kSame<typename V::Lane, double>) {
+    if (type == kF64) return V::load(static_cast<const double*>(base) + i);
+  }
+  if (type == kF32) return V::load(static_cast<const float*>(base) + i);
+  if (type == kBF16) return load_as<V>(static_cast<const bfloat16*>(base) + i);
+  return load_as<V>(static_cast<const float16*>(base) + i);
+}
+
+// What a rule's update sees at element i: each stream loaded and stored in its storage type,
+// the grad unscaled and clipped as it is read. With a master copy, the param the rule reads and
+// writes is the master (or the param, where the caller wrote it since the last step: param());
+// the param stream receives it rounded to nearest.
+template <class V>
 struct Io {
   using C = typename V::Lane;
-  static constexpr bool kMaster = !rules::kSame<typename L::master, void>;
+  static constexpr bool kWide = rules::kSame<C, double>;  // float64 params and state
   const Streams& p;
   size_t i;
   const GradFactors<C>& f;
 
   FASTOPTIM_INLINE V grad() const {
-    V g = load_as<V>(static_cast<const typename L::grad*>(p.grad) + i);
+    V g = load_stream<V>(p.grad_type, p.grad, i);
     if (f.unscale) g = g * V::set1(f.inv_scale);
     if (f.clip) g = g * V::set1(f.clip_coef);
     return g;
@@ -100,47 +110,68 @@ struct Io {
   // the param, widened exactly, is the master value this step starts from. Comparing bits,
   // not values, treats NaN, -0/+0 and inf like any other value.
   FASTOPTIM_INLINE V param() const {
-    using P = typename L::param;
-    const V current = load_as<V>(static_cast<const P*>(p.param) + i);
-    if constexpr (kMaster) {
-      const V master = load_as<V>(static_cast<const typename L::master*>(p.master) + i);
-      P stored[V::kLanes];  // through the store's own rounding: every level decides alike
-      V::store(stored, master);
-      const V untouched_value = V::load(static_cast<const P*>(stored));
-      const typename V::Bits kept = equal_mask(as_bits(untouched_value), as_bits(current));
-      return from_bits((kept & as_bits(master)) | andnot(kept, as_bits(current)));
+    if constexpr (kWide) {
+      return V::load(static_cast<const double*>(p.param) + i);
     } else {
-      return current;
+      if (p.master == nullptr) return load_stream<V>(p.param_type, p.param, i);
+      const V master = V::load(static_cast<const float*>(p.master) + i);
+      if (p.param_type == kBF16) return written_or<bfloat16>(master);
+      return written_or<float16>(master);
     }
+  }
+  template <class P>
+  FASTOPTIM_INLINE V written_or(V master) const {
+    const V current = V::load(static_cast<const P*>(p.param) + i);
+    P stored[V::kLanes];  // through the store's own rounding: every level decides alike
+    V::store(stored, master);
+    const V untouched_value = V::load(static_cast<const P*>(stored));
+    const typename V::Bits kept = equal_mask(as_bits(untouched_value), as_bits(current));
+    return from_bits((kept & as_bits(master)) | andnot(kept, as_bits(current)));
   }
   FASTOPTIM_INLINE void store_param(V x) const {
-    if constexpr (kMaster) store_as(static_cast<typename L::master*>(p.master) + i, x);
-    else x = rounded<typename L::param>(x, 0);
-    store_as(static_cast<typename L::param*>(p.param) + i, x);
-  }
-  FASTOPTIM_INLINE V state(int k) const {
-    return load_as<V>(static_cast<const typename L::state*>(p.state[k]) + i);
-  }
-  FASTOPTIM_INLINE void store_state(int k, V x) const {
-    store_as(static_cast<typename L::state*>(p.state[k]) + i, rounded<typename L::state>(x, 1 + k));
-  }
-
-  // x as a store of type S rounds it: stochastically when asked and S is 16-bit; else the
-  // store rounds to nearest even
-  template <class S>
-  FASTOPTIM_INLINE V rounded(V x, int stream) const {
-    if constexpr (kHalf<S>) {
-      if (p.stochastic) {
-        using Bits = typename V::Bits;
-        const int pair = stream >> 1;
-        if (!drawn[pair]) {  // once per element for both streams of the pair
-          bits[pair] = random_bits<Bits>(p.keys[pair], p.first + static_cast<uint32_t>(i));
-          drawn[pair] = true;
-        }
-        return round_stochastically<S>(x, stream & 1 ? shift_left<16>(bits[pair]) : bits[pair]);
+    if constexpr (kWide) {
+      V::store(static_cast<double*>(p.param) + i, x);
+    } else {
+      if (p.master != nullptr) {
+        V::store(static_cast<float*>(p.master) + i, x);
+        store_half(p.param_type, p.param, x);  // the master's rounding to nearest
+      } else {
+        store(p.param_type, p.param, x, 0);
       }
     }
-    return x;
+  }
+  FASTOPTIM_INLINE V state(int k) const {
+    if constexpr (kWide) return V::load(static_cast<const double*>(p.state[k]) + i);
+    else return load_stream<V>(p.state_type, p.state[k], i);
+  }
+  FASTOPTIM_INLINE void store_state(int k, V x) const {
+    if constexpr (kWide) V::store(static_cast<double*>(p.state[k]) + i, x);
+    else store(p.state_type, p.state[k], x, 1 + k);
+  }
+
+  // x into a float32 stream, or a 16-bit one: rounded stochastically when asked, else to
+  // nearest even by the store
+  FASTOPTIM_INLINE void store(int type, void* base, V x, int stream) const {
+    if (type == kF32) {
+      V::store(static_cast<float*>(base) + i, x);
+      return;
+    }
+    if (p.stochastic) {
+      using Bits = typename V::Bits;
+      const int pair = stream >> 1;
+      if (!drawn[pair]) {  // once per element for both streams of the pair
+        bits[pair] = random_bits<Bits>(p.keys[pair], p.first + static_cast<uint32_t>(i));
+        drawn[pair] = true;
+      }
+      const Bits r = stream & 1 ? shift_left<16>(bits[pair]) : bits[pair];
+      if (type == kBF16) x = round_stochastically<bfloat16>(x, r);
+      else x = round_stochastically<float16>(x, r);
+    }
+    store_half(type, base, x);
+  }
+  FASTOPTIM_INLINE void store_half(int type, void* base, V x) const {
+    if (type == kBF16) V::store(static_cast<bfloat16*>(base) + i, x);
+    else V::store(static_cast<float16*>(base) + i, x);
   }
   // the random bits drawn for this element, per stream pair (stores are const: the rules
   // take `const Io&`)
@@ -148,9 +179,8 @@ struct Io {
   mutable bool drawn[2] = {false, false};
 };
 
-template <class R, class L>
+template <class R, class C>
 void run(const void* scalars, const void* factors, const Streams& stream_ptrs, size_t count) {
-  using C = typename L::compute;
   using V = typename VecOf<C>::type;
   using S = Scalar<C>;
   using Scalars = typename R::template Scalars<C>;
@@ -162,13 +192,13 @@ void run(const void* scalars, const void* factors, const Streams& stream_ptrs, s
   // One-lane head up to the first vector-aligned param address (counted in param elements):
   // wide accesses that straddle cache lines cost ~20% on these streams, and NumPy's large
   // arrays are only 16-byte aligned (the other streams usually share the param's offset).
-  const size_t misaligned =
-      reinterpret_cast<uintptr_t>(streams.param) / sizeof(typename L::param) % V::kLanes;
+  const size_t param_size = streams.param_type == kF64 ? 8 : streams.param_type == kF32 ? 4 : 2;
+  const size_t misaligned = reinterpret_cast<uintptr_t>(streams.param) / param_size % V::kLanes;
   const size_t head = misaligned == 0 ? 0 : V::kLanes - misaligned;
   size_t i = 0;
-  for (; i < head && i < count; ++i) R::template update<S>(s, Io<S, L>{streams, i, f});
-  for (; i + V::kLanes <= count; i += V::kLanes) R::template update<V>(s, Io<V, L>{streams, i, f});
-  for (; i < count; ++i) R::template update<S>(s, Io<S, L>{streams, i, f});
+  for (; i < head && i < count; ++i) R::template update<S>(s, Io<S>{streams, i, f});
+  for (; i + V::kLanes <= count; i += V::kLanes) R::template update<V>(s, Io<V>{streams, i, f});
+  for (; i < count; ++i) R::template update<S>(s, Io<S>{streams, i, f});
 }
 
 // The grad norm's inner loop: elements [0, n) (n a multiple of 8) into 8 double lanes, element
@@ -199,18 +229,13 @@ void norm_lanes(const void* grad, size_t n, double* lanes) {
   for (size_t r = 0; r < kRegs; ++r) D::store(lanes + r * D::kLanes, acc[r]);
 }
 
-// The table: a kernel for every rule of the registry and every registered layout.
-template <class R, class... L>
-constexpr void fill_row(Kernel* row, LayoutList<L...>) {
-  size_t j = 0;
-  ((row[j++] = &run<R, L>), ...);
-}
+// The table: every rule of the registry, per compute type.
 template <class... R>
 constexpr KernelTable make_table(rules::RuleList<R...>) {
   KernelTable table{};
   table.level = FASTOPTIM_ISA_NAME;
   size_t i = 0;
-  (fill_row<R>(table.kernels[i++], Registered{}), ...);
+  ((table.kernels[i][0] = &run<R, float>, table.kernels[i][1] = &run<R, double>, ++i), ...);
   table.norms[0][0] = &norm_lanes<false, float>;
   table.norms[0][1] = &norm_lanes<false, double>;
   table.norms[1][0] = &norm_lanes<true, float>;

@@ -1,4 +1,8 @@
-// What each per-ISA translation unit exports: one table of kernels, indexed [rule][layout].
+// What each per-ISA translation unit exports: one table of kernels. A rule's element math is
+// compiled once per compute type (float32, float64); the storage type of each stream is a
+// run-time value that the kernel's loads and stores branch on (uniform over a call, so the
+// branches are predicted perfectly), each storage type's conversions written once per ISA in
+// the vector headers. The table grows as the rules do, not as rules × layouts.
 // Plain data only: this header is included by every ISA object, so it must emit no symbols.
 #pragma once
 
@@ -10,13 +14,14 @@
 
 namespace fastoptim::kernels {
 
-// Pointers of one buffer set, already offset to the first element of a chunk; each stream in
-// its layout's storage type.
+// Pointers of one buffer set, already offset to the first element of a chunk, and each stream's
+// storage type (kStorageId values).
 struct Streams {
   void* param;
   const void* grad;
   void* state[rules::kMaxSlots];
-  void* master;
+  void* master;  // a float32 master copy of 16-bit params, or null
+  int8_t param_type, grad_type, state_type;
   // Stochastic rounding of 16-bit stores: the keys of the stream pairs (param and state slot
   // 0; slots 1 and 2), and the index of the chunk's first element in its param (mod 2^32: the
   // driver folds the rest into the keys).
@@ -35,7 +40,7 @@ struct GradFactors {
 };
 
 // Applies a rule to elements [0, count) of `streams`: `scalars` points to the rule's
-// Scalars<C> and `factors` to GradFactors<C>, C the layout's compute type.
+// Scalars<C> and `factors` to GradFactors<C>, C the kernel's compute type.
 using Kernel = void (*)(const void* scalars, const void* factors, const Streams& streams,
                         size_t count);
 
@@ -46,8 +51,8 @@ inline constexpr size_t kRuleCount = rules::All::size;
 
 struct KernelTable {
   const char* level;
-  Kernel kernels[kRuleCount][kLayoutCount];
-  NormKernel norms[2][2];  // [0 = sum |g|, 1 = sum g * g][0 = float32, 1 = float64]
+  Kernel kernels[kRuleCount][2];  // [rule][0 = float32, 1 = float64]
+  NormKernel norms[2][2];         // [0 = sum |g|, 1 = sum g * g][0 = float32, 1 = float64]
 };
 
 }  // namespace fastoptim::kernels
