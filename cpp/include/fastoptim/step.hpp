@@ -43,7 +43,7 @@ struct Rounding {
 
 // The storage type of each stream of a call: params, grads, state slots; whether each param
 // has a float32 master copy (ParamBuffers::master), and how 16-bit stores round. A call runs
-// if the build has a kernel for this combination (cpp/src/kernels/layouts.hpp), else
+// if the combination is one of layouts() (cpp/src/kernels/layouts.hpp), else
 // std::invalid_argument names the types. The combinations, all 16-bit math in float32:
 //   param  grad         state            master
 //   f32    f32          f32              -
