@@ -97,12 +97,13 @@ Layout make_layout(const std::vector<std::string>& dtypes) {
     const bool fits = l.float64 ? l.types[i] == kRooflineFloat64 ||
                                       (grad && l.types[i] == kRooflineFloat32)
                                 : l.types[i] != kRooflineFloat64;
-    if (!fits)
+    if (!fits) {
+      std::string names;
+      for (const std::string& d : dtypes) names += (names.empty() ? "" : ", ") + d;
       throw py::value_error(
-          "roofline: a float64 param needs float64 state and a float64 or float32 grad, and "
-          "only a float64 param takes float64 streams; got " +
-          dtypes[0] + " param, " + dtypes[1] + " grad" +
-          (l.states ? ", " + dtypes[2] + " state" : ""));
+          "roofline: float64 streams go with a float64 param only, whose state is float64 and "
+          "grad float64 or float32; got " + names + " (param, grad, states)");
+    }
   }
   return l;
 }
