@@ -8,7 +8,7 @@
 #      its [test] extra) and run the test suite against it from outside the source tree;
 #   4. run the same wheel's exactness check (tests/qemu_check.py) under qemu-x86_64 with a CPU
 #      model without AVX (Westmere: sse2) and one with AVX2 but no AVX-512 (Haswell: avx2),
-#      and the benchmark's roofline loop, whose clone (target_clones) must match the model.
+#      and the benchmark's roofline loop, whose level (the product's) must match the model.
 #      A stray wide instruction outside the dispatched kernels dies there with SIGILL.
 #
 # About 4 minutes on the 2-core CI machine (build 20 s, fresh venv 35 s, test suite ~2 min,
@@ -178,25 +178,25 @@ qemu_run() {  # qemu_run CPU EXPECTED_LEVEL ARGS... : run python under qemu, fai
     fail "exit code $rc under -cpu $cpu (expected level $expect)"
   fi
 }
-# The benchmark's roofline (fastoptim._roofline) picks its loops' clone at load (ifunc): the one
-# this CPU runs, and its x += grad lands (2 threads; float32 param and grad with a float16 state:
-# the loops per stream type; then float32 alone: the fused loop).
+# The benchmark's roofline (fastoptim._roofline) runs its loops at the product's level (the
+# dispatcher's choice for this CPU), and its x += grad lands (2 threads; float32 param and grad
+# with a float16 state: the mixed-type loop; then float32 alone: the one-type loop).
 roofline_check='import sys, numpy as np
 from fastoptim import _roofline
 x, g, h = np.zeros(40000, np.float32), np.ones(40000, np.float32), np.zeros(40000, np.float16)
 t = np.array([[x.ctypes.data, g.ctypes.data, h.ctypes.data, 0, 0, x.size, 0]], np.int64)
 _roofline.step(t, ["float32", "float32", "float16"], 2)
 _roofline.step(t, ["float32", "float32"], 2)
-print("roofline clone:", _roofline.vector_level())
-assert (x == 2).all() and (h == 1).all() and _roofline.vector_level() == sys.argv[1]'
-for model in Westmere:sse2:default Haswell:avx2:avx2; do
-  IFS=: read -r cpu level clone <<< "$model"
+print("roofline level:", _roofline.simd_level())
+assert (x == 2).all() and (h == 1).all() and _roofline.simd_level() == sys.argv[1]'
+for model in Westmere:sse2 Haswell:avx2; do
+  IFS=: read -r cpu level <<< "$model"
   say "qemu-x86_64 -cpu $cpu: simd_level() must be $level; a few steps of every rule vs NumPy"
   qemu_run "$cpu" "$level" "$ROOT/tests/qemu_check.py" --expect "$level"
   qemu_run "$cpu" "$level" -m fastoptim info
   grep -Eq "level in use: *$level" "$QEMU_LOG" || fail "fastoptim info does not report $level"
-  say "qemu-x86_64 -cpu $cpu: the bench's roofline runs its $clone clone"
-  qemu_run "$cpu" "$level" -c "$roofline_check" "$clone"
+  say "qemu-x86_64 -cpu $cpu: the bench's roofline runs at $level"
+  qemu_run "$cpu" "$level" -c "$roofline_check" "$level"
 done
 say "qemu-x86_64 -cpu Haswell: FASTOPTIM_SIMD forces a lower level, clamps a higher one"
 FASTOPTIM_SIMD=sse2 qemu_run Haswell sse2 -c \

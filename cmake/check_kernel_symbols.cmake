@@ -3,7 +3,9 @@
 # wide-ISA flags and left global could be picked by the linker for baseline code: a SIGILL on
 # older CPUs. Usage:
 #   cmake -DNM=<nm> -DISA=<level> -DOBJECTS=<obj>[|<obj>...] [-DSANITIZE=<list>]
-#         -P check_kernel_symbols.cmake
+#         [-DTABLE=<name>] -P check_kernel_symbols.cmake
+# TABLE: the table the objects must define in the namespace (default kTable, the kernels';
+# the bench's roofline objects define kRooflineTable).
 # With SANITIZE (the build's FASTOPTIM_SANITIZE), what the sanitizers insert is accepted: their
 # module constructors and destructors, `__asan_*`/`__ubsan_*`/`__sanitizer_*` names, ASan's
 # ODR indicators of our own globals (`__odr_asan.<symbol>`, Clang `__odr_asan_gen_<symbol>`)
@@ -15,6 +17,10 @@ foreach(var NM ISA OBJECTS)
   endif()
 endforeach()
 
+if(NOT DEFINED TABLE OR "${TABLE}" STREQUAL "")
+  set(TABLE kTable)
+endif()
+string(LENGTH "${TABLE}" table_length)
 string(REPLACE "|" ";" objects "${OBJECTS}")
 string(LENGTH "${ISA}" isa_length)
 # Itanium mangling of the namespace prefix; optional special-name prefixes (guard variables,
@@ -65,7 +71,7 @@ foreach(object IN LISTS objects)
       continue()
     endif()
     if(name MATCHES "^_Z(GV|TH|TW)?${namespace_prefix}")
-      if(name STREQUAL "_Z${namespace_prefix}6kTableE")
+      if(name STREQUAL "_Z${namespace_prefix}${table_length}${TABLE}E")
         set(seen_table TRUE)
       endif()
       continue()
@@ -79,6 +85,6 @@ if(bad)
   message(FATAL_ERROR "symbols outside fastoptim::kernels::${ISA}:\n  ${bad_lines}")
 endif()
 if(NOT seen_table)
-  message(FATAL_ERROR "fastoptim::kernels::${ISA}::kTable not found: is this a ${ISA} kernel object?")
+  message(FATAL_ERROR "fastoptim::kernels::${ISA}::${TABLE} not found: is this a ${ISA} kernel object?")
 endif()
 message(STATUS "${ISA}: every global symbol is inside fastoptim::kernels::${ISA}")

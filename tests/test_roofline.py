@@ -1,10 +1,16 @@
 """fastoptim._roofline, the benchmark's same-traffic loop: every element of every written stream
 gets x += grad exactly once, in each stream's own storage type (the 16-bit ones rounded to
-nearest even, as NumPy and torch round), across thread splits; bad tables are refused before
+nearest even, as NumPy and torch round), across thread splits and at every SIMD level (the
+product's level: the roofline follows fastoptim.simd_level()); bad tables are refused before
 anything is written. No timing here."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
+import fastoptim
 import numpy as np
 import pytest
 from fastoptim import _core, _roofline
@@ -14,7 +20,8 @@ try:
 except ImportError:
     torch = None
 
-SIZES = [1, 7, 15, 16, 17, 1023, 1024, 1025, 4097, 100003]  # vector tails, blocks, thread split
+# one-lane heads and tails, two-vector steps of every level, the thread split
+SIZES = [1, 7, 15, 16, 17, 31, 33, 63, 65, 1023, 1024, 1025, 4097, 100003]
 NUMPY = {"float32": np.float32, "float64": np.float64, "float16": np.float16}
 
 
@@ -28,8 +35,8 @@ def table(params, grads, states) -> np.ndarray:
 
 
 def expected(x: np.ndarray, g: np.ndarray, wide: type) -> np.ndarray:
-    """x + g in the arithmetic the loop uses (float64 when any stream is float64, else
-    float32), stored back in x's type."""
+    """x + g in the arithmetic the loop uses (float64 for a float64 param, else float32),
+    stored back in x's type."""
     return (x.astype(wide) + g.astype(wide)).astype(x.dtype)
 
 
@@ -39,16 +46,20 @@ def expected(x: np.ndarray, g: np.ndarray, wide: type) -> np.ndarray:
     [
         ("float32", "float32", "float32"),
         ("float64", "float64", "float64"),
-        ("float32", "float64", "float32"),
-        ("float64", "float32", "float32"),
+        ("float64", "float32", "float64"),
+        ("float16", "float16", "float16"),
         ("float16", "float16", "float32"),
         ("float16", "float32", "float16"),
+        ("float32", "float16", "float32"),
     ],
 )
 @pytest.mark.parametrize("states", [0, 1, 2, 3])
-def test_every_stream_gets_x_plus_grad(layout: tuple[str, str, str], states: int, threads: int):
+def test_every_stream_gets_x_plus_grad(
+    layout: tuple[str, str, str], states: int, threads: int, simd_level: str
+) -> None:
+    assert _roofline.simd_level() == simd_level
     param_t, grad_t, state_t = (NUMPY[t] for t in layout)
-    wide = np.float64 if np.float64 in (param_t, grad_t, state_t) else np.float32
+    wide = np.float64 if param_t == np.float64 else np.float32
     rng = np.random.default_rng(states)
     params = [rng.standard_normal(n).astype(param_t) for n in SIZES]
     grads = [rng.standard_normal(n).astype(grad_t) for n in SIZES]
@@ -81,7 +92,7 @@ def test_each_element_once_across_thread_chunks(threads: int) -> None:
     assert all((s == 13).all() for s in slots[0])
 
 
-def test_float16_round_trips_every_value() -> None:
+def test_float16_round_trips_every_value(simd_level: str) -> None:
     halves = np.arange(65536, dtype=np.uint16).view(np.float16)
     x = halves.copy()
     minus_zero = np.full(x.size, -0.0, np.float32)  # x + -0 is x, for -0 too
@@ -105,7 +116,7 @@ def _awkward_floats() -> np.ndarray:
     return np.concatenate(parts).astype(np.float32)
 
 
-def test_float16_rounds_to_nearest_even() -> None:
+def test_float16_rounds_to_nearest_even(simd_level: str) -> None:
     f = _awkward_floats()
     x = np.zeros(f.size, np.float16)
     _roofline.step(table([x], [f], []), ["float16", "float32"], 2)
@@ -117,7 +128,7 @@ def test_float16_rounds_to_nearest_even() -> None:
 
 
 @pytest.mark.skipif(torch is None, reason="bfloat16 reference from torch")
-def test_bfloat16_rounds_as_torch() -> None:
+def test_bfloat16_rounds_as_torch(simd_level: str) -> None:
     f = torch.from_numpy(_awkward_floats())
     x = torch.zeros(f.numel(), dtype=torch.bfloat16)
     grads = [f.numpy()]
@@ -133,13 +144,55 @@ def test_bfloat16_rounds_as_torch() -> None:
     assert torch.equal(p[finite], want.float()[finite])
 
 
+@pytest.mark.skipif(torch is None, reason="bfloat16 reference from torch")
+@pytest.mark.parametrize("states", [0, 3])
+def test_bfloat16_layout_rounds_as_torch(states: int, simd_level: str) -> None:
+    """Every stream bfloat16 (the levels' even/odd conversions): every bfloat16 value as a param
+    and a state against random grads and special ones (NaN, inf, subnormals), 2 bytes past an
+    aligned start (a one-lane head), and a row of 3 (a tail alone)."""
+    gen = torch.Generator().manual_seed(states)
+    every = torch.arange(-32768, 32768, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    xs = [every.clone()[1:], every[:3].clone()]
+    gs = []
+    for x in xs:
+        g = torch.randn(x.numel(), generator=gen) * 4.0 ** torch.randint(
+            -8, 8, x.shape, generator=gen
+        )
+        g[::97] = every[: g[::97].numel()].float()
+        gs.append(g.to(torch.bfloat16))
+    slots = [[x.flip(0) for x in xs] for _ in range(states)]
+    want = [[(x.float() + g.float()).to(torch.bfloat16) for x, g in zip(xs, gs)]]
+    want += [[(x.float() + g.float()).to(torch.bfloat16) for x, g in zip(s, gs)] for s in slots]
+
+    def bits(tensors: list) -> list:
+        return [t.view(torch.int16).numpy() for t in tensors]  # the same memory
+
+    t = table(bits(xs), bits(gs), [bits(slot) for slot in slots])
+    _roofline.step(t, ["bfloat16"] * (2 + states), 2, 1)
+    for got_row, want_row in zip([xs, *slots], want):
+        for got, w in zip(got_row, want_row):
+            nan = torch.isnan(w)
+            assert torch.equal(got.view(torch.int16)[~nan], w.view(torch.int16)[~nan])
+            assert torch.isnan(got[nan]).all()
+
+
 def test_bytes_per_element_is_each_streams_traffic() -> None:
     assert _roofline.bytes_per_element(["float32"] * 4) == 28  # Adam: AdamW's 28 bytes
     assert _roofline.bytes_per_element(["float64", "float64"]) == 24
     # mixed: bfloat16 param and grad, float32 state: 2 + 2*2 + 2*(2*4)
     assert _roofline.bytes_per_element(["bfloat16", "bfloat16", "float32", "float32"]) == 22
     assert set(_roofline.dtypes) == {"float32", "float64", "bfloat16", "float16"}
-    assert _roofline.vector_level() in {"avx512f", "avx2", "default", "plain"}
+
+
+def test_level_is_the_products() -> None:
+    assert _roofline.simd_level() == fastoptim.simd_level()
+    # FASTOPTIM_SIMD forces the roofline too (scalar: every build and CPU has it)
+    env = {**os.environ, "FASTOPTIM_SIMD": "scalar"}
+    code = "from fastoptim import _roofline; print(_roofline.simd_level())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "scalar"
 
 
 def test_bad_calls_are_refused_before_any_write() -> None:
@@ -154,6 +207,10 @@ def test_bad_calls_are_refused_before_any_write() -> None:
         (good, ["float32"] * 6, ValueError),  # four state streams
         (good, ["float32", "int8"], TypeError),
         (good, ["float32", "float32", "float32"], ValueError),  # state 0 is null
+        # float64 goes with float64 params only, and their state is float64
+        (good, ["float32", "float64"], ValueError),
+        (good, ["float64", "float64", "float32"], ValueError),
+        (good, ["float64", "bfloat16"], ValueError),
     ]
     misaligned = good.copy()
     misaligned[0, 0] += 2

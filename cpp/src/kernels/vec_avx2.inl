@@ -122,3 +122,29 @@ FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm256_cvttps_epi32(a.v)};
 FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) {
   return {_mm256_castps_si256(_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
 }
+
+// ---- bfloat16 as even and odd elements (the bench's roofline, cpp/roofline/roofline.inl) -------
+// 2 * kLanes bfloat16 values as two vectors: the even-indexed elements and the odd-indexed ones.
+// Neither direction moves data across lanes (F32::load/store widen and narrow with shuffles),
+// so a loop whose every stream is bfloat16 and whose math is elementwise converts faster this
+// way. store_even_odd rounds as F32::store does: nearest even, a NaN stored as 0x7fc0.
+FASTOPTIM_INLINE void load_even_odd(const bfloat16* p, F32& even, F32& odd) {
+  const __m256i w = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  even = {_mm256_castsi256_ps(_mm256_slli_epi32(w, 16))};
+  odd = {_mm256_castsi256_ps(_mm256_and_si256(w, _mm256_set1_epi32(static_cast<int>(0xffff0000u))))};
+}
+// x rounded to bfloat16 in the high half of each 32-bit lane (the low half is left over)
+FASTOPTIM_INLINE __m256i bfloat16_in_high_half(F32 x) {
+  const __m256i u = _mm256_castps_si256(x.v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff)));
+  return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc00000),
+                            _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q)));
+}
+FASTOPTIM_INLINE void store_even_odd(bfloat16* p, F32 even, F32 odd) {
+  // even's bfloat16 shifted into the low halves, odd's kept in the high ones
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                      _mm256_or_si256(_mm256_srli_epi32(bfloat16_in_high_half(even), 16),
+                                      _mm256_and_si256(bfloat16_in_high_half(odd), high)));
+}

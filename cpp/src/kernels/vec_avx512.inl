@@ -127,3 +127,29 @@ FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm512_cvttps_epi32(a.v)};
 FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) {
   return {_mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), _mm512_set1_epi32(-1))};
 }
+
+// ---- bfloat16 as even and odd elements (the bench's roofline, cpp/roofline/roofline.inl) -------
+// 2 * kLanes bfloat16 values as two vectors: the even-indexed elements and the odd-indexed ones.
+// Neither direction moves data across lanes (F32::load/store widen and narrow with shuffles),
+// so a loop whose every stream is bfloat16 and whose math is elementwise converts faster this
+// way. store_even_odd rounds as F32::store does: nearest even, a NaN stored as 0x7fc0.
+FASTOPTIM_INLINE void load_even_odd(const bfloat16* p, F32& even, F32& odd) {
+  const __m512i w = _mm512_loadu_si512(p);
+  even = {_mm512_castsi512_ps(_mm512_slli_epi32(w, 16))};
+  odd = {_mm512_castsi512_ps(_mm512_and_si512(w, _mm512_set1_epi32(static_cast<int>(0xffff0000u))))};
+}
+// x rounded to bfloat16 in the high half of each 32-bit lane (the low half is left over)
+FASTOPTIM_INLINE __m512i bfloat16_in_high_half(F32 x) {
+  const __m512i u = _mm512_castps_si512(x.v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff)));
+  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q),
+                               _mm512_set1_epi32(0x7fc00000));
+}
+FASTOPTIM_INLINE void store_even_odd(bfloat16* p, F32 even, F32 odd) {
+  // even's bfloat16 shifted into the low halves, odd's kept in the high ones: a | (b & c)
+  _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(
+                             _mm512_srli_epi32(bfloat16_in_high_half(even), 16),
+                             bfloat16_in_high_half(odd),
+                             _mm512_set1_epi32(static_cast<int>(0xffff0000u)), 0xf8));
+}

@@ -16,18 +16,22 @@ Modules, one concern each:
 * ``workloads``   rules, option variants, workload shapes, state plans, the shared buffers;
 * ``contenders``  what runs: an optimizer (or the roofline, ``fastoptim._roofline``) per contender;
 * ``measurement`` timing rounds, busy-CPU detection from /proc, medians;
-* ``report``      derived figures, table, JSON, chart, machine facts;
+* ``report``      derived figures, table, JSON, chart, machine facts, and the pieces every
+                  table is made of;
 * ``progress``    the progress bar;
 * ``mixed``       the mixed-precision section: layouts (bf16/fp16 params, bf16 state, fp32
                   master copies), their buffers and contenders (torch fused / for-loop, torch's
-                  three-pass offload, DeepSpeedCPUAdam when importable), the loop over its cells;
+                  three-pass offload, DeepSpeedCPUAdam when importable);
 * ``mixed_report`` its layout table, measured table and the summary of the issue's ratios;
-* ``cli``         arguments, the loop over cells, ``main``.
+* ``cli``         arguments, the loops over both sections' cells, ``main``.
+
+Imports go one way: ``cli`` uses every module, ``mixed_report`` uses ``report`` and ``mixed``,
+``mixed`` uses ``contenders``, ``measurement`` and ``workloads``.
 """
 
 from __future__ import annotations
 
-from .cli import build_parser, main, run_cells
+from .cli import build_parser, main, run_cells, run_mixed_cells
 from .contenders import (
     CONTENDERS,
     TORCH_CONTENDERS,
@@ -59,7 +63,6 @@ from .mixed import (
     MixedCell,
     build_mixed_contender,
     layout_state,
-    run_mixed_cells,
 )
 from .mixed_report import format_layouts, format_mixed_table, format_summary, summary
 from .progress import ProgressBar

@@ -1,5 +1,5 @@
-"""``python -m fastoptim bench``: arguments, the loop over workloads x rules x thread counts, and
-the outputs."""
+"""``python -m fastoptim bench``: arguments, the loops over the cells (workloads x rules x thread
+counts; workloads x mixed-precision layouts x thread counts), and the outputs."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import gc
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ from .. import __version__
 from .._runtime import openmp_runtime, set_num_threads, simd_level
 from . import mixed, mixed_report, report
 from .contenders import CONTENDERS, TORCH_FUSED, WITHOUT_TORCH, build_contender, torch_or_none
-from .measurement import CellResult, Settings, measure_cell
+from .measurement import CellResult, Contender, Settings, measure_cell
 from .progress import ProgressBar
 from .workloads import (
     RULES,
@@ -142,6 +142,40 @@ def build_parser(default_dir: Path | None = None) -> argparse.ArgumentParser:
     return p
 
 
+def _use_threads(n: int, torch: Any) -> None:
+    set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
+def _measure(
+    cell: CellResult,
+    kinds: Sequence[str],
+    build: tuple[Callable[..., Contender], tuple[Any, ...]],
+    settings: Settings,
+    bar: ProgressBar,
+    derive: Callable[[Any], None],
+) -> None:
+    """One cell: each contender built as build[0](kind, *build[1]) (one that cannot be is the
+    cell's error for it, not fatal), measured, the figures derived, the wall time kept."""
+    start = time.perf_counter()
+    contenders = []
+    function, args = build
+    for kind in kinds:
+        try:
+            contenders.append(function(kind, *args))
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            text = str(exc)
+            unavailable = text.startswith("unavailable")  # an optional contender, said as is
+            cell.errors[kind] = text if unavailable else f"{type(exc).__name__}: {text}"
+    measure_cell(contenders, cell, settings, bar)
+    derive(cell)
+    del contenders
+    if cell.elements >= 10**6:  # optimizers hold reference cycles
+        gc.collect()
+    cell.elapsed_s = round(time.perf_counter() - start, 3)
+
+
 def run_cells(
     workloads: Sequence[Workload],
     plan: Sequence[tuple[str, str, dict[str, Any], StatePlan]],
@@ -160,10 +194,9 @@ def run_cells(
         buffers = Buffers(workload.shapes, dtype, torch)
         try:
             for rule, label, options, state in plan:
+                kinds = [k for k in contender_names if k != "torch.fused" or rule in TORCH_FUSED]
                 for n in threads:
-                    set_num_threads(n)
-                    if torch is not None:
-                        torch.set_num_threads(n)
+                    _use_threads(n, torch)
                     bar.set_label(f"{label} {workload.label} {n}t")
                     buffers.state_buffers(len(state.slots), state.init)
                     cell = CellResult(
@@ -177,27 +210,77 @@ def run_cells(
                         threads=n,
                         dtype=dtype,
                     )
-                    cell_start = time.perf_counter()
-                    contenders = []
-                    for kind in contender_names:
-                        if kind == "torch.fused" and rule not in TORCH_FUSED:
-                            continue
-                        try:
-                            contenders.append(
-                                build_contender(kind, rule, options, state.slots, buffers, n)
-                            )
-                        except Exception as exc:  # noqa: BLE001 - reported in the table
-                            cell.errors[kind] = f"{type(exc).__name__}: {exc}"
-                    measure_cell(contenders, cell, settings, bar)
-                    report.derive(cell)
-                    del contenders
-                    if workload.elements >= 10**6:  # optimizers hold reference cycles
-                        gc.collect()
-                    cell.elapsed_s = round(time.perf_counter() - cell_start, 3)
+                    build = (build_contender, (rule, options, state.slots, buffers, n))
+                    _measure(cell, kinds, build, settings, bar, report.derive)
                     cells.append(cell)
         finally:
             del buffers
             gc.collect()
+
+
+def run_mixed_cells(
+    workloads: Sequence[Workload],
+    layouts: Sequence[str],
+    threads: Sequence[int],
+    contender_names: Sequence[str],
+    settings: Settings,
+    torch: Any,
+    bar: ProgressBar,
+    cells: list[mixed.MixedCell],
+    slow_rounds: int | None = 3,
+) -> None:
+    """The mixed-precision section: every workload x layout x thread count, appended to
+    ``cells`` as each finishes. One layout's buffers at a time (freed before the next one's)."""
+    for workload in workloads:
+        for key in layouts:
+            layout = mixed.LAYOUTS[key]
+            bar.set_label(f"allocating {layout.key} {workload.label}")
+            kinds = [k for k in contender_names if mixed.runs_in(k, layout)]
+            buffers = None
+            try:
+                state = mixed.layout_state(layout, torch)
+                buffers = mixed.LayoutBuffers(workload.shapes, layout, state, torch)
+                setup_error = ""
+            except Exception as exc:  # noqa: BLE001 - every contender of the cell reports it
+                state = mixed.LayoutState([], [], [])
+                setup_error = f"{type(exc).__name__}: {exc}"
+            try:
+                for n in threads:
+                    _use_threads(n, torch)
+                    bar.set_label(f"{layout.key} {workload.label} {n}t")
+                    cell = mixed.MixedCell(
+                        rule=mixed.RULE,
+                        label=layout.label,
+                        options={**RULES[mixed.RULE][1], **layout.options},
+                        workload=workload.key,
+                        workload_label=workload.label,
+                        elements=workload.elements,
+                        tensors=len(workload.shapes),
+                        threads=n,
+                        dtype=layout.param,
+                        layout=layout.key,
+                        grad_dtype=layout.grad,
+                        state_slots=list(state.slots),
+                        state_dtypes=list(state.dtypes),
+                    )
+                    if setup_error:
+                        cell.errors = dict.fromkeys(kinds, setup_error)
+                    else:
+                        cell.stream_dtypes = mixed.stream_dtypes(layout, state)
+                        cell.state_bytes_per_param = mixed.state_bytes_per_param(state)
+                        cell.bytes_per_element = mixed.bytes_per_element(layout, state)
+                        buffers.fill()
+                        for kind in kinds:
+                            note = mixed.contender_note(kind, layout, state, slow_rounds)
+                            if note:
+                                cell.notes[kind] = note
+                    build = (mixed.build_mixed_contender, (layout, state, buffers, n, slow_rounds))
+                    built = [] if setup_error else kinds
+                    _measure(cell, built, build, settings, bar, mixed_report.derive_mixed)
+                    cells.append(cell)
+            finally:
+                del buffers
+                gc.collect()
 
 
 def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> int:
@@ -302,7 +385,7 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
         run_cells(
             workloads, plan, threads, contender_names, args.dtype, settings, torch, bar, cells
         )
-        mixed.run_mixed_cells(
+        run_mixed_cells(
             mixed_workloads,
             layouts,
             threads,

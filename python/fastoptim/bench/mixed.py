@@ -47,13 +47,11 @@ master copy is filled from the param, the others from the probe's value).
 from __future__ import annotations
 
 import contextlib
-import gc
 import importlib
 import importlib.util
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -61,10 +59,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _core
-from .._runtime import set_num_threads
 from .contenders import _copied, _started_entries
-from .measurement import CellResult, Contender, Settings, measure_cell
-from .progress import ProgressBar
+from .measurement import CellResult, Contender
 from .workloads import RULES, Workload
 
 RULE = "adamw"
@@ -653,7 +649,7 @@ def build_mixed_contender(
     raise ValueError(f"unknown contender {kind!r}")
 
 
-# ---- the section: every workload x layout x thread count -----------------------------------------
+# ---- the section's cells (cli.run_mixed_cells runs them) ------------------------------------------
 
 
 @dataclass
@@ -682,91 +678,6 @@ def contender_note(kind: str, layout: Layout, state: LayoutState, slow_rounds: i
         moments = state.dtypes[0] if state.dtypes else "?"
         return f"DeepSpeedCPUAdam, {moments} moments"
     return ""
-
-
-def run_mixed_cells(
-    workloads: Sequence[Workload],
-    layouts: Sequence[str],
-    threads: Sequence[int],
-    contender_names: Sequence[str],
-    settings: Settings,
-    torch: Any,
-    bar: ProgressBar,
-    cells: list[MixedCell],
-    slow_rounds: int | None = 3,
-) -> None:
-    """Every workload x layout x thread count, appended to ``cells`` as each finishes. One
-    layout's buffers at a time (freed before the next one's)."""
-    from .mixed_report import derive_mixed
-
-    for workload in workloads:
-        for key in layouts:
-            layout = LAYOUTS[key]
-            bar.set_label(f"allocating {layout.key} {workload.label}")
-            kinds = [k for k in contender_names if runs_in(k, layout)]
-            buffers = None
-            try:
-                state = layout_state(layout, torch)
-                buffers = LayoutBuffers(workload.shapes, layout, state, torch)
-                setup_error = ""
-            except Exception as exc:  # noqa: BLE001 - every contender of the cell reports it
-                state = LayoutState([], [], [])
-                setup_error = f"{type(exc).__name__}: {exc}"
-            try:
-                for n in threads:
-                    set_num_threads(n)
-                    if torch is not None:
-                        torch.set_num_threads(n)
-                    bar.set_label(f"{layout.key} {workload.label} {n}t")
-                    cell = MixedCell(
-                        rule=RULE,
-                        label=layout.label,
-                        options={**RULES[RULE][1], **layout.options},
-                        workload=workload.key,
-                        workload_label=workload.label,
-                        elements=workload.elements,
-                        tensors=len(workload.shapes),
-                        threads=n,
-                        dtype=layout.param,
-                        layout=layout.key,
-                        grad_dtype=layout.grad,
-                        state_slots=list(state.slots),
-                        state_dtypes=list(state.dtypes),
-                    )
-                    cell_start = time.perf_counter()
-                    contenders = []
-                    if setup_error:
-                        cell.errors = dict.fromkeys(kinds, setup_error)
-                    else:
-                        cell.stream_dtypes = stream_dtypes(layout, state)
-                        cell.state_bytes_per_param = state_bytes_per_param(state)
-                        cell.bytes_per_element = bytes_per_element(layout, state)
-                        buffers.fill()
-                        for kind in kinds:
-                            note = contender_note(kind, layout, state, slow_rounds)
-                            if note:
-                                cell.notes[kind] = note
-                            try:
-                                contenders.append(
-                                    build_mixed_contender(
-                                        kind, layout, state, buffers, n, slow_rounds
-                                    )
-                                )
-                            except Exception as exc:  # noqa: BLE001 - reported in the table
-                                text = f"{type(exc).__name__}: {exc}"
-                                cell.errors[kind] = (
-                                    str(exc) if str(exc).startswith("unavailable") else text
-                                )
-                    measure_cell(contenders, cell, settings, bar)
-                    derive_mixed(cell)
-                    del contenders
-                    if workload.elements >= 10**6:
-                        gc.collect()
-                    cell.elapsed_s = round(time.perf_counter() - cell_start, 3)
-                    cells.append(cell)
-            finally:
-                del buffers
-                gc.collect()
 
 
 def planned_cells(workloads: Sequence[Workload], layouts: Sequence[str], threads: Sequence[int]):

@@ -8,19 +8,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import report
-from .mixed import BASELINES, LAYOUTS, MIXED_CONTENDERS, MixedCell
+from .mixed import BASELINES, MIXED_CONTENDERS, MixedCell
+from .report import fmt, render_table, row_order, short_name
 
 FRONTS = ("fastoptim.torch", "fastoptim.arrays")  # the first one measured speaks for fastoptim
-
-_SHORT = {
-    "fastoptim.torch": "fastoptim.torch",
-    "fastoptim.arrays": "fastoptim arrays",
-    "torch.fused": "torch fused",
-    "torch.forloop": "torch for-loop",
-    "torch.3pass": "torch 3-pass",
-    "deepspeed": "DeepSpeedCPUAdam",
-    "roofline": "roofline",
-}
 
 # (what, numerator layout, denominator layout, denominator contender, target): a fastoptim row
 # over another row of the same workload and thread count; None: a fastoptim row there too
@@ -149,23 +140,6 @@ def summary(cells: Sequence[MixedCell], verdicts: bool = True) -> list[dict[str,
 # ---- text ------------------------------------------------------------------------------------------
 
 
-def _table(head: list[str], rows: list[list[str]], right: set[int], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows if r]
-        return "\n".join(lines)
-    widths = [max([len(head[i])] + [len(r[i]) for r in rows if r]) for i in range(len(head))]
-
-    def line(r: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
-        ).rstrip()
-
-    out = [line(head), "  ".join("-" * w for w in widths)]
-    out += [line(r) if r else "" for r in rows]
-    return "\n".join(out).rstrip()
-
-
 def format_layouts(facts: dict[str, dict[str, Any]], markdown: bool = False) -> str:
     """One row per layout: its streams, bytes a step moves per element, state bytes per param."""
     head = ["layout", "what", "param", "grad", "moments", "master", "B/elem moved", "state B/param"]
@@ -189,11 +163,7 @@ def format_layouts(facts: dict[str, dict[str, Any]], markdown: bool = False) -> 
                 str(f["state_bytes_per_param"]),
             ]
         )
-    return _table(head, rows, {6, 7}, markdown)
-
-
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
-    return "-" if value is None else format(value, spec) + suffix
+    return render_table(head, rows, {6, 7}, markdown)
 
 
 def format_mixed_table(
@@ -214,12 +184,10 @@ def format_mixed_table(
     ]
     rows: list[list[str]] = []
     for cell in cells:
-        names = [n for n in MIXED_CONTENDERS if n in cell.contenders]
-        names += [n for n in cell.contenders if n not in MIXED_CONTENDERS] + sorted(cell.errors)
         ref = reference(cell)
-        for j, name in enumerate(names):
+        for j, name in enumerate(row_order(cell, MIXED_CONTENDERS)):
             lead = [cell.layout, cell.workload_label, str(cell.threads)] if j == 0 else ["", "", ""]
-            short = _SHORT.get(name, name)
+            short = short_name(name)
             if name in cell.errors:
                 rows.append(lead + [short, "n/a", "", "", "", "", "", cell.errors[name][:70]])
                 continue
@@ -231,18 +199,17 @@ def format_mixed_table(
                 lead
                 + [
                     short,
-                    _fmt(e["median_ms"], ".3f", "" if smoke or e["clean"] else "*"),
-                    _fmt(e.get("gelem_per_s"), ".3f"),
-                    _fmt(e.get("roofline_gelem_per_s"), ".3f"),
-                    _fmt(e.get("pct_of_roofline"), ".1f", "%"),
-                    _fmt(ratio, ".2f", "x"),
+                    fmt(e["median_ms"], ".3f", "" if smoke or e["clean"] else "*"),
+                    fmt(e.get("gelem_per_s"), ".3f"),
+                    fmt(e.get("roofline_gelem_per_s"), ".3f"),
+                    fmt(e.get("pct_of_roofline"), ".1f", "%"),
+                    fmt(ratio, ".2f", "x"),
                     report.rounds_text(e, smoke),
                     cell.notes.get(name, ""),
                 ]
             )
-        if not markdown:
-            rows.append([])
-    return _table(head, rows, {4, 5, 6, 7, 8}, markdown)
+        rows.append([])
+    return render_table(head, rows, {4, 5, 6, 7, 8}, markdown)
 
 
 def format_summary(
@@ -270,17 +237,16 @@ def format_summary(
             if r is None:
                 line.append("-")
                 continue
-            text = _fmt(r["value"], ".1f" if unit == "%" else ".2f", unit)
+            text = fmt(r["value"], ".1f" if unit == "%" else ".2f", unit)
             text += " (a)" if r["fastoptim"] == "fastoptim.arrays" else ""
             text += " NO" if r["met"] is False and not smoke else ""
             line.append(text)
         out.append(line)
-    return _table(head, out, set(range(1 if smoke else 2, len(head))), markdown)
+    return render_table(head, out, set(range(1 if smoke else 2, len(head))), markdown)
 
 
 def footer(cells: Sequence[MixedCell], unavailable: dict[str, str], smoke: bool = False) -> str:
-    flagged = sum(1 for c in cells for r in c.rounds if r["busy"])
-    total = sum(len(c.rounds) for c in cells)
+    total, flagged = report.round_counts(cells)
     activity = "" if smoke else f" ({flagged} with other CPU activity)"
     lines = [
         f"{len(cells)} mixed-precision cells, {total} rounds{activity}. "
@@ -289,9 +255,5 @@ def footer(cells: Sequence[MixedCell], unavailable: dict[str, str], smoke: bool 
         "B/elem moved: grad read, param and every state stream (moments, master) read and "
         "written; state B/param: moments + master copy.",
     ]
-    lines += [f"{_SHORT.get(k, k)}: {v}" for k, v in unavailable.items()]
+    lines += [f"{short_name(k)}: {v}" for k, v in unavailable.items()]
     return "\n".join(lines)
-
-
-def layout_keys_in(cells: Sequence[MixedCell]) -> list[str]:
-    return [k for k in LAYOUTS if any(c.layout == k for c in cells)]

@@ -1,5 +1,6 @@
 """What the benchmark shows: figures derived from a cell's medians, the table (plain or
-Markdown), the JSON document, the chart, and the machine they were measured on."""
+Markdown), the JSON document, the chart, and the machine they were measured on; and the pieces
+every table of the bench is made of (``mixed_report`` uses them too)."""
 
 from __future__ import annotations
 
@@ -29,18 +30,60 @@ def derive(cell: CellResult) -> None:
         entry["speedup_vs_torch_best"] = torch_best / ms if torch_best else None
 
 
-_SHORT = {
+# ---- the pieces of every table ----------------------------------------------------------------
+
+# Every contender's name in the tables (both sections); others are shown as they are.
+SHORT = {
     "fastoptim.torch": "fastoptim.torch",
     "fastoptim.arrays": "fastoptim arrays",
     "torch.fused": "torch fused",
     "torch.foreach": "torch foreach",
     "torch.forloop": "torch for-loop",
+    "torch.3pass": "torch 3-pass",
+    "deepspeed": "DeepSpeedCPUAdam",
     "roofline": "roofline",
 }
 
 
-def _fmt(value: float | None, spec: str, suffix: str = "") -> str:
+def short_name(name: str) -> str:
+    return SHORT.get(name, name)
+
+
+def fmt(value: float | None, spec: str, suffix: str = "") -> str:
+    """value formatted with spec and suffix, or '-' for no value."""
     return "-" if value is None else format(value, spec) + suffix
+
+
+def render_table(
+    head: list[str], rows: list[list[str]], right: set[int], markdown: bool = False
+) -> str:
+    """Plain text (columns aligned, those in ``right`` to the right; an empty row is a blank
+    line) or a Markdown table (empty rows dropped)."""
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(r) + " |" for r in rows if r]
+        return "\n".join(lines)
+    widths = [max([len(head[i])] + [len(r[i]) for r in rows if r]) for i in range(len(head))]
+
+    def line(r: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
+
+    out = [line(head), "  ".join("-" * w for w in widths)]
+    out += [line(r) if r else "" for r in rows]
+    return "\n".join(out).rstrip()
+
+
+def row_order(cell: CellResult, known: Sequence[str]) -> list[str]:
+    """A cell's contenders in the order of ``known``, then any others, then those that failed."""
+    names = [n for n in known if n in cell.contenders]
+    return names + [n for n in cell.contenders if n not in known] + sorted(cell.errors)
+
+
+def round_counts(cells: Sequence[CellResult]) -> tuple[int, int]:
+    """(rounds, rounds with other CPU activity) of all cells."""
+    return sum(len(c.rounds) for c in cells), sum(1 for c in cells for r in c.rounds if r["busy"])
 
 
 def rounds_text(entry: dict[str, Any], smoke: bool) -> str:
@@ -75,15 +118,11 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False, smoke: boo
     ]
     rows: list[list[str]] = []
     for cell in cells:
-        first = True
-        names = [n for n in CONTENDERS if n in cell.contenders]
-        names += [n for n in cell.contenders if n not in CONTENDERS] + sorted(cell.errors)
-        for name in names:
-            lead = [cell.label, cell.workload_label, str(cell.threads)] if first else ["", "", ""]
-            first = False
+        for j, name in enumerate(row_order(cell, CONTENDERS)):
+            lead = [cell.label, cell.workload_label, str(cell.threads)] if j == 0 else ["", "", ""]
             if name in cell.errors:
                 rows.append(
-                    lead + [_SHORT.get(name, name), "n/a", "", "", "", "", cell.errors[name][:40]]
+                    lead + [short_name(name), "n/a", "", "", "", "", cell.errors[name][:40]]
                 )
                 continue
             e = cell.contenders[name]
@@ -92,34 +131,19 @@ def format_table(cells: Sequence[CellResult], markdown: bool = False, smoke: boo
             rows.append(
                 lead
                 + [
-                    _SHORT.get(name, name),
-                    _fmt(e["median_ms"], ".3f", mark),
-                    _fmt(e.get("gelem_per_s"), ".3f"),
-                    _fmt(e.get("pct_of_roofline"), ".1f", "%"),
+                    short_name(name),
+                    fmt(e["median_ms"], ".3f", mark),
+                    fmt(e.get("gelem_per_s"), ".3f"),
+                    fmt(e.get("pct_of_roofline"), ".1f", "%"),
                     ""
                     if name == "torch.fused"
-                    else _fmt(e.get("speedup_vs_torch_fused"), ".2f", "x"),
-                    "" if is_torch else _fmt(e.get("speedup_vs_torch_best"), ".2f", "x"),
+                    else fmt(e.get("speedup_vs_torch_fused"), ".2f", "x"),
+                    "" if is_torch else fmt(e.get("speedup_vs_torch_best"), ".2f", "x"),
                     rounds_text(e, smoke),
                 ]
             )
-        if not markdown:
-            rows.append([])
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows if r]
-        return "\n".join(lines)
-    widths = [max([len(head[i])] + [len(r[i]) for r in rows if r]) for i in range(len(head))]
-    right = {4, 5, 6, 7, 8}
-
-    def line(r: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))
-        ).rstrip()
-
-    out = [line(head), "  ".join("-" * w for w in widths)]
-    out += [line(r) if r else "" for r in rows]
-    return "\n".join(out).rstrip()
+        rows.append([])
+    return render_table(head, rows, {4, 5, 6, 7, 8}, markdown)
 
 
 def cpu_model() -> str:
@@ -199,7 +223,7 @@ def write_chart(cells: Sequence[CellResult], path: Path, title: str) -> bool:
                 xs,
                 ys,
                 width,
-                label=_SHORT[name],
+                label=short_name(name),
                 color=colors[name],
                 edgecolor="#333",
                 linewidth=0.3,
@@ -240,8 +264,7 @@ def header(version: str, dtype: str, simd: str, torch_version: str | None, date:
 
 def footer(cells: Sequence[CellResult], elapsed: float, smoke: bool = False) -> str:
     """The line below the table: rounds kept and redone (a smoke run: what it is)."""
-    flagged = sum(1 for c in cells for r in c.rounds if r["busy"])
-    total_rounds = sum(len(c.rounds) for c in cells)
+    total_rounds, flagged = round_counts(cells)
     if smoke:
         return f"\n{len(cells)} cells, {total_rounds} rounds, {elapsed:.0f} s."
     return (

@@ -1,0 +1,10 @@
+#include <immintrin.h>
+#include "kernels/isa_prelude.hpp"
+#include "roofline_table.hpp"
+
+#define FASTOPTIM_ISA_NAME "avx512"
+namespace fastoptim::kernels::avx512 {
+#include "kernels/vec_scalar.inl"
+#include "kernels/vec_avx512.inl"
+#include "roofline.inl"
+}  // namespace fastoptim::kernels::avx512

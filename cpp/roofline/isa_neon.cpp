@@ -1,0 +1,10 @@
+#include <arm_neon.h>
+#include "kernels/isa_prelude.hpp"
+#include "roofline_table.hpp"
+
+#define FASTOPTIM_ISA_NAME "neon"
+namespace fastoptim::kernels::neon {
+#include "kernels/vec_scalar.inl"
+#include "kernels/vec_neon.inl"
+#include "roofline.inl"
+}  // namespace fastoptim::kernels::neon
