@@ -45,12 +45,6 @@ FASTOPTIM_INLINE void add_two(void* base, size_t i, int type, V g0, V g1) {
   }
 }
 
-template <class V>
-concept EvenOddBFloat16 = requires(const bfloat16* from, bfloat16* to, V& x) {
-  load_even_odd(from, x, x);
-  store_even_odd(to, x, x);
-};
-
 // x += grad for the elements of two vectors from element i on (one element with a one-lane V).
 template <class T, class V>
 FASTOPTIM_INLINE void add_grad(const RooflineStreams& s, size_t i) {

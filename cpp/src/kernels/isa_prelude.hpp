@@ -27,3 +27,14 @@
 #define FASTOPTIM_FMAF(a, b, c) __builtin_fmaf(a, b, c)
 #define FASTOPTIM_FMA(a, b, c) __builtin_fma(a, b, c)
 #endif
+
+namespace fastoptim::kernels {
+// Whether a level's vector header converts bfloat16 as even and odd elements
+// (load_even_odd/store_even_odd: no shuffles across lanes), found by argument-dependent lookup
+// in the level's namespace.
+template <class V>
+concept EvenOddBFloat16 = requires(const bfloat16* from, bfloat16* to, V& x) {
+  load_even_odd(from, x, x);
+  store_even_odd(to, x, x);
+};
+}  // namespace fastoptim::kernels

@@ -31,8 +31,8 @@ FASTOPTIM_INLINE V load_as(const S* p) {
 // any thread split, and reproducible for a seed. Each stream of the pair rounds with 16 of
 // them.
 template <class U>
-FASTOPTIM_INLINE U random_bits(uint32_t key, uint32_t first) {
-  U x = U::iota(first) ^ U::set1(key);
+FASTOPTIM_INLINE U random_bits(uint32_t key, U index) {
+  U x = index ^ U::set1(key);
   x = x ^ shift_right<16>(x);
   x = x * U::set1(0x7feb352du);
   x = x ^ shift_right<15>(x);
@@ -160,7 +160,7 @@ struct Io {
       using Bits = typename V::Bits;
       const int pair = stream >> 1;
       if (!drawn[pair]) {  // once per element for both streams of the pair
-        bits[pair] = random_bits<Bits>(p.keys[pair], p.first + static_cast<uint32_t>(i));
+        bits[pair] = random_bits(p.keys[pair], Bits::iota(p.first + static_cast<uint32_t>(i)));
         drawn[pair] = true;
       }
       const Bits r = stream & 1 ? shift_left<16>(bits[pair]) : bits[pair];
@@ -179,6 +179,72 @@ struct Io {
   mutable bool drawn[2] = {false, false};
 };
 
+// A call whose every stream is bfloat16, at a level that converts bfloat16 as even and odd
+// elements: two vectors at a time, the even-indexed elements of the block then the odd ones,
+// each through the rule's update; the stores of the first wait for the second, and each
+// stream's pair goes out in one store. Every element gets the same operations and random bits
+// as in Io, so the results are the same bits.
+template <class V>
+struct PendingPair {
+  V half[2][1 + rules::kMaxSlots];  // [even, odd][param, state slots]
+  bool written[1 + rules::kMaxSlots] = {};
+};
+
+template <class V, int kOdd>
+struct IoEvenOdd {
+  using C = float;
+  const Streams& p;
+  size_t i;
+  const GradFactors<C>& f;
+  PendingPair<V>& pending;
+
+  FASTOPTIM_INLINE V load(const void* base) const {
+    V even, odd;
+    load_even_odd(static_cast<const bfloat16*>(base) + i, even, odd);
+    return kOdd ? odd : even;
+  }
+  FASTOPTIM_INLINE V grad() const {
+    V g = load(p.grad);
+    if (f.unscale) g = g * V::set1(f.inv_scale);
+    if (f.clip) g = g * V::set1(f.clip_coef);
+    return g;
+  }
+  FASTOPTIM_INLINE V param() const { return load(p.param); }
+  FASTOPTIM_INLINE V state(int k) const { return load(p.state[k]); }
+  FASTOPTIM_INLINE void store_param(V x) const { put(0, x); }
+  FASTOPTIM_INLINE void store_state(int k, V x) const { put(1 + k, x); }
+  FASTOPTIM_INLINE void put(int stream, V x) const {
+    if (p.stochastic) {
+      using Bits = typename V::Bits;
+      const int pair = stream >> 1;
+      if (!drawn[pair]) {  // element i + 2k + kOdd of the block, for lane k
+        const Bits index = shift_left<1>(Bits::iota(0)) +
+                           Bits::set1(p.first + static_cast<uint32_t>(i) + kOdd);
+        bits[pair] = random_bits(p.keys[pair], index);
+        drawn[pair] = true;
+      }
+      x = round_stochastically<bfloat16>(x, stream & 1 ? shift_left<16>(bits[pair]) : bits[pair]);
+    }
+    pending.half[kOdd][stream] = x;
+    pending.written[stream] = true;
+  }
+  mutable typename V::Bits bits[2];
+  mutable bool drawn[2] = {false, false};
+};
+
+template <class R, class V, class Scalars>
+FASTOPTIM_INLINE void update_even_odd(const Scalars& s, const Streams& streams, size_t i,
+                                      const GradFactors<float>& f) {
+  PendingPair<V> pending;
+  R::template update<V>(s, IoEvenOdd<V, 0>{streams, i, f, pending});
+  R::template update<V>(s, IoEvenOdd<V, 1>{streams, i, f, pending});
+  for (int k = 0; k <= rules::kMaxSlots; ++k) {
+    if (!pending.written[k]) continue;
+    void* base = k == 0 ? streams.param : streams.state[k - 1];
+    store_even_odd(static_cast<bfloat16*>(base) + i, pending.half[0][k], pending.half[1][k]);
+  }
+}
+
 template <class R, class C>
 void run(const void* scalars, const void* factors, const Streams& stream_ptrs, size_t count) {
   using V = typename VecOf<C>::type;
@@ -189,14 +255,25 @@ void run(const void* scalars, const void* factors, const Streams& stream_ptrs, s
   // reload and broadcast of every scalar on every iteration.
   const Scalars s = *static_cast<const Scalars*>(scalars);
   const GradFactors<C> f = *static_cast<const GradFactors<C>*>(factors);
-  // One-lane head up to the first vector-aligned param address (counted in param elements):
+  // Every stream bfloat16: even and odd elements, two vectors a step (update_even_odd).
+  bool even_odd = false;
+  if constexpr (EvenOddBFloat16<V>)
+    even_odd = streams.param_type == kBF16 && streams.grad_type == kBF16 &&
+               streams.state_type == kBF16 && streams.master == nullptr;
+  const size_t block = even_odd ? 2 * V::kLanes : V::kLanes;
+  // One-lane head up to the first block-aligned param address (counted in param elements):
   // wide accesses that straddle cache lines cost ~20% on these streams, and NumPy's large
   // arrays are only 16-byte aligned (the other streams usually share the param's offset).
   const size_t param_size = streams.param_type == kF64 ? 8 : streams.param_type == kF32 ? 4 : 2;
-  const size_t misaligned = reinterpret_cast<uintptr_t>(streams.param) / param_size % V::kLanes;
-  const size_t head = misaligned == 0 ? 0 : V::kLanes - misaligned;
+  const size_t misaligned = reinterpret_cast<uintptr_t>(streams.param) / param_size % block;
+  const size_t head = misaligned == 0 ? 0 : block - misaligned;
   size_t i = 0;
   for (; i < head && i < count; ++i) R::template update<S>(s, Io<S>{streams, i, f});
+  if constexpr (EvenOddBFloat16<V>) {
+    if (even_odd)
+      for (; i + 2 * V::kLanes <= count; i += 2 * V::kLanes)
+        update_even_odd<R, V>(s, streams, i, f);
+  }
   for (; i + V::kLanes <= count; i += V::kLanes) R::template update<V>(s, Io<V>{streams, i, f});
   for (; i < count; ++i) R::template update<S>(s, Io<S>{streams, i, f});
 }
