@@ -33,7 +33,12 @@ compile_all() {
     "checkpoint cpp/src/checkpoint.cpp"
     "options cpp/src/options.cpp"
     "_core python/fastoptim/_core.cpp -fvisibility=hidden"
-    "_plan_guard python/fastoptim/_plan_guard.cpp -fvisibility=hidden")
+    "_plan_guard python/fastoptim/_plan_guard.cpp -fvisibility=hidden"
+    "roof_scalar cpp/roofline/isa_scalar.cpp ${kernel[*]} -fno-tree-vectorize"
+    "roof_sse2 cpp/roofline/isa_sse2.cpp ${kernel[*]}"
+    "roof_avx2 cpp/roofline/isa_avx2.cpp ${kernel[*]} -mavx2 -mf16c -mfma"
+    "roof_avx512 cpp/roofline/isa_avx512.cpp ${kernel[*]} -mavx512f -mfma"
+    "_roofline python/fastoptim/_roofline.cpp -fvisibility=hidden -fopenmp -DFASTOPTIM_KERNELS_X86")
   for line in "${units[@]}"; do
     read -r name src flags <<< "$line"
     [[ -e "$tree/$src" ]] || continue
