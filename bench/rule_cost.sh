@@ -45,7 +45,7 @@ compile_all() {
     local secs="" run
     for run in 1 2; do
       /usr/bin/time -f "%U %S" -o "$work/time" "$cxx" "${common[@]}" $flags -I"$pyinc" \
-        -I"$pbinc" -I"$tree/cpp/src" -I"$tree/cpp/include" -c "$tree/$src" -o "$work/unit.o"
+        -I"$pbinc" -I"$tree/cpp/src" -I"$tree/cpp/include" -I"$tree/cpp/roofline" -c "$tree/$src" -o "$work/unit.o"
       secs=$(awk -v best="$secs" '{s = $1 + $2; if (best == "" || s < best) best = s;
                                     printf "%.2f", best}' "$work/time")
     done
