@@ -179,6 +179,29 @@ struct Io {
   mutable bool drawn[2] = {false, false};
 };
 
+// A call whose every stream is in the compute type and has no master copy (float32 and float64
+// training, the common case): plain loads and stores, no branch on a storage type.
+template <class V>
+struct IoPlain {
+  using C = typename V::Lane;
+  const Streams& p;
+  size_t i;
+  const GradFactors<C>& f;
+
+  FASTOPTIM_INLINE V grad() const {
+    V g = V::load(static_cast<const C*>(p.grad) + i);
+    if (f.unscale) g = g * V::set1(f.inv_scale);
+    if (f.clip) g = g * V::set1(f.clip_coef);
+    return g;
+  }
+  FASTOPTIM_INLINE V param() const { return V::load(static_cast<const C*>(p.param) + i); }
+  FASTOPTIM_INLINE void store_param(V x) const { V::store(static_cast<C*>(p.param) + i, x); }
+  FASTOPTIM_INLINE V state(int k) const { return V::load(static_cast<const C*>(p.state[k]) + i); }
+  FASTOPTIM_INLINE void store_state(int k, V x) const {
+    V::store(static_cast<C*>(p.state[k]) + i, x);
+  }
+};
+
 // A call whose every stream is bfloat16, at a level that converts bfloat16 as even and odd
 // elements: two vectors at a time, the even-indexed elements of the block then the odd ones,
 // each through the rule's update; the stores of the first wait for the second, and each
@@ -268,6 +291,15 @@ void run(const void* scalars, const void* factors, const Streams& stream_ptrs, s
   const size_t misaligned = reinterpret_cast<uintptr_t>(streams.param) / param_size % block;
   const size_t head = misaligned == 0 ? 0 : block - misaligned;
   size_t i = 0;
+  constexpr int kCompute = kStorageId<C>;
+  if (streams.param_type == kCompute && streams.grad_type == kCompute &&
+      streams.state_type == kCompute && streams.master == nullptr) {
+    for (; i < head && i < count; ++i) R::template update<S>(s, IoPlain<S>{streams, i, f});
+    for (; i + V::kLanes <= count; i += V::kLanes)
+      R::template update<V>(s, IoPlain<V>{streams, i, f});
+    for (; i < count; ++i) R::template update<S>(s, IoPlain<S>{streams, i, f});
+    return;
+  }
   for (; i < head && i < count; ++i) R::template update<S>(s, Io<S>{streams, i, f});
   if constexpr (EvenOddBFloat16<V>) {
     if (even_odd)
