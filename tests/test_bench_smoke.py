@@ -54,6 +54,9 @@ def _run(
 # ---- the smoke run -------------------------------------------------------------------------------
 
 
+# The whole default smoke run (every rule and workload, both sections): about half a minute, so
+# it runs with the exhaustive grids (CI), the shorter runs below in every session.
+@pytest.mark.exhaustive
 def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     proc = _run(
