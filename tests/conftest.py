@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import fastoptim
 import pytest
 from _support import grid_factors, pairwise_sample
@@ -87,6 +89,13 @@ def _grid_counts(config: pytest.Config) -> tuple[int, int]:
 def pytest_sessionfinish(session: pytest.Session) -> None:
     if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: tell the controller
         session.config.workeroutput["grid_counts"] = _grid_counts(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """-n auto: a worker per core, at most 4 (each imports torch: about 0.7 GB)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
 
 
 @pytest.hookimpl(optionalhook=True)
