@@ -14,7 +14,10 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 jobs="$(nproc 2>/dev/null || echo 2)"
 source "$repo/.ci/lib.sh"
 
-need libgtest-dev libeigen3-dev cmake=cmake c++=g++ make=make
+need libgtest-dev libeigen3-dev cmake=cmake g++=g++ make=make
+# GCC, as the Linux wheels (the sanitizers build with Clang); named as CMake names it for the
+# wheel, so that ccache serves the objects .ci/run's wheel build compiled with the same flags.
+export CC=gcc CXX=g++
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/fastoptim-cpp.XXXXXX")"
 trap 'rm -rf "$work"' EXIT

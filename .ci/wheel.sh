@@ -181,7 +181,7 @@ QEMU_LOG="$WORK/qemu.log"
 qemu_run() {  # qemu_run CPU EXPECTED_LEVEL ARGS... : run python under qemu, fail on any error
   local cpu=$1 expect=$2 rc=0
   shift 2
-  timeout 150 qemu-x86_64 -cpu "$cpu" "$WORK/venv/bin/python" "$@" > "$QEMU_LOG" 2>&1 || rc=$?
+  timeout 400 qemu-x86_64 -cpu "$cpu" "$WORK/venv/bin/python" "$@" > "$QEMU_LOG" 2>&1 || rc=$?
   grep -v "TCG doesn't support requested feature" "$QEMU_LOG" || true
   if [[ $rc -eq 132 ]] || grep -q "uncaught target signal 4" "$QEMU_LOG"; then
     fail "SIGILL under -cpu $cpu: an instruction this CPU lacks ran outside the dispatched kernels"
@@ -202,15 +202,30 @@ _roofline.step(t, ["float32", "float32", "float16"], 2)
 _roofline.step(t, ["float32", "float32"], 2)
 print("roofline clone:", _roofline.vector_level())
 assert (x == 2).all() and (h == 1).all() and _roofline.vector_level() == sys.argv[1]'
-for model in Westmere:sse2:default Haswell:avx2:avx2; do
-  IFS=: read -r cpu level clone <<< "$model"
+model_checks() {  # model_checks CPU LEVEL CLONE: one CPU model's runs, with a log of its own
+  local cpu=$1 level=$2 clone=$3
+  QEMU_LOG="$WORK/qemu-$cpu.log"
   say "qemu-x86_64 -cpu $cpu: simd_level() must be $level; a few steps of every rule vs NumPy"
   qemu_run "$cpu" "$level" "$ROOT/tests/qemu_check.py" --expect "$level"
   qemu_run "$cpu" "$level" -m fastoptim info
   grep -Eq "level in use: *$level" "$QEMU_LOG" || fail "fastoptim info does not report $level"
   say "qemu-x86_64 -cpu $cpu: the bench's roofline runs its $clone clone"
   qemu_run "$cpu" "$level" -c "$roofline_check" "$clone"
+}
+# The two models side by side: each qemu process emulates one thread.
+models=(Westmere:sse2:default Haswell:avx2:avx2)
+pids=()
+for model in "${models[@]}"; do
+  IFS=: read -r cpu level clone <<< "$model"
+  model_checks "$cpu" "$level" "$clone" > "$WORK/model-$cpu.out" 2>&1 &
+  pids+=($!)
 done
+failed=()
+for i in "${!models[@]}"; do
+  wait "${pids[$i]}" || failed+=("${models[$i]%%:*}")
+  cat "$WORK/model-${models[$i]%%:*}.out"
+done
+((${#failed[@]} == 0)) || fail "qemu checks failed under -cpu ${failed[*]} (above)"
 say "qemu-x86_64 -cpu Haswell: FASTOPTIM_SIMD forces a lower level, clamps a higher one"
 FASTOPTIM_SIMD=sse2 qemu_run Haswell sse2 -c \
   "import fastoptim as f; l = f.simd_level(); print('FASTOPTIM_SIMD=sse2 ->', l); assert l == 'sse2'"
