@@ -7,8 +7,9 @@ apt_install() {
   local sudo_cmd=()
   [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
   stage "installing $*"
-  "${sudo_cmd[@]}" apt-get update
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y "$@"
+  # .ci/run's two lanes may both install: wait for the other's dpkg lock instead of failing
+  "${sudo_cmd[@]}" apt-get -o DPkg::Lock::Timeout=600 update
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get -o DPkg::Lock::Timeout=600 install -y "$@"
 }
 
 # need PKG... and COMMAND=PKG...: installs the packages not installed and the packages of the

@@ -8,9 +8,10 @@
 # the bench's roofline objects define kRooflineTable).
 # With SANITIZE (the build's FASTOPTIM_SANITIZE), what the sanitizers insert is accepted: their
 # module constructors and destructors, `__asan_*`/`__ubsan_*`/`__sanitizer_*` names, ASan's
-# ODR indicators of our own globals (`__odr_asan.<symbol>`, Clang `__odr_asan_gen_<symbol>`)
-# and the personality-routine pointer of the unwind tables the instrumentation adds. None of
-# them is code compiled with the ISA's flags that the linker could pick for baseline code.
+# ODR indicators of our own globals (`__odr_asan.<symbol>`, Clang `__odr_asan_gen_<symbol>`),
+# the personality-routine pointer of the unwind tables the instrumentation adds, and the
+# type_info of function types (`_ZTIF...`, `_ZTSF...`) Clang's -fsanitize=function emits. None
+# of them is code compiled with the ISA's flags that the linker could pick for baseline code.
 foreach(var NM ISA OBJECTS)
   if(NOT DEFINED ${var} OR "${${var}}" STREQUAL "")
     message(FATAL_ERROR "check_kernel_symbols: -D${var}=... is required")
@@ -55,6 +56,11 @@ foreach(object IN LISTS objects)
       endif()
       if(name MATCHES "^_?__(asan|ubsan|sanitizer)_" OR name MATCHES "^\\.?L?_?__asan_gen_"
          OR name STREQUAL "DW.ref.__gxx_personality_v0")
+        continue()
+      endif()
+      # Clang's -fsanitize=function: the type_info (and its name) of each function type called
+      # through a pointer, weak data that the checks compare, not code.
+      if(name MATCHES "^_ZT[IS]F")
         continue()
       endif()
       # An ODR indicator names the global it guards: that global must pass the check itself.

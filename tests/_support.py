@@ -9,13 +9,16 @@ same gradients.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pytest
+from fastoptim import _core
 
 try:
     import torch  # noqa: F401
@@ -25,7 +28,9 @@ else:
     HAVE_TORCH = True
 needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
 
-RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax")
+# The rule registry of the core: every rule's torch name, options and their defaults.
+REGISTRY = {info["torch_name"]: info for info in _core.rules()}
+RULES = tuple(REGISTRY)
 
 # State keys torch.optim uses per rule (the union over options).
 STATE_KEYS = {
@@ -370,3 +375,82 @@ def assert_equal_runs(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
         for name in a["state"][i]:
             np.testing.assert_array_equal(a["state"][i][name], b["state"][i][name],
                                           err_msg=f"{what}: param {i} {name}")
+
+
+# ---- the sampled grids -------------------------------------------------------------------------
+# A test marked `grid` (tests/conftest.py) runs on a covering sample of its parametrisation in the
+# default session: within each rule, every pair of factor values that occurs together in some
+# point of the grid occurs together in a sampled point (pairwise coverage). The other points are
+# marked `exhaustive`, which CI runs. Factors are the rule's options (the registry's defaults
+# filled in, so an option left out and one given its default value are the same value), dtype,
+# front, SIMD level, layout, ...: whatever the test is parametrised by.
+
+# Case fields that pick a random draw rather than a setting.
+_NOT_FACTORS = {"seed"}
+
+
+def _option_factors(rule: str, options: Mapping[str, Any]) -> dict[str, Hashable]:
+    return {**REGISTRY[rule]["defaults"], **options}
+
+
+def _hashable(value: Any) -> Hashable:
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
+
+
+def grid_factors(params: Mapping[str, Any]) -> dict[str, Hashable]:
+    """The factors of one grid point, from a test's parameters (``item.callspec.params``)."""
+    factors: dict[str, Hashable] = {}
+    for name, value in params.items():
+        if isinstance(value, Case):
+            for field in dataclasses.fields(value):
+                if field.name not in _NOT_FACTORS and field.name != "groups":
+                    factors[field.name] = _hashable(getattr(value, field.name))
+            if len(value.groups) == 1:
+                factors.update(_option_factors(value.rule, dict(value.groups[0][1])))
+            else:
+                factors["groups"] = value.groups
+        elif (isinstance(value, tuple) and len(value) == 2 and value[0] in REGISTRY
+              and isinstance(value[1], dict)):  # a (rule, options) variant
+            factors["rule"] = value[0]
+            factors.update(_option_factors(*value))
+        elif name == "options" and isinstance(value, dict):
+            factors.update(_option_factors(params["rule"], value))
+        else:
+            factors[name] = _hashable(value)
+    return {k: _hashable(v) for k, v in factors.items()}
+
+
+def factor_pairs(point: Mapping[str, Hashable]) -> set[tuple]:
+    """What a point covers: each factor value alone, and each pair of factor values."""
+    items = sorted(point.items(), key=lambda kv: kv[0])
+    out: set[tuple] = {(item,) for item in items}
+    out.update(itertools.combinations(items, 2))
+    return out
+
+
+def pairwise_sample(points: Sequence[Mapping[str, Hashable]]) -> list[int]:
+    """Indices of a subset of ``points`` covering, within each rule, every factor pair that some
+    point covers: greedy (take the point covering most uncovered pairs; the first on ties), so
+    the same grid always gives the same sample."""
+    by_rule: dict[Hashable, list[int]] = {}
+    for i, point in enumerate(points):
+        by_rule.setdefault(point.get("rule"), []).append(i)
+    chosen: list[int] = []
+    for indices in by_rule.values():
+        bits: dict[tuple, int] = {}
+        masks = []
+        for i in indices:
+            mask = 0
+            for pair in factor_pairs(points[i]):
+                mask |= 1 << bits.setdefault(pair, len(bits))
+            masks.append(mask)
+        uncovered = (1 << len(bits)) - 1
+        while uncovered:
+            best = max(range(len(indices)), key=lambda k: (masks[k] & uncovered).bit_count())
+            chosen.append(indices[best])
+            uncovered &= ~masks[best]
+    return sorted(chosen)

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import os
+
 import fastoptim
 import pytest
+from _support import grid_factors, pairwise_sample
 from fastoptim import _runtime
 
 LEVELS = fastoptim.available_simd_levels()
@@ -49,3 +52,62 @@ def _level_and_threads_unchanged() -> None:
     yield
     assert fastoptim.simd_level() == level
     assert fastoptim.get_num_threads() == threads
+
+
+# ---- grids: a pairwise sample by default, the rest under -m exhaustive ---------------------------
+
+# Per grid test (module, function): the factors of every collected point, and the sampled indices.
+GRID_POINTS = pytest.StashKey[dict]()
+# (sampled, total) points, as the pytest-xdist workers report them to the controller.
+GRID_COUNTS = pytest.StashKey[tuple]()
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m/-k deselect, so that -m sees the marks added here
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    grids: dict[tuple[str, str], list[pytest.Item]] = {}
+    for item in items:
+        if item.get_closest_marker("grid") is not None and hasattr(item, "callspec"):
+            grids.setdefault((item.module.__name__, item.originalname), []).append(item)
+    # A point named on the command line (test_x.py::test_f[id]) runs, sampled or not.
+    named = {arg.split("::", 1)[1] for arg in config.args if "::" in arg and "[" in arg}
+    config.stash[GRID_POINTS] = {}
+    for key, group in grids.items():
+        points = [grid_factors(item.callspec.params) for item in group]
+        sample = set(pairwise_sample(points))
+        config.stash[GRID_POINTS][key] = (points, sample)
+        for i, item in enumerate(group):
+            if i not in sample and item.nodeid.split("::", 1)[1] not in named:
+                item.add_marker(pytest.mark.exhaustive)
+
+
+def _grid_counts(config: pytest.Config) -> tuple[int, int]:
+    grids = config.stash.get(GRID_POINTS, {})
+    return (sum(len(sample) for _, sample in grids.values()),
+            sum(len(points) for points, _ in grids.values()))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: tell the controller
+        session.config.workeroutput["grid_counts"] = _grid_counts(session.config)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """-n auto: a worker per core, at most 4 (each imports torch: about 0.7 GB)."""
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                      else os.cpu_count() or 1))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # pytest-xdist's controller
+    counts = getattr(node, "workeroutput", {}).get("grid_counts")
+    if counts:
+        node.config.stash[GRID_COUNTS] = tuple(counts)
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    sampled, total = config.stash.get(GRID_COUNTS, None) or _grid_counts(config)
+    if total > sampled and config.option.markexpr == "not exhaustive":
+        terminalreporter.write_line(
+            f"grids: ran the pairwise sample, {sampled} of {total} points; "
+            f"the other {total - sampled}: pytest -m exhaustive")

@@ -194,6 +194,8 @@ def test_slow_contender_takes_part_in_fewer_rounds() -> None:
     assert sum("slow" in r["order"] for r in cell.rounds) == 2
 
 
+# An end-to-end bench run with torch (10-30 s): with -m exhaustive (CI).
+@pytest.mark.exhaustive
 @pytest.mark.skipif(torch is None, reason="needs torch")
 def test_mixed_section_alone(tmp_path: Path) -> None:
     out = tmp_path / "mixed.json"
@@ -309,6 +311,8 @@ def test_mixed_section_without_torch(tmp_path: Path) -> None:
     assert "fastoptim.torch" not in proc.stdout
 
 
+# An end-to-end bench run with torch (10-30 s): with -m exhaustive (CI).
+@pytest.mark.exhaustive
 @pytest.mark.skipif(torch is None, reason="needs torch")
 def test_mixed_section_says_why_deepspeed_is_unavailable(tmp_path: Path) -> None:
     prelude = (

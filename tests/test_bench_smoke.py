@@ -54,6 +54,9 @@ def _run(
 # ---- the smoke run -------------------------------------------------------------------------------
 
 
+# The whole default smoke run (every rule and workload, both sections): about half a minute, so
+# it runs with the exhaustive grids (CI); every session runs the bench without torch end to end.
+@pytest.mark.exhaustive
 def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     out = tmp_path / "out.json"
     proc = _run(
@@ -109,6 +112,8 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert "Mixed precision summary" in text
 
 
+# An end-to-end bench run with torch (10-30 s): with -m exhaustive (CI).
+@pytest.mark.exhaustive
 def test_bench_float64_variant_and_markdown(tmp_path: Path) -> None:
     proc = _run(
         [
@@ -174,6 +179,8 @@ def test_bench_without_torch_runs_array_front_and_roofline(tmp_path: Path) -> No
     assert set(doc["results"][0]["contenders"]) == {"fastoptim.arrays", "roofline"}
 
 
+# An end-to-end bench run with torch (10-30 s): with -m exhaustive (CI).
+@pytest.mark.exhaustive
 def test_quick_run_is_a_smoke_run_and_writes_no_file_by_default(tmp_path: Path) -> None:
     """--quick prints what it is and no verdict (no 'busy' flag, no '*' median, no target, no
     'NO'); without --json/--png no run writes a file (the current directory stays empty)."""

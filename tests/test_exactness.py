@@ -29,6 +29,7 @@ GRID_CASES = [
 DTYPES = ("float64", "float32")
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("front", ["fastoptim.torch", "array-numpy"])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("rule", "options"), GRID_CASES)
@@ -37,6 +38,7 @@ def test_option_grid(rule: str, options: dict, dtype: str, front: str, simd_leve
     assert_close_runs(run(case, front), reference(case), dtype, f"{front} @ {simd_level}")
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("rule", "options"), GRID_CASES)
 def test_option_grid_array_front_torch_tensors(rule: str, options: dict, dtype: str) -> None:
@@ -45,6 +47,7 @@ def test_option_grid_array_front_torch_tensors(rule: str, options: dict, dtype: 
     assert_close_runs(run(case, "array-tensor"), reference(case), dtype, "array-tensor")
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("rule", "options"), GRID_CASES)
 def test_option_grid_torch_front_reused_grads(rule: str, options: dict, dtype: str) -> None:
@@ -79,6 +82,7 @@ def _group_cases() -> list:
     return cases
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("case", _group_cases())
 def test_param_groups_lr_changes_none_grads(case: Case, front: str) -> None:
@@ -114,6 +118,7 @@ RICH = {
 }
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("front", FRONTS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("size", SIZES)

@@ -167,6 +167,7 @@ def _write(kind: str, p: np.ndarray, saved: np.ndarray, ema: np.ndarray, k: int)
         ema[...] = kept
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
 @pytest.mark.parametrize("kind", ["assign", "restore", "clip", "ema_swap"])
 @pytest.mark.parametrize("rule", RULES)

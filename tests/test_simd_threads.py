@@ -122,6 +122,7 @@ def _cases() -> list:
 CASES = _cases()
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("front", ["array-numpy", "fastoptim.torch"] if HAVE_TORCH
                          else ["array-numpy"])
 @pytest.mark.parametrize("case", CASES)
@@ -138,6 +139,7 @@ def test_levels_bit_identical(case: Case, front: str, restore_threads: None) -> 
         fastoptim.set_simd_level(before)
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("front", ["array-numpy", "fastoptim.torch"] if HAVE_TORCH
                          else ["array-numpy"])
 @pytest.mark.parametrize("case", CASES[::3])

@@ -437,6 +437,7 @@ def _roundtrip(sd: dict) -> dict:
     return torch.load(buf)
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("via_bytes", [True, False], ids=["torch.save-BytesIO", "in-memory"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("direction", ["torch->fastoptim", "fastoptim->torch"])
@@ -602,6 +603,7 @@ LAYOUTS = {
 }
 
 
+@pytest.mark.grid
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("reuse_grads", [False, True])
 @pytest.mark.parametrize("layout", list(LAYOUTS))

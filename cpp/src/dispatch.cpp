@@ -19,13 +19,18 @@
 
 namespace fastoptim::kernels {
 
+// The levels this build compiled (CMake's FASTOPTIM_SIMD_LEVELS); scalar always.
 namespace scalar { extern const KernelTable kTable; }
-#if defined(FASTOPTIM_KERNELS_X86)
+#if defined(FASTOPTIM_KERNEL_SSE2)
 namespace sse2 { extern const KernelTable kTable; }
+#endif
+#if defined(FASTOPTIM_KERNEL_AVX2)
 namespace avx2 { extern const KernelTable kTable; }
+#endif
+#if defined(FASTOPTIM_KERNEL_AVX512)
 namespace avx512 { extern const KernelTable kTable; }
 #endif
-#if defined(FASTOPTIM_KERNELS_NEON)
+#if defined(FASTOPTIM_KERNEL_NEON)
 namespace neon { extern const KernelTable kTable; }
 #endif
 
@@ -61,7 +66,7 @@ unsigned long long xgetbv0() {
 #endif
 }
 
-#if defined(__APPLE__)
+#if defined(__APPLE__) && defined(FASTOPTIM_KERNEL_AVX512)
 // macOS enables AVX-512 state lazily, so XCR0 does not show it until first use.
 bool macos_has_avx512() {
   int value = 0;
@@ -72,7 +77,9 @@ bool macos_has_avx512() {
 
 // Needs both the instructions (CPUID) and the OS saving the registers (XCR0).
 void x86_levels(std::vector<const KernelTable*>& levels) {
+#if defined(FASTOPTIM_KERNEL_SSE2)
   levels.push_back(&sse2::kTable);  // part of x86-64
+#endif
   const unsigned max_leaf = cpuid(0, 0).eax;
   const CpuidRegs leaf1 = cpuid(1, 0);
   const bool osxsave = (leaf1.ecx >> 27) & 1;
@@ -83,13 +90,17 @@ void x86_levels(std::vector<const KernelTable*>& levels) {
   const CpuidRegs leaf7 = cpuid(7, 0);
   // the avx2 level converts float16 with F16C and fuses multiply-adds with FMA3
   const bool f16c = (leaf1.ecx >> 29) & 1, fma = (leaf1.ecx >> 12) & 1;
-  if (((leaf7.ebx >> 5) & 1) && f16c && fma) levels.push_back(&avx2::kTable);
-  else return;
+  if (!(((leaf7.ebx >> 5) & 1) && f16c && fma)) return;
+#if defined(FASTOPTIM_KERNEL_AVX2)
+  levels.push_back(&avx2::kTable);
+#endif
+#if defined(FASTOPTIM_KERNEL_AVX512)
   bool avx512_state = (xcr0 & 0xE6) == 0xE6;  // + opmask, ZMM0-15 upper, ZMM16-31
 #if defined(__APPLE__)
   avx512_state = avx512_state || macos_has_avx512();
 #endif
   if (((leaf7.ebx >> 16) & 1) && avx512_state) levels.push_back(&avx512::kTable);
+#endif
 }
 #endif
 
@@ -100,7 +111,7 @@ const std::vector<const KernelTable*>& supported_tables() {
 #if defined(FASTOPTIM_KERNELS_X86)
     x86_levels(levels);
 #endif
-#if defined(FASTOPTIM_KERNELS_NEON)
+#if defined(FASTOPTIM_KERNEL_NEON)
     levels.push_back(&neon::kTable);  // part of AArch64
 #endif
     return levels;

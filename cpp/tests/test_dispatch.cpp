@@ -25,8 +25,10 @@ TEST(Dispatch, LevelsStartWithScalarAndIncludeTheActiveOne) {
 
 // The architecture's baseline SIMD level is always built and always runnable, so a build that
 // silently fell back to scalar-only kernels (a wrong target-processor test in CMake) fails here.
+// (A development build of fewer levels, -DFASTOPTIM_SIMD_LEVELS=avx2, may leave it out.)
 TEST(Dispatch, ArchitectureBaselineLevelIsAvailable) {
   const auto levels = available_simd_levels();
+#if defined(FASTOPTIM_TEST_EVERY_LEVEL_BUILT)
   auto has = [&](const char* name) {
     return std::find(levels.begin(), levels.end(), name) != levels.end();
   };
@@ -34,6 +36,7 @@ TEST(Dispatch, ArchitectureBaselineLevelIsAvailable) {
   EXPECT_TRUE(has("sse2"));
 #elif defined(__aarch64__) || defined(_M_ARM64)
   EXPECT_TRUE(has("neon"));
+#endif
 #endif
   if (std::getenv("FASTOPTIM_SIMD") == nullptr) {
     EXPECT_EQ(simd_level(), levels.back());

@@ -28,13 +28,18 @@
 namespace py = pybind11;
 
 namespace fastoptim::kernels {
+// the levels this build compiled (FASTOPTIM_SIMD_LEVELS may leave some out)
 namespace scalar { extern const RooflineTable kRooflineTable; }
-#if defined(FASTOPTIM_KERNELS_X86)
+#if defined(FASTOPTIM_KERNEL_SSE2)
 namespace sse2 { extern const RooflineTable kRooflineTable; }
+#endif
+#if defined(FASTOPTIM_KERNEL_AVX2)
 namespace avx2 { extern const RooflineTable kRooflineTable; }
+#endif
+#if defined(FASTOPTIM_KERNEL_AVX512)
 namespace avx512 { extern const RooflineTable kRooflineTable; }
 #endif
-#if defined(FASTOPTIM_KERNELS_NEON)
+#if defined(FASTOPTIM_KERNEL_NEON)
 namespace neon { extern const RooflineTable kRooflineTable; }
 #endif
 }  // namespace fastoptim::kernels
@@ -45,10 +50,16 @@ using namespace fastoptim::kernels;
 
 const RooflineTable* const kTables[] = {
     &scalar::kRooflineTable,
-#if defined(FASTOPTIM_KERNELS_X86)
-    &sse2::kRooflineTable, &avx2::kRooflineTable, &avx512::kRooflineTable,
+#if defined(FASTOPTIM_KERNEL_SSE2)
+    &sse2::kRooflineTable,
 #endif
-#if defined(FASTOPTIM_KERNELS_NEON)
+#if defined(FASTOPTIM_KERNEL_AVX2)
+    &avx2::kRooflineTable,
+#endif
+#if defined(FASTOPTIM_KERNEL_AVX512)
+    &avx512::kRooflineTable,
+#endif
+#if defined(FASTOPTIM_KERNEL_NEON)
     &neon::kRooflineTable,
 #endif
 };
