@@ -89,11 +89,14 @@ FASTOPTIM_INLINE ScalarU32 max_signed(ScalarU32 a, ScalarU32 b) {
 FASTOPTIM_INLINE ScalarU32 equal_mask(ScalarU32 a, ScalarU32 b) { return {a.v == b.v ? ~0u : 0u}; }
 FASTOPTIM_INLINE ScalarU32 as_bits(Scalar<float> a) { return {detail::float_bits(a.v)}; }
 FASTOPTIM_INLINE Scalar<float> from_bits(ScalarU32 a) { return {detail::bits_float(a.v)}; }
-// small non-negative integers (< 2^24) to float, exactly; float (|x| < 2^31) to int, truncated
+// small non-negative integers (< 2^24) to float, exactly; float (|x| < 2^31) to int, truncated.
+// Outside that range (and NaN: stochastic rounding computes lanes it then discards) the
+// result is x86's "integer indefinite" 0x80000000 rather than C++'s undefined behaviour.
 FASTOPTIM_INLINE Scalar<float> int_to_float(ScalarU32 a) {
   return {static_cast<float>(static_cast<int32_t>(a.v))};
 }
 FASTOPTIM_INLINE ScalarU32 truncate_to_int(Scalar<float> a) {
+  if (!(a.v > -2147483648.0f && a.v < 2147483648.0f)) return {0x80000000u};
   return {static_cast<uint32_t>(static_cast<int32_t>(a.v))};
 }
 FASTOPTIM_INLINE ScalarU32 less_mask(Scalar<float> a, Scalar<float> b) {
