@@ -86,6 +86,14 @@ FASTOPTIM_INLINE V load_stream(int type, const void* base, size_t i) {
   return load_as<V>(static_cast<const float16*>(base) + i);
 }
 
+// A grad as the rule reads it: unscaled, then clipped (GradFactors), as every Io reads it.
+template <class V, class C>
+FASTOPTIM_INLINE V factored(V g, const GradFactors<C>& f) {
+  if (f.unscale) g = g * V::set1(f.inv_scale);
+  if (f.clip) g = g * V::set1(f.clip_coef);
+  return g;
+}
+
 // What a rule's update sees at element i: each stream loaded and stored in its storage type,
 // the grad unscaled and clipped as it is read. With a master copy, the param the rule reads and
 // writes is the master (or the param, where the caller wrote it since the last step: param());
@@ -99,10 +107,7 @@ struct Io {
   const GradFactors<C>& f;
 
   FASTOPTIM_INLINE V grad() const {
-    V g = load_stream<V>(p.grad_type, p.grad, i);
-    if (f.unscale) g = g * V::set1(f.inv_scale);
-    if (f.clip) g = g * V::set1(f.clip_coef);
-    return g;
+    return factored(load_stream<V>(p.grad_type, p.grad, i), f);
   }
   // With a master, the param may have been written since the last step (a copy_, a loaded
   // model, a clamp, an EMA swap). An untouched param is exactly the master rounded to nearest
@@ -189,10 +194,7 @@ struct IoPlain {
   const GradFactors<C>& f;
 
   FASTOPTIM_INLINE V grad() const {
-    V g = V::load(static_cast<const C*>(p.grad) + i);
-    if (f.unscale) g = g * V::set1(f.inv_scale);
-    if (f.clip) g = g * V::set1(f.clip_coef);
-    return g;
+    return factored(V::load(static_cast<const C*>(p.grad) + i), f);
   }
   FASTOPTIM_INLINE V param() const { return V::load(static_cast<const C*>(p.param) + i); }
   FASTOPTIM_INLINE void store_param(V x) const { V::store(static_cast<C*>(p.param) + i, x); }
@@ -227,10 +229,7 @@ struct IoEvenOdd {
     return kOdd ? odd : even;
   }
   FASTOPTIM_INLINE V grad() const {
-    V g = load(p.grad);
-    if (f.unscale) g = g * V::set1(f.inv_scale);
-    if (f.clip) g = g * V::set1(f.clip_coef);
-    return g;
+    return factored(load(p.grad), f);
   }
   FASTOPTIM_INLINE V param() const { return load(p.param); }
   FASTOPTIM_INLINE V state(int k) const { return load(p.state[k]); }
