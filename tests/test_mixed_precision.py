@@ -316,6 +316,53 @@ def test_stochastic_rounding_is_the_same_at_every_level_and_thread_count(rule: s
         np.testing.assert_array_equal(r, results[0])
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16], ids=["bfloat16", "float16"])
+def test_stochastic_rounding_of_extremes_is_the_same_at_every_level(dtype) -> None:
+    # NaN, infinities, the largest finite values, subnormals and signed zeros in the param and the
+    # grad, odd sizes (the vector body, the even/odd blocks and the one-lane tails all round): the
+    # param and state bits agree at every level and thread count, NaN is stored as the
+    # nearest-even store stores it, and an infinite param with a finite grad stays infinite.
+    info = np.finfo(dtype)
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, float(info.max), -float(info.max),
+                         float(info.smallest_subnormal), 0.0, -0.0, 1.0], np.float32)
+    quiet_nan = 0x7FC0 if dtype == BF16 else 0x7E00
+    level = _core.simd_level()
+    saved = fastoptim.get_num_threads()
+    try:
+        for n in (67, 1029):
+            rng = np.random.default_rng(n)
+            p0 = rng.standard_normal(n).astype(np.float32)
+            g = rng.standard_normal(n).astype(np.float32)
+            p0[::7] = np.resize(specials, p0[::7].size)
+            g[3::5] = np.resize(specials[::-1], g[3::5].size)
+            p0, g = p0.astype(dtype), g.astype(dtype)
+            results = []
+            for simd in _core.available_simd_levels():
+                _core.set_simd_level(simd)
+                for threads in (1, 2):
+                    fastoptim.set_num_threads(threads)
+                    p = p0.copy()
+                    opt = fastoptim.Adam([p], lr=0.5, stochastic_rounding=True, seed=5)
+                    with np.errstate(all="ignore"):
+                        for _ in range(2):
+                            opt.step([g])
+                    state = opt.state[0]
+                    results.append([_bits(p).copy()] + [_bits(state[k]).copy()
+                                                        for k in ("exp_avg", "exp_avg_sq")])
+            for r in results[1:]:
+                for got, want in zip(r, results[0]):
+                    np.testing.assert_array_equal(got, want)
+            for a in results[0]:
+                nan = np.isnan(a.view(dtype))
+                assert nan.any() and (a[nan] == quiet_nan).all()
+            stays = np.isinf(p0) & np.isfinite(g)
+            assert stays.any()
+            np.testing.assert_array_equal(results[0][0][stays], _bits(p0)[stays])
+    finally:
+        _core.set_simd_level(level)
+        fastoptim.set_num_threads(saved)
+
+
 def test_sgd_keeps_its_own_rounding_count() -> None:
     p, opt = _run("SGD", BF16, steps=3, stochastic_rounding=True)
     assert float(opt.state[0]["rounding_step"]) == 3.0

@@ -30,11 +30,12 @@
 
 namespace fastoptim::kernels {
 // Whether a level's vector header converts bfloat16 as even and odd elements
-// (load_even_odd/store_even_odd: no shuffles across lanes), found by argument-dependent lookup
-// in the level's namespace.
+// (load_even_odd/store_even_odd, and store_high_halves for values already rounded: no shuffles
+// across lanes), found by argument-dependent lookup in the level's namespace.
 template <class V>
-concept EvenOddBFloat16 = requires(const bfloat16* from, bfloat16* to, V& x) {
+concept EvenOddBFloat16 = requires(const bfloat16* from, bfloat16* to, V& x, typename V::Bits b) {
   load_even_odd(from, x, x);
   store_even_odd(to, x, x);
+  store_high_halves(to, b, b);
 };
 }  // namespace fastoptim::kernels

@@ -40,6 +40,17 @@ FASTOPTIM_INLINE U random_bits(uint32_t key, U index) {
   return x ^ shift_right<16>(x);
 }
 
+// x rounded stochastically to bfloat16, in the high half of each lane (the low half is left
+// over, for a truncating store): bfloat16 is float32's top half, and 16 random bits added below
+// its last place carry into it with probability (|x| - lower) / spacing. inf stays inf (its
+// low bits are zero); NaN becomes 0x7fc0, as the nearest-even store makes it.
+template <class V>
+FASTOPTIM_INLINE typename V::Bits bfloat16_stochastic_in_high_half(V x, typename V::Bits r) {
+  using U = typename V::Bits;
+  const U nan = nan_mask(x);
+  return (nan & U::set1(0x7fc00000u)) | andnot(nan, as_bits(x) + shift_right<16>(r));
+}
+
 // x rounded to one of the two nearest values of 16-bit type S (x itself if it is one), away
 // from zero with probability (|x| - lower) / spacing (to 2^-16), using the top 16 bits of r;
 // inf and NaN pass unchanged. The result is exact in S, so the nearest-even store that follows
@@ -47,14 +58,12 @@ FASTOPTIM_INLINE U random_bits(uint32_t key, U index) {
 template <class S, class V>
 FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
   using U = typename V::Bits;
-  const U b = as_bits(x);
-  const U exponent = b & U::set1(0x7f800000u);
-  const U nonfinite = equal_mask(exponent, U::set1(0x7f800000u));
-  U rounded;
   if constexpr (rules::kSame<S, bfloat16>) {
-    // bfloat16 is float32's top half: add 16 random bits below it and cut them off
-    rounded = (b + shift_right<16>(r)) & U::set1(0xffff0000u);
+    return from_bits(bfloat16_stochastic_in_high_half(x, r) & U::set1(0xffff0000u));
   } else {
+    const U b = as_bits(x);
+    const U exponent = b & U::set1(0x7f800000u);
+    const U nonfinite = equal_mask(exponent, U::set1(0x7f800000u));
     // float16: its spacing at |x| is 2^(exponent - 10), at least 2^-24 (subnormals); |x| in
     // units of it splits exactly into a whole part and a fraction, which 16 random bits
     // compare against
@@ -65,9 +74,9 @@ FASTOPTIM_INLINE V round_stochastically(V x, typename V::Bits r) {
     const V whole = int_to_float(truncate_to_int(units));
     const V uniform = int_to_float(shift_right<16>(r)) * V::set1(0x1p-16f);
     const V up = from_bits(less_mask(uniform, units - whole) & as_bits(V::set1(1.0f)));
-    rounded = as_bits((whole + up) * from_bits(spacing)) | sign;
+    const U rounded = as_bits((whole + up) * from_bits(spacing)) | sign;
+    return from_bits((nonfinite & b) | andnot(nonfinite, rounded));
   }
-  return from_bits((nonfinite & b) | andnot(nonfinite, rounded));
 }
 
 // ---- loads and stores by run-time storage type ---------------------------------------------------
@@ -245,7 +254,9 @@ struct IoEvenOdd {
         bits[pair] = random_bits(p.keys[pair], index);
         drawn[pair] = true;
       }
-      x = round_stochastically<bfloat16>(x, stream & 1 ? shift_left<16>(bits[pair]) : bits[pair]);
+      // exact in its high half, stored by truncation (update_even_odd)
+      x = from_bits(bfloat16_stochastic_in_high_half(
+          x, stream & 1 ? shift_left<16>(bits[pair]) : bits[pair]));
     }
     pending.half[kOdd][stream] = x;
     pending.written[stream] = true;
@@ -262,8 +273,11 @@ FASTOPTIM_INLINE void update_even_odd(const Scalars& s, const Streams& streams, 
   R::template update<V>(s, IoEvenOdd<V, 1>{streams, i, f, pending});
   for (int k = 0; k <= rules::kMaxSlots; ++k) {
     if (!pending.written[k]) continue;
-    void* base = k == 0 ? streams.param : streams.state[k - 1];
-    store_even_odd(static_cast<bfloat16*>(base) + i, pending.half[0][k], pending.half[1][k]);
+    auto* to = static_cast<bfloat16*>(k == 0 ? streams.param : streams.state[k - 1]) + i;
+    if (streams.stochastic)
+      store_high_halves(to, as_bits(pending.half[0][k]), as_bits(pending.half[1][k]));
+    else
+      store_even_odd(to, pending.half[0][k], pending.half[1][k]);
   }
 }
 

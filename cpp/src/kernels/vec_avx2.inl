@@ -122,6 +122,9 @@ FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm256_cvttps_epi32(a.v)};
 FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) {
   return {_mm256_castps_si256(_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ))};
 }
+FASTOPTIM_INLINE U32 nan_mask(F32 a) {
+  return {_mm256_castps_si256(_mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q))};
+}
 
 // ---- bfloat16 as even and odd elements (the bench's roofline, cpp/roofline/roofline.inl) -------
 // 2 * kLanes bfloat16 values as two vectors: the even-indexed elements and the odd-indexed ones.
@@ -141,10 +144,13 @@ FASTOPTIM_INLINE __m256i bfloat16_in_high_half(F32 x) {
   return _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc00000),
                             _mm256_castps_si256(_mm256_cmp_ps(x.v, x.v, _CMP_UNORD_Q)));
 }
-FASTOPTIM_INLINE void store_even_odd(bfloat16* p, F32 even, F32 odd) {
-  // even's bfloat16 shifted into the low halves, odd's kept in the high ones
+// the high halves of even's lanes and odd's, interleaved: even's shifted into the low halves,
+// odd's kept in the high ones
+FASTOPTIM_INLINE void store_high_halves(bfloat16* p, U32 even, U32 odd) {
   const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
-                      _mm256_or_si256(_mm256_srli_epi32(bfloat16_in_high_half(even), 16),
-                                      _mm256_and_si256(bfloat16_in_high_half(odd), high)));
+                      _mm256_or_si256(_mm256_srli_epi32(even.v, 16), _mm256_and_si256(odd.v, high)));
+}
+FASTOPTIM_INLINE void store_even_odd(bfloat16* p, F32 even, F32 odd) {
+  store_high_halves(p, {bfloat16_in_high_half(even)}, {bfloat16_in_high_half(odd)});
 }

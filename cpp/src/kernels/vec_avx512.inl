@@ -127,6 +127,9 @@ FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm512_cvttps_epi32(a.v)};
 FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) {
   return {_mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ), _mm512_set1_epi32(-1))};
 }
+FASTOPTIM_INLINE U32 nan_mask(F32 a) {
+  return {_mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), _mm512_set1_epi32(-1))};
+}
 
 // ---- bfloat16 as even and odd elements (the bench's roofline, cpp/roofline/roofline.inl) -------
 // 2 * kLanes bfloat16 values as two vectors: the even-indexed elements and the odd-indexed ones.
@@ -146,10 +149,13 @@ FASTOPTIM_INLINE __m512i bfloat16_in_high_half(F32 x) {
   return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(x.v, x.v, _CMP_UNORD_Q),
                                _mm512_set1_epi32(0x7fc00000));
 }
+// the high halves of even's lanes and odd's, interleaved: even's shifted into the low halves,
+// odd's kept in the high ones (a | (b & c))
+FASTOPTIM_INLINE void store_high_halves(bfloat16* p, U32 even, U32 odd) {
+  _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(_mm512_srli_epi32(even.v, 16), odd.v,
+                                                   _mm512_set1_epi32(static_cast<int>(0xffff0000u)),
+                                                   0xf8));
+}
 FASTOPTIM_INLINE void store_even_odd(bfloat16* p, F32 even, F32 odd) {
-  // even's bfloat16 shifted into the low halves, odd's kept in the high ones: a | (b & c)
-  _mm512_storeu_si512(p, _mm512_ternarylogic_epi32(
-                             _mm512_srli_epi32(bfloat16_in_high_half(even), 16),
-                             bfloat16_in_high_half(odd),
-                             _mm512_set1_epi32(static_cast<int>(0xffff0000u)), 0xf8));
+  store_high_halves(p, {bfloat16_in_high_half(even)}, {bfloat16_in_high_half(odd)});
 }

@@ -125,3 +125,4 @@ FASTOPTIM_INLINE F32 from_bits(U32 a) { return {vreinterpretq_f32_u32(a.v)}; }
 FASTOPTIM_INLINE F32 int_to_float(U32 a) { return {vcvtq_f32_s32(vreinterpretq_s32_u32(a.v))}; }
 FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {vreinterpretq_u32_s32(vcvtq_s32_f32(a.v))}; }
 FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) { return {vcltq_f32(a.v, b.v)}; }
+FASTOPTIM_INLINE U32 nan_mask(F32 a) { return {vmvnq_u32(vceqq_f32(a.v, a.v))}; }

@@ -102,3 +102,4 @@ FASTOPTIM_INLINE ScalarU32 truncate_to_int(Scalar<float> a) {
 FASTOPTIM_INLINE ScalarU32 less_mask(Scalar<float> a, Scalar<float> b) {
   return {a.v < b.v ? ~0u : 0u};
 }
+FASTOPTIM_INLINE ScalarU32 nan_mask(Scalar<float> a) { return {a.v != a.v ? ~0u : 0u}; }

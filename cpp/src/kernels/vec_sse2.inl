@@ -143,3 +143,4 @@ FASTOPTIM_INLINE F32 from_bits(U32 a) { return {_mm_castsi128_ps(a.v)}; }
 FASTOPTIM_INLINE F32 int_to_float(U32 a) { return {_mm_cvtepi32_ps(a.v)}; }
 FASTOPTIM_INLINE U32 truncate_to_int(F32 a) { return {_mm_cvttps_epi32(a.v)}; }
 FASTOPTIM_INLINE U32 less_mask(F32 a, F32 b) { return {_mm_castps_si128(_mm_cmplt_ps(a.v, b.v))}; }
+FASTOPTIM_INLINE U32 nan_mask(F32 a) { return {_mm_castps_si128(_mm_cmpunord_ps(a.v, a.v))}; }
