@@ -11,6 +11,12 @@
 #include "kernels/layouts.hpp"
 
 #if defined(_MSC_VER)
+#define FASTOPTIM_NOINLINE __declspec(noinline)
+#else
+#define FASTOPTIM_NOINLINE __attribute__((noinline))
+#endif
+
+#if defined(_MSC_VER)
 #include <math.h>
 #define FASTOPTIM_SQRTF(x) sqrtf(x)
 #define FASTOPTIM_SQRT(x) sqrt(x)

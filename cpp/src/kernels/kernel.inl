@@ -281,46 +281,119 @@ FASTOPTIM_INLINE void update_even_odd(const Scalars& s, const Streams& streams, 
   }
 }
 
+// Storage bytes per element of a stream of type `type`.
+FASTOPTIM_INLINE size_t storage_bytes(int type) {
+  return type == kF64 ? 8 : type == kF32 ? 4 : 2;
+}
+
+// Every storage type is a whole number of 16-bit units.
+FASTOPTIM_INLINE void copy_bytes(void* to, const void* from, size_t bytes) {
+  for (size_t k = 0; k < bytes / 2; ++k)
+    static_cast<uint16_t*>(to)[k] = static_cast<const uint16_t*>(from)[k];
+}
+
+// Elements [i, end) of a call, end - i a multiple of V::kLanes: every stream in the compute
+// type (plain loads and stores), or every stream bfloat16 (even and odd elements, two vectors a
+// step, where the level has them), or any other layout (loads and stores by storage type).
+template <class R, class V, class Scalars, class C>
+FASTOPTIM_NOINLINE void update_vectors(const Scalars& s, const Streams& streams, size_t i,
+                                       size_t end, const GradFactors<C>& f) {
+  constexpr int kCompute = kStorageId<C>;
+  if (streams.param_type == kCompute && streams.grad_type == kCompute &&
+      streams.state_type == kCompute && streams.master == nullptr) {
+    for (; i < end; i += V::kLanes) R::template update<V>(s, IoPlain<V>{streams, i, f});
+    return;
+  }
+  if constexpr (EvenOddBFloat16<V>) {
+    if (streams.param_type == kBF16 && streams.grad_type == kBF16 &&
+        streams.state_type == kBF16 && streams.master == nullptr)
+      for (; i + 2 * V::kLanes <= end; i += 2 * V::kLanes)
+        update_even_odd<R, V>(s, streams, i, f);
+  }
+  for (; i < end; i += V::kLanes) R::template update<V>(s, Io<V>{streams, i, f});
+}
+
+// Elements [i, i + n) of a call, 0 < n < V::kLanes: the head before the first aligned block,
+// or the tail after the last. Each stream's n elements are copied into a vector's worth of
+// zeroed local storage, one vector update runs there, and the param, master and state go back.
+// The update is elementwise and the lanes past n are never copied back, so each element gets
+// exactly the operations (and random bits) a full vector gives it, and no scalar copy of the
+// rules is compiled at the vector levels.
+template <class R, class V, class Scalars, class C>
+FASTOPTIM_NOINLINE void update_partial(const Scalars& s, const Streams& streams, size_t i,
+                                       size_t n, const GradFactors<C>& f) {
+  constexpr size_t kBytes = V::kLanes * sizeof(typename V::Lane);  // the widest stream
+  constexpr int kCount = 3 + rules::kMaxSlots;
+  alignas(64) unsigned char local[kCount][kBytes] = {};
+  // [0] param, [1] grad, [2] master, [3 + k] state slot k: each copied in, and all but the grad
+  // copied back (what a rule does not write comes back as it was)
+  Streams inside = streams;
+  inside.first = streams.first + static_cast<uint32_t>(i);
+  void* outside[kCount] = {streams.param, const_cast<void*>(streams.grad), streams.master};
+  void** pointers[kCount] = {&inside.param, const_cast<void**>(&inside.grad), &inside.master};
+  int types[kCount] = {streams.param_type, streams.grad_type, kF32};
+  for (int k = 0; k < rules::kMaxSlots; ++k) {
+    outside[3 + k] = streams.state[k];
+    pointers[3 + k] = &inside.state[k];
+    types[3 + k] = streams.state_type;
+  }
+  for (int k = 0; k < kCount; ++k) {
+    if (outside[k] == nullptr) continue;
+    copy_bytes(local[k], static_cast<unsigned char*>(outside[k]) + i * storage_bytes(types[k]),
+               n * storage_bytes(types[k]));
+    *pointers[k] = local[k];
+  }
+  update_vectors<R, V>(s, inside, 0, V::kLanes, f);
+  for (int k = 0; k < kCount; ++k) {
+    if (outside[k] == nullptr || k == 1) continue;
+    copy_bytes(static_cast<unsigned char*>(outside[k]) + i * storage_bytes(types[k]), local[k],
+               n * storage_bytes(types[k]));
+  }
+}
+
+// Elements [from, to) of a call outside its aligned blocks: whole vectors, then the rest. The
+// rest of a call in the compute type goes one lane at a time (cheap to compile, and the
+// fastest for tensors of a few elements); any other layout through update_partial.
+template <class R, class V, class Scalars, class C>
+FASTOPTIM_INLINE void update_range(const Scalars& s, const Streams& streams, size_t from,
+                                   size_t to, const GradFactors<C>& f) {
+  const size_t whole = from + (to - from) / V::kLanes * V::kLanes;
+  if (whole > from) update_vectors<R, V>(s, streams, from, whole, f);
+  if constexpr (V::kLanes > 1) {
+    if (whole == to) return;
+    constexpr int kCompute = kStorageId<C>;
+    if (streams.param_type == kCompute && streams.grad_type == kCompute &&
+        streams.state_type == kCompute && streams.master == nullptr) {
+      for (size_t i = whole; i < to; ++i)
+        R::template update<Scalar<C>>(s, IoPlain<Scalar<C>>{streams, i, f});
+    } else {
+      update_partial<R, V>(s, streams, whole, to - whole, f);
+    }
+  }
+}
+
 template <class R, class C>
 void run(const void* scalars, const void* factors, const Streams& stream_ptrs, size_t count) {
   using V = typename VecOf<C>::type;
-  using S = Scalar<C>;
   using Scalars = typename R::template Scalars<C>;
   const Streams streams = stream_ptrs;
   // Local copies: stores through C* could alias the fields of *scalars, which would force a
   // reload and broadcast of every scalar on every iteration.
   const Scalars s = *static_cast<const Scalars*>(scalars);
   const GradFactors<C> f = *static_cast<const GradFactors<C>*>(factors);
-  // Every stream bfloat16: even and odd elements, two vectors a step (update_even_odd).
-  bool even_odd = false;
-  if constexpr (EvenOddBFloat16<V>)
-    even_odd = streams.param_type == kBF16 && streams.grad_type == kBF16 &&
-               streams.state_type == kBF16 && streams.master == nullptr;
-  const size_t block = even_odd ? 2 * V::kLanes : V::kLanes;
-  // One-lane head up to the first block-aligned param address (counted in param elements):
-  // wide accesses that straddle cache lines cost ~20% on these streams, and NumPy's large
-  // arrays are only 16-byte aligned (the other streams usually share the param's offset).
-  const size_t param_size = streams.param_type == kF64 ? 8 : streams.param_type == kF32 ? 4 : 2;
-  const size_t misaligned = reinterpret_cast<uintptr_t>(streams.param) / param_size % block;
-  const size_t head = misaligned == 0 ? 0 : block - misaligned;
-  size_t i = 0;
-  constexpr int kCompute = kStorageId<C>;
-  if (streams.param_type == kCompute && streams.grad_type == kCompute &&
-      streams.state_type == kCompute && streams.master == nullptr) {
-    for (; i < head && i < count; ++i) R::template update<S>(s, IoPlain<S>{streams, i, f});
-    for (; i + V::kLanes <= count; i += V::kLanes)
-      R::template update<V>(s, IoPlain<V>{streams, i, f});
-    for (; i < count; ++i) R::template update<S>(s, IoPlain<S>{streams, i, f});
-    return;
-  }
-  for (; i < head && i < count; ++i) R::template update<S>(s, Io<S>{streams, i, f});
-  if constexpr (EvenOddBFloat16<V>) {
-    if (even_odd)
-      for (; i + 2 * V::kLanes <= count; i += 2 * V::kLanes)
-        update_even_odd<R, V>(s, streams, i, f);
-  }
-  for (; i + V::kLanes <= count; i += V::kLanes) R::template update<V>(s, Io<V>{streams, i, f});
-  for (; i < count; ++i) R::template update<S>(s, Io<S>{streams, i, f});
+  // A head up to the first block-aligned param address (counted in param elements; a block is
+  // two vectors where the even/odd loop may run): wide accesses that straddle cache lines cost
+  // ~20% on these streams, and NumPy's large arrays are only 16-byte aligned (the other
+  // streams usually share the param's offset).
+  const size_t block = EvenOddBFloat16<V> ? 2 * V::kLanes : V::kLanes;
+  const size_t misaligned =
+      reinterpret_cast<uintptr_t>(streams.param) / storage_bytes(streams.param_type) % block;
+  size_t head = misaligned == 0 ? 0 : block - misaligned;
+  if (head > count) head = count;
+  update_range<R, V>(s, streams, 0, head, f);
+  const size_t body = head + (count - head) / block * block;
+  if (body > head) update_vectors<R, V>(s, streams, head, body, f);
+  update_range<R, V>(s, streams, body, count, f);
 }
 
 // The grad norm's inner loop: elements [0, n) (n a multiple of 8) into 8 double lanes, element
