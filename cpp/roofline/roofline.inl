@@ -85,6 +85,17 @@ void roofline_pass(const RooflineStreams& streams, size_t first, size_t last) {
   for (; i < last; ++i) add_grad<T, S>(s, i);
 }
 
+// AdamW's exact arithmetic alone, which no layout avoids: per element one square root and two
+// divisions in torch's order (m / (sqrt(v) / bias_correction2_sqrt + eps)), no conversions and
+// no memory traffic when x and m stay in L1. Its rate bounds an exact AdamW step per thread
+// whatever the bytes it moves.
+void adamw_arithmetic(float* x, const float* m, size_t n) {
+  using V = VecOf<float>::type;
+  const V c = V::set1(1.25f), eps = V::set1(1e-8f);
+  for (size_t i = 0; i + V::kLanes <= n; i += V::kLanes)
+    V::store(x + i, V::load(m + i) / (sqrt(V::load(x + i)) / c + eps));
+}
+
 extern const RooflineTable kRooflineTable;
 constinit const RooflineTable kRooflineTable = {
     FASTOPTIM_ISA_NAME,
@@ -92,4 +103,5 @@ constinit const RooflineTable kRooflineTable = {
      &roofline_pass<float, bfloat16>, &roofline_pass<float, float16>},
     &roofline_pass<float, void>,
     &roofline_pass<double, void>,
+    &adamw_arithmetic,
 };

@@ -29,6 +29,8 @@ struct RooflineTable {
   RooflinePass same_type[4];  // every stream of one type, indexed by RooflineType
   RooflinePass mixed_float32;  // float32 arithmetic: float32, bfloat16 and float16 streams
   RooflinePass mixed_float64;  // float64 arithmetic: float64 param and states, a float32 grad
+  // x = m / (sqrt(x) / c + eps) over elements [0, n), n a multiple of the level's lanes
+  void (*adamw_arithmetic)(float* x, const float* m, size_t n);
 };
 
 }  // namespace fastoptim::kernels

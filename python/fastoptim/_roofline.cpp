@@ -14,6 +14,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -225,6 +226,40 @@ std::size_t bytes_per_element(const std::vector<std::string>& dtypes) {
   return bytes;  // grad read; param and states read and written
 }
 
+// Elements per second of adamw_arithmetic on each thread's own L1-resident arrays of n floats,
+// summed over num_threads threads, over at least `seconds` of running.
+double arithmetic_rate(int num_threads, std::size_t n, double seconds) {
+  if (num_threads < 1) throw py::value_error("roofline: num_threads must be >= 1");
+  if (n == 0 || n % 64 != 0) throw py::value_error("roofline: n must be a positive multiple of 64");
+  const auto pass = active_table().adamw_arithmetic;
+  std::vector<double> rates(static_cast<std::size_t>(num_threads));
+  py::gil_scoped_release release;
+  auto run = [&](std::size_t t) {
+    std::vector<float> x(n, 0.5f), m(n, 0.01f);
+    pass(x.data(), m.data(), n);  // warm
+    using Clock = std::chrono::steady_clock;
+    const auto start = Clock::now();
+    std::size_t passes = 0;
+    double elapsed = 0;
+    do {
+      for (int k = 0; k < 64; ++k) pass(x.data(), m.data(), n);
+      passes += 64;
+      elapsed = std::chrono::duration<double>(Clock::now() - start).count();
+    } while (elapsed < seconds);
+    rates[t] = static_cast<double>(passes * n) / elapsed;
+  };
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(num_threads)
+  run(static_cast<std::size_t>(omp_get_thread_num()));
+#else
+  if (num_threads > 1) throw py::value_error("roofline: built without OpenMP: one thread only");
+  run(0);
+#endif
+  double total = 0;
+  for (double r : rates) total += r;
+  return total;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_roofline, m) {
@@ -239,6 +274,12 @@ PYBIND11_MODULE(_roofline, m) {
         "Runs at fastoptim.simd_level().");
   m.def("bytes_per_element", &bytes_per_element, py::arg("dtypes"),
         "Bytes one step moves per element: grad read, param and state streams read and written.");
+  m.def("arithmetic_rate", &arithmetic_rate, py::arg("num_threads"), py::arg("n") = 4096,
+        py::arg("seconds") = 0.2,
+        "Elements per second of AdamW's exact arithmetic alone (one square root and two "
+        "divisions per element, torch's order) over L1-resident float32 arrays of n elements "
+        "per thread, summed over num_threads threads: an upper bound on any exact AdamW step's "
+        "rate, whatever the bytes it moves. Runs at fastoptim.simd_level().");
   m.def("simd_level", [] { return std::string(active_table().level); },
         "The SIMD level the next step runs at: the product's, fastoptim.simd_level().");
   m.attr("dtypes") = py::make_tuple("float32", "float64", "bfloat16", "float16");

@@ -296,8 +296,13 @@ FASTOPTIM_INLINE void copy_bytes(void* to, const void* from, size_t bytes) {
 // type (plain loads and stores), or every stream bfloat16 (even and odd elements, two vectors a
 // step, where the level has them), or any other layout (loads and stores by storage type).
 template <class R, class V, class Scalars, class C>
-FASTOPTIM_NOINLINE void update_vectors(const Scalars& s, const Streams& streams, size_t i,
-                                       size_t end, const GradFactors<C>& f) {
+FASTOPTIM_NOINLINE void update_vectors(const Scalars& scalars, const Streams& stream_ptrs,
+                                       size_t i, size_t end, const GradFactors<C>& factors) {
+  // Local copies: the stores could alias the caller's objects, which would force a reload of
+  // every pointer and flag, and a broadcast of every scalar, on every iteration.
+  const Scalars s = scalars;
+  const Streams streams = stream_ptrs;
+  const GradFactors<C> f = factors;
   constexpr int kCompute = kStorageId<C>;
   if (streams.param_type == kCompute && streams.grad_type == kCompute &&
       streams.state_type == kCompute && streams.master == nullptr) {
@@ -376,11 +381,9 @@ template <class R, class C>
 void run(const void* scalars, const void* factors, const Streams& stream_ptrs, size_t count) {
   using V = typename VecOf<C>::type;
   using Scalars = typename R::template Scalars<C>;
-  const Streams streams = stream_ptrs;
-  // Local copies: stores through C* could alias the fields of *scalars, which would force a
-  // reload and broadcast of every scalar on every iteration.
-  const Scalars s = *static_cast<const Scalars*>(scalars);
-  const GradFactors<C> f = *static_cast<const GradFactors<C>*>(factors);
+  const Streams& streams = stream_ptrs;
+  const Scalars& s = *static_cast<const Scalars*>(scalars);
+  const GradFactors<C>& f = *static_cast<const GradFactors<C>*>(factors);
   // A head up to the first block-aligned param address (counted in param elements; a block is
   // two vectors where the even/odd loop may run): wide accesses that straddle cache lines cost
   // ~20% on these streams, and NumPy's large arrays are only 16-byte aligned (the other
