@@ -228,3 +228,12 @@ def test_bad_calls_are_refused_before_any_write() -> None:
     _roofline.step(empty, f32, 2)  # nothing to do
     null_but_empty = np.zeros((1, 7), np.int64)
     _roofline.step(null_but_empty, ["float32"] * 5, 2)  # size 0: pointers never read
+
+
+def test_arithmetic_rate_measures_and_rejects_bad_arguments() -> None:
+    from fastoptim import _roofline
+
+    assert _roofline.arithmetic_rate(1, 4096, 0.01) > 0
+    for bad in ({"num_threads": 0}, {"num_threads": 1, "n": 100}, {"num_threads": 1, "n": 0}):
+        with pytest.raises(ValueError):
+            _roofline.arithmetic_rate(**bad)
