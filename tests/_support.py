@@ -3,8 +3,9 @@
 A *case* is a frozen description of a training run (rule, param shapes, param groups with their
 options, dtype, number of steps, which grads are None when, mid-run lr changes). ``run(case,
 front)`` plays it on one front and returns the final params and optimizer state as NumPy
-arrays, so every front is compared against ``torch.optim.X(..., foreach=False)`` on the very
-same gradients.
+arrays, so every front is compared against the rule's reference on the very same gradients:
+``torch.optim.X(..., foreach=False)`` where torch has the rule, else the op-by-op reference of
+tests/references.py (the registry's ``reference`` says which).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ STATE_KEYS = {
     "NAdam": {"step", "mu_product", "exp_avg", "exp_avg_sq"},
     "RAdam": {"step", "exp_avg", "exp_avg_sq"},
     "Adamax": {"step", "exp_avg", "exp_inf"},
+    "Lion": {"exp_avg"},
 }
 
 # State entries that are per-param 0-d scalars in torch (float32, or float64 under a float64
@@ -63,6 +65,7 @@ RICH = {
     # beta2=0.9: steps 1-5 unrectified, rectified from step 6 on (radam_first_rectified)
     "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01),
     "Adamax": dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01),
+    "Lion": dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
 }
 
 # Shapes of the grid problem: one group whose buffers end on every SIMD tail (1, 7, 15, 16, 17).
@@ -190,6 +193,15 @@ def _grid(rule: str) -> list[dict[str, Any]]:
                 dict(lr=0.5, betas=(0.5, 0.5), eps=1e-3, maximize=True),
                 dict(lr=0.01, betas=(0.999, 0.999)),
                 dict(lr=0.05, betas=(0.99, 0.5), eps=0.5, weight_decay=0.01)]
+    elif rule == "Lion":
+        # betas at lion-pytorch's default, Adam-like, and the ends of [0, 1]; decay off, small,
+        # large (lr * weight_decay up to 0.1)
+        for i, (betas, wd) in enumerate(
+            itertools.product(((0.9, 0.99), (0.95, 0.98), (0.0, 0.5), (1.0, 1.0), (0.5, 0.0)),
+                              (0.0, 0.01, 0.5))
+        ):
+            out.append(dict(lr=_cycle((1e-4, 0.01, 0.2), i), betas=betas, weight_decay=wd))
+        out += [dict(lr=0.0, weight_decay=0.1), dict(lr=0.3, betas=(0.9, 0.9), weight_decay=1.0)]
     else:
         raise KeyError(rule)
     return out
@@ -271,13 +283,31 @@ def param_order(case: Case) -> list[int]:
     return [i for idx, _ in case.groups for i in idx]
 
 
-def make_optimizer(front: str, rule: str, groups: list[dict[str, Any]]) -> Any:
-    import fastoptim
+def has_torch_reference(rule: str) -> bool:
+    """Whether the rule's reference is torch.optim's class of its name (else tests/references.py
+    stands in for its official implementation)."""
+    return REGISTRY[rule]["reference"] == f"torch.optim.{rule}"
 
-    if front == "torch.optim":
+
+def reference_class(rule: str) -> Any:
+    """The rule's reference optimizer class: torch.optim's with foreach=False (the single-tensor
+    implementation), or tests/references.py's for a rule torch lacks."""
+    if has_torch_reference(rule):
         import torch
 
-        return getattr(torch.optim, rule)(groups, foreach=False)
+        return functools.partial(getattr(torch.optim, rule), foreach=False)
+    import references
+
+    return getattr(references, rule)
+
+
+def make_optimizer(front: str, rule: str, groups: list[dict[str, Any]]) -> Any:
+    """``front``: "reference" (the rule's reference: torch.optim with foreach=False, or
+    tests/references.py), "fastoptim.torch", or an array front."""
+    import fastoptim
+
+    if front == "reference":
+        return reference_class(rule)(groups)
     if front == "fastoptim.torch":
         import fastoptim.torch
 
@@ -296,7 +326,7 @@ def run(case: Case, front: str, grad_mode: str = "fresh") -> dict[str, Any]:
     order = param_order(case)
     if front != "array-numpy":
         import torch
-    if front in ("torch.optim", "fastoptim.torch"):
+    if front in ("reference", "fastoptim.torch"):
         params = [torch.tensor(p).requires_grad_() for p in init]
     elif front == "array-tensor":
         params = [torch.tensor(p) for p in init]
@@ -310,7 +340,7 @@ def run(case: Case, front: str, grad_mode: str = "fresh") -> dict[str, Any]:
         for gi, lr in changes.get(k, []):
             opt.param_groups[gi]["lr"] = lr
         row = grads[k]
-        if front in ("torch.optim", "fastoptim.torch"):
+        if front in ("reference", "fastoptim.torch"):
             for p, g in zip(params, row):
                 if g is None:
                     p.grad = None
@@ -341,7 +371,7 @@ def normalized_state(opt: Any, case: Case) -> dict[int, dict[str, np.ndarray]]:
 
 @functools.lru_cache(maxsize=512)
 def reference(case: Case) -> dict[str, Any]:
-    return run(case, "torch.optim")
+    return run(case, "reference")
 
 
 def assert_close_runs(got: dict[str, Any], want: dict[str, Any], dtype: str, what: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import fastoptim
 import numpy as np
 import pytest
-from _support import RICH, RULES, needs_torch
+from _support import RICH, RULES, needs_torch, reference_class
 
 try:
     import torch
@@ -238,7 +238,7 @@ def test_unknown_entries_are_kept_as_torch_keeps_them(rule: str) -> None:
     sd["state"][0]["note"] = "warm restart"
     sd["state"][1]["extra"] = torch.arange(3.0)
     ref_ps = [torch.nn.Parameter(p.detach().clone()) for p in ps]
-    ref = getattr(torch.optim, rule)([{"params": ref_ps[:2]}, {"params": ref_ps[2:]}],
+    ref = reference_class(rule)([{"params": ref_ps[:2]}, {"params": ref_ps[2:]}],
                                      **RICH[rule])
     ref.load_state_dict(copy.deepcopy(sd))
     opt.load_state_dict(sd)

@@ -13,7 +13,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES  # noqa: E402
+from _support import RICH, RULES, reference_class  # noqa: E402
 
 NORMS = [1.0, 2.0, 3.0, math.inf]
 
@@ -215,7 +215,7 @@ def test_odd_orders_with_nonfinite_grads_as_before(norm_type: float, bad: float)
 @pytest.mark.parametrize("rule", RULES)
 def test_clip_then_step_matches_torch(rule: str, dtype: torch.dtype) -> None:
     ref_ps, fo_ps = _params((dtype,) * 3), _params((dtype,) * 3)
-    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    ref = reference_class(rule)(ref_ps, **RICH[rule])
     fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule])
     for k in range(50):
         _grads(ref_ps, k, none_at=k % 7 if k % 5 == 0 else None)
@@ -235,7 +235,7 @@ def test_clip_then_step_matches_torch(rule: str, dtype: torch.dtype) -> None:
 def test_array_front_clip_then_step_matches_torch(rule: str) -> None:
     ref_ps = _params((torch.float64,) * 3)
     ws = [p.detach().numpy().copy() for p in ref_ps]
-    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    ref = reference_class(rule)(ref_ps, **RICH[rule])
     fo = getattr(fastoptim, rule)(ws, **RICH[rule])
     for k in range(50):
         _grads(ref_ps, k)
@@ -349,7 +349,7 @@ AMP_OPTS = {**RICH, "RMSprop": dict(lr=0.01, momentum=0.5, weight_decay=0.01)}
 def test_gradscaler_matches_torch_step_for_step(rule: str, clip: str | None, monkeypatch) -> None:
     inf_steps = {0, 3, 4, 9}
     opts = AMP_OPTS[rule]
-    want = _amp_run(lambda ps: getattr(torch.optim, rule)(ps, foreach=False, **opts),
+    want = _amp_run(lambda ps: reference_class(rule)(ps, **opts),
                     None if clip is None else "torch", inf_steps)
     torch_passes = []
     real = torch._amp_foreach_non_finite_check_and_unscale_

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from _support import (
+    reference_class,
     FRONTS,
     GRIDS,
     RULES,
@@ -147,7 +148,7 @@ def test_mixed_dtypes_in_one_group(rule: str, front: str) -> None:
             rng.standard_normal((2, 8)).astype(np.float32)]
     grads = [[rng.standard_normal(p.shape).astype(p.dtype) for p in init] for _ in range(30)]
     ref_params = [torch.tensor(p, requires_grad=True) for p in init]
-    ref = getattr(torch.optim, rule)(ref_params, foreach=False, **RICH[rule])
+    ref = reference_class(rule)(ref_params, **RICH[rule])
     if front == "torch":
         params = [torch.tensor(p, requires_grad=True) for p in init]
         opt = getattr(fo_torch, rule)(params, **RICH[rule])
@@ -225,7 +226,7 @@ def test_array_front_updates_torch_leaf_tensors_in_place(rule: str) -> None:
     ref = torch.nn.Parameter(torch.linspace(-1, 1, 10, dtype=torch.float64))
     p = torch.nn.Parameter(ref.detach().clone())
     ptr = p.data_ptr()
-    ref_opt = getattr(torch.optim, rule)([ref], foreach=False, **RICH[rule])
+    ref_opt = reference_class(rule)([ref], **RICH[rule])
     opt = getattr(fastoptim, rule)([p], **RICH[rule])
     for k in range(5):
         g = torch.cos(torch.arange(10, dtype=torch.float64) * (k + 1))

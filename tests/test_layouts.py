@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES, SCALAR_STATE_KEYS  # noqa: E402
+from _support import RICH, RULES, SCALAR_STATE_KEYS, reference_class  # noqa: E402
 
 
 def _tol(dtype: torch.dtype) -> dict[str, float]:
@@ -45,7 +45,7 @@ def test_dense_layouts_step_in_place_like_torch(rule: str, layout: str) -> None:
     ref_p = torch.nn.Parameter(LAYOUTS[layout](base.clone()))
     fo_p = torch.nn.Parameter(LAYOUTS[layout](base.clone()))
     assert not fo_p.is_contiguous()
-    ref = getattr(torch.optim, rule)([ref_p], foreach=False, **RICH[rule])
+    ref = reference_class(rule)([ref_p], **RICH[rule])
     fo = getattr(fo_torch, rule)([fo_p], **RICH[rule])
     address, strides = fo_p.data_ptr(), fo_p.stride()
     for k in range(20):
@@ -68,7 +68,7 @@ def test_grad_in_another_layout_is_read_by_index(rule: str) -> None:
     base = torch.linspace(-1, 1, 120, dtype=torch.float64)
     ref_p = torch.nn.Parameter(LAYOUTS["channels_last"](base.clone()))
     fo_p = torch.nn.Parameter(LAYOUTS["channels_last"](base.clone()))
-    ref = getattr(torch.optim, rule)([ref_p], foreach=False, **RICH[rule])
+    ref = reference_class(rule)([ref_p], **RICH[rule])
     fo = getattr(fo_torch, rule)([fo_p], **RICH[rule])
     for k in range(6):
         g = _grad_like(ref_p, k).contiguous()
@@ -84,7 +84,7 @@ def test_gapped_views_are_staged_and_exact(rule: str) -> None:
     fo_base = ref_base.clone()
     ref_p = torch.nn.Parameter(ref_base[:, ::2])
     fo_p = torch.nn.Parameter(fo_base[:, ::2])
-    ref = getattr(torch.optim, rule)([ref_p], foreach=False, **RICH[rule])
+    ref = reference_class(rule)([ref_p], **RICH[rule])
     fo = getattr(fo_torch, rule)([fo_p], **RICH[rule])
     for k in range(8):
         ref_p.grad, fo_p.grad = _grad_like(ref_p, k), _grad_like(fo_p, k)
@@ -135,7 +135,7 @@ def _complex_grads(ps, k: int) -> None:
 @pytest.mark.parametrize("rule", RULES)
 def test_complex_params_like_torch(rule: str, dtype: torch.dtype) -> None:
     ref_ps, fo_ps = _complex_params(dtype), _complex_params(dtype)
-    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    ref = reference_class(rule)(ref_ps, **RICH[rule])
     fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule])
     for k in range(50):
         _complex_grads(ref_ps, k)
@@ -209,7 +209,7 @@ def test_sparse_grads_like_torch(rule: str, opts: dict) -> None:
                                     "lin": torch.nn.Linear(4, 1)})
 
     ref_m, fo_m = model(), model()
-    ref = getattr(torch.optim, rule)(ref_m.parameters(), foreach=False, **opts)
+    ref = reference_class(rule)(ref_m.parameters(), **opts)
     fo = getattr(fo_torch, rule)(fo_m.parameters(), **opts)
     for k in range(8):
         idx = torch.tensor([k % 20, (3 * k) % 20, k % 20, 7])  # duplicates coalesce
@@ -234,7 +234,7 @@ def test_sparse_rows_are_fused_and_exact(rule: str, opts: dict, dtype: torch.dty
         return torch.nn.Embedding(50, 6, sparse=True).to(dtype)
 
     ref_m, fo_m = emb(), emb()
-    ref = getattr(torch.optim, rule)(ref_m.parameters(), foreach=False, **opts)
+    ref = reference_class(rule)(ref_m.parameters(), **opts)
     fo = getattr(fo_torch, rule)(fo_m.parameters(), **opts)
     for k in range(10):
         idx = torch.tensor([(7 * k) % 50, (3 * k + 1) % 50, (7 * k) % 50, 49, 49])

@@ -25,7 +25,7 @@ import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-from _support import GRIDS, RICH, RULES
+from _support import GRIDS, RICH, RULES, has_torch_reference, reference_class
 
 N = 4099  # a SIMD tail at every level
 STEPS = 20
@@ -86,7 +86,7 @@ def emulate(rule: str, options: dict, p0: torch.Tensor, grads: list[torch.Tensor
     state to ``state_dtype`` after every step (None: kept in float32, a master copy).
     Returns ({"param": ..., state key: ...} in float32, the peak |value| of each)."""
     p = p0.float().clone().requires_grad_()
-    opt = getattr(torch.optim, rule)([p], foreach=False, **options)
+    opt = reference_class(rule)([p], **options)
     _round_state(opt, p, state_dtype)  # Adagrad's initial sum, as a 16-bit state starts
     peak = {"param": p.detach().abs()}
     for g in grads:

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 import fastoptim  # noqa: E402
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES  # noqa: E402
+from _support import RICH, RULES, reference_class  # noqa: E402
 
 STATE_KEYS = {rule: [k for k in ("exp_avg", "exp_avg_sq", "momentum_buffer", "sum", "square_avg",
                                  "acc_delta", "exp_inf", "max_exp_avg_sq", "grad_avg")]
@@ -198,7 +198,7 @@ def _pair(rule: str, dtype=torch.float32):
     ref_model = copy.deepcopy(model)
     kw = RICH[rule]
     opt = getattr(fo_torch, rule)(model.parameters(), **kw)
-    ref = getattr(torch.optim, rule)(ref_model.parameters(), foreach=False, **kw)
+    ref = reference_class(rule)(ref_model.parameters(), **kw)
     return (model, opt, lambda ms, mn, p=2.0: opt.clip_grad_norm_(mn, p)), \
         (ref_model, ref, lambda ms, mn, p=2.0: torch.nn.utils.clip_grad_norm_(ms.parameters(),
                                                                             mn, p))

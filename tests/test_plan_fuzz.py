@@ -18,7 +18,7 @@ import pytest
 torch = pytest.importorskip("torch")
 hypothesis = pytest.importorskip("hypothesis")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES  # noqa: E402
+from _support import RICH, RULES, reference_class  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
@@ -145,7 +145,7 @@ def plan_check(request, monkeypatch):
 @given(ops=st.lists(st.sampled_from(OPS), min_size=1, max_size=14))
 def test_random_changes_between_steps_follow_torch(rule: str, ops: list[str], plan_check) -> None:
     ref_ps, fo_ps = _params(), _params()
-    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    ref = reference_class(rule)(ref_ps, **RICH[rule])
     fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule])
     for ps in (ref_ps, fo_ps):
         for i, p in enumerate(ps):
@@ -270,7 +270,7 @@ def test_writes_to_params_with_master_weights_follow_torch(rule: str, ops: list[
     saved = [p.detach().clone() for p in fo_ps]
     stepped = [p.detach().clone() for p in fo_ps]  # each param as the last step left it
     ema = (fo_ps[0].detach().float() * 0.5 + 0.02).to(fo_ps[0].dtype)
-    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **RICH[rule])
+    ref = reference_class(rule)(ref_ps, **RICH[rule])
     fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule], master_weights=True)
     for k, op in enumerate(["new_grads", *ops, "step"]):
         if op == "step":

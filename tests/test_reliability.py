@@ -14,7 +14,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES  # noqa: E402
+from _support import RICH, RULES, has_torch_reference, reference_class  # noqa: E402
 
 STATEFUL = [r for r in RULES if r != "SGD"]
 
@@ -50,7 +50,7 @@ def _assert_unchanged(before: tuple, opt, params) -> None:
 def _pair(rule: str, make_params, **kw):
     ref_ps, fo_ps = make_params(), make_params()
     opts = {**RICH[rule], **kw}
-    ref = getattr(torch.optim, rule)(ref_ps, foreach=False, **opts)
+    ref = reference_class(rule)(ref_ps, **opts)
     fo = getattr(fo_torch, rule)(fo_ps, **opts)
     return ref_ps, ref, fo_ps, fo
 
@@ -82,7 +82,7 @@ def test_param_shrunk_at_the_same_address_is_rejected_like_torch(rule: str) -> N
     assert p.data_ptr() == address
     p.grad = torch.ones(16)
     q = torch.nn.Parameter(torch.zeros(4096))
-    ref = getattr(torch.optim, rule)([q], lr=0.1, foreach=False)
+    ref = reference_class(rule)([q], lr=0.1)
     q.grad = torch.ones(4096)
     ref.step()
     q.data = q.data[:16]

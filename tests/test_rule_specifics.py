@@ -15,7 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import radam_first_rectified, radam_rho  # noqa: E402
+from _support import radam_first_rectified, radam_rho, reference_class  # noqa: E402
 
 FRONTS = ("array", "torch")
 DTYPES = ("float32", "float64")
@@ -35,7 +35,7 @@ class Run:
         self.rule, self.front, self.opts, self.dtype = rule, front, opts, np.dtype(dtype)
         self.rng = rng
         self.ref_ps = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in init]
-        self.ref = getattr(torch.optim, rule)(self.ref_ps, foreach=False, **opts)
+        self.ref = reference_class(rule)(self.ref_ps, **opts)
         if front == "torch":
             self.ps = [torch.nn.Parameter(torch.from_numpy(p.copy())) for p in init]
             self.opt = getattr(fo_torch, rule)(self.ps, **opts)

@@ -18,7 +18,7 @@ import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-from _support import RICH, RULES, STATE_KEYS
+from _support import RICH, RULES, STATE_KEYS, has_torch_reference, reference_class
 
 # fastoptim's mixed-precision settings: param-group keys torch's groups do not have
 PRECISION_KEYS = {"master_weights", "state_dtype", "stochastic_rounding", "seed"}
@@ -59,7 +59,7 @@ def _pair(rule: str, dtype: torch.dtype = torch.float64, **kw):
     """Two identical models, one under torch.optim.X(foreach=False), one under fastoptim.torch.X."""
     ref_model, fo_model = _model(dtype), _model(dtype)
     opts = {**RICH[rule], **kw}
-    ref = getattr(torch.optim, rule)(ref_model.parameters(), foreach=False, **opts)
+    ref = reference_class(rule)(ref_model.parameters(), **opts)
     fo = getattr(fo_torch, rule)(fo_model.parameters(), **opts)
     return ref_model, ref, fo_model, fo
 
@@ -202,7 +202,7 @@ def test_no_grads_at_all_is_a_noop(rule: str) -> None:
     before = copy.deepcopy(opt.state_dict())
     opt.step()
     assert torch.equal(p.detach(), torch.arange(5.0))
-    ref = getattr(torch.optim, rule)([torch.nn.Parameter(torch.arange(5.0))], foreach=False)
+    ref = reference_class(rule)([torch.nn.Parameter(torch.arange(5.0))])
     ref.step()
     assert opt.state_dict()["state"].keys() == ref.state_dict()["state"].keys()
     assert opt.state_dict()["state"].keys() == before["state"].keys()
@@ -277,7 +277,7 @@ def test_half_precision_params_are_fused(rule: str, dtype: torch.dtype,
     of the rounded float32 step: test_mixed_precision_torch.py)."""
     grads = [torch.cos(torch.arange(19.0) * (k + 1)).to(dtype) for k in range(5)]
     q = torch.nn.Parameter(torch.linspace(-1, 1, 19).to(dtype).float())
-    ref = getattr(torch.optim, rule)([q], foreach=False, **RICH[rule])
+    ref = reference_class(rule)([q], **RICH[rule])
     for g in grads:
         q.grad = g.float()
         ref.step()
@@ -412,7 +412,7 @@ def test_state_dict_layout_is_torchs(variant) -> None:
     rule, opts = variant
     x, y = _data()
     ref_model, fo_model = _model(), _model()
-    ref = getattr(torch.optim, rule)(ref_model.parameters(), foreach=False, **opts)
+    ref = reference_class(rule)(ref_model.parameters(), **opts)
     fo = getattr(fo_torch, rule)(fo_model.parameters(), foreach=False, **opts)
     _compare_state_dicts(fo.state_dict(), ref.state_dict())  # before any step
     for _ in range(3):
@@ -448,7 +448,7 @@ def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype,
     x, y = _data(dtype)
     # the uninterrupted reference run: 16 steps of torch.optim
     ref_model = _model(dtype)
-    ref = getattr(torch.optim, rule)(ref_model.parameters(), foreach=False, **opts)
+    ref = reference_class(rule)(ref_model.parameters(), **opts)
     # the interrupted run: 8 steps with one library, checkpoint (model + optimizer through
     # torch.save/torch.load into a BytesIO), 8 more with the other
     first_cls = (getattr(torch.optim, rule) if direction == "torch->fastoptim"
@@ -492,7 +492,7 @@ def test_torch_state_dict_into_array_front_and_back(variant) -> None:
     grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
              for _ in range(12)]
     ref_params = [p.clone().requires_grad_() for p in init]
-    ref = getattr(torch.optim, rule)(ref_params, foreach=False, **opts)
+    ref = reference_class(rule)(ref_params, **opts)
 
     def ref_step(k):
         for p, gr in zip(ref_params, grads[k]):
@@ -523,7 +523,7 @@ def test_torch_state_dict_into_array_front_and_back(variant) -> None:
     # reloads its own state too: torch's load makes NAdam's mu_product float64 for float64 params)
     ref.load_state_dict(ref.state_dict())
     back_params = [torch.tensor(a, requires_grad=True) for a in arrays]
-    back = getattr(torch.optim, rule)(back_params, foreach=False, **opts)
+    back = reference_class(rule)(back_params, **opts)
     sd = arr.state_dict()
     sd["state"] = {i: {k: torch.as_tensor(v) for k, v in s.items()}
                    for i, s in sd["state"].items()}
@@ -622,7 +622,7 @@ def test_non_contiguous_params_and_grads(rule: str, layout: str, reuse_grads: bo
     if "expanded" in layout:  # the reference sees the same (broadcast) values
         grads = [[v[:1].expand_as(v).clone() for v in row] for row in grads]
     ref_params = [torch.nn.Parameter(b.clone()) for b in base]
-    ref = getattr(torch.optim, rule)(ref_params, foreach=False, **RICH[rule])
+    ref = reference_class(rule)(ref_params, **RICH[rule])
     made = [make_param(b) for b in base]
     params = [torch.nn.Parameter(data) for data, _ in made]
     buffers = [full for _, full in made]
@@ -841,7 +841,7 @@ def test_state_reset_mid_run_like_torch(rule: str, reset: str) -> None:
             opt.step()
         return ps, opt
 
-    ref_ps, ref = play(lambda ps: getattr(torch.optim, rule)(ps, foreach=False, **RICH[rule]))
+    ref_ps, ref = play(lambda ps: reference_class(rule)(ps, **RICH[rule]))
     fo_ps, fo = play(lambda ps: getattr(fo_torch, rule)(ps, foreach=False, **RICH[rule]))
     _assert_params_close(fo_ps, ref_ps, reset)
     _compare_state_dicts(fo.state_dict(), ref.state_dict())

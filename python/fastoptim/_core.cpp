@@ -204,6 +204,7 @@ py::dict describe(R) {
   py::dict d;
   d["name"] = R::name;
   d["torch_name"] = R::torch_name;
+  d["reference"] = R::reference;
   d["id"] = static_cast<int>(fastoptim::rules::id<R>);
   d["args"] = args;
   d["defaults"] = option_defaults;
@@ -211,6 +212,7 @@ py::dict describe(R) {
   d["scalar_slots"] = scalars;
   d["has_step"] = R::has_step;
   d["eager_state"] = R::eager_state;
+  d["complex_as_real"] = fastoptim::rules::complex_as_real<R>();
   return d;
 }
 

@@ -8,6 +8,7 @@
 #include "fastoptim/rules/adagrad.hpp"
 #include "fastoptim/rules/adam.hpp"
 #include "fastoptim/rules/adamax.hpp"
+#include "fastoptim/rules/lion.hpp"
 #include "fastoptim/rules/nadam.hpp"
 #include "fastoptim/rules/radam.hpp"
 #include "fastoptim/rules/rmsprop.hpp"
@@ -27,6 +28,7 @@ enum class Rule : uint8_t {
   nadam = 6,
   radam = 7,
   adamax = 8,
+  lion = 9,
 };
 
 namespace rules {
@@ -35,7 +37,7 @@ template <class... R>
 struct RuleList {
   static constexpr size_t size = sizeof...(R);
 };
-using All = RuleList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax>;
+using All = RuleList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax, Lion>;
 
 // Calls f(R{}) for each rule description R of the list.
 template <class F, class... R>

@@ -503,6 +503,10 @@ class _FusedStep:
                     f"supported devices: ['cpu'] but {p.dtype} and {device} "
                     f"(fastoptim.torch.{name} is fused; {where} on {p.device.type}, its grad on "
                     f"{g.device.type})")
+            if p.is_complex() and not self._info["complex_as_real"]:
+                raise TypeError(f"{where}: complex params cannot be optimized by {name}: its "
+                                f"reference ({self._info['reference']}) is not elementwise over "
+                                "their real and imaginary parts")
             storage = _param_storage(p, settings, where)
             if storage is None:
                 if p.is_floating_point() or p.is_complex():
@@ -833,9 +837,11 @@ class _FusedStep:
         return self._torch_class().step(self, closure=lambda: loss)
 
     def _torch_class(self) -> type:
-        """The torch.optim class this one replaces (self may also be the class itself)."""
+        """The class this one fuses (self may also be the class itself): torch.optim's, or for
+        a rule torch lacks the plain torch.optim.Optimizer with its reference's constructor
+        (_reference_base)."""
         cls = self if isinstance(self, type) else type(self)
-        return next(c for c in cls.__mro__ if c.__module__.startswith("torch.optim"))
+        return cls.__mro__[cls.__mro__.index(_FusedStep) + 1]
 
     def _prepare(self) -> tuple[Any, list, list, Any]:
         """Every group's plan, checked or rebuilt, and the memory check over all of them:
@@ -1302,12 +1308,54 @@ _OPTION_DOCS = """
 """
 
 
+def _reference_base(info: dict[str, Any]) -> type:
+    """For a rule torch.optim lacks: a torch.optim.Optimizer subclass with its reference
+    implementation's constructor (argument names, order and defaults, from the registry; the
+    options become the param groups' keys, as the reference keeps them), whose range checks are
+    the core's. Groups, hooks, LR schedulers and state_dict are torch.optim.Optimizer's. Its own
+    step is never the fused class's fallback: every dtype it cannot fuse is an error."""
+    name, reference = info["torch_name"], info["reference"]
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    signature = inspect.Signature([
+        inspect.Parameter("params", kinds[0]),
+        *(inspect.Parameter(arg, kinds[keyword_only],
+                            default=tuple(default) if isinstance(default, list) else default)
+          for arg, default, keyword_only, _ in info["args"])])
+    options = [arg for arg, _, _, ignored in info["args"] if not ignored]
+
+    def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(params, *args, **kwargs)
+        bound.apply_defaults()
+        defaults = {key: bound.arguments[key] for key in options}
+        _core.state_slots(info["name"], dict(defaults))  # ValueError: the reference's wording
+        torch.optim.Optimizer.__init__(self, params, defaults)
+
+    def step(self: Any, closure: Any = None) -> Any:
+        raise NotImplementedError(
+            f"fastoptim.torch.{name} steps float32, float64, bfloat16 and float16 params with "
+            f"dense grads; {reference} is the reference for anything else")
+
+    __init__.__signature__ = signature.replace(parameters=[
+        inspect.Parameter("self", kinds[0]), *signature.parameters.values()])
+    doc = (f"{name}, exact to {reference} (op by op, in its order of operations).\n\n"
+           "    Args:\n        params (iterable): parameters or named parameters to optimize, or "
+           "dicts defining parameter groups\n" +
+           "".join(f"        {arg} (optional): default {default!r}"
+                   f"{' (accepted and ignored)' if ignored else ''}\n"
+                   for arg, default, _, ignored in info["args"]))
+    return type(f"_{name}Reference", (torch.optim.Optimizer,),
+                {"__init__": __init__, "step": step, "__doc__": doc,
+                 "__module__": __name__, "__qualname__": f"_{name}Reference"})
+
+
 def _fused_class(info: dict[str, Any]) -> type:
     """fastoptim.torch's class for one rule the core describes: torch.optim's class of that
-    name (constructor, groups, hooks, state_dict) with the fused step, and the mixed-precision
-    settings as keyword-only arguments after torch's."""
+    name (constructor, groups, hooks, state_dict) with the fused step, or for a rule torch
+    lacks a torch.optim.Optimizer with its reference's constructor (_reference_base); the
+    mixed-precision settings as keyword-only arguments after the constructor's."""
     name = info["torch_name"]
-    base = getattr(torch.optim, name)
+    torch_reference = info["reference"] == f"torch.optim.{name}"
+    base = getattr(torch.optim, name) if torch_reference else _reference_base(info)
     signature = inspect.signature(base)
     kind = inspect.Parameter.KEYWORD_ONLY
     signature = signature.replace(parameters=[

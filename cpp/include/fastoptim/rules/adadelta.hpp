@@ -17,6 +17,7 @@ struct Adadelta {
   using O = Options;
   static constexpr const char* name = "adadelta";
   static constexpr const char* torch_name = "Adadelta";
+  static constexpr const char* reference = "torch.optim.Adadelta";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("rho", &O::rho), number("eps", &O::eps),
       number("weight_decay", &O::weight_decay), flag("maximize", &O::maximize));

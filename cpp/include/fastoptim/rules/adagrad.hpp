@@ -18,6 +18,7 @@ struct Adagrad {
   using O = Options;
   static constexpr const char* name = "adagrad";
   static constexpr const char* torch_name = "Adagrad";
+  static constexpr const char* reference = "torch.optim.Adagrad";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("lr_decay", &O::lr_decay),
       number("weight_decay", &O::weight_decay),

@@ -114,6 +114,7 @@ struct AdamWDefaults {
 struct Adam : AdamFamily<Adam, AdamDefaults> {
   static constexpr const char* name = "adam";
   static constexpr const char* torch_name = "Adam";
+  static constexpr const char* reference = "torch.optim.Adam";
   static constexpr auto args = list<Arg>(
       Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"amsgrad"},
       ignored_none("foreach", true), kw("maximize"), ignored_false("capturable", true),
@@ -125,6 +126,7 @@ struct Adam : AdamFamily<Adam, AdamDefaults> {
 struct AdamW : AdamFamily<AdamW, AdamWDefaults> {
   static constexpr const char* name = "adamw";
   static constexpr const char* torch_name = "AdamW";
+  static constexpr const char* reference = "torch.optim.AdamW";
   static constexpr auto args = list<Arg>(
       Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"amsgrad"}, kw("maximize"),
       ignored_none("foreach", true), ignored_false("capturable", true),

@@ -18,6 +18,7 @@ struct Adamax {
   using O = Options;
   static constexpr const char* name = "adamax";
   static constexpr const char* torch_name = "Adamax";
+  static constexpr const char* reference = "torch.optim.Adamax";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("betas", &O::beta1, 0), number("betas", &O::beta2, 1),
       number("eps", &O::eps), number("weight_decay", &O::weight_decay),

@@ -23,6 +23,7 @@ struct Nadam {
   using O = Options;
   static constexpr const char* name = "nadam";
   static constexpr const char* torch_name = "NAdam";
+  static constexpr const char* reference = "torch.optim.NAdam";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("betas", &O::beta1, 0), number("betas", &O::beta2, 1),
       number("eps", &O::eps), number("weight_decay", &O::weight_decay),

@@ -21,6 +21,7 @@ struct Radam {
   using O = Options;
   static constexpr const char* name = "radam";
   static constexpr const char* torch_name = "RAdam";
+  static constexpr const char* reference = "torch.optim.RAdam";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("betas", &O::beta1, 0), number("betas", &O::beta2, 1),
       number("eps", &O::eps), number("weight_decay", &O::weight_decay),

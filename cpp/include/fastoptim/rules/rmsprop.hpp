@@ -19,6 +19,7 @@ struct Rmsprop {
   using O = Options;
   static constexpr const char* name = "rmsprop";
   static constexpr const char* torch_name = "RMSprop";
+  static constexpr const char* reference = "torch.optim.RMSprop";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("alpha", &O::alpha), number("eps", &O::eps),
       number("weight_decay", &O::weight_decay), number("momentum", &O::momentum),

@@ -1,5 +1,11 @@
 // What a rule description (rules/<name>.hpp) is made of. A rule is one struct holding
-//   Options           its hyperparameters (torch's names and defaults), `using Rule = <rule>`
+//   name, torch_name  its C++ name, and its class name on both Python fronts (torch.optim's,
+//                     where torch has the rule)
+//   reference         the implementation it is exact to, as module.Class: "torch.optim.Adam"
+//                     (run with foreach=False), or the official implementation of a rule torch
+//                     lacks ("lion_pytorch.Lion"), whose op-by-op float64 reference the tests
+//                     keep (tests/references.py)
+//   Options           its hyperparameters (the reference's names and defaults), `using Rule = <rule>`
 //   fields            every option as torch's param groups key it, in the checkpoint's order
 //   checks            the range checks, in the order (and wording) torch.optim checks them
 //   slots             per-element state buffers: torch's state key, when the options use it,
@@ -9,6 +15,9 @@
 //                     order and keyword-only marker; options not in `fields` are accepted and
 //                     ignored)
 //   has_step          whether torch keeps a `step` count per param
+//   complex_as_real   (optional, default true) whether a complex param steps as its real view,
+//                     as torch.optim steps complex params; false where the reference's math is
+//                     not elementwise over real and imaginary parts (Lion's sgn: z / |z|)
 //   eager_state       whether torch creates the state in the constructor (Adagrad)
 //   Scalars<C>        the per-step scalars, in the compute type C
 //   scalars<C>(o, in, ctx)  computes them in double from the options, the step count and the
@@ -127,6 +136,12 @@ FASTOPTIM_INLINE V lerp(V start, V end, const Lerp<C>& l) {
   const V diff = end - start;
   if (l.from_start) return fma(V::set1(l.weight), diff, start);
   return fma(V::set1(l.weight_minus_one), diff, end);
+}
+
+template <class R>
+constexpr bool complex_as_real() {
+  if constexpr (requires { R::complex_as_real; }) return R::complex_as_real;
+  return true;
 }
 
 template <class A, class B>

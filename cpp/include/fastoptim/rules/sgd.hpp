@@ -18,6 +18,7 @@ struct Sgd {
   using O = Options;
   static constexpr const char* name = "sgd";
   static constexpr const char* torch_name = "SGD";
+  static constexpr const char* reference = "torch.optim.SGD";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("momentum", &O::momentum), number("dampening", &O::dampening),
       number("weight_decay", &O::weight_decay), flag("nesterov", &O::nesterov),
