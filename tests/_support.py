@@ -289,16 +289,31 @@ def has_torch_reference(rule: str) -> bool:
     return REGISTRY[rule]["reference"] == f"torch.optim.{rule}"
 
 
+def reference_type(rule: str) -> type:
+    """The class reference_class builds from: torch.optim's, or tests/references.py's."""
+    if has_torch_reference(rule):
+        import torch
+
+        return getattr(torch.optim, rule)
+    import references
+
+    return getattr(references, rule)
+
+
+def official_class(rule: str) -> type:
+    """The class users switch from, whose state_dict fastoptim loads and writes: torch.optim's,
+    or the official implementation the registry names (the test skips where it is not
+    installed)."""
+    module, _, name = REGISTRY[rule]["reference"].rpartition(".")
+    return getattr(pytest.importorskip(module), name)
+
+
 def reference_class(rule: str) -> Any:
     """The rule's reference optimizer class: torch.optim's with foreach=False (the single-tensor
     implementation), or tests/references.py's for a rule torch lacks."""
     if has_torch_reference(rule):
-        import torch
-
-        return functools.partial(getattr(torch.optim, rule), foreach=False)
-    import references
-
-    return getattr(references, rule)
+        return functools.partial(reference_type(rule), foreach=False)
+    return reference_type(rule)
 
 
 def make_optimizer(front: str, rule: str, groups: list[dict[str, Any]]) -> Any:

@@ -151,6 +151,15 @@ inline std::vector<NamedOptions> option_grid() {
   adamax("plain", [](AdamaxOptions&) {});
   adamax("wd_maximize", [](AdamaxOptions& o) { o.weight_decay = 0.1, o.maximize = true; });
   adamax("betas_eps", [](AdamaxOptions& o) { o.beta1 = 0.5, o.beta2 = 0.7, o.eps = 1e-3; });
+  auto lion = [&](std::string name, auto&& set) {
+    LionOptions o;
+    o.lr = 0.01;
+    set(o);
+    grid.push_back({"lion_" + name, o});
+  };
+  lion("plain", [](LionOptions&) {});
+  lion("wd_betas", [](LionOptions& o) { o.weight_decay = 0.5, o.beta1 = 0.5, o.beta2 = 0.0; });
+
   return grid;
 }
 
@@ -485,6 +494,26 @@ void ref_step(const AdamaxOptions& o, RefParam<T>& p, const std::vector<T>& grad
     exp_inf = ref_maximum(exp_inf * to<T>(o.beta2), std::abs(g) + to<T>(o.eps));
     p.value[i] = p.value[i] + to<T>(-clr) * exp_avg / exp_inf;  // addcdiv_(value=-clr)
   }
+}
+
+// Lion as lion-pytorch 0.2 steps it (rules/lion.hpp): decay, the sign step, the momentum.
+template <class T>
+T ref_sign(T x) {
+  return x > T(0) ? T(1) : x < T(0) ? T(-1) : T(0);
+}
+
+template <class T>
+void ref_step(const LionOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const std::size_t n = p.value.size();
+  ref_ensure(p.slots[0], n);
+  for (std::size_t i = 0; i < n; ++i) {
+    T& exp_avg = p.slots[0][i];
+    const T param = p.value[i] * to<T>(1.0 - o.lr * o.weight_decay);
+    const T c = std::fma(grad[i], to<T>(1.0 - o.beta1), exp_avg * to<T>(o.beta1));
+    p.value[i] = std::fma(ref_sign(c), to<T>(-o.lr), param);
+    exp_avg = std::fma(grad[i], to<T>(1.0 - o.beta2), exp_avg * to<T>(o.beta2));
+  }
+  ++p.step;  // the C++ optimizer counts updates for every rule
 }
 
 // A reference optimizer over the same param list; std::nullopt grads skip a param.

@@ -318,7 +318,10 @@ TEST(CheckpointFormat, MismatchesAreNamed) {
   EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 4); })
                 .find("format version 4 is not supported"),
             std::string::npos);
-  EXPECT_NE(edited([](std::string& s) { s[12] = 9; }).find("unknown rule id 9"), std::string::npos);
+  constexpr auto kUnknown = rules::All::size;  // the first id no rule has
+  EXPECT_NE(edited([](std::string& s) { s[12] = static_cast<char>(kUnknown); })
+                .find("unknown rule id " + std::to_string(kUnknown)),
+            std::string::npos);
   EXPECT_NE(edited([](std::string& s) { s[14] = 1; }).find("reserved header bytes"), std::string::npos);
   EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 16, 7); })
                 .find("7 option values, adam has 8"),

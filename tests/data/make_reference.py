@@ -1,6 +1,7 @@
-"""Generate tests/data/reference_trajectories.json: short torch.optim trajectories that the C++
-tests (cpp/tests/test_trajectories.cpp) and the Python tests compare against, so the two fronts
-cannot drift from torch, or from each other.
+"""Generate tests/data/reference_trajectories.json: short trajectories of each rule's reference
+(torch.optim with foreach=False, or for a rule torch lacks the op-by-op reference of
+tests/references.py) that the C++ tests (cpp/tests/test_trajectories.cpp) and the Python tests
+compare against, so the two fronts cannot drift from the references, or from each other.
 
 Run from anywhere (needs torch; the output is checked in, the tests never need torch to read it):
 
@@ -18,14 +19,14 @@ File format (JSON, version 1)
 
 case = {
   "name":      "adam_amsgrad_float32",   # unique
-  "optimizer": "Adam",                   # torch.optim class: SGD Adagrad Adadelta RMSprop Adam
-                                         #   AdamW NAdam RAdam Adamax
+  "optimizer": "Adam",                   # the reference's class: torch.optim's, or (a rule
+                                         #   torch lacks: Lion) tests/references.py's
   "rule":      "adam",                   # the class name in lower case: sgd adagrad adadelta
                                          #   rmsprop adam adamw nadam radam adamax
   "dtype":     "float32",                # or "float64": params, grads and state
   "options":   {"lr": 0.01, "betas": [0.9, 0.999], ...},
-               # keyword arguments of the torch.optim constructor, with torch's names
-               # (betas as a 2-list); foreach=False is implied and not listed
+               # keyword arguments of the reference's constructor, with its names
+               # (betas as a 2-list); torch's foreach=False is implied and not listed
   "shapes":    [[5], [2, 3]],            # one entry per param
   "params":    [[...], [...]],           # initial values, flattened row-major
   "steps": [                             # one entry per optimizer step, in order
@@ -59,6 +60,9 @@ import sys
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: references.py
+import references  # noqa: E402
 
 OUT = Path(__file__).with_name("reference_trajectories.json")
 STEPS = 10
@@ -104,6 +108,8 @@ CONFIGS: list[tuple[str, str, dict]] = [
                                             decoupled_weight_decay=True)),
     ("Adamax", "plain", dict()),
     ("Adamax", "all", dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.05, maximize=True)),
+    ("Lion", "plain", dict(lr=0.01)),
+    ("Lion", "wd_betas", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.5)),
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -121,7 +127,10 @@ def make_case(index: int, optimizer: str, label: str, options: dict, dtype_name:
         for shape in SHAPES
     ]
     initial = [flat(p) for p in params]
-    opt = getattr(torch.optim, optimizer)(params, foreach=False, **options)
+    if hasattr(references, optimizer):  # a rule torch lacks
+        opt = getattr(references, optimizer)(params, **options)
+    else:
+        opt = getattr(torch.optim, optimizer)(params, foreach=False, **options)
     base_lr = opt.param_groups[0]["lr"]
     steps = []
     for step in range(STEPS):

@@ -98,6 +98,18 @@ FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
   return {_mm256_or_ps(_mm256_max_ps(a.v, b.v), _mm256_cmp_ps(a.v, b.v, _CMP_UNORD_Q))};
 }
 FASTOPTIM_INLINE F32 abs(F32 a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
+
+// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
+FASTOPTIM_INLINE F32 sign(F32 a) {
+  const __m256 zero = _mm256_setzero_ps();
+  return {_mm256_or_ps(_mm256_and_ps(_mm256_cmp_ps(a.v, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f)),
+                       _mm256_and_ps(_mm256_cmp_ps(a.v, zero, _CMP_LT_OQ), _mm256_set1_ps(-1.0f)))};
+}
+FASTOPTIM_INLINE F64 sign(F64 a) {
+  const __m256d zero = _mm256_setzero_pd();
+  return {_mm256_or_pd(_mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_GT_OQ), _mm256_set1_pd(1.0)),
+                       _mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_LT_OQ), _mm256_set1_pd(-1.0)))};
+}
 FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   return {_mm256_or_pd(_mm256_max_pd(a.v, b.v), _mm256_cmp_pd(a.v, b.v, _CMP_UNORD_Q))};
 }

@@ -99,6 +99,20 @@ FASTOPTIM_INLINE F32 abs(F32 a) {
   return {_mm512_castsi512_ps(
       _mm512_and_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(0x7fffffff)))};
 }
+
+// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
+FASTOPTIM_INLINE F32 sign(F32 a) {
+  const __m512 zero = _mm512_setzero_ps();
+  return {_mm512_mask_mov_ps(
+      _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f)),
+      _mm512_cmp_ps_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_ps(-1.0f))};
+}
+FASTOPTIM_INLINE F64 sign(F64 a) {
+  const __m512d zero = _mm512_setzero_pd();
+  return {_mm512_mask_mov_pd(
+      _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_pd(1.0)),
+      _mm512_cmp_pd_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_pd(-1.0))};
+}
 FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   const __mmask8 nan = _mm512_cmp_pd_mask(a.v, b.v, _CMP_UNORD_Q);
   return {_mm512_mask_mov_pd(_mm512_max_pd(a.v, b.v), nan,

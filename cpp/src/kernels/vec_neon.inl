@@ -98,6 +98,20 @@ FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
       vorrq_u32(vreinterpretq_u32_f32(max(a, b).v), vmvnq_u32(ordered)))};
 }
 FASTOPTIM_INLINE F32 abs(F32 a) { return {vabsq_f32(a.v)}; }
+
+// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
+FASTOPTIM_INLINE F32 sign(F32 a) {
+  const float32x4_t zero = vdupq_n_f32(0.0f);
+  return {vreinterpretq_f32_u32(vorrq_u32(
+      vandq_u32(vcgtq_f32(a.v, zero), vreinterpretq_u32_f32(vdupq_n_f32(1.0f))),
+      vandq_u32(vcltq_f32(a.v, zero), vreinterpretq_u32_f32(vdupq_n_f32(-1.0f)))))};
+}
+FASTOPTIM_INLINE F64 sign(F64 a) {
+  const float64x2_t zero = vdupq_n_f64(0.0);
+  return {vreinterpretq_f64_u64(vorrq_u64(
+      vandq_u64(vcgtq_f64(a.v, zero), vreinterpretq_u64_f64(vdupq_n_f64(1.0))),
+      vandq_u64(vcltq_f64(a.v, zero), vreinterpretq_u64_f64(vdupq_n_f64(-1.0)))))};
+}
 FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   const uint32x4_t ordered =
       vreinterpretq_u32_u64(vandq_u64(vceqq_f64(a.v, a.v), vceqq_f64(b.v, b.v)));

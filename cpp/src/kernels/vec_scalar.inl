@@ -55,6 +55,12 @@ FASTOPTIM_INLINE Scalar<double> sqrt(Scalar<double> a) { return {FASTOPTIM_SQRT(
 FASTOPTIM_INLINE Scalar<float> abs(Scalar<float> a) { return {FASTOPTIM_FABSF(a.v)}; }
 FASTOPTIM_INLINE Scalar<double> abs(Scalar<double> a) { return {FASTOPTIM_FABS(a.v)}; }
 
+// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
+template <class T>
+FASTOPTIM_INLINE Scalar<T> sign(Scalar<T> a) {
+  return {a.v > T(0) ? T(1) : a.v < T(0) ? T(-1) : T(0)};
+}
+
 // torch.maximum: the larger value (b unless a > b, as the vector levels' max), or NaN with
 // every bit set if either is NaN, as the vector levels give it.
 FASTOPTIM_INLINE Scalar<float> maximum(Scalar<float> a, Scalar<float> b) {

@@ -113,6 +113,18 @@ FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
   return {_mm_or_ps(_mm_max_ps(a.v, b.v), _mm_cmpunord_ps(a.v, b.v))};
 }
 FASTOPTIM_INLINE F32 abs(F32 a) { return {_mm_andnot_ps(_mm_set1_ps(-0.0f), a.v)}; }
+
+// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
+FASTOPTIM_INLINE F32 sign(F32 a) {
+  const __m128 zero = _mm_setzero_ps();
+  return {_mm_or_ps(_mm_and_ps(_mm_cmpgt_ps(a.v, zero), _mm_set1_ps(1.0f)),
+                    _mm_and_ps(_mm_cmplt_ps(a.v, zero), _mm_set1_ps(-1.0f)))};
+}
+FASTOPTIM_INLINE F64 sign(F64 a) {
+  const __m128d zero = _mm_setzero_pd();
+  return {_mm_or_pd(_mm_and_pd(_mm_cmpgt_pd(a.v, zero), _mm_set1_pd(1.0)),
+                    _mm_and_pd(_mm_cmplt_pd(a.v, zero), _mm_set1_pd(-1.0)))};
+}
 FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
   return {_mm_or_pd(_mm_max_pd(a.v, b.v), _mm_cmpunord_pd(a.v, b.v))};
 }
