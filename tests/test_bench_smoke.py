@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fastoptim import bench
+from fastoptim import _registry, bench
 from fastoptim.bench import (
     CpuSnapshot,
     ProgressBar,
@@ -67,8 +67,7 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
     for word in ("ms/step", "G elem/s", "% roofline", "fastoptim arrays", "roofline"):
         assert word in text
     rules = list(bench.RULES)  # the default: every rule
-    for rule in ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW"):
-        assert f"\n{rule} " in text
+    assert rules == list(_registry.RULES)
     for rule in rules:
         assert f"\n{bench.RULES[rule][0]} " in text
     for workload in ("1x10k", "1x100k", "GPT-2 small", "tiny MLP"):
@@ -89,19 +88,20 @@ def test_quick_bench_prints_table_and_writes_json(tmp_path: Path) -> None:
         assert len(roof["samples_ms"]) == 3 and roof["median_ms"] > 0
         assert roof["pct_of_roofline"] == pytest.approx(100.0)
         assert len(cell["rounds"]) >= 3
+        unavailable = {}
         if torch is not None:
-            expected = {
-                "fastoptim.torch",
-                "fastoptim.arrays",
-                "torch.foreach",
-                "torch.forloop",
-                "roofline",
-            }
-            if cell["rule"] in bench.TORCH_FUSED:
-                expected.add("torch.fused")
+            expected = {"fastoptim.torch", "fastoptim.arrays", "roofline"}
+            if _registry.torch_class(cell["rule"], torch) is None:  # said so, with the reason
+                unavailable = dict.fromkeys(bench.TORCH_CONTENDERS, "torch.optim has no")
+            else:
+                expected |= {"torch.foreach", "torch.forloop"}
+                if bench.torch_fused(cell["rule"], torch):
+                    expected.add("torch.fused")
+                assert cell["contenders"]["torch.foreach"]["gelem_per_s"] > 0
             assert set(cell["contenders"]) == expected, cell["errors"]
-            assert cell["contenders"]["torch.foreach"]["gelem_per_s"] > 0
-        assert cell["errors"] == {}
+        assert cell["errors"].keys() == unavailable.keys(), cell["errors"]
+        for kind, reason in unavailable.items():
+            assert cell["errors"][kind].startswith(f"unavailable: {reason}")
     if torch is not None:
         assert doc["torch_version"] == torch.__version__
     # the default runs the mixed-precision section too (its own tests: test_bench_mixed.py)
@@ -226,7 +226,7 @@ def test_verdicts_only_outside_smoke_runs() -> None:
 
 def test_bench_rejects_unknown_names(tmp_path: Path) -> None:
     for args in (
-        ["--rules", "lion"],
+        ["--rules", "no-such-rule"],
         ["--variant", "fancy"],
         ["--workloads", "huge"],
         ["--contenders", "jax"],
@@ -482,7 +482,10 @@ def test_contenders_step_the_shared_buffers(rule: str) -> None:
     buffers = bench.Buffers([(37,), (5, 3)], "float32", torch)
     kinds = bench.CONTENDERS if torch is not None else ("fastoptim.arrays", "roofline")
     for kind in kinds:
-        if kind == "torch.fused" and rule not in bench.TORCH_FUSED:
+        if kind in bench.TORCH_CONTENDERS and not (
+            bench.torch_fused(rule, torch) if kind == "torch.fused"
+            else _registry.torch_class(rule, torch)
+        ):
             continue
         buffers.state_buffers(len(slots), init)
         before_params = [a.copy() for a in buffers.param_arrays]
@@ -505,24 +508,20 @@ def test_contenders_step_the_shared_buffers(rule: str) -> None:
                     assert opt.state[p][slot] is buffers.states[k][i], (kind, slot)
 
 
-# torch 2.13's tensor state slots of the rules torch has no fused CPU kernel for; the bench
-# itself takes them from the core (state_slots), which must agree once fastoptim has the rule
-NEW_RULE_SLOTS = {
-    "nadam": ["exp_avg", "exp_avg_sq"],
-    "radam": ["exp_avg", "exp_avg_sq"],
-    "adamax": ["exp_avg", "exp_inf"],
-}
+# The rules torch.optim has without a fused CPU kernel (torch 2.13: Adadelta, RMSprop, NAdam,
+# RAdam, Adamax).
+UNFUSED = [rule for rule in bench.RULES
+           if _registry.torch_class(rule, torch) is not None and not bench.torch_fused(rule, torch)]
 
 
 @pytest.mark.skipif(torch is None, reason="needs torch")
-@pytest.mark.parametrize("rule", sorted(NEW_RULE_SLOTS))
+@pytest.mark.parametrize("rule", UNFUSED)
 def test_torch_contenders_of_the_unfused_rules(rule: str) -> None:
-    """NAdam, RAdam, Adamax: no torch fused contender, and torch's foreach and for-loop ones
-    step the shared buffers from state they made themselves (NAdam's mu_product included),
-    each param with its own step counter."""
-    slots = NEW_RULE_SLOTS[rule]
-    assert rule not in bench.TORCH_FUSED
-    assert bench.state_plan(rule, bench.RULES[rule][1]).slots == slots
+    """No torch fused contender, and torch's foreach and for-loop ones step the shared buffers
+    from state they made themselves (scalar state such as NAdam's mu_product included), each
+    param with its own step counter."""
+    slots = bench.state_plan(rule, bench.RULES[rule][1]).slots
+    scalar_slots = {name for name, _ in _registry.RULES[rule]["scalar_slots"]}
     for variants in ([], ["weight_decay"], ["maximize"], ["decoupled"]):
         _, options = bench.rule_options(rule, variants)
         buffers = bench.Buffers([(37,), (5, 3)], "float32", torch)
@@ -537,8 +536,40 @@ def test_torch_contenders_of_the_unfused_rules(rule: str) -> None:
             for i, p in enumerate(buffers.params):
                 state = contender.keep.state[p]
                 assert float(state["step"]) == 3  # the probe's step, then two of its own
-                assert (rule == "nadam") == ("mu_product" in state)
+                assert scalar_slots <= state.keys()
                 for k, slot in enumerate(slots):
                     assert state[slot] is buffers.states[k][i]
         with pytest.raises(RuntimeError, match="no fused"):
             bench.build_contender("torch.fused", rule, options, slots, buffers, threads=1)
+
+
+@pytest.mark.skipif(torch is None, reason="needs torch")
+def test_torch_contenders_of_a_rule_torch_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A registered rule torch.optim has no class for: each torch contender is unavailable, with
+    the reason, and the bench's own contenders still run."""
+    monkeypatch.setattr(_registry, "torch_class",
+                        lambda rule, torch: None if rule == "adamax" else getattr(
+                            torch.optim, _registry.RULES[rule]["torch_name"]))
+    slots = bench.state_plan("adamax", {}).slots
+    buffers = bench.Buffers([(37,)], "float32", torch)
+    buffers.state_buffers(len(slots), [0.0] * len(slots))
+    assert all(bench.contenders.listed(kind, "adamax", torch) for kind in bench.CONTENDERS)
+    for kind in bench.TORCH_CONTENDERS:
+        with pytest.raises(RuntimeError, match="^unavailable: torch.optim has no Adamax"):
+            bench.build_contender(kind, "adamax", {}, slots, buffers, threads=1)
+    for kind in ("fastoptim.torch", "fastoptim.arrays", "roofline"):
+        bench.build_contender(kind, "adamax", {}, slots, buffers, threads=1).step()
+
+
+def test_variants_pass_only_options_the_rule_has() -> None:
+    for rule, info in _registry.RULES.items():
+        for variant in bench.VARIANTS:
+            label, options = bench.rule_options(rule, [variant])
+            assert options.keys() <= info["defaults"].keys(), (rule, variant)
+            applied = bench.applied_variants(rule, [variant]) == [variant]
+            name = info["torch_name"]
+            assert label == (f"{name}({variant})" if applied else name), (rule, variant)
+    assert bench.rule_options("adagrad", ["amsgrad", "nesterov", "centered"]) == ("Adagrad", {})
+    assert bench.rule_options("adamw", ["weight_decay"]) == ("AdamW", {})  # its default already
+    assert bench.rule_options("sgd", ["no-momentum"]) == (
+        "SGD(no-momentum)", {"lr": 1e-3, "momentum": 0.0})

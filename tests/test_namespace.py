@@ -11,18 +11,20 @@ import sys
 
 import fastoptim
 import pytest
+from fastoptim import _registry
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
 
-FUSED = {"SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax"}
+# Every registered rule is fused; those torch.optim has replace torch's class of the same name.
+FUSED = {info["torch_name"] for info in _registry.RULES.values()}
 
 
 @pytest.mark.parametrize("name", sorted(torch.optim.__all__))
 def test_every_torch_optim_name_resolves(name: str) -> None:
     ours, theirs = getattr(fo_torch, name), getattr(torch.optim, name)
     assert name in fo_torch.__all__
-    if name in FUSED:
+    if name in FUSED:  # torch.optim has it, so it subclasses torch's
         assert ours is not theirs and issubclass(ours, theirs)
         assert ours.__module__.startswith("fastoptim.torch")
     else:
@@ -31,6 +33,7 @@ def test_every_torch_optim_name_resolves(name: str) -> None:
 
 def test_fused_list_is_exact() -> None:
     assert set(fo_torch.FUSED) == FUSED
+    assert FUSED <= set(fo_torch.__all__) and FUSED <= set(fastoptim.__all__)
     assert fo_torch.RMSProp is fo_torch.RMSprop
 
 

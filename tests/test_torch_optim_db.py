@@ -15,10 +15,13 @@ torch = pytest.importorskip("torch")
 common_optimizers = pytest.importorskip(
     "torch.testing._internal.common_optimizers", reason="needs torch's test helpers (expecttest)")
 import fastoptim.torch as fo_torch  # noqa: E402
+from fastoptim import _registry  # noqa: E402
 
 OptimizerErrorEnum = common_optimizers.OptimizerErrorEnum
 INFOS = {info.name: info for info in common_optimizers.optim_db}
-RULES = ("SGD", "Adagrad", "Adadelta", "RMSprop", "Adam", "AdamW", "NAdam", "RAdam", "Adamax")
+# every registered rule torch.optim has (each must be in optim_db)
+RULES = tuple(info["torch_name"] for rule, info in _registry.RULES.items()
+              if _registry.torch_class(rule, torch) is not None)
 
 
 def _inputs() -> list:

@@ -8,6 +8,8 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include <Eigen/Core>
@@ -58,9 +60,22 @@ float loss_and_grad(const Data& d, const Model& m, Eigen::VectorXf& grad_w, Eige
   return (softplus - y * logits).sum() / n;
 }
 
+// A learning rate that makes each rule learn this problem in 200 steps: kLearningRate unless the
+// rule is listed. Every registered rule runs (fastoptim::rules::All), each with its defaults
+// otherwise.
+constexpr double kLearningRate = 0.05;
+constexpr std::pair<std::string_view, double> kLearningRates[] = {
+    {"sgd", 0.5}, {"adagrad", 0.2}, {"adadelta", 1.0}, {"rmsprop", 0.01}};
+
+double learning_rate(std::string_view rule) {
+  for (const auto& [name, lr] : kLearningRates)
+    if (name == rule) return lr;
+  return kLearningRate;
+}
+
 struct Run {
   std::string name;
-  std::function<std::unique_ptr<fastoptim::Optimizer>()> make;
+  std::unique_ptr<fastoptim::Optimizer> optimizer;
 };
 
 }  // namespace
@@ -69,19 +84,13 @@ int main() {
   const Data data = make_data(512, 8, 42);
   const int steps = 200;
 
-  fastoptim::AdamW::Options adamw;
-  adamw.lr = 0.05;
-  const std::vector<Run> runs = {
-      {"SGD", [] { return std::make_unique<fastoptim::Sgd>(fastoptim::SgdOptions{.lr = 0.5, .momentum = 0.9}); }},
-      {"Adagrad", [] { return std::make_unique<fastoptim::Adagrad>(fastoptim::AdagradOptions{.lr = 0.2}); }},
-      {"Adadelta", [] { return std::make_unique<fastoptim::Adadelta>(fastoptim::AdadeltaOptions{.lr = 1.0}); }},
-      {"RMSprop", [] { return std::make_unique<fastoptim::Rmsprop>(fastoptim::RmspropOptions{.lr = 0.01}); }},
-      {"Adam", [] { return std::make_unique<fastoptim::Adam>(fastoptim::AdamOptions{.lr = 0.05}); }},
-      {"AdamW", [adamw] { return std::make_unique<fastoptim::AdamW>(adamw); }},
-      {"NAdam", [] { return std::make_unique<fastoptim::Nadam>(fastoptim::NadamOptions{.lr = 0.05}); }},
-      {"RAdam", [] { return std::make_unique<fastoptim::Radam>(fastoptim::RadamOptions{.lr = 0.05}); }},
-      {"Adamax", [] { return std::make_unique<fastoptim::Adamax>(fastoptim::AdamaxOptions{.lr = 0.05}); }},
-  };
+  std::vector<Run> runs;
+  fastoptim::rules::for_each_rule([&](auto rule) {
+    using Rule = decltype(rule);
+    typename Rule::Options options;
+    options.lr = learning_rate(Rule::name);
+    runs.push_back({Rule::torch_name, std::make_unique<fastoptim::RuleOptimizer<Rule>>(options)});
+  });
 
   std::printf("fastoptim logistic regression: SIMD level %s, %d thread(s)\n",
               fastoptim::simd_level().c_str(), fastoptim::get_num_threads());
@@ -89,7 +98,7 @@ int main() {
   for (const Run& run : runs) {
     Model model{Eigen::VectorXf::Zero(data.x.cols()), Eigen::VectorXf::Zero(1)};
     Eigen::VectorXf grad_w(data.x.cols()), grad_b(1);
-    auto optimizer = run.make();
+    fastoptim::Optimizer* optimizer = run.optimizer.get();
     fastoptim::eigen::add_param(*optimizer, model.w);
     fastoptim::eigen::add_param(*optimizer, model.b);
 
@@ -124,7 +133,7 @@ int main() {
     VectorBf w = Eigen::VectorXf::Zero(data.x.cols()).cast<Eigen::bfloat16>();
     VectorBf b = Eigen::VectorXf::Zero(1).cast<Eigen::bfloat16>();
     Eigen::VectorXf grad_w(data.x.cols()), grad_b(1);
-    fastoptim::AdamW optimizer(adamw, run.precision);
+    fastoptim::AdamW optimizer({.lr = learning_rate("adamw")}, run.precision);
     fastoptim::eigen::add_param(optimizer, w);
     fastoptim::eigen::add_param(optimizer, b);
     auto loss = [&] {  // the loss and float32 grads of the bfloat16 model

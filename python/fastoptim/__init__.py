@@ -2,9 +2,10 @@
 
 Two fronts over one C++ core:
 
-* ``fastoptim.SGD/Adagrad/Adadelta/RMSprop/Adam/AdamW/NAdam/RAdam/Adamax`` update NumPy arrays
-  (or anything with the buffer protocol or DLPack, torch CPU tensors included) in place:
-  ``opt.step(grads)``. The classes are made from the core's rule descriptions.
+* ``fastoptim.SGD``, ``fastoptim.Adam``, ...: one class per rule the core registers
+  (``fastoptim._core.rules()``), updating NumPy arrays (or anything with the buffer protocol or
+  DLPack, torch CPU tensors included) in place: ``opt.step(grads)``. The classes are made from
+  the core's rule descriptions.
 * ``fastoptim.torch`` holds drop-in ``torch.optim.Optimizer`` subclasses of the same names.
 """
 

@@ -34,21 +34,28 @@ import numpy as np
 
 import fastoptim
 
-from . import __version__
+from . import __version__, _registry
 from .bench import ProgressBar
 
-# rule -> (class name, options that make it learn this task in a few hundred steps)
-DEMO_RULES: dict[str, tuple[str, dict[str, Any]]] = {
-    "sgd": ("SGD", {"lr": 0.05, "momentum": 0.9}),
-    "adagrad": ("Adagrad", {"lr": 0.05}),
-    "adadelta": ("Adadelta", {"lr": 1.0}),
-    "rmsprop": ("RMSprop", {"lr": 1e-3}),
-    "adam": ("Adam", {"lr": 3e-3}),
-    "adamw": ("AdamW", {"lr": 3e-3, "weight_decay": 1e-2}),
-    "nadam": ("NAdam", {"lr": 3e-3}),
-    "radam": ("RAdam", {"lr": 3e-3}),
-    "adamax": ("Adamax", {"lr": 3e-3}),
+# Options that make a rule learn this task in a few hundred steps: DEFAULT_OPTIONS unless the
+# rule is listed (every registered rule is trained; tests/test_demo.py checks that each learns).
+DEFAULT_OPTIONS: dict[str, Any] = {"lr": 3e-3}
+DEMO_OPTIONS: dict[str, dict[str, Any]] = {
+    "sgd": {"lr": 0.05, "momentum": 0.9},
+    "adagrad": {"lr": 0.05},
+    "adadelta": {"lr": 1.0},
+    "rmsprop": {"lr": 1e-3},
+    "adamw": {"lr": 3e-3, "weight_decay": 1e-2},
 }
+
+
+def demo_rules() -> dict[str, tuple[str, dict[str, Any]]]:
+    """rule -> (class name, demo options), for every rule the core registers."""
+    return {
+        rule: (info["torch_name"], DEMO_OPTIONS.get(rule, DEFAULT_OPTIONS))
+        for rule, info in _registry.RULES.items()
+    }
+
 
 SPARK = "▁▂▃▄▅▆▇█"
 
@@ -383,7 +390,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "float32. Other commands: python -m fastoptim bench | info.",
     )
     parser.add_argument("--steps", type=int, default=300, help="training steps per run")
-    parser.add_argument("--rules", default=",".join(DEMO_RULES), help="comma list of rules")
+    all_rules = demo_rules()
+    parser.add_argument("--rules", default=",".join(all_rules), help="comma list of rules")
     parser.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     parser.add_argument(
         "--no-torch",
@@ -396,9 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     rules = [r.strip().lower() for r in args.rules.split(",") if r.strip()]
-    unknown = [r for r in rules if r not in DEMO_RULES]
+    unknown = [r for r in rules if r not in all_rules]
     if unknown or not rules:
-        parser.error(f"unknown rule(s) {', '.join(unknown)}; expected {', '.join(DEMO_RULES)}")
+        parser.error(f"unknown rule(s) {', '.join(unknown)}; expected {', '.join(all_rules)}")
     if args.steps < 1:
         parser.error("--steps must be >= 1")
 
@@ -427,11 +435,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             else "torch not installed: array front only"
         )
     )
-    runs_per_rule = 3 if torch is not None else 1
+    # The torch-model runs of each rule: fastoptim.torch and torch.optim(foreach=False), each
+    # where it exists (a rule torch lacks has no torch.optim run).
+    torch_makers: dict[str, list[tuple[str, Callable[[Any], Any]]]] = {}
+    for rule in rules:
+        cls_name, options = all_rules[rule]
+        makers: list[tuple[str, Callable[[Any], Any]]] = []
+        if torch is not None:
+            fo_cls = getattr(importlib.import_module("fastoptim.torch"), cls_name, None)
+            torch_cls = _registry.torch_class(rule, torch)
+            if fo_cls is not None:
+                makers.append(("fastoptim.torch", lambda p, c=fo_cls, o=options: c(p, **o)))
+            if torch_cls is not None:
+                makers.append(
+                    ("torch.optim", lambda p, c=torch_cls, o=options: c(p, foreach=False, **o))
+                )
+        torch_makers[rule] = makers
     bf16_skipped = "" if args.no_bf16 else bf16_unavailable(torch)
     run_bf16 = not args.no_bf16 and not bf16_skipped
     bf16_count = len(BF16_RUNS) + (torch is not None) if run_bf16 else 0
-    total_runs = len(rules) * runs_per_rule + bf16_count
+    total_runs = sum(len(m) + 1 for m in torch_makers.values()) + bf16_count
     bar = ProgressBar(total_runs * args.steps, enabled=not args.no_progress)
     # The label names the run in progress and its place ("run 4/13"): the percentage counts the
     # steps already done, so a bare rule name next to it read as that rule being finished.
@@ -446,35 +469,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: list[tuple[str, list[Run]]] = []
     started = time.perf_counter()
     for rule in rules:
-        cls_name, options = DEMO_RULES[rule]
-        label = _rule_label(cls_name, options)
-        runs = []
-        if torch is not None:
-            fo_torch = importlib.import_module("fastoptim.torch")
-            fo_cls = getattr(fo_torch, cls_name)
-            torch_cls = getattr(torch.optim, cls_name)
-            runs.append(
-                train_torch(
-                    task,
-                    torch,
-                    lambda p, c=fo_cls, o=options: c(p, **o),
-                    "fastoptim.torch",
-                    tick_for(f"{cls_name} fastoptim.torch"),
-                )
-            )
-            runs.append(
-                train_torch(
-                    task,
-                    torch,
-                    lambda p, c=torch_cls, o=options: c(p, foreach=False, **o),
-                    "torch.optim",
-                    tick_for(f"{cls_name} torch.optim"),
-                )
-            )
+        cls_name, options = all_rules[rule]
+        runs = [
+            train_torch(task, torch, make, name, tick_for(f"{cls_name} {name}"))
+            for name, make in torch_makers[rule]
+        ]
         runs.append(
             train_arrays(task, cls_name, options, tick_for(f"{cls_name} fastoptim arrays"))
         )
-        results.append((label, runs))
+        results.append((_rule_label(cls_name, options), runs))
     bf16: list[Run] = []
     if run_bf16:
         bf16_task = task if args.dtype == "float32" else make_task(args.steps, "float32")
@@ -497,7 +500,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(results, args.steps))
     print()
     if torch is not None:
-        worst = max(max_abs_diff(runs[0].losses, runs[1].losses) for _, runs in results)
+        compared = [
+            max_abs_diff(by_name["fastoptim.torch"].losses, by_name["torch.optim"].losses)
+            for by_name in ({run.name: run for run in runs} for _, runs in results)
+            if {"fastoptim.torch", "torch.optim"} <= by_name.keys()
+        ]
+        worst = max(compared, default=0.0)
         print(
             f"max |loss difference| fastoptim.torch vs torch.optim(foreach=False), all rules and "
             f"steps: {worst:.2e}"
@@ -534,7 +542,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not np.all(np.isfinite(run.losses)):
             print(f"non-finite loss in {run.name}", file=sys.stderr)
             return 1
-    print(f"trained {len(results) * runs_per_rule + len(bf16)} runs in {elapsed:.1f} s")
+    print(f"trained {sum(len(runs) for _, runs in results) + len(bf16)} runs in {elapsed:.1f} s")
     return 0
 
 

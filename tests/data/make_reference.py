@@ -19,10 +19,11 @@ File format (JSON, version 1)
 
 case = {
   "name":      "adam_amsgrad_float32",   # unique
-  "optimizer": "Adam",                   # the reference's class: torch.optim's, or (a rule
-                                         #   torch lacks: Lion) tests/references.py's
-  "rule":      "adam",                   # the class name in lower case: sgd adagrad adadelta
-                                         #   rmsprop adam adamw nadam radam adamax
+  "optimizer": "Adam",                   # the rule's class name (_core.rules()' torch_name):
+                                         #   torch.optim's, or tests/references.py's for a
+                                         #   rule torch lacks (Lion)
+  "rule":      "adam",                   # the rule's name (_core.rules()' name); every
+                                         #   registered rule has cases in both dtypes
   "dtype":     "float32",                # or "float64": params, grads and state
   "options":   {"lr": 0.01, "betas": [0.9, 0.999], ...},
                # keyword arguments of the reference's constructor, with its names

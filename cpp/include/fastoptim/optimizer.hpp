@@ -244,9 +244,7 @@ class Optimizer {
   //   u8       rule (enum Rule)
   //   u8[3]    zero
   //   u32      K, number of option values, then K x f64 options in the order of the rule's
-  //            `fields` (fastoptim/rules/<rule>.hpp), bools as 0.0/1.0
-  //            (SGD 6, Adagrad 6, Adadelta 5, RMSprop 7, Adam/AdamW 8, NAdam 8, RAdam 7,
-  //            Adamax 6)
+  //            `fields` (fastoptim/rules/<rule>.hpp), bools as 0.0/1.0 (K = fields.size)
   //   u8       Precision::master_weights (0/1)
   //   u8       Precision::state_dtype: 255 for the default (std::nullopt), else its storage type
   //   u8       Precision::stochastic_rounding (0/1)

@@ -72,17 +72,10 @@ std::vector<StreamTypes> layouts();
 
 // One parameter tensor and its optimizer state: `size` elements per stream, each stream contiguous
 // in its storage type (the call's StreamTypes).
-// State slots are the rule's, in its description's order (fastoptim/rules/<rule>.hpp; a slot
-// the options do not use may be null), e.g.
-//   SGD       state[0] = momentum_buffer (momentum != 0)
-//   Adagrad   state[0] = sum
-//   Adadelta  state[0] = square_avg, state[1] = acc_delta
-//   RMSprop   state[0] = square_avg, state[1] = momentum_buffer (momentum > 0),
-//             state[2] = grad_avg (centered)
-//   Adam(W)   state[0] = exp_avg, state[1] = exp_avg_sq, state[2] = max_exp_avg_sq (amsgrad)
-//   NAdam     state[0] = exp_avg, state[1] = exp_avg_sq; scalar_state: mu_product
-//   RAdam     state[0] = exp_avg, state[1] = exp_avg_sq
-//   Adamax    state[0] = exp_avg, state[1] = exp_inf
+// State slots are the rule's `slots`, in its description's order (fastoptim/rules/<rule>.hpp;
+// a slot the options do not use may be null): Adam's are state[0] = exp_avg, state[1] =
+// exp_avg_sq, state[2] = max_exp_avg_sq (amsgrad). Every rule's, with when each is used: the
+// descriptions, or `fastoptim._core.rules()` and `_core.state_slots` from Python.
 // `step` is this tensor's step count including the update being made (1 on its first update),
 // 1..kMaxStepCount. For SGD, step == 1 means the momentum buffer is new: it is set to the
 // gradient, as torch does.

@@ -35,9 +35,9 @@ from .cli import build_parser, main, run_cells, run_mixed_cells
 from .contenders import (
     CONTENDERS,
     TORCH_CONTENDERS,
-    TORCH_FUSED,
     build_contender,
     roofline_table,
+    torch_fused,
 )
 from .measurement import (
     CellResult,
@@ -75,6 +75,7 @@ from .workloads import (
     Workload,
     gpt2_small_shapes,
     make_workload,
+    applied_variants,
     parse_count,
     rule_options,
     state_plan,
@@ -99,7 +100,6 @@ __all__ = [
     "summary",
     "RULES",
     "TORCH_CONTENDERS",
-    "TORCH_FUSED",
     "VARIANTS",
     "Buffers",
     "CellResult",
@@ -126,10 +126,12 @@ __all__ = [
     "read_own_jiffies",
     "roofline_table",
     "rule_options",
+    "applied_variants",
     "run_cells",
     "state_plan",
     "summarize",
     "take_snapshot",
     "tiny_mlp_shapes",
+    "torch_fused",
     "write_chart",
 ]

@@ -18,7 +18,7 @@ import numpy as np
 from .. import __version__
 from .._runtime import openmp_runtime, set_num_threads, simd_level
 from . import mixed, mixed_report, report
-from .contenders import CONTENDERS, TORCH_FUSED, WITHOUT_TORCH, build_contender, torch_or_none
+from .contenders import CONTENDERS, WITHOUT_TORCH, build_contender, listed, torch_or_none
 from .measurement import CellResult, Contender, Settings, measure_cell
 from .progress import ProgressBar
 from .workloads import (
@@ -28,6 +28,7 @@ from .workloads import (
     StatePlan,
     Workload,
     make_workload,
+    applied_variants,
     rule_options,
     state_plan,
 )
@@ -194,7 +195,7 @@ def run_cells(
         buffers = Buffers(workload.shapes, dtype, torch)
         try:
             for rule, label, options, state in plan:
-                kinds = [k for k in contender_names if k != "torch.fused" or rule in TORCH_FUSED]
+                kinds = [k for k in contender_names if listed(k, rule, torch)]
                 for n in threads:
                     _use_threads(n, torch)
                     bar.set_label(f"{label} {workload.label} {n}t")
@@ -310,7 +311,7 @@ def main(argv: Sequence[str] | None = None, default_dir: Path | None = None) -> 
                 file=sys.stderr,
             )
             return 2
-    if run_rules and variants and not any(rule in VARIANTS[v] for v in variants for rule in rules):
+    if run_rules and variants and not any(applied_variants(rule, variants) for rule in rules):
         print("the selected variants change none of the selected rules", file=sys.stderr)
         return 2
     try:

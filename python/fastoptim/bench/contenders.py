@@ -3,7 +3,7 @@ param, grad and state buffers.
 
 * ``fastoptim.torch``  fastoptim.torch.X stepping torch tensors,
 * ``fastoptim.arrays`` fastoptim.X stepping NumPy views of the same memory,
-* ``torch.fused``      torch.optim.X(fused=True) where torch has a fused CPU kernel,
+* ``torch.fused``      torch.optim.X(fused=True) where torch's X takes ``fused``,
 * ``torch.foreach``    torch.optim.X(foreach=True),
 * ``torch.forloop``    torch.optim.X(foreach=False),
 * ``roofline``         ``fastoptim._roofline``: a lean loop that reads and writes the same arrays
@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 from typing import Any
 
 import numpy as np
 
-from .. import _core
+from .. import _core, _registry
 from .measurement import Contender
 from .workloads import RULES, Buffers
 
@@ -36,9 +37,6 @@ CONTENDERS = (
     "roofline",
 )
 TORCH_CONTENDERS = ("torch.fused", "torch.foreach", "torch.forloop")
-# torch 2.13 has fused CPU kernels for these only (none for Adadelta, RMSprop, NAdam, RAdam,
-# Adamax).
-TORCH_FUSED = frozenset({"sgd", "adagrad", "adam", "adamw"})
 # what runs without torch
 WITHOUT_TORCH = ("fastoptim.arrays", "roofline")
 
@@ -49,6 +47,22 @@ def torch_or_none() -> Any:
     except ImportError:
         return None
     return torch
+
+
+def torch_fused(rule: str, torch: Any) -> bool:
+    """Whether torch.optim's class of ``rule`` takes ``fused`` (torch 2.13: SGD, Adagrad, Adam,
+    AdamW)."""
+    cls = _registry.torch_class(rule, torch)
+    return cls is not None and "fused" in inspect.signature(cls).parameters
+
+
+def listed(kind: str, rule: str, torch: Any) -> bool:
+    """Whether a cell of ``rule`` lists contender ``kind``: torch.fused only where torch has a
+    fused kernel of the rule (its absence there is no news), except for a rule torch lacks,
+    whose torch contenders are all listed, each unavailable."""
+    if kind != "torch.fused" or torch is None:
+        return True
+    return torch_fused(rule, torch) or _registry.torch_class(rule, torch) is None
 
 
 def roofline_table(
@@ -83,10 +97,15 @@ def _torch_class(kind: str, rule: str, torch: Any) -> tuple[type, dict[str, Any]
     implementation."""
     cls_name = RULES[rule][0]
     if kind == "fastoptim.torch":
-        return getattr(importlib.import_module("fastoptim.torch"), cls_name), {}
-    cls = getattr(torch.optim, cls_name)
+        fo_cls = getattr(importlib.import_module("fastoptim.torch"), cls_name, None)
+        if fo_cls is None:
+            raise RuntimeError(f"unavailable: fastoptim.torch has no {cls_name}")
+        return fo_cls, {}
+    cls = _registry.torch_class(rule, torch)
+    if cls is None:
+        raise RuntimeError(f"unavailable: torch.optim has no {cls_name}")
     if kind == "torch.fused":
-        if rule not in TORCH_FUSED:
+        if not torch_fused(rule, torch):
             raise RuntimeError(f"torch has no fused CPU {cls_name}")
         return cls, {"fused": True}
     if kind in ("torch.foreach", "torch.forloop"):

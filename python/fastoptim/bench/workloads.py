@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .. import _core
+from .. import _core, _registry
 
 # SGD is benchmarked with momentum: plain SGD has no state and nobody's bottleneck.
 BENCH_OPTIONS: dict[str, dict[str, Any]] = {"sgd": {"lr": 1e-3, "momentum": 0.9}}
@@ -23,35 +23,43 @@ BENCH_OPTIONS: dict[str, dict[str, Any]] = {"sgd": {"lr": 1e-3, "momentum": 0.9}
 # rule key -> (class name shared by torch.optim / fastoptim / fastoptim.torch, benchmark
 # options), for every rule the core describes
 RULES: dict[str, tuple[str, dict[str, Any]]] = {
-    info["name"]: (info["torch_name"], BENCH_OPTIONS.get(info["name"], {}))
-    for info in _core.rules()
+    rule: (info["torch_name"], BENCH_OPTIONS.get(rule, {}))
+    for rule, info in _registry.RULES.items()
 }
 
-# variant -> {rule: extra options}; a variant changes the rules it names and leaves the others.
-VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
-    "amsgrad": {"adam": {"amsgrad": True}, "adamw": {"amsgrad": True}},
-    "nesterov": {"sgd": {"momentum": 0.9, "nesterov": True}},
-    "centered": {"rmsprop": {"centered": True}},
-    "momentum": {"sgd": {"momentum": 0.9}, "rmsprop": {"momentum": 0.9}},
-    "no-momentum": {"sgd": {"momentum": 0.0}},
-    "decoupled": {
-        r: {"weight_decay": 1e-2, "decoupled_weight_decay": True} for r in ("nadam", "radam")
-    },
-    "weight_decay": {r: {"weight_decay": 1e-2} for r in RULES},
-    "maximize": {r: {"maximize": True} for r in RULES},
+# variant -> the options it sets. It applies to every rule that has all of them (the core's
+# defaults say which) and whose value it changes; the others it leaves.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "amsgrad": {"amsgrad": True},
+    "nesterov": {"momentum": 0.9, "nesterov": True},
+    "centered": {"centered": True},
+    "momentum": {"momentum": 0.9},
+    "no-momentum": {"momentum": 0.0},
+    "decoupled": {"weight_decay": 1e-2, "decoupled_weight_decay": True},
+    "weight_decay": {"weight_decay": 1e-2},
+    "maximize": {"maximize": True},
 }
+
+
+def applied_variants(rule: str, variants: Sequence[str]) -> list[str]:
+    """The selected variants that change ``rule``'s options, in order."""
+    options = {**_registry.RULES[rule]["defaults"], **RULES[rule][1]}
+    applied = []
+    for v in variants:
+        extra = VARIANTS[v]
+        if extra.keys() <= options.keys() and any(options[k] != x for k, x in extra.items()):
+            options.update(extra)
+            applied.append(v)
+    return applied
 
 
 def rule_options(rule: str, variants: Sequence[str]) -> tuple[str, dict[str, Any]]:
     """(row label, constructor options) of a rule under the selected variants."""
     name, base = RULES[rule]
+    applied = applied_variants(rule, variants)
     options = dict(base)
-    applied = []
-    for v in variants:
-        extra = VARIANTS[v].get(rule)
-        if extra:
-            options.update(extra)
-            applied.append(v)
+    for v in applied:
+        options.update(VARIANTS[v])
     return (f"{name}({','.join(applied)})" if applied else name), options
 
 

@@ -2,9 +2,9 @@
 
 This package mirrors ``torch.optim``: every public name resolves, including the submodules
 (``lr_scheduler``, ``swa_utils``, ``optimizer``; ``from fastoptim.torch.lr_scheduler import
-OneCycleLR`` works). The rules the C++ core describes (SGD, Adagrad, Adadelta, RMSprop, Adam,
-AdamW, NAdam, RAdam, Adamax: ``FUSED``) are fastoptim's fused subclasses of their torch.optim
-namesakes (one C++ call per step); every other name is torch's own object, unchanged.
+OneCycleLR`` works). The rules the C++ core describes (``FUSED``: one class per rule
+of ``fastoptim._core.rules()``) are fastoptim's fused subclasses of their torch.optim namesakes
+(one C++ call per step); every other name is torch's own object, unchanged.
 
 The fused classes step float32, float64, bfloat16 and float16 params (16-bit params as torch's
 ``fused=True`` does: state in the param's dtype, float32 math, one rounding per store) and take

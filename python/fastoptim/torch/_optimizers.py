@@ -1,6 +1,5 @@
 """The fused classes of fastoptim.torch: drop-in replacements for torch.optim's classes of every
-rule the C++ core describes (SGD, Adagrad, Adadelta, RMSprop, Adam, AdamW, NAdam, RAdam, Adamax)
-on CPU tensors.
+rule the C++ core describes (``_core.rules()``) on CPU tensors.
 
 Each class subclasses its torch.optim namesake, so the constructor (names, order, defaults,
 validation), param groups, hooks, LR schedulers and state_dict layout are torch's own; only
