@@ -11,8 +11,10 @@ RULES: dict[str, dict[str, Any]] = {info["name"]: info for info in _core.rules()
 
 
 def torch_class(rule: str, torch: Any) -> type | None:
-    """torch.optim's class of ``rule``, or None: not every registered rule is one of torch's
-    (Lion, Schedule-Free), and those have no torch.optim contender or comparison."""
-    if torch is None:
+    """torch.optim's class of ``rule`` when torch.optim is the rule's reference, or None: a
+    rule torch lacks (Lion) names another reference and has no torch.optim contender or
+    comparison."""
+    info = RULES[rule]
+    if torch is None or info["reference"] != f"torch.optim.{info['torch_name']}":
         return None
-    return getattr(torch.optim, RULES[rule]["torch_name"], None)
+    return getattr(torch.optim, info["torch_name"])
