@@ -6,5 +6,6 @@
 namespace fastoptim::kernels::avx512 {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_avx512.inl"
+#include "kernels/vec_ops.inl"
 #include "roofline.inl"
 }  // namespace fastoptim::kernels::avx512

@@ -6,5 +6,6 @@
 namespace fastoptim::kernels::neon {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_neon.inl"
+#include "kernels/vec_ops.inl"
 #include "roofline.inl"
 }  // namespace fastoptim::kernels::neon

@@ -5,5 +5,6 @@
 namespace fastoptim::kernels::scalar {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_none.inl"
+#include "kernels/vec_ops.inl"
 #include "roofline.inl"
 }  // namespace fastoptim::kernels::scalar

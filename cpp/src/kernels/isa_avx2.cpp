@@ -5,5 +5,6 @@
 namespace fastoptim::kernels::avx2 {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_avx2.inl"
+#include "kernels/vec_ops.inl"
 #include "kernels/kernel.inl"
 }  // namespace fastoptim::kernels::avx2

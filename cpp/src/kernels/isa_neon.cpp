@@ -5,5 +5,6 @@
 namespace fastoptim::kernels::neon {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_neon.inl"
+#include "kernels/vec_ops.inl"
 #include "kernels/kernel.inl"
 }  // namespace fastoptim::kernels::neon

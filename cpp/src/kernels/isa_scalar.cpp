@@ -4,5 +4,6 @@
 namespace fastoptim::kernels::scalar {
 #include "kernels/vec_scalar.inl"
 #include "kernels/vec_none.inl"
+#include "kernels/vec_ops.inl"
 #include "kernels/kernel.inl"
 }  // namespace fastoptim::kernels::scalar

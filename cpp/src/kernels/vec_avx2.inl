@@ -12,6 +12,9 @@ struct U32 {
 struct F32 {
   using Lane = float;
   using Bits = U32;
+  struct Mask {  // lanes of all ones or all zeros
+    __m256 v;
+  };
   static constexpr size_t kLanes = 8;
   __m256 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm256_loadu_ps(p)}; }
@@ -48,6 +51,9 @@ struct F32 {
 struct F64 {
   using Lane = double;
   using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
+  struct Mask {
+    __m256d v;
+  };
   static constexpr size_t kLanes = 4;
   __m256d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm256_loadu_pd(p)}; }
@@ -86,33 +92,32 @@ struct VecOf<double> {
   using type = F64;
 };
 
-// The norm pass: 8 floats widened to doubles (lane order), |x|.
+// The norm pass: 8 floats widened to doubles (lane order).
 FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   out[0] = {_mm256_cvtps_pd(_mm_loadu_ps(p))};
   out[1] = {_mm256_cvtps_pd(_mm_loadu_ps(p + 4))};
 }
-FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm256_andnot_pd(_mm256_set1_pd(-0.0), a.v)}; }
 
-// torch.maximum: the larger value, or NaN (all bits set, at every level) if either is NaN.
-FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
-  return {_mm256_or_ps(_mm256_max_ps(a.v, b.v), _mm256_cmp_ps(a.v, b.v, _CMP_UNORD_Q))};
+// The primitives vec_ops.inl builds maximum, abs and sign on: comparisons false when either
+// side is NaN (ordered, quiet), select, ~a & b on the bits.
+FASTOPTIM_INLINE F32::Mask lt(F32 a, F32 b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ)}; }
+FASTOPTIM_INLINE F32::Mask gt(F32 a, F32 b) { return {_mm256_cmp_ps(a.v, b.v, _CMP_GT_OQ)}; }
+FASTOPTIM_INLINE F32::Mask unordered(F32 a, F32 b) {
+  return {_mm256_cmp_ps(a.v, b.v, _CMP_UNORD_Q)};
 }
-FASTOPTIM_INLINE F32 abs(F32 a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
-
-// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
-FASTOPTIM_INLINE F32 sign(F32 a) {
-  const __m256 zero = _mm256_setzero_ps();
-  return {_mm256_or_ps(_mm256_and_ps(_mm256_cmp_ps(a.v, zero, _CMP_GT_OQ), _mm256_set1_ps(1.0f)),
-                       _mm256_and_ps(_mm256_cmp_ps(a.v, zero, _CMP_LT_OQ), _mm256_set1_ps(-1.0f)))};
+FASTOPTIM_INLINE F32 select(F32::Mask mask, F32 yes, F32 no) {
+  return {_mm256_blendv_ps(no.v, yes.v, mask.v)};
 }
-FASTOPTIM_INLINE F64 sign(F64 a) {
-  const __m256d zero = _mm256_setzero_pd();
-  return {_mm256_or_pd(_mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_GT_OQ), _mm256_set1_pd(1.0)),
-                       _mm256_and_pd(_mm256_cmp_pd(a.v, zero, _CMP_LT_OQ), _mm256_set1_pd(-1.0)))};
+FASTOPTIM_INLINE F32 andnot(F32 a, F32 b) { return {_mm256_andnot_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F64::Mask lt(F64 a, F64 b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_LT_OQ)}; }
+FASTOPTIM_INLINE F64::Mask gt(F64 a, F64 b) { return {_mm256_cmp_pd(a.v, b.v, _CMP_GT_OQ)}; }
+FASTOPTIM_INLINE F64::Mask unordered(F64 a, F64 b) {
+  return {_mm256_cmp_pd(a.v, b.v, _CMP_UNORD_Q)};
 }
-FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
-  return {_mm256_or_pd(_mm256_max_pd(a.v, b.v), _mm256_cmp_pd(a.v, b.v, _CMP_UNORD_Q))};
+FASTOPTIM_INLINE F64 select(F64::Mask mask, F64 yes, F64 no) {
+  return {_mm256_blendv_pd(no.v, yes.v, mask.v)};
 }
+FASTOPTIM_INLINE F64 andnot(F64 a, F64 b) { return {_mm256_andnot_pd(a.v, b.v)}; }
 
 FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {_mm256_add_epi32(a.v, b.v)}; }
 FASTOPTIM_INLINE U32 operator-(U32 a, U32 b) { return {_mm256_sub_epi32(a.v, b.v)}; }

@@ -12,6 +12,9 @@ struct U32 {
 struct F32 {
   using Lane = float;
   using Bits = U32;
+  struct Mask {  // one bit per lane: the compares write mask registers, blends read them
+    __mmask16 v;
+  };
   static constexpr size_t kLanes = 16;
   __m512 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm512_loadu_ps(p)}; }
@@ -45,6 +48,9 @@ struct F32 {
 struct F64 {
   using Lane = double;
   using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
+  struct Mask {
+    __mmask8 v;
+  };
   static constexpr size_t kLanes = 8;
   __m512d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm512_loadu_pd(p)}; }
@@ -83,40 +89,36 @@ struct VecOf<double> {
   using type = F64;
 };
 
-// The norm pass: 8 floats widened to doubles (lane order), |x|.
+// The norm pass: 8 floats widened to doubles (lane order).
 FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   out[0] = {_mm512_cvtps_pd(_mm256_loadu_ps(p))};
 }
-FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm512_castsi512_pd(_mm512_and_si512(_mm512_castpd_si512(a.v), _mm512_set1_epi64(INT64_MAX)))}; }
 
-// torch.maximum: the larger value, or NaN (all bits set, at every level) if either is NaN.
-FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
-  const __mmask16 nan = _mm512_cmp_ps_mask(a.v, b.v, _CMP_UNORD_Q);
-  return {_mm512_mask_mov_ps(_mm512_max_ps(a.v, b.v), nan,
-                             _mm512_castsi512_ps(_mm512_set1_epi32(-1)))};
+// The primitives vec_ops.inl builds maximum, abs and sign on: comparisons false when either
+// side is NaN (ordered, quiet), select, ~a & b on the bits (integer: andnot_ps is AVX512DQ).
+FASTOPTIM_INLINE F32::Mask lt(F32 a, F32 b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ)}; }
+FASTOPTIM_INLINE F32::Mask gt(F32 a, F32 b) { return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_GT_OQ)}; }
+FASTOPTIM_INLINE F32::Mask unordered(F32 a, F32 b) {
+  return {_mm512_cmp_ps_mask(a.v, b.v, _CMP_UNORD_Q)};
 }
-FASTOPTIM_INLINE F32 abs(F32 a) {
+FASTOPTIM_INLINE F32 select(F32::Mask mask, F32 yes, F32 no) {
+  return {_mm512_mask_blend_ps(mask.v, no.v, yes.v)};
+}
+FASTOPTIM_INLINE F32 andnot(F32 a, F32 b) {
   return {_mm512_castsi512_ps(
-      _mm512_and_si512(_mm512_castps_si512(a.v), _mm512_set1_epi32(0x7fffffff)))};
+      _mm512_andnot_si512(_mm512_castps_si512(a.v), _mm512_castps_si512(b.v)))};
 }
-
-// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
-FASTOPTIM_INLINE F32 sign(F32 a) {
-  const __m512 zero = _mm512_setzero_ps();
-  return {_mm512_mask_mov_ps(
-      _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_ps(1.0f)),
-      _mm512_cmp_ps_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_ps(-1.0f))};
+FASTOPTIM_INLINE F64::Mask lt(F64 a, F64 b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_LT_OQ)}; }
+FASTOPTIM_INLINE F64::Mask gt(F64 a, F64 b) { return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_GT_OQ)}; }
+FASTOPTIM_INLINE F64::Mask unordered(F64 a, F64 b) {
+  return {_mm512_cmp_pd_mask(a.v, b.v, _CMP_UNORD_Q)};
 }
-FASTOPTIM_INLINE F64 sign(F64 a) {
-  const __m512d zero = _mm512_setzero_pd();
-  return {_mm512_mask_mov_pd(
-      _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(a.v, zero, _CMP_GT_OQ), _mm512_set1_pd(1.0)),
-      _mm512_cmp_pd_mask(a.v, zero, _CMP_LT_OQ), _mm512_set1_pd(-1.0))};
+FASTOPTIM_INLINE F64 select(F64::Mask mask, F64 yes, F64 no) {
+  return {_mm512_mask_blend_pd(mask.v, no.v, yes.v)};
 }
-FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
-  const __mmask8 nan = _mm512_cmp_pd_mask(a.v, b.v, _CMP_UNORD_Q);
-  return {_mm512_mask_mov_pd(_mm512_max_pd(a.v, b.v), nan,
-                             _mm512_castsi512_pd(_mm512_set1_epi64(-1)))};
+FASTOPTIM_INLINE F64 andnot(F64 a, F64 b) {
+  return {_mm512_castsi512_pd(
+      _mm512_andnot_si512(_mm512_castpd_si512(a.v), _mm512_castpd_si512(b.v)))};
 }
 
 FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {_mm512_add_epi32(a.v, b.v)}; }

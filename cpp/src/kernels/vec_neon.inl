@@ -13,6 +13,9 @@ struct U32 {
 struct F32 {
   using Lane = float;
   using Bits = U32;
+  struct Mask {  // lanes of all ones or all zeros
+    uint32x4_t v;
+  };
   static constexpr size_t kLanes = 4;
   float32x4_t v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {vld1q_f32(p)}; }
@@ -42,6 +45,9 @@ struct F32 {
 struct F64 {
   using Lane = double;
   using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
+  struct Mask {
+    uint64x2_t v;
+  };
   static constexpr size_t kLanes = 2;
   float64x2_t v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {vld1q_f64(p)}; }
@@ -81,7 +87,7 @@ struct VecOf<double> {
   using type = F64;
 };
 
-// The norm pass: 8 floats widened to doubles (lane order), |x|.
+// The norm pass: 8 floats widened to doubles (lane order).
 FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   const float32x4_t lo = vld1q_f32(p), hi = vld1q_f32(p + 4);
   out[0] = {vcvt_f64_f32(vget_low_f32(lo))};
@@ -89,34 +95,32 @@ FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   out[2] = {vcvt_f64_f32(vget_low_f32(hi))};
   out[3] = {vcvt_high_f64_f32(hi)};
 }
-FASTOPTIM_INLINE F64 abs(F64 a) { return {vabsq_f64(a.v)}; }
 
-// torch.maximum: the larger value, or NaN (all bits set, at every level) if either is NaN.
-FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
-  const uint32x4_t ordered = vandq_u32(vceqq_f32(a.v, a.v), vceqq_f32(b.v, b.v));
-  return {vreinterpretq_f32_u32(
-      vorrq_u32(vreinterpretq_u32_f32(max(a, b).v), vmvnq_u32(ordered)))};
+// The primitives vec_ops.inl builds maximum, abs and sign on: comparisons false when either
+// side is NaN, select (bitwise), ~a & b on the bits. NEON has no unordered compare: NaN is the
+// value not equal to itself.
+FASTOPTIM_INLINE F32::Mask lt(F32 a, F32 b) { return {vcltq_f32(a.v, b.v)}; }
+FASTOPTIM_INLINE F32::Mask gt(F32 a, F32 b) { return {vcgtq_f32(a.v, b.v)}; }
+FASTOPTIM_INLINE F32::Mask unordered(F32 a, F32 b) {
+  return {vmvnq_u32(vandq_u32(vceqq_f32(a.v, a.v), vceqq_f32(b.v, b.v)))};
 }
-FASTOPTIM_INLINE F32 abs(F32 a) { return {vabsq_f32(a.v)}; }
-
-// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
-FASTOPTIM_INLINE F32 sign(F32 a) {
-  const float32x4_t zero = vdupq_n_f32(0.0f);
-  return {vreinterpretq_f32_u32(vorrq_u32(
-      vandq_u32(vcgtq_f32(a.v, zero), vreinterpretq_u32_f32(vdupq_n_f32(1.0f))),
-      vandq_u32(vcltq_f32(a.v, zero), vreinterpretq_u32_f32(vdupq_n_f32(-1.0f)))))};
+FASTOPTIM_INLINE F32 select(F32::Mask mask, F32 yes, F32 no) {
+  return {vbslq_f32(mask.v, yes.v, no.v)};
 }
-FASTOPTIM_INLINE F64 sign(F64 a) {
-  const float64x2_t zero = vdupq_n_f64(0.0);
-  return {vreinterpretq_f64_u64(vorrq_u64(
-      vandq_u64(vcgtq_f64(a.v, zero), vreinterpretq_u64_f64(vdupq_n_f64(1.0))),
-      vandq_u64(vcltq_f64(a.v, zero), vreinterpretq_u64_f64(vdupq_n_f64(-1.0)))))};
+FASTOPTIM_INLINE F32 andnot(F32 a, F32 b) {
+  return {vreinterpretq_f32_u32(vbicq_u32(vreinterpretq_u32_f32(b.v), vreinterpretq_u32_f32(a.v)))};
 }
-FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
-  const uint32x4_t ordered =
-      vreinterpretq_u32_u64(vandq_u64(vceqq_f64(a.v, a.v), vceqq_f64(b.v, b.v)));
-  return {vreinterpretq_f64_u32(
-      vorrq_u32(vreinterpretq_u32_f64(max(a, b).v), vmvnq_u32(ordered)))};
+FASTOPTIM_INLINE F64::Mask lt(F64 a, F64 b) { return {vcltq_f64(a.v, b.v)}; }
+FASTOPTIM_INLINE F64::Mask gt(F64 a, F64 b) { return {vcgtq_f64(a.v, b.v)}; }
+FASTOPTIM_INLINE F64::Mask unordered(F64 a, F64 b) {
+  const uint64x2_t ordered = vandq_u64(vceqq_f64(a.v, a.v), vceqq_f64(b.v, b.v));
+  return {vreinterpretq_u64_u32(vmvnq_u32(vreinterpretq_u32_u64(ordered)))};  // no vmvnq_u64
+}
+FASTOPTIM_INLINE F64 select(F64::Mask mask, F64 yes, F64 no) {
+  return {vbslq_f64(mask.v, yes.v, no.v)};
+}
+FASTOPTIM_INLINE F64 andnot(F64 a, F64 b) {
+  return {vreinterpretq_f64_u64(vbicq_u64(vreinterpretq_u64_f64(b.v), vreinterpretq_u64_f64(a.v)))};
 }
 
 FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {vaddq_u32(a.v, b.v)}; }

@@ -12,6 +12,7 @@ template <class T>
 struct Scalar {
   using Lane = T;
   using Bits = ScalarU32;
+  using Mask = bool;  // lt, gt, unordered; select
   static constexpr size_t kLanes = 1;
   T v;
   static FASTOPTIM_INLINE Scalar load(const T* p) { return {*p}; }
@@ -52,30 +53,38 @@ FASTOPTIM_INLINE Scalar<double> fma(Scalar<double> a, Scalar<double> b, Scalar<d
   return {FASTOPTIM_FMA(a.v, b.v, c.v)};
 }
 FASTOPTIM_INLINE Scalar<double> sqrt(Scalar<double> a) { return {FASTOPTIM_SQRT(a.v)}; }
-FASTOPTIM_INLINE Scalar<float> abs(Scalar<float> a) { return {FASTOPTIM_FABSF(a.v)}; }
-FASTOPTIM_INLINE Scalar<double> abs(Scalar<double> a) { return {FASTOPTIM_FABS(a.v)}; }
 
-// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
+// A lane's bits read as another type of the same size (float <-> uint32_t, double <-> uint64_t).
+template <class To, class From>
+FASTOPTIM_INLINE To reinterpret_bits(From x) {
+  static_assert(sizeof(To) == sizeof(From));
+  union {
+    From from;
+    To to;
+  } u{x};
+  return u.to;
+}
+
+// The primitives vec_ops.inl builds maximum, abs and sign on. The comparisons are false when
+// either side is NaN (C++'s, and torch's); a mask is a bool.
 template <class T>
-FASTOPTIM_INLINE Scalar<T> sign(Scalar<T> a) {
-  return {a.v > T(0) ? T(1) : a.v < T(0) ? T(-1) : T(0)};
+FASTOPTIM_INLINE bool lt(Scalar<T> a, Scalar<T> b) { return a.v < b.v; }
+template <class T>
+FASTOPTIM_INLINE bool gt(Scalar<T> a, Scalar<T> b) { return a.v > b.v; }
+template <class T>
+FASTOPTIM_INLINE bool unordered(Scalar<T> a, Scalar<T> b) { return a.v != a.v || b.v != b.v; }
+template <class T>
+FASTOPTIM_INLINE Scalar<T> select(bool mask, Scalar<T> yes, Scalar<T> no) {
+  return mask ? yes : no;
 }
-
-// torch.maximum: the larger value (b unless a > b, as the vector levels' max), or NaN with
-// every bit set if either is NaN, as the vector levels give it.
-FASTOPTIM_INLINE Scalar<float> maximum(Scalar<float> a, Scalar<float> b) {
-  if (a.v != a.v || b.v != b.v) {
-    union { uint32_t bits; float value; } nan{0xffffffffu};
-    return {nan.value};
-  }
-  return max(a, b);
+// ~a & b on the bits
+FASTOPTIM_INLINE Scalar<float> andnot(Scalar<float> a, Scalar<float> b) {
+  return {reinterpret_bits<float>(~reinterpret_bits<uint32_t>(a.v) &
+                                  reinterpret_bits<uint32_t>(b.v))};
 }
-FASTOPTIM_INLINE Scalar<double> maximum(Scalar<double> a, Scalar<double> b) {
-  if (a.v != a.v || b.v != b.v) {
-    union { uint64_t bits; double value; } nan{~uint64_t{0}};
-    return {nan.value};
-  }
-  return max(a, b);
+FASTOPTIM_INLINE Scalar<double> andnot(Scalar<double> a, Scalar<double> b) {
+  return {reinterpret_bits<double>(~reinterpret_bits<uint64_t>(a.v) &
+                                   reinterpret_bits<uint64_t>(b.v))};
 }
 
 FASTOPTIM_INLINE ScalarU32 operator+(ScalarU32 a, ScalarU32 b) { return {a.v + b.v}; }

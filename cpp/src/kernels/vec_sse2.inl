@@ -11,6 +11,9 @@ struct U32 {
 struct F32 {
   using Lane = float;
   using Bits = U32;
+  struct Mask {  // lanes of all ones or all zeros
+    __m128 v;
+  };
   static constexpr size_t kLanes = 4;
   __m128 v;
   static FASTOPTIM_INLINE F32 load(const float* p) { return {_mm_loadu_ps(p)}; }
@@ -44,6 +47,9 @@ struct F32 {
 struct F64 {
   using Lane = double;
   using Bits = U32;  // no float64 layout stores 16-bit values: never drawn
+  struct Mask {
+    __m128d v;
+  };
   static constexpr size_t kLanes = 2;
   __m128d v;
   static FASTOPTIM_INLINE F64 load(const double* p) { return {_mm_loadu_pd(p)}; }
@@ -98,7 +104,7 @@ struct VecOf<double> {
   using type = F64;
 };
 
-// The norm pass: 8 floats widened to doubles (lane order), |x|.
+// The norm pass: 8 floats widened to doubles (lane order).
 FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   const __m128 lo = _mm_loadu_ps(p), hi = _mm_loadu_ps(p + 4);
   out[0] = {_mm_cvtps_pd(lo)};
@@ -106,28 +112,23 @@ FASTOPTIM_INLINE void load8_widened(const float* p, F64* out) {
   out[2] = {_mm_cvtps_pd(hi)};
   out[3] = {_mm_cvtps_pd(_mm_movehl_ps(hi, hi))};
 }
-FASTOPTIM_INLINE F64 abs(F64 a) { return {_mm_andnot_pd(_mm_set1_pd(-0.0), a.v)}; }
 
-// torch.maximum: the larger value, or NaN (all bits set, at every level) if either is NaN.
-FASTOPTIM_INLINE F32 maximum(F32 a, F32 b) {
-  return {_mm_or_ps(_mm_max_ps(a.v, b.v), _mm_cmpunord_ps(a.v, b.v))};
+// The primitives vec_ops.inl builds maximum, abs and sign on: comparisons false when either
+// side is NaN, select (SSE2 has no blend), ~a & b on the bits.
+FASTOPTIM_INLINE F32::Mask lt(F32 a, F32 b) { return {_mm_cmplt_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32::Mask gt(F32 a, F32 b) { return {_mm_cmpgt_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32::Mask unordered(F32 a, F32 b) { return {_mm_cmpunord_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F32 select(F32::Mask mask, F32 yes, F32 no) {
+  return {_mm_or_ps(_mm_and_ps(mask.v, yes.v), _mm_andnot_ps(mask.v, no.v))};
 }
-FASTOPTIM_INLINE F32 abs(F32 a) { return {_mm_andnot_ps(_mm_set1_ps(-0.0f), a.v)}; }
-
-// torch.sign (and torch.sgn of a real value): 1, -1, or +0 for zeros and NaN.
-FASTOPTIM_INLINE F32 sign(F32 a) {
-  const __m128 zero = _mm_setzero_ps();
-  return {_mm_or_ps(_mm_and_ps(_mm_cmpgt_ps(a.v, zero), _mm_set1_ps(1.0f)),
-                    _mm_and_ps(_mm_cmplt_ps(a.v, zero), _mm_set1_ps(-1.0f)))};
+FASTOPTIM_INLINE F32 andnot(F32 a, F32 b) { return {_mm_andnot_ps(a.v, b.v)}; }
+FASTOPTIM_INLINE F64::Mask lt(F64 a, F64 b) { return {_mm_cmplt_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64::Mask gt(F64 a, F64 b) { return {_mm_cmpgt_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64::Mask unordered(F64 a, F64 b) { return {_mm_cmpunord_pd(a.v, b.v)}; }
+FASTOPTIM_INLINE F64 select(F64::Mask mask, F64 yes, F64 no) {
+  return {_mm_or_pd(_mm_and_pd(mask.v, yes.v), _mm_andnot_pd(mask.v, no.v))};
 }
-FASTOPTIM_INLINE F64 sign(F64 a) {
-  const __m128d zero = _mm_setzero_pd();
-  return {_mm_or_pd(_mm_and_pd(_mm_cmpgt_pd(a.v, zero), _mm_set1_pd(1.0)),
-                    _mm_and_pd(_mm_cmplt_pd(a.v, zero), _mm_set1_pd(-1.0)))};
-}
-FASTOPTIM_INLINE F64 maximum(F64 a, F64 b) {
-  return {_mm_or_pd(_mm_max_pd(a.v, b.v), _mm_cmpunord_pd(a.v, b.v))};
-}
+FASTOPTIM_INLINE F64 andnot(F64 a, F64 b) { return {_mm_andnot_pd(a.v, b.v)}; }
 
 FASTOPTIM_INLINE U32 operator+(U32 a, U32 b) { return {_mm_add_epi32(a.v, b.v)}; }
 // SSE2 has no 32-bit multiply-low: lanes 0, 2 and lanes 1, 3 as 64-bit products, low halves kept
