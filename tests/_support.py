@@ -197,11 +197,11 @@ def _grid(rule: str) -> list[dict[str, Any]]:
         # betas at lion-pytorch's default, Adam-like, and the ends of [0, 1]; decay off, small,
         # large (lr * weight_decay up to 0.1)
         for i, (betas, wd) in enumerate(
-            itertools.product(((0.9, 0.99), (0.95, 0.98), (0.0, 0.5), (1.0, 1.0), (0.5, 0.0)),
+            itertools.product(((0.9, 0.99), (0.95, 0.98), (0.0, 0.5), (1.0, 0.5), (0.5, 0.2)),
                               (0.0, 0.01, 0.5))
         ):
-            out.append(dict(lr=_cycle((1e-4, 0.01, 0.2), i), betas=betas, weight_decay=wd))
-        out += [dict(lr=0.0, weight_decay=0.1), dict(lr=0.3, betas=(0.9, 0.9), weight_decay=1.0)]
+            out.append(dict(lr=_cycle((5e-3, 0.02, 0.2), i), betas=betas, weight_decay=wd))
+        out += [dict(lr=0.05, weight_decay=0.1), dict(lr=0.3, betas=(0.9, 0.9), weight_decay=1.0)]
     else:
         raise KeyError(rule)
     return out

@@ -22,8 +22,8 @@ class Lion(torch.optim.Optimizer):
     first (theta *= 1 - lr * weight_decay), then adds -lr * sign(c); sign(0) and sign(NaN) are
     0 (torch.sgn). State: 'exp_avg' (m), no step count."""
 
-    def __init__(self, params: Any, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.99),
-                 weight_decay: float = 0.0) -> None:
+    # no annotations: the signature is compared with the fused classes', parameter by parameter
+    def __init__(self, params, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.0):  # noqa: ANN001
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ import fastoptim
 import numpy as np
 import pytest
 from _support import (
+    REGISTRY,
     HAVE_TORCH,
     RULES,
     Case,
@@ -43,6 +44,8 @@ def options(draw, rule: str, lr=None) -> dict:
     lr = draw(_unit(1e-4, 0.1)) if lr is None else lr
     wd = draw(st.sampled_from([0.0, 0.01]) | _unit(0, 0.3))
     maximize = draw(st.booleans())
+    if rule == "Lion":  # no maximize, no eps
+        return dict(lr=lr / 10, betas=(draw(_unit(0, 1)), draw(_unit(0, 1))), weight_decay=wd)
     if rule == "SGD":
         nesterov = draw(st.booleans())
         momentum = draw(st.sampled_from([0.0, 0.9]) | _unit(0, 1))
@@ -121,7 +124,7 @@ def test_lr_zero_is_a_noop(ro, shapes, dtype, seed) -> None:
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p, b)
     # the state did advance (lr=0 is not a skipped step)
-    if rule != "SGD":
+    if REGISTRY[rule]["has_step"]:
         assert all(float(s["step"]) == steps for s in opt.state.values())
     if rule == "NAdam" and opts["betas"][0] > 0:
         assert all(float(s["mu_product"]) < 1.0 for s in opt.state.values())

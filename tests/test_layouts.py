@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES, SCALAR_STATE_KEYS, reference_class  # noqa: E402
+from _support import REGISTRY, RICH, RULES, SCALAR_STATE_KEYS, reference_class  # noqa: E402
 
 
 def _tol(dtype: torch.dtype) -> dict[str, float]:
@@ -134,6 +134,16 @@ def _complex_grads(ps, k: int) -> None:
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128])
 @pytest.mark.parametrize("rule", RULES)
 def test_complex_params_like_torch(rule: str, dtype: torch.dtype) -> None:
+    if not REGISTRY[rule]["complex_as_real"]:
+        # Lion's sgn of a complex value is z / |z|: a clear error, nothing changed
+        fo_ps = _complex_params(dtype)
+        before = [p.detach().clone() for p in fo_ps]
+        fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule])
+        _complex_grads(fo_ps, 0)
+        with pytest.raises(TypeError, match="param 0: complex params cannot be optimized by"):
+            fo.step()
+        assert all(torch.equal(p, b) for p, b in zip(fo_ps, before)) and not fo.state
+        return
     ref_ps, fo_ps = _complex_params(dtype), _complex_params(dtype)
     ref = reference_class(rule)(ref_ps, **RICH[rule])
     fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule])

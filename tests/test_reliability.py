@@ -16,7 +16,10 @@ torch = pytest.importorskip("torch")
 import fastoptim.torch as fo_torch  # noqa: E402
 from _support import RICH, RULES, has_torch_reference, reference_class  # noqa: E402
 
-STATEFUL = [r for r in RULES if r != "SGD"]
+from _support import REGISTRY  # noqa: E402
+
+# the rules whose state has a step count
+STATEFUL = [r for r in RULES if REGISTRY[r]["has_step"]]
 
 
 def _snapshot(opt, params) -> tuple:

@@ -193,7 +193,7 @@ def test_param_without_grad_is_skipped(rule: str) -> None:
         assert fs[k].keys() == rs[k].keys()
         if "step" in rs[k]:
             assert float(fs[k]["step"]) == float(rs[k]["step"])
-    if rule != "SGD":
+    if "step" in rs.get(3, {}):
         assert float(fs[3]["step"]) == 3.0
 
 
@@ -846,7 +846,7 @@ def test_state_reset_mid_run_like_torch(rule: str, reset: str) -> None:
         return ps, opt
 
     ref_ps, ref = play(lambda ps: reference_class(rule)(ps, **RICH[rule]))
-    fo_ps, fo = play(lambda ps: getattr(fo_torch, rule)(ps, foreach=False, **RICH[rule]))
+    fo_ps, fo = play(lambda ps: getattr(fo_torch, rule)(ps, **RICH[rule]))
     _assert_params_close(fo_ps, ref_ps, reset)
     _compare_state_dicts(fo.state_dict(), ref.state_dict())
 
@@ -883,7 +883,8 @@ def test_default_dtype_float64_step_counters(rule: str) -> None:
             _train_step(ref_model, ref, x, y)
             _train_step(fo_model, fo, x, y)
         _compare_state_dicts(fo.state_dict(), {**ref.state_dict(), "param_groups": [
-            dict(g, foreach=None) for g in ref.state_dict()["param_groups"]]})
+            dict(g, foreach=None) if has_torch_reference(rule) else g
+            for g in ref.state_dict()["param_groups"]]})
         _assert_params_close(list(fo_model.parameters()), list(ref_model.parameters()))
     finally:
         torch.set_default_dtype(previous)
