@@ -180,6 +180,15 @@ def adamax_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) ->
     return p + (-lr / (1 - beta1**step)) * (s["exp_avg"] / s["exp_inf"])
 
 
+def lion_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    lr, wd = o.get("lr", 1e-4), o.get("weight_decay", 0.0)
+    beta1, beta2 = o.get("betas", (0.9, 0.99))
+    m = s.get("exp_avg", np.zeros_like(p))
+    p = p * (1 - lr * wd) - lr * np.sign(m * beta1 + (1 - beta1) * g)
+    s["exp_avg"] = m * beta2 + (1 - beta2) * g
+    return p
+
+
 Reference = Callable[[np.ndarray, np.ndarray, State, int, Options], np.ndarray]
 # registered rule -> (its reference above, option sets); main() refuses a registered rule
 # missing here
@@ -231,6 +240,7 @@ REFERENCES: dict[str, tuple[Reference, list[Options]]] = {
         [dict(lr=0.01), dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.01,
                              maximize=True)],
     ),
+    "lion": (lion_ref, [dict(lr=0.01), dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1)]),
 }
 # RAdam's rectified branch starts at step 6 at the earliest
 STEPS_OF = {"radam": 7}

@@ -391,6 +391,8 @@ VARIANTS = [
     ("RAdam", dict(lr=0.01, betas=(0.9, 0.6), weight_decay=0.01, maximize=True)),  # never
     ("Adamax", dict(lr=0.01)),
     ("Adamax", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1, maximize=True)),
+    ("Lion", dict(lr=0.01)),
+    ("Lion", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.1)),
 ]
 
 
@@ -846,7 +848,8 @@ def test_state_reset_mid_run_like_torch(rule: str, reset: str) -> None:
         return ps, opt
 
     ref_ps, ref = play(lambda ps: reference_class(rule)(ps, **RICH[rule]))
-    fo_ps, fo = play(lambda ps: getattr(fo_torch, rule)(ps, **RICH[rule]))
+    extra = {"foreach": False} if has_torch_reference(rule) else {}  # as reference_class
+    fo_ps, fo = play(lambda ps: getattr(fo_torch, rule)(ps, **RICH[rule], **extra))
     _assert_params_close(fo_ps, ref_ps, reset)
     _compare_state_dicts(fo.state_dict(), ref.state_dict())
 
