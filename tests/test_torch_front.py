@@ -420,7 +420,8 @@ def test_state_dict_layout_is_torchs(variant) -> None:
     x, y = _data()
     ref_model, fo_model = _model(), _model()
     ref = reference_class(rule)(ref_model.parameters(), **opts)
-    fo = getattr(fo_torch, rule)(fo_model.parameters(), foreach=False, **opts)
+    extra = {"foreach": False} if has_torch_reference(rule) else {}  # as reference_class
+    fo = getattr(fo_torch, rule)(fo_model.parameters(), **opts, **extra)
     _compare_state_dicts(fo.state_dict(), ref.state_dict())  # before any step
     for _ in range(3):
         _train_step(ref_model, ref, x, y)
