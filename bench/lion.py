@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import platform
 import statistics
 import time
@@ -51,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"fastoptim {fastoptim.__version__} | {platform.processor() or platform.machine()} | "
           f"SIMD {fastoptim.simd_level()} | torch {torch.__version__} | lion-pytorch "
-          f"{getattr(lion_pytorch, '__version__', '0.2')} | "
+          f"{importlib.metadata.version('lion-pytorch')} | "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%S%z}")
     print("G elements/s, float32, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01; median of "
           f"{args.rounds} steps\n")
