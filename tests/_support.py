@@ -308,12 +308,17 @@ def official_class(rule: str) -> type:
     return getattr(pytest.importorskip(module), name)
 
 
+def reference_flags(rule: str) -> dict[str, Any]:
+    """The execution flags the reference runs with: torch's single-tensor implementation
+    (foreach=False), none for tests/references.py's classes. A fused class given the same
+    flags keeps the same param-group keys."""
+    return {"foreach": False} if has_torch_reference(rule) else {}
+
+
 def reference_class(rule: str) -> Any:
     """The rule's reference optimizer class: torch.optim's with foreach=False (the single-tensor
     implementation), or tests/references.py's for a rule torch lacks."""
-    if has_torch_reference(rule):
-        return functools.partial(reference_type(rule), foreach=False)
-    return reference_type(rule)
+    return functools.partial(reference_type(rule), **reference_flags(rule))
 
 
 def make_optimizer(front: str, rule: str, groups: list[dict[str, Any]]) -> Any:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from _support import (RICH, RULES, STATE_KEYS, has_torch_reference, official_class,
-                      reference_class, reference_type)
+                      reference_class, reference_flags, reference_type)
 
 # fastoptim's mixed-precision settings: param-group keys torch's groups do not have
 PRECISION_KEYS = {"master_weights", "state_dtype", "stochastic_rounding", "seed"}
@@ -420,7 +420,7 @@ def test_state_dict_layout_is_torchs(variant) -> None:
     x, y = _data()
     ref_model, fo_model = _model(), _model()
     ref = reference_class(rule)(ref_model.parameters(), **opts)
-    extra = {"foreach": False} if has_torch_reference(rule) else {}  # as reference_class
+    extra = reference_flags(rule)
     fo = getattr(fo_torch, rule)(fo_model.parameters(), **opts, **extra)
     _compare_state_dicts(fo.state_dict(), ref.state_dict())  # before any step
     for _ in range(3):
@@ -462,7 +462,7 @@ def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype,
     official = official_class(rule)
     first_cls = official if direction == "torch->fastoptim" else getattr(fo_torch, rule)
     second_cls = getattr(fo_torch, rule) if direction == "torch->fastoptim" else official
-    extra = {"foreach": False} if has_torch_reference(rule) else {}
+    extra = reference_flags(rule)
     m1 = _model(dtype)
     o1 = first_cls(m1.parameters(), **opts, **extra)
     for _ in range(8):
@@ -849,7 +849,7 @@ def test_state_reset_mid_run_like_torch(rule: str, reset: str) -> None:
         return ps, opt
 
     ref_ps, ref = play(lambda ps: reference_class(rule)(ps, **RICH[rule]))
-    extra = {"foreach": False} if has_torch_reference(rule) else {}  # as reference_class
+    extra = reference_flags(rule)
     fo_ps, fo = play(lambda ps: getattr(fo_torch, rule)(ps, **RICH[rule], **extra))
     _assert_params_close(fo_ps, ref_ps, reset)
     _compare_state_dicts(fo.state_dict(), ref.state_dict())

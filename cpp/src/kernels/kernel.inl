@@ -292,6 +292,12 @@ FASTOPTIM_INLINE void copy_bytes(void* to, const void* from, size_t bytes) {
     static_cast<uint16_t*>(to)[k] = static_cast<const uint16_t*>(from)[k];
 }
 
+// Whether every stream of a call is stored as type `type`, with no master copy.
+FASTOPTIM_INLINE bool all_streams(const Streams& s, int type) {
+  return s.param_type == type && s.grad_type == type && s.state_type == type &&
+         s.master == nullptr;
+}
+
 // Elements [i, end) of a call, end - i a multiple of V::kLanes: every stream in the compute
 // type (plain loads and stores), or every stream bfloat16 (even and odd elements, two vectors a
 // step, where the level has them), or any other layout (loads and stores by storage type).
@@ -304,14 +310,12 @@ FASTOPTIM_NOINLINE void update_vectors(const Scalars& scalars, const Streams& st
   const Streams streams = stream_ptrs;
   const GradFactors<C> f = factors;
   constexpr int kCompute = kStorageId<C>;
-  if (streams.param_type == kCompute && streams.grad_type == kCompute &&
-      streams.state_type == kCompute && streams.master == nullptr) {
+  if (all_streams(streams, kCompute)) {
     for (; i < end; i += V::kLanes) R::template update<V>(s, IoPlain<V>{streams, i, f});
     return;
   }
   if constexpr (EvenOddBFloat16<V>) {
-    if (streams.param_type == kBF16 && streams.grad_type == kBF16 &&
-        streams.state_type == kBF16 && streams.master == nullptr)
+    if (all_streams(streams, kBF16))
       for (; i + 2 * V::kLanes <= end; i += 2 * V::kLanes)
         update_even_odd<R, V>(s, streams, i, f);
   }
@@ -367,8 +371,7 @@ FASTOPTIM_INLINE void update_range(const Scalars& s, const Streams& streams, siz
   if constexpr (V::kLanes > 1) {
     if (whole == to) return;
     constexpr int kCompute = kStorageId<C>;
-    if (streams.param_type == kCompute && streams.grad_type == kCompute &&
-        streams.state_type == kCompute && streams.master == nullptr) {
+    if (all_streams(streams, kCompute)) {
       for (size_t i = whole; i < to; ++i)
         R::template update<Scalar<C>>(s, IoPlain<Scalar<C>>{streams, i, f});
     } else {
