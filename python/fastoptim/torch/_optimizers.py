@@ -120,6 +120,9 @@ class _State(defaultdict):
                                                       for k, v in self.items()))
 
 
+_FORGOTTEN = object()  # a plan's grad after the step: present, but no longer known which
+
+
 class _Plan:
     """Addresses of one param group's buffers, split into one pointer table per dtype, and what
     they were taken from: the plan serves a step only while every param and grad it points to
@@ -179,6 +182,16 @@ class _Plan:
         self.keep_alive.append(_storage(t))
         return _data_ptr(t)
 
+    def forget_grads(self) -> None:
+        """After a step: no reference to a grad is kept (torch's optimizers keep none, and
+        zero_grad(set_to_none=True) then frees the grads before backward makes new ones); the
+        next check compares whichever grads the params have then with the recorded ones."""
+        if self.staged_grads:  # a new grad tensor rebuilds this plan anyway
+            return
+        if self.guard is not None:
+            self.guard.forget_grads()
+        self.grads = [_FORGOTTEN] * len(self.grads)
+
     def serves(self, params: list[torch.Tensor]) -> bool:
         """Whether this plan can run the step, after pointing it at new grad tensors if only
         those changed (zero_grad(set_to_none=True) then backward makes new ones each step).
@@ -236,15 +249,14 @@ def _load_plan_guard() -> bool:
     import sys
 
     aoti = getattr(torch._C, "_aoti", None)
-    one = getattr(aoti, "unsafe_alloc_void_ptr_from_tensor", None)
     many = getattr(aoti, "unsafe_alloc_void_ptrs_from_tensors", None)
     name = {"win32": "torch_cpu.dll", "darwin": "libtorch_cpu.dylib"}.get(sys.platform,
                                                                            "libtorch_cpu.so")
     library = os.path.join(os.path.dirname(torch.__file__), "lib", name)
-    if one is None or many is None or os.environ.get("FASTOPTIM_PLAN_CHECK") == "python":
+    if many is None or os.environ.get("FASTOPTIM_PLAN_CHECK") == "python":
         return False
     try:
-        if not _core.load_torch_shim(library if sys.platform != "win32" else name, one, many):
+        if not _core.load_torch_shim(library if sys.platform != "win32" else name, many):
             return False
         t, g = torch.zeros(2, 3), torch.zeros(2, 3)
         table = np.zeros((1, 12), dtype=np.int64)
@@ -993,6 +1005,7 @@ class _FusedStep:
             self._fastoptim_plans[index] = plan
         for _, _, plan in ready:
             plan.changes = _changes[0]
+            plan.forget_grads()
 
     # ---- clipping ----------------------------------------------------------------------------
     # clip_grad_norm_ does not rewrite the grads: it leaves a pending record (the unscale and
