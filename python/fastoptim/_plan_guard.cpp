@@ -150,10 +150,31 @@ bool unchanged(Handle h, const Record& r) {
   return same;
 }
 
+// Whether every record's tensor is unchanged. The check's cost is the cache misses on each
+// tensor's TensorImpl (thousands of them, scattered over the heap): the TensorImpl a few
+// records ahead is prefetched. A handle is an at::Tensor*, whose one member is its
+// TensorImpl* (the shim's ABI); a prefetch is only a hint, it reads nothing.
+bool all_unchanged(const std::vector<Record>& records) {
+  constexpr std::size_t kAhead = 6;
+  const std::size_t n = records.size();
+  for (std::size_t i = 0; i < n; ++i) {
+#if defined(__GNUC__)
+    if (i + kAhead < n) {
+      const char* impl = *static_cast<char* const*>(records[i + kAhead].handle);
+      __builtin_prefetch(impl);
+      __builtin_prefetch(impl + 64);
+      __builtin_prefetch(impl + 128);
+    }
+#endif
+    if (!unchanged(records[i].handle, records[i])) return false;
+  }
+  return true;
+}
+
 // Whether the storage behind `h` holds every element its sizes and strides address. Asked
 // once per tensor: a storage cannot shrink without moving (torch reallocates it, or frees it
 // to address 0), so a tensor found unchanged later still has that memory.
-bool has_memory(Handle h, const Record& r) {
+bool has_memory(Handle h, const Record& r, void* ptr) {
   const std::size_t dim = r.shape.size() / 2;
   std::int64_t extent = 1, offset = 0, storage = 0;
   for (std::size_t d = 0; d < dim; ++d) {
@@ -162,7 +183,25 @@ bool has_memory(Handle h, const Record& r) {
   }
   if (g_shim.storage_offset(h, &offset) || g_shim.storage_size(h, &storage)) return false;
   const std::size_t item = g_shim.element_size(r.dtype);
-  return r.ptr != nullptr && (offset + extent) * static_cast<std::int64_t>(item) <= storage;
+  return ptr != nullptr && (offset + extent) * static_cast<std::int64_t>(item) <= storage;
+}
+
+// Whether the tensor behind `h` has `r`'s dtype, sizes and strides, and memory for every
+// element they address; its address in `ptr`. (No allocation: new grads are taken every step.)
+bool same_layout(Handle h, const Record& r, void*& ptr) {
+  std::int32_t dtype = 0;
+  std::int64_t dim = 0, *sizes = nullptr, *strides = nullptr;
+  if (g_shim.data_ptr(h, &ptr) || g_shim.dtype(h, &dtype) || dtype != r.dtype ||
+      g_shim.dim(h, &dim) || static_cast<std::size_t>(2 * dim) != r.shape.size())
+    return false;
+  if (dim > 0) {
+    if (g_shim.sizes(h, &sizes) || g_shim.strides(h, &strides)) return false;
+    for (std::int64_t d = 0; d < dim; ++d)
+      if (sizes[d] != r.shape[static_cast<std::size_t>(d)] ||
+          strides[d] != r.shape[static_cast<std::size_t>(dim + d)])
+        return false;
+  }
+  return has_memory(h, r, ptr);
 }
 
 PyObject* value_error(const char* what) {
@@ -297,8 +336,7 @@ class PlanGuard {
     if (n != PyList_GET_SIZE(params_)) return 0;
     for (Py_ssize_t i = 0; i < n; ++i)
       if (PyList_GET_ITEM(params, i) != PyList_GET_ITEM(params_, i)) return 0;
-    for (const Record& r : watched_)
-      if (!unchanged(r.handle, r)) return 0;
+    if (!all_unchanged(watched_)) return 0;
     static PyObject* const grad_name = PyUnicode_InternFromString("grad");
     changed_.clear();
     for (Py_ssize_t i = 0; i < n; ++i) {
@@ -310,9 +348,7 @@ class PlanGuard {
       if (g != before) changed_.push_back(static_cast<std::size_t>(i));
     }
     if (!changed_.empty() && !take_grads()) return 0;
-    for (const Record& r : grad_records_)
-      if (!unchanged(r.handle, r)) return 0;
-    return 1;
+    return all_unchanged(grad_records_) ? 1 : 0;
   }
 
   PyObject* live_grads() const {
@@ -341,31 +377,27 @@ class PlanGuard {
       Py_INCREF(g);
       PyList_SET_ITEM(tensors, static_cast<Py_ssize_t>(k), g);
     }
-    std::vector<Handle> handles;
-    const bool made = new_handles(tensors, handles);
+    handles_.clear();
+    const bool made = new_handles(tensors, handles_);
     Py_DECREF(tensors);
-    std::vector<Record> taken(handles.size());
-    bool ok = made;
     if (!made) PyErr_Clear();  // not plain tensors: the front rebuilds (and reports them)
-    for (std::size_t k = 0; k < handles.size(); ++k) {
-      taken[k].handle = handles[k];
-      if (!ok) continue;
-      const Record& old = grad_records_[live_index_[changed_[k]]];
-      ok = read(handles[k], taken[k]) && taken[k].dtype == old.dtype &&
-           taken[k].shape == old.shape && has_memory(handles[k], taken[k]);
-    }
+    addresses_.resize(handles_.size());
+    bool ok = made;
+    for (std::size_t k = 0; ok && k < handles_.size(); ++k)
+      ok = same_layout(handles_[k], grad_records_[live_index_[changed_[k]]], addresses_[k]);
     if (!ok) {
-      for (const Record& r : taken) g_shim.release(r.handle);
+      for (Handle h : handles_) g_shim.release(h);
       return false;
     }
     for (std::size_t k = 0; k < changed_.size(); ++k) {
       const std::size_t i = changed_[k], live = live_index_[i];
-      if (grad_records_[live].handle != nullptr) g_shim.release(grad_records_[live].handle);
-      grad_records_[live] = std::move(taken[k]);
+      Record& record = grad_records_[live];  // dtype, sizes and strides as they were
+      if (record.handle != nullptr) g_shim.release(record.handle);
+      record.handle = handles_[k];
+      record.ptr = addresses_[k];
       Py_INCREF(now_[i]);
       Py_XSETREF(grads_[i], now_[i]);
-      const auto address =
-          static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(grad_records_[live].ptr));
+      const auto address = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(record.ptr));
       for (const auto& [t, row] : grad_rows_[live]) tables_[t].grad_address(row) = address;
     }
     return true;
@@ -382,6 +414,8 @@ class PlanGuard {
   std::vector<std::size_t> live_index_;  // per param: its position among the live grads
   std::vector<PyObject*> now_;          // per param: its grad at this check (owned)
   std::vector<std::size_t> changed_;    // params whose grad is another tensor than before
+  std::vector<Handle> handles_;         // take_grads' scratch: the new grads' handles
+  std::vector<void*> addresses_;        // and their addresses
 };
 
 struct GuardObject {
