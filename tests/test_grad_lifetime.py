@@ -70,3 +70,29 @@ def test_same_and_new_grads_step_alike():
         assert torch.equal(p.detach(), q.detach())
     r = weakref.ref(kept[0].grad)
     assert r() is not None
+
+
+def test_grad_is_read_as_python_reads_it():
+    """The check reads p.grad through torch's getter directly for plain tensor types; a type
+    that changes what `grad` means (even after the plan was built) is read through Python."""
+
+    class Param(torch.nn.Parameter):
+        pass
+
+    p = Param(torch.ones(3))
+    p.grad = torch.ones(3)
+    q = torch.nn.Parameter(torch.ones(3))
+    q.grad = torch.ones(3)
+    opt = fo.SGD([p, q], lr=0.5)
+    opt.step()
+    opt.step()
+    assert torch.equal(p.detach(), torch.zeros(3)) and torch.equal(q.detach(), torch.zeros(3))
+    Param.grad = property(lambda self: None)  # p now has no grad: torch skips it
+    try:
+        opt.step()
+        assert torch.equal(p.detach(), torch.zeros(3))
+        assert torch.equal(q.detach(), torch.full((3,), -0.5))
+    finally:
+        del Param.grad
+    opt.step()
+    assert torch.equal(p.detach(), torch.full((3,), -0.5))
