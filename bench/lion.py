@@ -1,5 +1,6 @@
 """Lion's step: fastoptim.torch.Lion against the official implementation (lion-pytorch's Lion,
-its PyTorch path: four tensor ops per param) on the same params and grads, with the same-traffic
+its PyTorch path: four tensor ops per param) and, where deepspeed imports, DeepSpeed's C++
+DeepSpeedCPULion (JIT-built on first use), on the same params and grads, with the same-traffic
 roofline (fastoptim._roofline: grad read, param and exp_avg read and written, 20 B per float32
 element). Medians of --rounds, G elements/s, side by side in one run.
 
@@ -44,6 +45,20 @@ def timed(step, rounds: int, elements: int) -> float:
     return statistics.median(rates)
 
 
+def deepspeed_lion():
+    """DeepSpeedCPULion, or None where deepspeed does not import or cannot build its op."""
+    try:
+        from deepspeed.ops.lion import DeepSpeedCPULion
+
+        probe = torch.nn.Parameter(torch.zeros(8))
+        probe.grad = torch.zeros(8)
+        DeepSpeedCPULion([probe]).step()  # builds the op now, outside the timings
+        return DeepSpeedCPULion
+    except Exception as e:  # noqa: BLE001 - any failure: the column is left out, with why
+        print(f"deepspeed: unavailable ({type(e).__name__}: {e})")
+        return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", default="1,2")
@@ -54,10 +69,16 @@ def main() -> None:
           f"SIMD {fastoptim.simd_level()} | torch {torch.__version__} | lion-pytorch "
           f"{importlib.metadata.version('lion-pytorch')} | "
           f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%S%z}")
+    ds_lion = deepspeed_lion()
+    contenders = [("fastoptim", fo_torch.Lion), ("official", lion_pytorch.Lion)]
+    if ds_lion is not None:
+        contenders.append(("deepspeed", ds_lion))
+        print(f"deepspeed {importlib.metadata.version('deepspeed')}")
     print("G elements/s, float32, lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01; median of "
           f"{args.rounds} steps\n")
-    print(f"{'workload':<28}{'threads':>8}{'fastoptim':>11}{'lion-pytorch':>14}{'roofline':>10}"
-          f"{'x official':>12}{'% roofline':>12}")
+    print(f"{'workload':<28}{'threads':>8}{'fastoptim':>11}{'lion-pytorch':>14}"
+          + (f"{'deepspeed':>11}" if ds_lion else "") + f"{'roofline':>10}{'x official':>12}"
+          + (f"{'x deepspeed':>13}" if ds_lion else "") + f"{'% roofline':>12}")
     for name in args.workloads.split(","):
         shapes = shapes_of(name)
         elements = sum(int(np.prod(s)) for s in shapes)
@@ -68,7 +89,7 @@ def main() -> None:
             torch.set_num_threads(threads)
             fastoptim.set_num_threads(threads)
             rates = {}
-            for label, cls in (("fastoptim", fo_torch.Lion), ("official", lion_pytorch.Lion)):
+            for label, cls in contenders:
                 ps = [torch.nn.Parameter(p.clone()) for p in params]
                 for p, g in zip(ps, grads):
                     p.grad = g
@@ -82,10 +103,14 @@ def main() -> None:
             rates["roofline"] = timed(
                 lambda: _roofline.step(table, ["float32", "float32", "float32"], threads),
                 args.rounds, elements)
+            ds = "deepspeed" in rates
             print(f"{name:<28}{threads:>8}{rates['fastoptim'] / 1e9:>11.3f}"
-                  f"{rates['official'] / 1e9:>14.3f}{rates['roofline'] / 1e9:>10.3f}"
+                  f"{rates['official'] / 1e9:>14.3f}"
+                  + (f"{rates['deepspeed'] / 1e9:>11.3f}" if ds else "")
+                  + f"{rates['roofline'] / 1e9:>10.3f}"
                   f"{rates['fastoptim'] / rates['official']:>11.1f}x"
-                  f"{100 * rates['fastoptim'] / rates['roofline']:>11.1f}%")
+                  + (f"{rates['fastoptim'] / rates['deepspeed']:>12.2f}x" if ds else "")
+                  + f"{100 * rates['fastoptim'] / rates['roofline']:>11.1f}%")
             del ps, states
 
 
