@@ -71,6 +71,22 @@ class AdEMAMix(torch.optim.Optimizer):
     State: 'step' (a 0-d tensor, as torch keeps it), 'm1', 'm2', 'nu' (bitsandbytes stacks m1 and
     m2 in 'state1' of shape (2, *p.shape), 'state2' is nu, 'step' an int)."""
 
+    # bitsandbytes' checkpoints do not load into fastoptim (nor fastoptim's into it): it stacks
+    # m1 and m2 in one buffer, wraps the buffers in a key of its own, and counts steps in an int
+    official_state_dict = False
+    # bitsandbytes computes in float32 whatever the param's dtype (float64: Algorithm 1)
+    official_dtypes = (torch.float32,)
+
+    @staticmethod
+    def from_official_state(entry: dict[str, Any]) -> dict[str, Any]:
+        """One param's state as bitsandbytes' AdEMAMix.state_dict() holds it, in this class's
+        keys: 'state1' (m1 and m2 stacked) and 'state2' (nu) under its FSDP wrapper key, and an
+        int 'step'."""
+        entry = dict(entry)
+        entry.update(entry.pop("__bnb_optimizer_quant_state__", {}))
+        return {"step": torch.tensor(float(entry["step"]), dtype=_get_scalar_dtype()),
+                "m1": entry["state1"][0], "m2": entry["state1"][1], "nu": entry["state2"]}
+
     # no annotations: the signature is compared with the fused classes', parameter by parameter
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0,  # noqa: ANN001
                  t_alpha=None, t_beta3=None, eps=1e-8, weight_decay=1e-2):

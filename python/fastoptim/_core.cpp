@@ -76,9 +76,11 @@ typename R::Options parse_options(const py::dict& group) {
       o.*f.number = fastoptim::rules::kNone;
     } else if (f.index < 0) {
       o.*f.number = to_number(f.key, value);
-      // kNone is how the options hold None
+      // kNone is how the options hold None: a NaN given fails the field's range check here
       if (f.optional && std::isnan(o.*f.number))
-        raise_option_type(f.key, value, "None or a number other than NaN");
+        for (const auto& c : R::checks)
+          if (c.member == f.number)
+            throw py::value_error(std::string(c.what) + ": " + py::str(value).cast<std::string>());
     } else {
       std::size_t size = 0;  // the tuple's length: the fields sharing its key (betas: 2 or 3)
       for (const auto& other : R::fields) size += std::string_view(other.key) == f.key;
