@@ -236,6 +236,8 @@ def options_id(options: dict[str, Any]) -> str:
             return "T" if v else "F"
         if isinstance(v, tuple):
             return "(" + ",".join(fmt(x) for x in v) + ")"
+        if v is None:
+            return "None"
         return f"{v:g}"
 
     return "-".join(f"{k}={fmt(v)}" for k, v in options.items()) or "defaults"

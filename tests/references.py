@@ -69,7 +69,8 @@ class AdEMAMix(torch.optim.Optimizer):
     computed per param from the group's values (bitsandbytes' _ReferenceAdEMAMix overwrites them
     param by param, compounding the warm-ups over a group's params; its AdEMAMix does not).
     State: 'step' (a 0-d tensor, as torch keeps it), 'm1', 'm2', 'nu' (bitsandbytes stacks m1 and
-    m2 in 'state1' of shape (2, *p.shape), 'state2' is nu, 'step' an int)."""
+    m2 in 'state1' of shape (2, *p.shape), 'state2' is nu, 'step' an int). Complex params step
+    as their real view (bitsandbytes takes none)."""
 
     # bitsandbytes' checkpoints do not load into fastoptim (nor fastoptim's into it): it stacks
     # m1 and m2 in one buffer, wraps the buffers in a key of its own, and counts steps in an int
@@ -123,6 +124,8 @@ class AdEMAMix(torch.optim.Optimizer):
                     beta3_t = min(math.exp(ln_beta1 * ln_beta3 / ((1 - s) * ln_beta3
                                                                   + s * ln_beta1)), beta3)
                 g, m1, m2, nu = p.grad, state["m1"], state["m2"], state["nu"]
+                if p.is_complex():  # every operation is elementwise: the real view, as torch's
+                    p, g, m1, m2, nu = map(torch.view_as_real, (p, g, m1, m2, nu))  # Adam does
                 m1.mul_(beta1).add_(g, alpha=1.0 - beta1)
                 m2.mul_(beta3_t).add_(g, alpha=1.0 - beta3_t)
                 nu.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
