@@ -87,7 +87,9 @@ def main() -> None:
             table = np.array([[p.data_ptr(), g.data_ptr(), *(m.data_ptr() for m in s), p.numel(),
                                0] for p, g, s in zip(ps, grads, states)], dtype=np.int64)
             rates["roofline"] = timed(
-                lambda: _roofline.step(table, ["float32"] * 5, threads), args.rounds, elements)
+                lambda table=table, threads=threads: _roofline.step(table, ["float32"] * 5,
+                                                                     threads),
+                args.rounds, elements)
             print(f"{name:<28}{threads:>8}{rates['fastoptim'] / 1e9:>11.3f}"
                   f"{rates['official'] / 1e9:>14.3f}{rates['roofline'] / 1e9:>10.3f}"
                   f"{rates['fastoptim'] / rates['official']:>11.1f}x"
