@@ -861,7 +861,7 @@ py::list state_slots(const std::string& rule_name, py::dict group) {
 
 }  // namespace
 
-void register_plan_guard(py::module_& m);  // _plan_guard.cpp
+bool register_plan_guard(PyObject* module);  // _plan_guard.cpp (false: a Python error)
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "fastoptim C++ core: fused SIMD/OpenMP optimizer steps over contiguous buffers";
@@ -910,5 +910,5 @@ PYBIND11_MODULE(_core, m) {
   m.def("openmp_enabled", &fastoptim::openmp_enabled);
   m.def("openmp_runtime", &fastoptim::openmp_runtime);
   m.attr("serial_threshold") = fastoptim::kSerialThreshold;
-  register_plan_guard(m);
+  if (!register_plan_guard(m.ptr())) throw py::error_already_set();
 }

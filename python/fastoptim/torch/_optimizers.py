@@ -27,15 +27,18 @@ and ``seed``. float32 params may have bfloat16/float16 grads (``p.grad_dtype``),
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import sys
 import threading
 from collections import defaultdict
+from itertools import chain
 from operator import attrgetter, is_
 from typing import Any
 
 import numpy as np
 import torch
+from torch.optim import optimizer as _optimizer
 from torch.optim.optimizer import _get_scalar_dtype
 
 try:
@@ -117,6 +120,9 @@ class _State(defaultdict):
                                                       for k, v in self.items()))
 
 
+_FORGOTTEN = object()  # a plan's grad after the step: present, but no longer known which
+
+
 class _Plan:
     """Addresses of one param group's buffers, split into one pointer table per dtype, and what
     they were taken from: the plan serves a step only while every param and grad it points to
@@ -176,6 +182,16 @@ class _Plan:
         self.keep_alive.append(_storage(t))
         return _data_ptr(t)
 
+    def forget_grads(self) -> None:
+        """After a step: no reference to a grad is kept (torch's optimizers keep none, and
+        zero_grad(set_to_none=True) then frees the grads before backward makes new ones); the
+        next check compares whichever grads the params have then with the recorded ones."""
+        if self.staged_grads:  # a new grad tensor rebuilds this plan anyway
+            return
+        if self.guard is not None:
+            self.guard.forget_grads()
+        self.grads = [_FORGOTTEN] * len(self.grads)
+
     def serves(self, params: list[torch.Tensor]) -> bool:
         """Whether this plan can run the step, after pointing it at new grad tensors if only
         those changed (zero_grad(set_to_none=True) then backward makes new ones each step).
@@ -233,15 +249,14 @@ def _load_plan_guard() -> bool:
     import sys
 
     aoti = getattr(torch._C, "_aoti", None)
-    one = getattr(aoti, "unsafe_alloc_void_ptr_from_tensor", None)
     many = getattr(aoti, "unsafe_alloc_void_ptrs_from_tensors", None)
     name = {"win32": "torch_cpu.dll", "darwin": "libtorch_cpu.dylib"}.get(sys.platform,
                                                                            "libtorch_cpu.so")
     library = os.path.join(os.path.dirname(torch.__file__), "lib", name)
-    if one is None or many is None or os.environ.get("FASTOPTIM_PLAN_CHECK") == "python":
+    if many is None or os.environ.get("FASTOPTIM_PLAN_CHECK") == "python":
         return False
     try:
-        if not _core.load_torch_shim(library if sys.platform != "win32" else name, one, many):
+        if not _core.load_torch_shim(library if sys.platform != "win32" else name, many):
             return False
         t, g = torch.zeros(2, 3), torch.zeros(2, 3)
         table = np.zeros((1, 12), dtype=np.int64)
@@ -404,6 +419,46 @@ def _dense(t: torch.Tensor) -> bool:
             return False
         expected *= size
     return True
+
+
+def _with_step_hooks(step: Any) -> Any:
+    """torch.optim's step wrapper (Optimizer.profile_hook_step: the global and per-optimizer
+    pre-hooks, which may replace the arguments, the step, _optimizer_step_code, the post-hooks)
+    with its record_function only while a profiler runs: it costs ~6 us a step, a tenth of the
+    fixed cost of 400 small tensors. Marked `hooked` so that torch does not wrap it again; a
+    subclass's own step is wrapped by torch as usual, and then this one runs no hooks."""
+
+    @functools.wraps(step)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        self = args[0]
+        if type(self).step is not wrapper:  # called by a subclass's step: torch's wrapper hooks
+            return step(*args, **kwargs)
+        if torch.autograd._profiler_enabled():
+            with torch.autograd.profiler.record_function(
+                    f"Optimizer.step#{type(self).__name__}.step"):
+                return hooked(args, kwargs)
+        return hooked(args, kwargs)
+
+    def hooked(args: tuple, kwargs: dict[str, Any]) -> Any:
+        self = args[0]
+        for pre_hook in chain(_optimizer._global_optimizer_pre_hooks.values(),
+                              self._optimizer_step_pre_hooks.values()):
+            result = pre_hook(self, args, kwargs)
+            if result is not None:
+                if isinstance(result, tuple) and len(result) == 2:
+                    args, kwargs = result
+                else:
+                    raise RuntimeError(f"{step} must return None or a tuple of "
+                                       f"(new_args, new_kwargs), but got {result}.")
+        out = step(*args, **kwargs)
+        self._optimizer_step_code()
+        for post_hook in chain(self._optimizer_step_post_hooks.values(),
+                               _optimizer._global_optimizer_post_hooks.values()):
+            post_hook(self, args, kwargs)
+        return out
+
+    wrapper.hooked = True  # type: ignore[attr-defined]
+    return wrapper
 
 
 class _FusedStep:
@@ -754,6 +809,7 @@ class _FusedStep:
                 "step": step, "added": added}
 
     # ---- step --------------------------------------------------------------------------------
+    @_with_step_hooks  # outside no_grad, as torch's wrapper: hooks run with grad mode as set
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001, ANN201 - torch's signature
         """Perform a single optimization step.
@@ -833,7 +889,10 @@ class _FusedStep:
         for name in ("grad_scale", "found_inf"):
             if name in self.__dict__:
                 self.__dict__[name] = None
-        return self._torch_class().step(self, closure=lambda: loss)
+        torch_step = self._torch_class().step
+        if getattr(torch_step, "hooked", False):  # torch's hook wrapper: the hooks ran already
+            torch_step = torch_step.__wrapped__
+        return torch_step(self, closure=lambda: loss)
 
     def _torch_class(self) -> type:
         """The class this one fuses (self may also be the class itself): torch.optim's, or for
@@ -946,6 +1005,7 @@ class _FusedStep:
             self._fastoptim_plans[index] = plan
         for _, _, plan in ready:
             plan.changes = _changes[0]
+            plan.forget_grads()
 
     # ---- clipping ----------------------------------------------------------------------------
     # clip_grad_norm_ does not rewrite the grads: it leaves a pending record (the unscale and
