@@ -45,6 +45,7 @@ STATE_KEYS = {
     "RAdam": {"step", "exp_avg", "exp_avg_sq"},
     "Adamax": {"step", "exp_avg", "exp_inf"},
     "Lion": {"exp_avg"},
+    "AdEMAMix": {"step", "m1", "m2", "nu"},
 }
 
 # State entries that are per-param 0-d scalars in torch (float32, or float64 under a float64
@@ -66,6 +67,9 @@ RICH = {
     "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01),
     "Adamax": dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.01),
     "Lion": dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
+    # both warm-ups running for the whole of a 50-step run
+    "AdEMAMix": dict(lr=0.01, betas=(0.8, 0.99, 0.999), alpha=4.0, t_alpha=60, t_beta3=80,
+                     weight_decay=0.05),
 }
 
 # Shapes of the grid problem: one group whose buffers end on every SIMD tail (1, 7, 15, 16, 17).
@@ -202,6 +206,22 @@ def _grid(rule: str) -> list[dict[str, Any]]:
         ):
             out.append(dict(lr=_cycle((5e-3, 0.02, 0.2), i), betas=betas, weight_decay=wd))
         out += [dict(lr=0.05, weight_decay=0.1), dict(lr=0.3, betas=(0.9, 0.9), weight_decay=1.0)]
+    elif rule == "AdEMAMix":
+        # warm-ups off (None), ending mid-run (20 of 50 steps) and longer than the run; weight
+        # decay off and on; betas at bitsandbytes' defaults and short-memory ones
+        for i, (t_alpha, t_beta3, wd, betas) in enumerate(
+            itertools.product((None, 20, 200), (None, 20, 200), (0.0, 0.05),
+                              ((0.9, 0.999, 0.9999), (0.5, 0.9, 0.99)))
+        ):
+            out.append(dict(lr=_cycle((1e-3, 0.02, 0.1), i), betas=betas,
+                            alpha=_cycle((5.0, 0.5, 8.0), i // 2), t_alpha=t_alpha,
+                            t_beta3=t_beta3, eps=_cycle((1e-8, 1e-3), i // 3), weight_decay=wd))
+        # alpha=0: Adam with bitsandbytes' decay; t=0: no warm-up, as None; beta1=0 and
+        # beta3 below beta1; eps large
+        out += [dict(lr=0.01, alpha=0.0), dict(lr=0.01, t_alpha=0, t_beta3=0),
+                dict(lr=0.01, betas=(0.0, 0.9, 0.99)),
+                dict(lr=0.02, betas=(0.99, 0.999, 0.9), t_beta3=30),
+                dict(lr=0.05, betas=(0.9, 0.0, 0.999), eps=0.5, t_alpha=10)]
     else:
         raise KeyError(rule)
     return out
@@ -216,6 +236,8 @@ def options_id(options: dict[str, Any]) -> str:
             return "T" if v else "F"
         if isinstance(v, tuple):
             return "(" + ",".join(fmt(x) for x in v) + ")"
+        if v is None:
+            return "None"
         return f"{v:g}"
 
     return "-".join(f"{k}={fmt(v)}" for k, v in options.items()) or "defaults"
@@ -306,6 +328,16 @@ def official_class(rule: str) -> type:
     installed)."""
     module, _, name = REGISTRY[rule]["reference"].rpartition(".")
     return getattr(pytest.importorskip(module), name)
+
+
+def checkpoint_class(rule: str) -> type:
+    """The class whose state_dict fastoptim's loads and writes: the official one, unless the
+    rule's reference says its official implementation keeps another layout
+    (``official_state_dict = False``: AdEMAMix, whose bitsandbytes stacks two slots in one
+    buffer), then the reference, which keeps fastoptim's."""
+    if getattr(reference_type(rule), "official_state_dict", True):
+        return official_class(rule)
+    return reference_type(rule)
 
 
 def reference_flags(rule: str) -> dict[str, Any]:

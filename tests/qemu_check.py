@@ -189,6 +189,24 @@ def lion_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> n
     return p
 
 
+def ademamix_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) -> np.ndarray:
+    lr, eps, wd = o.get("lr", 1e-3), o.get("eps", 1e-8), o.get("weight_decay", 1e-2)
+    beta1, beta2, beta3 = o.get("betas", (0.9, 0.999, 0.9999))
+    alpha, t_alpha, t_beta3 = o.get("alpha", 5.0), o.get("t_alpha"), o.get("t_beta3")
+    if t_alpha:
+        alpha = min(step * alpha / t_alpha, alpha)
+    if t_beta3:
+        x = step / t_beta3
+        beta3 = min(np.exp(np.log(beta1) * np.log(beta3)
+                           / ((1 - x) * np.log(beta3) + x * np.log(beta1))), beta3)
+    s["m1"] = s.get("m1", np.zeros_like(p)) * beta1 + (1 - beta1) * g
+    s["m2"] = s.get("m2", np.zeros_like(p)) * beta3 + (1 - beta3) * g
+    s["nu"] = s.get("nu", np.zeros_like(p)) * beta2 + (1 - beta2) * g * g
+    update = (s["m1"] / (1 - beta1**step) + alpha * s["m2"]) / (
+        np.sqrt(s["nu"] / (1 - beta2**step)) + eps)
+    return p - lr * (update + wd * p)
+
+
 Reference = Callable[[np.ndarray, np.ndarray, State, int, Options], np.ndarray]
 # registered rule -> (its reference above, option sets); main() refuses a registered rule
 # missing here
@@ -241,6 +259,11 @@ REFERENCES: dict[str, tuple[Reference, list[Options]]] = {
                              maximize=True)],
     ),
     "lion": (lion_ref, [dict(lr=0.01), dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1)]),
+    "ademamix": (
+        ademamix_ref,
+        [dict(lr=0.01), dict(lr=0.01, betas=(0.5, 0.9, 0.99), alpha=2.0, t_alpha=2, t_beta3=3,
+                             weight_decay=0.1)],
+    ),
 }
 # RAdam's rectified branch starts at step 6 at the earliest
 STEPS_OF = {"radam": 7}

@@ -4,15 +4,18 @@ can be compared bit for bit), with torch tensor ops in the param's dtype. The re
 rule's reference (``_core.rules()[i]["reference"]``); these classes stand in for it in the tests,
 and tests/test_references.py checks each against the official package wherever it installs.
 
-A reference has the official constructor (names, order, defaults) and keeps the official state
-keys, so the tests compare state dicts key by key.
+A reference has the official constructor (names, order, defaults) and keeps the rule's state
+keys (the official ones where fastoptim can keep them), so the tests compare state dicts key by
+key.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+from torch.optim.optimizer import _get_scalar_dtype
 
 
 class Lion(torch.optim.Optimizer):
@@ -46,4 +49,89 @@ class Lion(torch.optim.Optimizer):
                 direction = (m * beta1).add(g, alpha=1.0 - beta1).sgn_()
                 p.add_(direction, alpha=-lr)
                 m.mul_(beta2).add_(g, alpha=1.0 - beta2)
+        return loss
+
+
+class AdEMAMix(torch.optim.Optimizer):
+    """AdEMAMix, Pagliardini et al. 2024 ("The AdEMAMix Optimizer: Better, Faster, Older",
+    Algorithm 1), in the op order of the official implementation's CPU update (bitsandbytes 0.50,
+    `AdEMAMix` with 32-bit state: backends/cpu/ops.py), in the param's dtype (bitsandbytes
+    computes in float32 for every dtype):
+        m1 = beta1 * m1 + (1 - beta1) * g;  m2 = beta3_t * m2 + (1 - beta3_t) * g
+        nu = beta2 * nu + (1 - beta2) * g * g
+        theta *= 1 - lr * weight_decay                     (only when weight_decay > 0)
+        theta -= lr * (m1 / c1 + alpha_t * m2) / (sqrt(nu) / c2 + eps)
+    with c1 = 1 - beta1**t, c2 = sqrt(1 - beta2**t), and the warm-ups for t_alpha and t_beta3 (off
+    when None or 0, as bitsandbytes tests them for truth):
+        alpha_t = min(t * alpha / t_alpha, alpha)
+        beta3_t = min(exp(ln beta1 * ln beta3 / ((1 - t / t_beta3) * ln beta3
+                                                  + t / t_beta3 * ln beta1)), beta3)
+    computed per param from the group's values (bitsandbytes' _ReferenceAdEMAMix overwrites them
+    param by param, compounding the warm-ups over a group's params; its AdEMAMix does not).
+    State: 'step' (a 0-d tensor, as torch keeps it), 'm1', 'm2', 'nu' (bitsandbytes stacks m1 and
+    m2 in 'state1' of shape (2, *p.shape), 'state2' is nu, 'step' an int). Complex params step
+    as their real view (bitsandbytes takes none)."""
+
+    # bitsandbytes' checkpoints do not load into fastoptim (nor fastoptim's into it): it stacks
+    # m1 and m2 in one buffer, wraps the buffers in a key of its own, and counts steps in an int
+    official_state_dict = False
+    # bitsandbytes computes in float32 whatever the param's dtype (float64: Algorithm 1)
+    official_dtypes = (torch.float32,)
+
+    @staticmethod
+    def from_official_state(entry: dict[str, Any]) -> dict[str, Any]:
+        """One param's state as bitsandbytes' AdEMAMix.state_dict() holds it, in this class's
+        keys: 'state1' (m1 and m2 stacked) and 'state2' (nu) under its FSDP wrapper key, and an
+        int 'step'."""
+        entry = dict(entry)
+        entry.update(entry.pop("__bnb_optimizer_quant_state__", {}))
+        return {"step": torch.tensor(float(entry["step"]), dtype=_get_scalar_dtype()),
+                "m1": entry["state1"][0], "m2": entry["state1"][1], "nu": entry["state2"]}
+
+    # no annotations: the signature is compared with the fused classes', parameter by parameter
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0,  # noqa: ANN001
+                 t_alpha=None, t_beta3=None, eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, dict(lr=lr, betas=betas, alpha=alpha, t_alpha=t_alpha,
+                                      t_beta3=t_beta3, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            beta1, beta2, beta3 = group["betas"]
+            t_alpha, t_beta3 = group["t_alpha"], group["t_beta3"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0, dtype=_get_scalar_dtype())
+                    for key in ("m1", "m2", "nu"):
+                        state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = state["step"].item()
+                alpha = group["alpha"]
+                if t_alpha:
+                    alpha = min(t * alpha / t_alpha, alpha)
+                beta3_t = beta3
+                if t_beta3:
+                    ln_beta1, ln_beta3 = math.log(beta1), math.log(beta3)
+                    s = t / t_beta3
+                    beta3_t = min(math.exp(ln_beta1 * ln_beta3 / ((1 - s) * ln_beta3
+                                                                  + s * ln_beta1)), beta3)
+                g, m1, m2, nu = p.grad, state["m1"], state["m2"], state["nu"]
+                if p.is_complex():  # every operation is elementwise: the real view, as torch's
+                    p, g, m1, m2, nu = map(torch.view_as_real, (p, g, m1, m2, nu))  # Adam does
+                m1.mul_(beta1).add_(g, alpha=1.0 - beta1)
+                m2.mul_(beta3_t).add_(g, alpha=1.0 - beta3_t)
+                nu.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                c1 = 1.0 - beta1**t
+                c2 = math.sqrt(1.0 - beta2**t)
+                if weight_decay > 0.0:
+                    p.mul_(1.0 - lr * weight_decay)
+                p.add_((m1 / c1 + alpha * m2) / (nu.sqrt() / c2 + eps), alpha=-lr)
         return loss

@@ -118,6 +118,8 @@ RICH = {
     "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
     "Adamax": dict(lr=0.01, weight_decay=0.01, maximize=True),
     "Lion": dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
+    "AdEMAMix": dict(lr=0.01, betas=(0.8, 0.99, 0.999), alpha=4.0, t_alpha=60, t_beta3=80,
+                     weight_decay=0.05),
 }
 
 

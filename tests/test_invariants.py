@@ -19,7 +19,7 @@ from _support import (
     run,
     short_steps,
 )
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 if HAVE_TORCH:
@@ -46,6 +46,12 @@ def options(draw, rule: str, lr=None) -> dict:
     maximize = draw(st.booleans())
     if rule == "Lion":  # no maximize, no eps
         return dict(lr=lr / 10, betas=(draw(_unit(0, 1)), draw(_unit(0, 1))), weight_decay=wd)
+    if rule == "AdEMAMix":  # no maximize; warm-ups off, mid-run or longer than the run
+        warmup = st.sampled_from([None, 0, 3]) | st.integers(1, 100)
+        return dict(lr=lr / 10, betas=(draw(_unit(0.01, 0.99)), draw(_unit(0, 0.999)),
+                                       draw(_unit(0.01, 0.9999))),
+                    alpha=draw(_unit(0, 10)), t_alpha=draw(warmup), t_beta3=draw(warmup),
+                    eps=draw(st.sampled_from([1e-8, 1e-5, 1e-3])), weight_decay=wd)
     if rule == "SGD":
         nesterov = draw(st.booleans())
         momentum = draw(st.sampled_from([0.0, 0.9]) | _unit(0, 1))
@@ -168,6 +174,7 @@ def test_chunking_invariance(ro, shapes, dtype, seed, threads, restore_threads) 
        seed=st.integers(0, 2**16))
 def test_maximize_symmetry(ro, shapes, dtype, seed) -> None:
     rule, opts = ro
+    assume("maximize" in REGISTRY[rule]["defaults"])  # Lion and AdEMAMix have none
     params, grads = _problem(shapes, dtype, short_steps(rule, 5), seed)
     a = [p.copy() for p in params]
     b = [p.copy() for p in params]

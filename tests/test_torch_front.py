@@ -18,7 +18,7 @@ import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-from _support import (RICH, RULES, STATE_KEYS, has_torch_reference, official_class,
+from _support import (RICH, RULES, STATE_KEYS, checkpoint_class, has_torch_reference,
                       reference_class, reference_flags, reference_type)
 
 # fastoptim's mixed-precision settings: param-group keys torch's groups do not have
@@ -393,6 +393,10 @@ VARIANTS = [
     ("Adamax", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1, maximize=True)),
     ("Lion", dict(lr=0.01)),
     ("Lion", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.1)),
+    ("AdEMAMix", dict(lr=0.01)),
+    # warm-ups running across the checkpoint at step 8
+    ("AdEMAMix", dict(lr=0.02, betas=(0.5, 0.9, 0.99), alpha=2.0, t_alpha=12, t_beta3=10,
+                      weight_decay=0.1)),
 ]
 
 
@@ -459,7 +463,7 @@ def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype,
     ref = reference_class(rule)(ref_model.parameters(), **opts)
     # the interrupted run: 8 steps with one library, checkpoint (model + optimizer through
     # torch.save/torch.load into a BytesIO), 8 more with the other
-    official = official_class(rule)
+    official = checkpoint_class(rule)
     first_cls = official if direction == "torch->fastoptim" else getattr(fo_torch, rule)
     second_cls = getattr(fo_torch, rule) if direction == "torch->fastoptim" else official
     extra = reference_flags(rule)

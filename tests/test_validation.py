@@ -48,6 +48,13 @@ BAD_HYPERPARAMETERS = {
     "Lion": [dict(lr=-1), dict(lr=float("nan")), dict(betas=(1.5, 0.9)), dict(betas=(0.9, -0.1)),
              dict(betas=(0.9, float("nan"))), dict(weight_decay=-1),
              dict(weight_decay=float("nan"))],
+    "AdEMAMix": [dict(lr=-1), dict(lr=float("nan")), dict(eps=-1e-8),
+                 dict(betas=(1.0, 0.999, 0.9999)), dict(betas=(0.9, 1.0, 0.9999)),
+                 dict(betas=(0.9, 0.999, 1.0)), dict(betas=(0.9, 0.999, -0.1)),
+                 dict(weight_decay=-0.1), dict(alpha=-1.0), dict(alpha=float("nan")),
+                 dict(t_alpha=-1), dict(t_beta3=-10), dict(t_alpha=float("nan")),
+                 dict(betas=(0.0, 0.999, 0.9999), t_beta3=100),
+                 dict(betas=(0.9, 0.999, 0.0), t_beta3=100)],
 }
 HYPER_CASES = [pytest.param(rule, kw, id=f"{rule}-{kw}") for rule in RULES
                for kw in BAD_HYPERPARAMETERS[rule]]
@@ -190,6 +197,7 @@ RICH = {
     "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
     "Adamax": dict(lr=0.01, weight_decay=0.01),
     "Lion": dict(lr=0.01, weight_decay=0.01),
+    "AdEMAMix": dict(lr=0.01, t_alpha=10, t_beta3=20),
 }
 
 SHAPES = [(3, 4), (7,), (5,), (2, 2)]  # params 0, 1 in group 0; params 2, 3 in group 1

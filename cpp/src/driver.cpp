@@ -122,6 +122,9 @@ class ScalarContext {
   }
 
   double pow(double base, double exponent) const { return std::pow(base, exponent); }
+  double sqrt(double x) const { return std::sqrt(x); }
+  double log(double x) const { return std::log(x); }
+  double exp(double x) const { return std::exp(x); }
 
   // scalar_state[k] *= factor, as torch multiplies a 0-d tensor of the scalar's type by a
   // Python float (the factor converted to that type first); returns the new value.

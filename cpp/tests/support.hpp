@@ -159,6 +159,18 @@ inline std::vector<NamedOptions> option_grid() {
   };
   lion("plain", [](LionOptions&) {});
   lion("wd_betas", [](LionOptions& o) { o.weight_decay = 0.5, o.beta1 = 0.5, o.beta2 = 0.0; });
+  auto ademamix = [&](std::string name, auto&& set) {
+    AdEMAMixOptions o;
+    o.lr = 0.01;
+    set(o);
+    grid.push_back({"ademamix_" + name, o});
+  };
+  ademamix("plain", [](AdEMAMixOptions&) {});
+  ademamix("no_decay", [](AdEMAMixOptions& o) { o.weight_decay = 0.0; });
+  ademamix("warmups_betas", [](AdEMAMixOptions& o) {
+    o.t_alpha = 5, o.t_beta3 = 8, o.beta1 = 0.5, o.beta2 = 0.9, o.beta3 = 0.99, o.alpha = 2.0,
+    o.eps = 1e-3, o.weight_decay = 0.1;
+  });
 
   return grid;
 }
@@ -514,6 +526,38 @@ void ref_step(const LionOptions& o, RefParam<T>& p, const std::vector<T>& grad) 
     exp_avg = std::fma(grad[i], to<T>(1.0 - o.beta2), exp_avg * to<T>(o.beta2));
   }
   ++p.step;  // the C++ optimizer counts updates for every rule
+}
+
+// AdEMAMix as bitsandbytes 0.50 steps it on CPU (rules/ademamix.hpp): the warm-ups from the
+// group's values, the three EMAs, decay when weight_decay > 0, the mixed step.
+template <class T>
+void ref_step(const AdEMAMixOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  const std::size_t n = p.value.size();
+  for (auto& slot : p.slots) ref_ensure(slot, n);
+  const double step = static_cast<double>(++p.step);
+  const double alpha =
+      o.t_alpha > 0 ? std::min(step * o.alpha / o.t_alpha, o.alpha) : o.alpha;  // NaN: None
+  double beta3 = o.beta3;
+  if (o.t_beta3 > 0) {
+    const double ln1 = std::log(o.beta1), ln3 = std::log(o.beta3), s = step / o.t_beta3;
+    beta3 = std::min(std::exp(ln1 * ln3 / ((1 - s) * ln3 + s * ln1)), o.beta3);
+  }
+  const double c1 = 1.0 - std::pow(o.beta1, step);
+  const double c2 = std::sqrt(1.0 - std::pow(o.beta2, step));
+  for (std::size_t i = 0; i < n; ++i) {
+    const T g = grad[i];
+    T& m1 = p.slots[0][i];
+    T& m2 = p.slots[1][i];
+    T& nu = p.slots[2][i];
+    m1 = std::fma(g, to<T>(1.0 - o.beta1), m1 * to<T>(o.beta1));
+    m2 = std::fma(g, to<T>(1.0 - beta3), m2 * to<T>(beta3));
+    nu = std::fma(to<T>(1.0 - o.beta2) * g, g, nu * to<T>(o.beta2));
+    T param = p.value[i];
+    if (o.weight_decay > 0) param = param * to<T>(1.0 - o.lr * o.weight_decay);
+    const T mixed = m1 / to<T>(c1) + to<T>(alpha) * m2;
+    const T adaptive = std::sqrt(nu) / to<T>(c2) + to<T>(o.eps);
+    p.value[i] = std::fma(mixed / adaptive, to<T>(-o.lr), param);
+  }
 }
 
 // A reference optimizer over the same param list; std::nullopt grads skip a param.

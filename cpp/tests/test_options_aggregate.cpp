@@ -3,6 +3,7 @@
 // mixed-precision settings, `AdamW opt({.lr = 1e-3}, {.master_weights = true, ...})`. The
 // static_asserts are the compile test (this file does not build if a rule breaks a form); the
 // TESTs check that the forms keep torch's defaults for every field they do not name.
+#include <limits>
 #include <type_traits>
 
 #include "support.hpp"
@@ -40,11 +41,14 @@ static_assert(requires {
                        .stochastic_rounding = false, .seed = 0});
 });
 
+// None (kNone, a NaN, which compares unequal to itself) as -inf, which no option holds.
 template <class R>
 std::vector<double> field_values(const typename R::Options& o) {
   std::vector<double> values;
-  for (const auto& f : R::fields)
-    values.push_back(f.number != nullptr ? o.*f.number : (o.*f.flag ? 1.0 : 0.0));
+  for (const auto& f : R::fields) {
+    const double v = f.number != nullptr ? o.*f.number : (o.*f.flag ? 1.0 : 0.0);
+    values.push_back(rules::is_none(v) ? -std::numeric_limits<double>::infinity() : v);
+  }
   return values;
 }
 

@@ -42,7 +42,8 @@ typename R::Options options_of(const json::Value& kwargs, std::set<std::string>&
     const json::Value& value = field.index < 0
                                    ? kwargs[field.key]
                                    : kwargs[field.key][static_cast<std::size_t>(field.index)];
-    if (field.number != nullptr) o.*field.number = value.num();
+    if (field.optional && value.is_null()) o.*field.number = rules::kNone;  // None
+    else if (field.number != nullptr) o.*field.number = value.num();
     else o.*field.flag = value.boolean;
     used.insert(field.key);
   }

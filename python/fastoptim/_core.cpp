@@ -16,6 +16,7 @@
 #include <variant>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "fastoptim/options.hpp"
@@ -71,11 +72,23 @@ typename R::Options parse_options(const py::dict& group) {
     const py::object value = option(group, f.key);
     if (f.flag != nullptr) {
       o.*f.flag = flag(group, f.key);
+    } else if (f.optional && value.is_none()) {
+      o.*f.number = fastoptim::rules::kNone;
     } else if (f.index < 0) {
       o.*f.number = to_number(f.key, value);
+      // kNone is how the options hold None: a NaN given fails the field's range check here
+      if (f.optional && std::isnan(o.*f.number))
+        for (const auto& c : R::checks)
+          if (c.member == f.number)
+            throw py::value_error(std::string(c.what) + ": " + py::str(value).cast<std::string>());
     } else {
-      if (!PySequence_Check(value.ptr()) || PyUnicode_Check(value.ptr()) || py::len(value) != 2)
-        raise_option_type(f.key, value, "a pair of real numbers");
+      std::size_t size = 0;  // the tuple's length: the fields sharing its key (betas: 2 or 3)
+      for (const auto& other : R::fields) size += std::string_view(other.key) == f.key;
+      if (!PySequence_Check(value.ptr()) || PyUnicode_Check(value.ptr()) ||
+          py::len(value) != size)
+        raise_option_type(f.key, value,
+                          size == 2 ? "a pair of real numbers"
+                                    : ("a tuple of " + std::to_string(size) + " real numbers").c_str());
       o.*f.number = to_number(f.key, py::sequence(value)[static_cast<std::size_t>(f.index)]);
     }
   }
@@ -172,6 +185,7 @@ py::dict describe(R) {
     for (const auto& f : R::fields) {
       if (std::string(f.key) != key) continue;
       if (f.flag != nullptr) return py::bool_(defaults.*f.flag);
+      if (f.optional && fastoptim::rules::is_none(defaults.*f.number)) return py::none();
       if (f.index < 0) return py::float_(defaults.*f.number);
       pair.append(py::float_(defaults.*f.number));
     }

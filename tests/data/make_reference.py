@@ -27,7 +27,7 @@ case = {
   "dtype":     "float32",                # or "float64": params, grads and state
   "options":   {"lr": 0.01, "betas": [0.9, 0.999], ...},
                # keyword arguments of the reference's constructor, with its names
-               # (betas as a 2-list); torch's foreach=False is implied and not listed
+               # (betas as a list); torch's foreach=False is implied and not listed
   "shapes":    [[5], [2, 3]],            # one entry per param
   "params":    [[...], [...]],           # initial values, flattened row-major
   "steps": [                             # one entry per optimizer step, in order
@@ -111,6 +111,10 @@ CONFIGS: list[tuple[str, str, dict]] = [
     ("Adamax", "all", dict(lr=0.01, betas=(0.8, 0.9), eps=1e-3, weight_decay=0.05, maximize=True)),
     ("Lion", "plain", dict(lr=0.01)),
     ("Lion", "wd_betas", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.5)),
+    ("AdEMAMix", "plain", dict(lr=0.01)),
+    # both warm-ups end within the 10 steps (alpha at step 5, beta3 at step 8)
+    ("AdEMAMix", "warmups_betas", dict(lr=0.01, betas=(0.5, 0.9, 0.99), alpha=2.0, t_alpha=5,
+                                       t_beta3=8, eps=1e-3, weight_decay=0.1)),
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}

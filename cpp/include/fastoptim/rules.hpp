@@ -5,6 +5,7 @@
 #pragma once
 
 #include "fastoptim/rules/adadelta.hpp"
+#include "fastoptim/rules/ademamix.hpp"
 #include "fastoptim/rules/adagrad.hpp"
 #include "fastoptim/rules/adam.hpp"
 #include "fastoptim/rules/adamax.hpp"
@@ -29,6 +30,7 @@ enum class Rule : uint8_t {
   radam = 7,
   adamax = 8,
   lion = 9,
+  ademamix = 10,
 };
 
 namespace rules {
@@ -37,7 +39,8 @@ template <class... R>
 struct RuleList {
   static constexpr size_t size = sizeof...(R);
 };
-using All = RuleList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax, Lion>;
+using All = RuleList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax, Lion,
+                      AdEMAMix>;
 
 // Calls f(R{}) for each rule description R of the list.
 template <class F, class... R>

@@ -7,6 +7,7 @@
 //                     keep (tests/references.py)
 //   Options           its hyperparameters (the reference's names and defaults), `using Rule = <rule>`
 //   fields            every option as torch's param groups key it, in the checkpoint's order
+//                     (optional_number: None or a number, kNone in Options)
 //   checks            the range checks, in the order (and wording) torch.optim checks them
 //   slots             per-element state buffers: torch's state key, when the options use it,
 //                     its initial value
@@ -22,7 +23,8 @@
 //   Scalars<C>        the per-step scalars, in the compute type C
 //   scalars<C>(o, in, ctx)  computes them in double from the options, the step count and the
 //                     scalar state, converting each to C through ctx (which rejects a finite
-//                     option whose scalar overflows C, naming the options, as torch does)
+//                     option whose scalar overflows C, naming the options, as torch does;
+//                     ctx.pow, ctx.sqrt, ctx.log, ctx.exp: the C library's, as Python's math)
 //   update<V>(s, io)  the element math, once, against a compute vector V: io loads and stores
 //                     each stream in its own storage type
 // Everything else (kernel tables, validation, the binding's option parsing, the slot names
@@ -43,17 +45,27 @@
 
 namespace fastoptim::rules {
 
-// An option as a param group holds it: group[key], or group[key][index] for a pair (betas).
+// An optional option's None (AdEMAMix's t_alpha): a NaN, which no checked option may hold.
+inline constexpr double kNone = __builtin_nan("");
+constexpr bool is_none(double value) { return value != value; }
+
+// An option as a param group holds it: group[key], or group[key][index] for an element of a
+// tuple (betas).
 template <class O>
 struct Field {
   const char* key;
   int index;          // -1: the value itself
   double O::*number;  // exactly one of number and flag
   bool O::*flag;
+  bool optional = false;  // a number or None (kNone)
 };
 template <class O>
 constexpr Field<O> number(const char* key, double O::*member, int index = -1) {
   return {key, index, member, nullptr};
+}
+template <class O>
+constexpr Field<O> optional_number(const char* key, double O::*member) {
+  return {key, -1, member, nullptr, true};
 }
 template <class O>
 constexpr Field<O> flag(const char* key, bool O::*member) {
@@ -64,7 +76,8 @@ constexpr Field<O> flag(const char* key, bool O::*member) {
 enum class Range : uint8_t {
   non_negative,   // 0 <= x
   unit_closed,    // 0 <= x <= 1
-  unit_half_open  // 0 <= x < 1
+  unit_half_open,  // 0 <= x < 1
+  non_negative_or_none  // 0 <= x, or None (an optional_number field)
 };
 template <class O>
 struct Check {
