@@ -13,6 +13,7 @@
 #include "fastoptim/rules/radam.hpp"
 #include "fastoptim/rules/rmsprop.hpp"
 #include "fastoptim/rules/rule.hpp"
+#include "fastoptim/rules/schedule_free.hpp"
 #include "fastoptim/rules/sgd.hpp"
 
 namespace fastoptim {
@@ -29,6 +30,9 @@ enum class Rule : uint8_t {
   radam = 7,
   adamax = 8,
   lion = 9,
+  // (AdEMAMix takes 10 on its branch: ids are places in All, renumbered on merge)
+  adamw_schedulefree = 10,
+  sgd_schedulefree = 11,
 };
 
 namespace rules {
@@ -37,7 +41,8 @@ template <class... R>
 struct RuleList {
   static constexpr size_t size = sizeof...(R);
 };
-using All = RuleList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax, Lion>;
+using All = RuleList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax, Lion,
+                     AdamWScheduleFree, SGDScheduleFree>;
 
 // Calls f(R{}) for each rule description R of the list.
 template <class F, class... R>
