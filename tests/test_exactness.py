@@ -118,6 +118,8 @@ RICH = {
     "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
     "Adamax": dict(lr=0.01, weight_decay=0.01, maximize=True),
     "Lion": dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
+    "AdamWScheduleFree": dict(lr=0.01, weight_decay=0.01, warmup_steps=4, r=0.5),
+    "SGDScheduleFree": dict(lr=0.1, momentum=0.8, weight_decay=0.01, warmup_steps=4, r=0.5),
 }
 
 

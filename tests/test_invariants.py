@@ -46,6 +46,14 @@ def options(draw, rule: str, lr=None) -> dict:
     maximize = draw(st.booleans())
     if rule == "Lion":  # no maximize, no eps
         return dict(lr=lr / 10, betas=(draw(_unit(0, 1)), draw(_unit(0, 1))), weight_decay=wd)
+    if rule == "AdamWScheduleFree":  # no maximize
+        return dict(lr=lr, betas=(draw(_unit(0.01, 0.99)), draw(_unit(0, 0.999))),
+                    weight_decay=wd, warmup_steps=draw(st.integers(0, 20)),
+                    r=draw(_unit(0, 2)), weight_lr_power=draw(_unit(0, 2)))
+    if rule == "SGDScheduleFree":
+        return dict(lr=lr, momentum=draw(_unit(0.01, 0.99)), weight_decay=wd,
+                    warmup_steps=draw(st.integers(0, 20)), r=draw(_unit(0, 2)),
+                    weight_lr_power=draw(_unit(0, 2)))
     if rule == "SGD":
         nesterov = draw(st.booleans())
         momentum = draw(st.sampled_from([0.0, 0.9]) | _unit(0, 1))

@@ -9,7 +9,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from _support import GRIDS, REGISTRY, RICH, has_torch_reference, official_class  # noqa: E402
+from _support import (  # noqa: E402
+    GRIDS,
+    REGISTRY,
+    RICH,
+    has_torch_reference,
+    official_class,
+    ready_to_step,
+)
 
 import references  # noqa: E402
 
@@ -30,7 +37,8 @@ def test_reference_is_the_official_implementation_bit_for_bit(rule: str, dtype) 
         init = [torch.randn(s, generator=gen, dtype=dtype) for s in ((17,), (3, 5))]
         ours = [torch.nn.Parameter(p.clone()) for p in init]
         theirs = [torch.nn.Parameter(p.clone()) for p in init]
-        a, b = getattr(references, rule)(ours, **options), official(theirs, **options)
+        a = ready_to_step(getattr(references, rule)(ours, **options), rule)
+        b = ready_to_step(official(theirs, **options), rule)
         for step in range(50):
             for x, y in zip(ours, theirs):
                 g = torch.randn(x.shape, generator=gen, dtype=dtype)

@@ -393,6 +393,11 @@ VARIANTS = [
     ("Adamax", dict(lr=0.01, betas=(0.5, 0.9), weight_decay=0.1, maximize=True)),
     ("Lion", dict(lr=0.01)),
     ("Lion", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.1)),
+    ("AdamWScheduleFree", dict(lr=0.01)),
+    ("AdamWScheduleFree", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.1, warmup_steps=10,
+                               r=0.5)),
+    ("SGDScheduleFree", dict(lr=0.1)),
+    ("SGDScheduleFree", dict(lr=0.2, momentum=0.5, weight_decay=0.1, warmup_steps=10, r=1.0)),
 ]
 
 

@@ -48,6 +48,13 @@ BAD_HYPERPARAMETERS = {
     "Lion": [dict(lr=-1), dict(lr=float("nan")), dict(betas=(1.5, 0.9)), dict(betas=(0.9, -0.1)),
              dict(betas=(0.9, float("nan"))), dict(weight_decay=-1),
              dict(weight_decay=float("nan"))],
+    "AdamWScheduleFree": [dict(lr=-1), dict(lr=float("nan")), dict(eps=-1e-8),
+                          dict(betas=(0.0, 0.999)), dict(betas=(1.0, 0.999)),
+                          dict(betas=(0.9, 1.0)), dict(weight_decay=-0.1),
+                          dict(warmup_steps=-1), dict(warmup_steps=2.5)],
+    # schedulefree's own checks (lr, weight_decay, momentum) and words
+    "SGDScheduleFree": [dict(lr=-1), dict(weight_decay=-0.1), dict(momentum=0),
+                        dict(momentum=1), dict(momentum=-0.5), dict(warmup_steps=-3)],
 }
 HYPER_CASES = [pytest.param(rule, kw, id=f"{rule}-{kw}") for rule in RULES
                for kw in BAD_HYPERPARAMETERS[rule]]
@@ -190,6 +197,8 @@ RICH = {
     "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
     "Adamax": dict(lr=0.01, weight_decay=0.01),
     "Lion": dict(lr=0.01, weight_decay=0.01),
+    "AdamWScheduleFree": dict(lr=0.01, weight_decay=0.01, warmup_steps=3),
+    "SGDScheduleFree": dict(lr=0.1, weight_decay=0.01, warmup_steps=3),
 }
 
 SHAPES = [(3, 4), (7,), (5,), (2, 2)]  # params 0, 1 in group 0; params 2, 3 in group 1

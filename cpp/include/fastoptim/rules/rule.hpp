@@ -75,6 +75,10 @@ constexpr Field<O> flag(const char* key, bool O::*member) {
   return {key, -1, nullptr, member};
 }
 template <class O>
+constexpr Field<O> count(const char* key, double O::*member) {  // a whole number, an int
+  return {key, -1, member, nullptr, false, true};
+}
+template <class O>
 constexpr Field<O> state_number(const char* key, double O::*member) {
   return {key, -1, member, nullptr, true, false};
 }

@@ -104,7 +104,7 @@ struct AdamWScheduleFree {
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("betas", &O::beta1, 0), number("betas", &O::beta2, 1),
       number("eps", &O::eps), number("weight_decay", &O::weight_decay),
-      number("warmup_steps", &O::warmup_steps), number("r", &O::r),
+      count("warmup_steps", &O::warmup_steps), number("r", &O::r),
       number("weight_lr_power", &O::weight_lr_power), state_count("k", &O::k),
       state_flag("train_mode", &O::train_mode), state_number("weight_sum", &O::weight_sum),
       state_number("lr_max", &O::lr_max), state_number("scheduled_lr", &O::scheduled_lr));
@@ -209,7 +209,7 @@ struct SGDScheduleFree {
   static constexpr const char* reference = "schedulefree.SGDScheduleFree";
   static constexpr auto fields = list<Field<O>>(
       number("lr", &O::lr), number("momentum", &O::momentum),
-      number("weight_decay", &O::weight_decay), number("warmup_steps", &O::warmup_steps),
+      number("weight_decay", &O::weight_decay), count("warmup_steps", &O::warmup_steps),
       number("r", &O::r), number("weight_lr_power", &O::weight_lr_power),
       state_count("k", &O::k), state_flag("train_mode", &O::train_mode),
       state_number("weight_sum", &O::weight_sum), state_number("lr_max", &O::lr_max),
