@@ -348,7 +348,8 @@ def reference_class(rule: str) -> Any:
 
 def ready_to_step(opt: Any, rule: str) -> Any:
     """``opt`` after the rule's transforms that set its mode flag (Schedule-Free's train():
-    its optimizers start in eval mode, where a step raises); returns it."""
+    its optimizers start in eval mode, where a step raises); returns it. The official classes
+    need it (conftest.py does it for fastoptim's and tests/references.py's at construction)."""
     for name, _, to in REGISTRY[rule]["transforms"]:
         if to:
             getattr(opt, name)()
@@ -357,16 +358,16 @@ def ready_to_step(opt: Any, rule: str) -> Any:
 
 def make_optimizer(front: str, rule: str, groups: list[dict[str, Any]]) -> Any:
     """``front``: "reference" (the rule's reference: torch.optim with foreach=False, or
-    tests/references.py), "fastoptim.torch", or an array front; ready to step."""
+    tests/references.py), "fastoptim.torch", or an array front."""
     import fastoptim
 
     if front == "reference":
-        return ready_to_step(reference_class(rule)(groups), rule)
+        return reference_class(rule)(groups)
     if front == "fastoptim.torch":
         import fastoptim.torch
 
-        return ready_to_step(getattr(fastoptim.torch, rule)(groups), rule)
-    return ready_to_step(getattr(fastoptim, rule)(groups), rule)
+        return getattr(fastoptim.torch, rule)(groups)
+    return getattr(fastoptim, rule)(groups)
 
 
 FRONTS = ("fastoptim.torch", "array-numpy", "array-tensor")

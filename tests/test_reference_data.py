@@ -9,7 +9,7 @@ from pathlib import Path
 import fastoptim
 import numpy as np
 import pytest
-from _support import HAVE_TORCH, ready_to_step
+from _support import HAVE_TORCH
 from fastoptim import _core
 
 DATA = Path(__file__).parent / "data" / "reference_trajectories.json"
@@ -59,7 +59,6 @@ def test_fronts_reproduce_reference(case: dict, front: str, simd_level: str) -> 
     else:
         params = [p.copy() for p in init]
         opt = getattr(fastoptim, case["optimizer"])(params, **_options(case))
-    ready_to_step(opt, case["optimizer"])
     tol = _tol(case["dtype"])
     for k, step in enumerate(case["steps"]):
         opt.param_groups[0]["lr"] = step["lr"]

@@ -100,6 +100,7 @@ def test_a_step_in_eval_mode_raises_the_official_exception(rule: str, front: str
     with pytest.raises(Exception) as want:  # noqa: PT011 - schedulefree raises Exception
         official.step()
     ours, params = _make(front, rule, init)
+    ours.eval()  # as constructed (conftest.py trains the generic tests' optimizers)
     calls = []
     with pytest.raises(Exception) as got:  # noqa: PT011
         if front == "torch":
