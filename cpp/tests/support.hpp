@@ -160,9 +160,11 @@ inline std::vector<NamedOptions> option_grid() {
   lion("plain", [](LionOptions&) {});
   lion("wd_betas", [](LionOptions& o) { o.weight_decay = 0.5, o.beta1 = 0.5, o.beta2 = 0.0; });
 
+  // Schedule-Free in train mode, as train() leaves a fresh optimizer (a step in eval mode throws)
   auto adamw_sf = [&](std::string name, auto&& set) {
     AdamWScheduleFreeOptions o;
     o.lr = 0.01;
+    o.train_mode = true;
     set(o);
     grid.push_back({"adamw_schedulefree_" + name, o});
   };
@@ -174,6 +176,7 @@ inline std::vector<NamedOptions> option_grid() {
   auto sgd_sf = [&](std::string name, auto&& set) {
     SGDScheduleFreeOptions o;
     o.lr = 0.1;
+    o.train_mode = true;
     set(o);
     grid.push_back({"sgd_schedulefree_" + name, o});
   };
@@ -217,6 +220,16 @@ inline std::unique_ptr<Optimizer> make_optimizer(const AnyOptions& options) {
         return opt;
       },
       options);
+}
+
+// An optimizer's options as they are now (its group state included: Schedule-Free's k, ...).
+inline AnyOptions current_options(const Optimizer& opt) {
+  AnyOptions out;
+  rules::for_each_rule([&](auto r) {
+    using R = decltype(r);
+    if (opt.rule() == rules::id<R>) out = static_cast<const RuleOptimizer<R>&>(opt).options();
+  });
+  return out;
 }
 
 inline double& lr_of(Optimizer& opt) {
