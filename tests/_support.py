@@ -217,7 +217,7 @@ def _grid(rule: str) -> list[dict[str, Any]]:
                             betas=_cycle(((0.9, 0.999), (0.5, 0.9), (0.95, 0.99)), i),
                             eps=_cycle((1e-8, 1e-3), i), weight_decay=wd, warmup_steps=warmup,
                             r=r, weight_lr_power=power))
-        out += [dict(lr=0.0), dict(lr=0.01, weight_lr_power=1.0, r=2.0),
+        out += [dict(lr=0.01, weight_lr_power=1.0, r=2.0),
                 dict(lr=0.05, betas=(0.99, 0.5), eps=0.5, weight_decay=0.5)]
     elif rule == "SGDScheduleFree":
         for i, (warmup, r, power, wd) in enumerate(
@@ -225,7 +225,7 @@ def _grid(rule: str) -> list[dict[str, Any]]:
         ):
             out.append(dict(lr=_cycle((1.0, 0.1, 0.02), i), momentum=_cycle((0.9, 0.5, 0.98), i),
                             weight_decay=wd, warmup_steps=warmup, r=r, weight_lr_power=power))
-        out += [dict(lr=0.0), dict(lr=0.5, momentum=0.1, weight_lr_power=1.0, r=2.0),
+        out += [dict(lr=0.5, momentum=0.1, weight_lr_power=1.0, r=2.0),
                 dict(lr=0.05, momentum=0.99, weight_decay=0.5)]
     else:
         raise KeyError(rule)

@@ -72,7 +72,9 @@ class _ScheduleFree(torch.optim.Optimizer):
                 continue
             weight = weight_of(self._beta(group))
             for p in group["params"]:
-                if "z" in self.state[p]:
+                # (schedulefree reads self.state[p], which leaves an empty state for each
+                # param without one; fastoptim keeps none, nor does this reference)
+                if "z" in self.state.get(p, {}):
                     p.lerp_(self.state[p]["z"], weight)
             group["train_mode"] = mode
 

@@ -49,7 +49,8 @@ def test_reference_is_the_official_implementation_bit_for_bit(rule: str, dtype) 
             b.step()
         for x, y in zip(ours, theirs):
             assert torch.equal(x, y), (rule, options)
-        sa, sb = a.state_dict()["state"], b.state_dict()["state"]
+        # without empty states: schedulefree's train() leaves one per param it visits
+        sa, sb = ({k: v for k, v in o.state_dict()["state"].items() if v} for o in (a, b))
         assert sa.keys() == sb.keys()
         for k in sa:
             assert sa[k].keys() == sb[k].keys()

@@ -18,7 +18,7 @@ import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-from _support import (RICH, RULES, STATE_KEYS, has_torch_reference, official_class,
+from _support import (RICH, RULES, STATE_KEYS, has_torch_reference, official_class, ready_to_step,
                       reference_class, reference_flags, reference_type)
 
 # fastoptim's mixed-precision settings: param-group keys torch's groups do not have
@@ -469,7 +469,7 @@ def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype,
     second_cls = getattr(fo_torch, rule) if direction == "torch->fastoptim" else official
     extra = reference_flags(rule)
     m1 = _model(dtype)
-    o1 = first_cls(m1.parameters(), **opts, **extra)
+    o1 = ready_to_step(first_cls(m1.parameters(), **opts, **extra), rule)
     for _ in range(8):
         _train_step(ref_model, ref, x, y)
         _train_step(m1, o1, x, y)
