@@ -57,8 +57,9 @@ class _ScheduleFree(torch.optim.Optimizer):
     weights (k + 1) ** r * lr_max ** weight_lr_power; c = weight / weight_sum. Per element:
     y <- lerp(y, z, c) + lr * (beta * (1 - c) - 1) * g and z <- z - lr * g, which moves x and
     z without storing x. The official implementation (schedulefree, foreach=False) writes the
-    normalised grad into p.grad; this reference does too. State: 'z' (a copy of the param at
-    its first step), plus the rule's moments."""
+    normalised grad into p.grad; this reference, as fastoptim, computes it into a copy with the
+    same operations and leaves p.grad as it was (the same bits when each step has its own grad).
+    State: 'z' (a copy of the param at its first step), plus the rule's moments."""
 
     _beta_key: str
 
@@ -151,7 +152,7 @@ class AdamWScheduleFree(_ScheduleFree):
         v = self.state[p]["exp_avg_sq"]
         v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
         denom = v.div(1 - beta2 ** (k + 1)).sqrt_().add_(group["eps"])
-        return p.grad.div_(denom)
+        return p.grad.div(denom)
 
 
 class SGDScheduleFree(_ScheduleFree):
@@ -167,4 +168,4 @@ class SGDScheduleFree(_ScheduleFree):
             weight_decay=weight_decay, foreach=foreach))
 
     def _normalized(self, group: dict[str, Any], p: torch.Tensor, k: int) -> torch.Tensor:
-        return p.grad
+        return p.grad.clone()

@@ -126,6 +126,9 @@ struct AdamWScheduleFree {
       Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"warmup_steps"}, Arg{"r"},
       Arg{"weight_lr_power"}, ignored_true("foreach", false));
   static constexpr bool has_step = false;  // the step count is the group's k
+  // schedulefree squares a complex grad as grad * grad (no conj) and takes a complex sqrt: not
+  // elementwise on the real view
+  static constexpr bool complex_as_real = false;
   static constexpr bool eager_state = false;
 
   template <class Ctx>
