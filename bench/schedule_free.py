@@ -4,9 +4,10 @@ params and grads, with the same-traffic roofline (fastoptim._roofline: grad read
 each state buffer read and written: AdamW's z and exp_avg_sq, 28 B per float32 element; SGD's
 z, 20 B). Medians of --rounds, G elements/s, side by side in one run.
 
-    python bench/schedulefree.py [--threads 1,2] [--rounds 5] [--rules adamw,sgd]
+    python bench/schedule_free.py [--threads 1,2] [--rounds 5] [--rules adamw,sgd]
 
 Workloads: one 10M tensor, one 100M tensor, and GPT-2 small's shapes (fastoptim.bench's).
+(Named schedule_free.py: a script named schedulefree.py would import itself for the package.)
 """
 
 from __future__ import annotations
