@@ -563,8 +563,10 @@ def _eager_state(self: Optimizer) -> None:
             self.state[i] = state
 
 
-def _transform_method(index: int, name: str, mode: str, to: bool) -> Any:
-    def method(self: Optimizer) -> None:
+def transform_method(index: int, name: str, mode: str, to: bool) -> Any:
+    """The method of a rule's transform (``opt.train()``) on either front's class."""
+
+    def method(self: Any) -> None:
         self._transform(index)
 
     method.__name__ = method.__qualname__ = name
@@ -599,7 +601,7 @@ def _rule_class(info: dict[str, Any]) -> type:
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     name = info["torch_name"]
-    transforms = {transform: _transform_method(index, transform, mode, to)
+    transforms = {transform: transform_method(index, transform, mode, to)
                   for index, (transform, mode, to) in enumerate(info["transforms"])}
     return type(name, (Optimizer,), {
         **transforms,

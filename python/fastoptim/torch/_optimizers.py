@@ -44,7 +44,7 @@ except ImportError:  # torch built without distributed
     _DTensor = ()
 
 from .. import _checkpoint, _core, _precision
-from .._arrays import RULES, clip_arguments, clip_coefficient, initial_value
+from .._arrays import RULES, clip_arguments, clip_coefficient, initial_value, transform_method
 from .._checkpoint import scalar_value, step_count
 from .._runtime import get_num_threads
 
@@ -1035,7 +1035,6 @@ class _FusedStep:
                 target.copy_(copy_)
             if direct:
                 torch.autograd.graph.increment_version(direct)
-            self._invalidate_plans()  # the group's mode flag changed
 
     # ---- clipping ----------------------------------------------------------------------------
     # clip_grad_norm_ does not rewrite the grads: it leaves a pending record (the unscale and
@@ -1455,18 +1454,9 @@ def _fused_class(info: dict[str, Any]) -> type:
     namespace = {"__module__": __name__, "__qualname__": name, "_rule": info["name"],
                  "_info": info, "__signature__": signature}
     for index, (transform, mode, to) in enumerate(info["transforms"]):
-        namespace[transform] = _transform_method(index, transform, mode, to)
+        namespace[transform] = transform_method(index, transform, mode, to)
     return type(name, (_FusedStep, base), namespace)
 
-
-def _transform_method(index: int, name: str, mode: str, to: bool) -> Any:
-    def method(self: Any) -> None:
-        self._transform(index)
-
-    method.__name__ = method.__qualname__ = name
-    method.__doc__ = (f"The rule's {name} transform of every param that has state, in each "
-                      f"group whose '{mode}' is not {to} yet; sets it to {to}.")
-    return method
 
 
 CLASSES = {info["torch_name"]: _fused_class(info) for info in RULES.values()}
