@@ -68,10 +68,11 @@ struct ScheduleFree {
   // train(): p.lerp_(z, 1 - beta1), the param from x to y; eval(): p.lerp_(z, 1 - 1 / beta1),
   // from y back to x
   template <class C, class Ctx>
-  static TransformScalars<C> transform_scalars(int index, double beta1, Ctx& ctx) {
+  static TransformScalars<C> transform_scalars(int index, const char* key, double beta1,
+                                               Ctx& ctx) {
     const double w = index == 0 ? 1.0 - beta1 : 1.0 - 1.0 / beta1;
-    return {make_lerp<C>(ctx.template narrow<C>(w, {{"beta1", beta1}},
-                                                index == 0 ? "1 - beta1" : "1 - 1 / beta1"))};
+    return {make_lerp<C>(ctx.template narrow<C>(w, {{key, beta1}},
+                                                index == 0 ? "1 - beta" : "1 - 1 / beta"))};
   }
   template <class V, class Io, class C>
   static FASTOPTIM_INLINE void transform(const TransformScalars<C>& s, const Io& io) {
@@ -141,7 +142,7 @@ struct AdamWScheduleFree {
   using TransformScalars = ScheduleFree::TransformScalars<C>;
   template <class C, class Ctx>
   static TransformScalars<C> transform_scalars(int index, const O& o, Ctx& ctx) {
-    return ScheduleFree::transform_scalars<C>(index, o.beta1, ctx);
+    return ScheduleFree::transform_scalars<C>(index, "beta1", o.beta1, ctx);
   }
   template <class V, class Io, class C>
   static FASTOPTIM_INLINE void transform(const TransformScalars<C>& s, const Io& io) {
@@ -243,7 +244,7 @@ struct SGDScheduleFree {
   using TransformScalars = ScheduleFree::TransformScalars<C>;
   template <class C, class Ctx>
   static TransformScalars<C> transform_scalars(int index, const O& o, Ctx& ctx) {
-    return ScheduleFree::transform_scalars<C>(index, o.momentum, ctx);
+    return ScheduleFree::transform_scalars<C>(index, "momentum", o.momentum, ctx);
   }
   template <class V, class Io, class C>
   static FASTOPTIM_INLINE void transform(const TransformScalars<C>& s, const Io& io) {
