@@ -46,6 +46,8 @@ STATE_KEYS = {
     "Adamax": {"step", "exp_avg", "exp_inf"},
     "Lion": {"exp_avg"},
     "AdEMAMix": {"step", "m1", "m2", "nu"},
+    "AdamWScheduleFree": {"z", "exp_avg_sq"},
+    "SGDScheduleFree": {"z"},
 }
 
 # State entries that are per-param 0-d scalars in torch (float32, or float64 under a float64
@@ -70,6 +72,9 @@ RICH = {
     # both warm-ups running for the whole of a 50-step run
     "AdEMAMix": dict(lr=0.01, betas=(0.8, 0.99, 0.999), alpha=4.0, t_alpha=60, t_beta3=80,
                      weight_decay=0.05),
+    "AdamWScheduleFree": dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.05, warmup_steps=5,
+                              r=0.5, weight_lr_power=1.0),
+    "SGDScheduleFree": dict(lr=0.1, momentum=0.8, weight_decay=0.01, warmup_steps=5, r=0.5),
 }
 
 # Shapes of the grid problem: one group whose buffers end on every SIMD tail (1, 7, 15, 16, 17).
@@ -222,6 +227,26 @@ def _grid(rule: str) -> list[dict[str, Any]]:
                 dict(lr=0.01, betas=(0.0, 0.9, 0.99)),
                 dict(lr=0.02, betas=(0.99, 0.999, 0.9), t_beta3=30),
                 dict(lr=0.05, betas=(0.9, 0.0, 0.999), eps=0.5, t_alpha=10)]
+    elif rule == "AdamWScheduleFree":
+        # warm-up off, shorter and longer than the run; polynomial weighting off and on; the
+        # weights' lr power off, 1 and schedulefree's 2
+        for i, (warmup, r, power, wd) in enumerate(
+            itertools.product((0, 10, 80), (0.0, 0.75), (0.0, 2.0), (0.0, 0.05))
+        ):
+            out.append(dict(lr=_cycle((2.5e-3, 0.02, 0.1), i),
+                            betas=_cycle(((0.9, 0.999), (0.5, 0.9), (0.95, 0.99)), i),
+                            eps=_cycle((1e-8, 1e-3), i), weight_decay=wd, warmup_steps=warmup,
+                            r=r, weight_lr_power=power))
+        out += [dict(lr=0.01, weight_lr_power=1.0, r=2.0),
+                dict(lr=0.05, betas=(0.99, 0.5), eps=0.5, weight_decay=0.5)]
+    elif rule == "SGDScheduleFree":
+        for i, (warmup, r, power, wd) in enumerate(
+            itertools.product((0, 10, 80), (0.0, 0.75), (0.0, 2.0), (0.0, 0.05))
+        ):
+            out.append(dict(lr=_cycle((1.0, 0.1, 0.02), i), momentum=_cycle((0.9, 0.5, 0.98), i),
+                            weight_decay=wd, warmup_steps=warmup, r=r, weight_lr_power=power))
+        out += [dict(lr=0.5, momentum=0.1, weight_lr_power=1.0, r=2.0),
+                dict(lr=0.05, momentum=0.99, weight_decay=0.5)]
     else:
         raise KeyError(rule)
     return out
@@ -351,6 +376,16 @@ def reference_class(rule: str) -> Any:
     """The rule's reference optimizer class: torch.optim's with foreach=False (the single-tensor
     implementation), or tests/references.py's for a rule torch lacks."""
     return functools.partial(reference_type(rule), **reference_flags(rule))
+
+
+def ready_to_step(opt: Any, rule: str) -> Any:
+    """``opt`` after the rule's transforms that set its mode flag (Schedule-Free's train():
+    its optimizers start in eval mode, where a step raises); returns it. The official classes
+    need it (conftest.py does it for fastoptim's and tests/references.py's at construction)."""
+    for name, _, to in REGISTRY[rule]["transforms"]:
+        if to:
+            getattr(opt, name)()
+    return opt
 
 
 def make_optimizer(front: str, rule: str, groups: list[dict[str, Any]]) -> Any:

@@ -21,6 +21,38 @@ else:
     torch.set_num_threads(1)
 
 
+def _train_at_construction() -> None:
+    """Schedule-Free's optimizers start in eval mode, where a step raises (as schedulefree's):
+    the rule-generic tests drive every optimizer as a training loop does, after train(). In the
+    test process, each class of a rule with a transform to the stepping mode (its target True:
+    train) runs it at construction: fastoptim's two fronts and tests/references.py (not the
+    official classes). tests/test_schedule_free.py checks the eval-mode start on optimizers
+    given back to it by eval(), which is what a fresh one is."""
+    import functools
+
+    classes = [fastoptim] + ([__import__("fastoptim.torch").torch] if torch else [])
+    if torch:
+        import references
+
+        classes.append(references)
+    for info in fastoptim._core.rules():
+        names = [name for name, _, to in info["transforms"] if to]
+        for module in classes if names else ():
+            cls = getattr(module, info["torch_name"])
+            init = cls.__init__
+
+            @functools.wraps(init)
+            def __init__(self, *args, __init=init, __names=names, **kwargs) -> None:  # noqa: N807
+                __init(self, *args, **kwargs)
+                for name in __names:
+                    getattr(self, name)()
+
+            cls.__init__ = __init__
+
+
+_train_at_construction()
+
+
 @pytest.fixture(params=LEVELS)
 def simd_level(request: pytest.FixtureRequest) -> str:
     """Runs the test once per SIMD level this CPU and build support; restores the level."""

@@ -207,6 +207,44 @@ def ademamix_ref(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options) 
     return p - lr * (update + wd * p)
 
 
+def _schedule_free(p: np.ndarray, g: np.ndarray, s: State, step: int, o: Options,
+                   beta: float) -> np.ndarray:
+    """schedulefree's y and z updates from g (the normalised grad); the group's weight sum and
+    largest lr kept per param here (every param steps every step)."""
+    lr = o.get("lr") * min(1.0, step / o["warmup_steps"]) if o.get("warmup_steps") else o["lr"]
+    s["lr_max"] = max(lr, float(s.get("lr_max", -1.0)))
+    weight = step ** o.get("r", 0.0) * s["lr_max"] ** o.get("weight_lr_power", 2.0)
+    s["weight_sum"] = float(s.get("weight_sum", 0.0)) + weight
+    c = weight / s["weight_sum"] if s["weight_sum"] else 0.0
+    g = g + o.get("weight_decay", 0.0) * p
+    z = s.setdefault("z", p.copy())
+    y = p + c * (z - p) + lr * (beta * (1 - c) - 1) * g
+    s["z"] = z - lr * g
+    return y
+
+
+def adamw_schedulefree_ref(p: np.ndarray, g: np.ndarray, s: State, step: int,
+                           o: Options) -> np.ndarray:
+    beta1, beta2 = o.get("betas", (0.9, 0.999))
+    s["exp_avg_sq"] = s.get("exp_avg_sq", np.zeros_like(p)) * beta2 + (1 - beta2) * g * g
+    denom = np.sqrt(s["exp_avg_sq"] / (1 - beta2**step)) + o.get("eps", 1e-8)
+    return _schedule_free(p, g / denom, s, step, o, beta1)
+
+
+def sgd_schedulefree_ref(p: np.ndarray, g: np.ndarray, s: State, step: int,
+                         o: Options) -> np.ndarray:
+    return _schedule_free(p, g, s, step, o, o.get("momentum", 0.9))
+
+
+def ready(opt: Any) -> Any:
+    """The optimizer after the transforms that set the mode its step needs (Schedule-Free's
+    train(): a step in eval mode raises)."""
+    for name, _, to in opt._info["transforms"]:
+        if to:
+            getattr(opt, name)()
+    return opt
+
+
 Reference = Callable[[np.ndarray, np.ndarray, State, int, Options], np.ndarray]
 # registered rule -> (its reference above, option sets); main() refuses a registered rule
 # missing here
@@ -264,6 +302,15 @@ REFERENCES: dict[str, tuple[Reference, list[Options]]] = {
         [dict(lr=0.01), dict(lr=0.01, betas=(0.5, 0.9, 0.99), alpha=2.0, t_alpha=2, t_beta3=3,
                              weight_decay=0.1)],
     ),
+    "adamw_schedulefree": (
+        adamw_schedulefree_ref,
+        [dict(lr=0.01), dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, warmup_steps=2, r=0.5)],
+    ),
+    "sgd_schedulefree": (
+        sgd_schedulefree_ref,
+        [dict(lr=0.1), dict(lr=0.1, momentum=0.5, weight_decay=0.1, warmup_steps=2, r=1.0,
+                            weight_lr_power=1.0)],
+    ),
 }
 # RAdam's rectified branch starts at step 6 at the earliest
 STEPS_OF = {"radam": 7}
@@ -293,7 +340,7 @@ def run_fastoptim(cls: type, options: Options, dtype: type, seed: int,
                   steps: int = STEPS) -> list[np.ndarray]:
     params0, grads = make_data(seed, steps)
     params = [p.astype(dtype) for p in params0]
-    opt = cls(params, **options)
+    opt = ready(cls(params, **options))
     for step_grads in grads:
         opt.step([g.astype(dtype) for g in step_grads])
     return params
@@ -379,7 +426,7 @@ def check_mixed_precision(levels: list[str]) -> int:
                 for threads in (1,) if level == levels[0] else (1, 2):
                     fastoptim.set_num_threads(threads)
                     params = [p.astype(param) for p in params0]
-                    opt = cls(params, **options, **settings)
+                    opt = ready(cls(params, **options, **settings))
                     for step_grads in grads:
                         opt.step([g.astype(grad) for g in step_grads])
                     bits = [p.view(np.uint8) for p in params]
@@ -395,8 +442,9 @@ def check_mixed_precision(levels: list[str]) -> int:
                 fastoptim.set_num_threads(1)
                 wide = [p.astype(param).astype(np.float32) for p in params0]
                 narrow = [p.astype(param) for p in params0]
-                cls(wide, **options).step([g.astype(param).astype(np.float32) for g in grads[0]])
-                cls(narrow, **options).step([g.astype(param) for g in grads[0]])
+                ready(cls(wide, **options)).step(
+                    [g.astype(param).astype(np.float32) for g in grads[0]])
+                ready(cls(narrow, **options)).step([g.astype(param) for g in grads[0]])
                 for a, b in zip(narrow, wide):
                     if not np.array_equal(a.view(np.uint8), b.astype(param).view(np.uint8)):
                         raise AssertionError(f"{name}{options} {label}: not the float32 step "

@@ -135,3 +135,125 @@ class AdEMAMix(torch.optim.Optimizer):
                     p.mul_(1.0 - lr * weight_decay)
                 p.add_((m1 / c1 + alpha * m2) / (nu.sqrt() / c2 + eps), alpha=-lr)
         return loss
+
+
+class _ScheduleFree(torch.optim.Optimizer):
+    """Schedule-Free (Defazio et al. 2024, "The Road Less Scheduled"): the param holds
+    y = (1 - beta) z + beta x while training, x (the weighted average of the z iterates) after
+    eval(). Per param group: the step count k, the warm-up schedule lr * min(1, (k + 1) /
+    warmup_steps), lr_max (the largest scheduled lr so far), and the running sum of the
+    weights (k + 1) ** r * lr_max ** weight_lr_power; c = weight / weight_sum. Per element:
+    y <- lerp(y, z, c) + lr * (beta * (1 - c) - 1) * g and z <- z - lr * g, which moves x and
+    z without storing x. The official implementation (schedulefree, foreach=False) writes the
+    normalised grad into p.grad; this reference, as fastoptim, computes it into a copy with the
+    same operations and leaves p.grad as it was (the same bits when each step has its own grad).
+    State: 'z' (a copy of the param at its first step), plus the rule's moments."""
+
+    _beta_key: str
+
+    def _beta(self, group: dict[str, Any]) -> float:
+        value = group[self._beta_key]
+        return value[0] if isinstance(value, (tuple, list)) else value
+
+    def _move(self, weight_of: Any, mode: bool) -> None:
+        for group in self.param_groups:
+            if group["train_mode"] == mode:
+                continue
+            weight = weight_of(self._beta(group))
+            for p in group["params"]:
+                # (schedulefree reads self.state[p], which leaves an empty state for each
+                # param without one; fastoptim keeps none, nor does this reference)
+                if "z" in self.state.get(p, {}):
+                    p.lerp_(self.state[p]["z"], weight)
+            group["train_mode"] = mode
+
+    @torch.no_grad()
+    def train(self) -> None:
+        self._move(lambda beta: 1 - beta, True)  # x -> y
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        self._move(lambda beta: 1 - 1 / beta, False)  # y -> x
+
+    def _normalized(self, group: dict[str, Any], p: torch.Tensor, k: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        if not self.param_groups[0]["train_mode"]:
+            raise Exception("Optimizer was not in train mode when step is called. Please "  # noqa: TRY002
+                            "insert .train() and .eval() calls on the optimizer. See "
+                            "documentation for details.")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            k = group["k"]
+            warmup = group["warmup_steps"]
+            lr = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
+            group["scheduled_lr"] = lr
+            group["lr_max"] = max(lr, group["lr_max"])
+            weight = (k + 1) ** group["r"] * group["lr_max"] ** group["weight_lr_power"]
+            group["weight_sum"] = group["weight_sum"] + weight
+            c = weight / group["weight_sum"] if group["weight_sum"] != 0 else 0.0
+            beta = self._beta(group)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "z" not in state:
+                    self._new_state(state, p)
+                g = self._normalized(group, p, k)
+                if group["weight_decay"] != 0:
+                    g.add_(p, alpha=group["weight_decay"])
+                z = state["z"]
+                p.lerp_(z, c)
+                p.add_(g, alpha=lr * (beta * (1 - c) - 1))
+                z.sub_(g, alpha=lr)
+            group["k"] = k + 1
+        return loss
+
+    def _new_state(self, state: dict[str, Any], p: torch.Tensor) -> None:
+        state["z"] = p.clone(memory_format=torch.preserve_format)
+
+
+class AdamWScheduleFree(_ScheduleFree):
+    """Schedule-Free AdamW: g = grad / (sqrt(v / (1 - beta2 ** (k + 1))) + eps) with
+    v = beta2 v + (1 - beta2) grad^2 ('exp_avg_sq'), decay at y: g += weight_decay * y."""
+
+    _beta_key = "betas"
+
+    def __init__(self, params, lr=0.0025, betas=(0.9, 0.999), eps=1e-8,  # noqa: ANN001
+                 weight_decay=0, warmup_steps=0, r=0.0, weight_lr_power=2.0, foreach=True):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, r=r, k=0, warmup_steps=warmup_steps, train_mode=False,
+            weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, weight_lr_power=weight_lr_power,
+            weight_decay=weight_decay, foreach=foreach))
+
+    def _new_state(self, state: dict[str, Any], p: torch.Tensor) -> None:
+        super()._new_state(state, p)
+        state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _normalized(self, group: dict[str, Any], p: torch.Tensor, k: int) -> torch.Tensor:
+        beta2 = group["betas"][1]
+        v = self.state[p]["exp_avg_sq"]
+        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        denom = v.div(1 - beta2 ** (k + 1)).sqrt_().add_(group["eps"])
+        return p.grad.div(denom)
+
+
+class SGDScheduleFree(_ScheduleFree):
+    """Schedule-Free SGD: g = grad (+ weight_decay * y), beta = momentum."""
+
+    _beta_key = "momentum"
+
+    def __init__(self, params, lr=1.0, momentum=0.9, weight_decay=0,  # noqa: ANN001
+                 warmup_steps=0, r=0.0, weight_lr_power=2, foreach=True):
+        super().__init__(params, dict(
+            lr=lr, momentum=momentum, r=r, k=0, warmup_steps=warmup_steps, train_mode=False,
+            weight_sum=0.0, lr_max=-1.0, scheduled_lr=0.0, weight_lr_power=weight_lr_power,
+            weight_decay=weight_decay, foreach=foreach))
+
+    def _normalized(self, group: dict[str, Any], p: torch.Tensor, k: int) -> torch.Tensor:
+        return p.grad.clone()

@@ -120,6 +120,8 @@ RICH = {
     "Lion": dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
     "AdEMAMix": dict(lr=0.01, betas=(0.8, 0.99, 0.999), alpha=4.0, t_alpha=60, t_beta3=80,
                      weight_decay=0.05),
+    "AdamWScheduleFree": dict(lr=0.01, weight_decay=0.01, warmup_steps=4, r=0.5),
+    "SGDScheduleFree": dict(lr=0.1, momentum=0.8, weight_decay=0.01, warmup_steps=4, r=0.5),
 }
 
 

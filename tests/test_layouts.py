@@ -135,7 +135,8 @@ def _complex_grads(ps, k: int) -> None:
 @pytest.mark.parametrize("rule", RULES)
 def test_complex_params_like_torch(rule: str, dtype: torch.dtype) -> None:
     if not REGISTRY[rule]["complex_as_real"]:
-        # Lion's sgn of a complex value is z / |z|: a clear error, nothing changed
+        # Lion's sgn of a complex value is z / |z|, schedulefree's AdamW squares grad * grad:
+        # a clear error, nothing changed
         fo_ps = _complex_params(dtype)
         before = [p.detach().clone() for p in fo_ps]
         fo = getattr(fo_torch, rule)(fo_ps, **RICH[rule])

@@ -31,8 +31,10 @@ OPS = ("step", "new_grads", "inplace_grads", "none_grad", "swap_data", "transpos
 BAD_CHECKPOINTS = (
     lambda sd: sd["state"].__setitem__(0, None),
     lambda sd: sd.__setitem__("state", []),
-    lambda sd: sd["state"].get(0, {}).pop("step", None) if sd["state"].get(0) else sd.clear(),
-    lambda sd: sd["state"].get(0, {}).__setitem__("step", "3") if sd["state"].get(0) else sd.clear(),
+    # (a rule that keeps no step count, Lion, Schedule-Free: the state dict emptied instead)
+    lambda sd: sd["state"][0].pop("step") if "step" in sd["state"].get(0, {}) else sd.clear(),
+    lambda sd: sd["state"][0].__setitem__("step", "3") if "step" in sd["state"].get(0, {})
+    else sd.clear(),
     lambda sd: sd["param_groups"][0]["params"].pop(),
     lambda sd: sd["param_groups"].append(dict(sd["param_groups"][0])),
     lambda sd: sd.pop("param_groups"),

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from _support import (RICH, RULES, STATE_KEYS, checkpoint_class, has_torch_reference,
+                      official_class, ready_to_step,
                       reference_class, reference_flags, reference_type)
 
 # fastoptim's mixed-precision settings: param-group keys torch's groups do not have
@@ -397,6 +398,11 @@ VARIANTS = [
     # warm-ups running across the checkpoint at step 8
     ("AdEMAMix", dict(lr=0.02, betas=(0.5, 0.9, 0.99), alpha=2.0, t_alpha=12, t_beta3=10,
                       weight_decay=0.1)),
+    ("AdamWScheduleFree", dict(lr=0.01)),
+    ("AdamWScheduleFree", dict(lr=0.02, betas=(0.5, 0.9), weight_decay=0.1, warmup_steps=10,
+                               r=0.5)),
+    ("SGDScheduleFree", dict(lr=0.1)),
+    ("SGDScheduleFree", dict(lr=0.2, momentum=0.5, weight_decay=0.1, warmup_steps=10, r=1.0)),
 ]
 
 
@@ -468,7 +474,7 @@ def test_checkpoint_continues_on_same_trajectory(variant, direction: str, dtype,
     second_cls = getattr(fo_torch, rule) if direction == "torch->fastoptim" else official
     extra = reference_flags(rule)
     m1 = _model(dtype)
-    o1 = first_cls(m1.parameters(), **opts, **extra)
+    o1 = ready_to_step(first_cls(m1.parameters(), **opts, **extra), rule)
     for _ in range(8):
         _train_step(ref_model, ref, x, y)
         _train_step(m1, o1, x, y)

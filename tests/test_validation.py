@@ -5,14 +5,15 @@ buffer untouched), mismatched state_dicts (both fronts)."""
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import pickle
 
 import fastoptim
 import numpy as np
 import pytest
-from _support import (HAVE_TORCH, RULES, SCALAR_STATE_KEYS, has_torch_reference, needs_torch,
-                      reference_type, short_steps)
+from _support import (HAVE_TORCH, REGISTRY, RULES, SCALAR_STATE_KEYS, has_torch_reference,
+                      needs_torch, reference_type, short_steps)
 
 if HAVE_TORCH:
     import fastoptim.torch as fo_torch
@@ -55,6 +56,13 @@ BAD_HYPERPARAMETERS = {
                  dict(t_alpha=-1), dict(t_beta3=-10), dict(t_alpha=float("nan")),
                  dict(betas=(0.0, 0.999, 0.9999), t_beta3=100),
                  dict(betas=(0.9, 0.999, 0.0), t_beta3=100)],
+    "AdamWScheduleFree": [dict(lr=-1), dict(lr=float("nan")), dict(eps=-1e-8),
+                          dict(betas=(0.0, 0.999)), dict(betas=(1.0, 0.999)),
+                          dict(betas=(0.9, 1.0)), dict(weight_decay=-0.1),
+                          dict(warmup_steps=-1), dict(warmup_steps=2.5)],
+    # schedulefree's own checks (lr, weight_decay, momentum) and words
+    "SGDScheduleFree": [dict(lr=-1), dict(weight_decay=-0.1), dict(momentum=0),
+                        dict(momentum=1), dict(momentum=-0.5), dict(warmup_steps=-3)],
 }
 HYPER_CASES = [pytest.param(rule, kw, id=f"{rule}-{kw}") for rule in RULES
                for kw in BAD_HYPERPARAMETERS[rule]]
@@ -69,6 +77,13 @@ def _torch_message(rule: str, kw: dict) -> str:
         return str(info.value)
     with pytest.raises(ValueError) as info:
         getattr(fo_torch, rule)([torch.zeros(2, requires_grad=True)], **kw)
+    module, _, name = REGISTRY[rule]["reference"].rpartition(".")
+    try:
+        getattr(importlib.import_module(module), name)([torch.zeros(2)], **kw)
+    except ValueError as official:  # the official implementation's check: its words
+        return str(official)
+    except (ImportError, AssertionError):  # not installed; lion-pytorch asserts
+        pass
     assert str(info.value).startswith("Invalid ")
     return str(info.value)
 
@@ -153,7 +168,8 @@ def test_array_front_execution_flags(rule: str) -> None:
     names = inspect.signature(getattr(fastoptim, rule)).parameters
     flags = {k: True for k in ("foreach", "capturable", "fused") if k in names}
     if not has_torch_reference(rule):
-        assert not flags and "differentiable" not in names  # the reference has none of them
+        # the reference's flags only (schedulefree's foreach, accepted and ignored)
+        assert "differentiable" not in names
         return
     assert "foreach" in flags and "differentiable" in names
     w, ref = np.linspace(-1, 1, 9), np.linspace(-1, 1, 9)
@@ -198,6 +214,8 @@ RICH = {
     "Adamax": dict(lr=0.01, weight_decay=0.01),
     "Lion": dict(lr=0.01, weight_decay=0.01),
     "AdEMAMix": dict(lr=0.01, t_alpha=10, t_beta3=20),
+    "AdamWScheduleFree": dict(lr=0.01, weight_decay=0.01, warmup_steps=3),
+    "SGDScheduleFree": dict(lr=0.1, weight_decay=0.01, warmup_steps=3),
 }
 
 SHAPES = [(3, 4), (7,), (5,), (2, 2)]  # params 0, 1 in group 0; params 2, 3 in group 1

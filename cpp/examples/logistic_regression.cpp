@@ -89,7 +89,13 @@ int main() {
     using Rule = decltype(rule);
     typename Rule::Options options;
     options.lr = learning_rate(Rule::name);
-    runs.push_back({Rule::torch_name, std::make_unique<fastoptim::RuleOptimizer<Rule>>(options)});
+    auto optimizer = std::make_unique<fastoptim::RuleOptimizer<Rule>>(options);
+    // a rule with transforms starts in the mode its target leaves (Schedule-Free: eval, where a
+    // step throws): as schedulefree's opt.train() before training
+    if constexpr (fastoptim::rules::transform_count<Rule>() > 0)
+      for (const auto& transform : Rule::transforms)
+        if (transform.to) optimizer->transform(transform.name);
+    runs.push_back({Rule::torch_name, std::move(optimizer)});
   });
 
   std::printf("fastoptim logistic regression: SIMD level %s, %d thread(s)\n",

@@ -249,6 +249,17 @@ int resolve_threads(int requested, std::size_t total) {
   return static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(threads), most));
 }
 
+// The options with the group state of this step (rules/rule.hpp: advance): a rule that keeps
+// none computes its scalars from the options as they are.
+struct PowContext {
+  double pow(double base, double exponent) const { return std::pow(base, exponent); }
+};
+template <class R>
+typename R::Options advanced(typename R::Options options) {
+  if constexpr (requires { R::advance(options, PowContext{}); }) R::advance(options, PowContext{});
+  return options;
+}
+
 // One buffer's per-step scalars, and its scalar state after the step.
 template <class R, class C>
 struct StepScalars {
@@ -259,8 +270,9 @@ struct StepScalars {
 // Per-buffer scalars; tensors of a group usually share a step (and scalar state), so computed
 // once per change. Throws (nothing written yet) when a scalar overflows C.
 template <class R, class C>
-std::vector<StepScalars<R, C>> make_all_scalars(const typename R::Options& options,
+std::vector<StepScalars<R, C>> make_all_scalars(const typename R::Options& group,
                                                 std::span<const ParamBuffers> buffers) {
+  const typename R::Options options = advanced<R>(group);
   std::vector<StepScalars<R, C>> out;
   out.reserve(buffers.size());
   double previous[rules::kMaxScalarSlots] = {};
@@ -316,18 +328,10 @@ void check_factors(const GradFactors& f) {
                                 detail::py_float(f.clip_coef));
 }
 
-// The whole call for one rule and compute type C: scalars (checked), then, if `write`, the
-// kernels over every buffer and the new scalar state.
-template <class R, class C>
-void apply(const typename R::Options& options, LayoutRun layout, const Rounding& rounding,
-           std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& f,
-           bool write) {
-  auto scalars = make_all_scalars<R, C>(options, buffers);
-  if (!write) return;
-  const kernels::GradFactors<C> factors{saturate<C>(f.inv_scale), saturate<C>(f.clip_coef),
-                                        f.inv_scale != 1.0, f.clip_coef != 1.0};
-  layout.kernel = kernels::active_table()
-                      .kernels[static_cast<std::size_t>(rules::id<R>)][std::is_same_v<C, double>];
+// Runs the layout's kernel over every buffer, threads splitting the total element count.
+template <class Scalars>
+void run_all(const LayoutRun& layout, const std::vector<Scalars>& scalars, const void* factors,
+             std::span<const ParamBuffers> buffers, const Rounding& rounding, int num_threads) {
   std::vector<std::size_t> starts(buffers.size() + 1, 0);
   for (std::size_t i = 0; i < buffers.size(); ++i) starts[i + 1] = starts[i] + buffers[i].size;
   const std::size_t total = starts.back();
@@ -342,15 +346,30 @@ void apply(const typename R::Options& options, LayoutRun layout, const Rounding&
       auto boundary = [&](std::size_t k) {
         return k == n ? total : (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
       };
-      run_range(layout, scalars, &factors, buffers, starts, rounding, boundary(t),
+      run_range(layout, scalars, factors, buffers, starts, rounding, boundary(t),
                 boundary(t + 1));
     }
   } else
 #endif
   {
     (void)threads;
-    run_range(layout, scalars, &factors, buffers, starts, rounding, 0, total);
+    run_range(layout, scalars, factors, buffers, starts, rounding, 0, total);
   }
+}
+
+// The whole call for one rule and compute type C: scalars (checked), then, if `write`, the
+// kernels over every buffer and the new scalar state.
+template <class R, class C>
+void apply(const typename R::Options& options, LayoutRun layout, const Rounding& rounding,
+           std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& f,
+           bool write) {
+  auto scalars = make_all_scalars<R, C>(options, buffers);
+  if (!write) return;
+  const kernels::GradFactors<C> factors{saturate<C>(f.inv_scale), saturate<C>(f.clip_coef),
+                                        f.inv_scale != 1.0, f.clip_coef != 1.0};
+  layout.kernel = kernels::active_table()
+                      .kernels[static_cast<std::size_t>(rules::id<R>)][std::is_same_v<C, double>];
+  run_all(layout, scalars, &factors, buffers, rounding, num_threads);
   for (std::size_t i = 0; i < buffers.size(); ++i)
     for (std::size_t k = 0; k < R::scalar_slots.size; ++k) {
       const double v = scalars[i].next_scalar_state[k];
@@ -367,21 +386,15 @@ int find_layout(const StreamTypes& types) {
                               types.master ? static_cast<int>(DType::float32) : -1);
 }
 
-// Validates everything; then, if `write`, updates every buffer.
+// The layout of a call, or std::invalid_argument naming the types.
 template <class R>
-void call(const void* options_ptr, const StreamTypes& types, std::span<const ParamBuffers> buffers,
-          int num_threads, const GradFactors& factors, bool write) {
-  const auto& options = *static_cast<const typename R::Options*>(options_ptr);
-  check_factors(factors);
-  validate(options);
-  validate_buffers<R>(options, types, buffers);
+LayoutRun layout_of(const typename R::Options& options, const StreamTypes& types) {
   if (find_layout(types) < 0)
     throw std::invalid_argument(std::string("no kernel for params of ") +
                                 storage_name(types.param) + ", grads of " +
                                 storage_name(types.grad) + " and state of " +
                                 storage_name(types.state) +
                                 (types.master ? " with a float32 master copy" : ""));
-  const bool float64 = types.param == DType::float64;
   LayoutRun layout{};
   layout.param = static_cast<int>(types.param);
   layout.grad = static_cast<int>(types.grad);
@@ -391,16 +404,82 @@ void call(const void* options_ptr, const StreamTypes& types, std::span<const Par
   layout.param_size = storage_size(layout.param);
   layout.grad_size = storage_size(layout.grad);
   layout.state_size = storage_size(layout.state);
-  if (float64)
+  return layout;
+}
+
+// Validates everything; then, if `write`, updates every buffer.
+template <class R>
+void call(const void* options_ptr, const StreamTypes& types, std::span<const ParamBuffers> buffers,
+          int num_threads, const GradFactors& factors, bool write) {
+  const auto& options = *static_cast<const typename R::Options*>(options_ptr);
+  check_factors(factors);
+  validate(options);
+  validate_buffers<R>(options, types, buffers);
+  const LayoutRun layout = layout_of<R>(options, types);
+  if (types.param == DType::float64)
     apply<R, double>(options, layout, types.rounding, buffers, num_threads, factors, write);
   else
     apply<R, float>(options, layout, types.rounding, buffers, num_threads, factors, write);
+}
+
+// A rule's element transform `index` over every buffer (param, master, the used state slots;
+// no grad, no step count): validated, then run.
+template <class R, class C>
+void apply_transform(const typename R::Options& options, int index, LayoutRun layout,
+                     Rounding rounding, std::span<const ParamBuffers> buffers, int num_threads) {
+  struct Scalars {
+    typename R::template TransformScalars<C> kernel;
+  };
+  const double no_scalar_state[rules::kMaxScalarSlots] = {};
+  ScalarContext ctx(no_scalar_state, DType::float64);
+  const Scalars scalars{R::template transform_scalars<C>(index, options, ctx)};
+  layout.kernel = kernels::active_table()
+                      .transforms[static_cast<std::size_t>(rules::id<R>)][std::is_same_v<C, double>];
+  // its own random bits: a step's (seed, step, param) keys are not reused
+  rounding.seed = mix64(rounding.seed ^ (0x7472616e73666f72ull + static_cast<unsigned>(index)));
+  const kernels::GradFactors<C> factors{C(1), C(1), false, false};
+  run_all(layout, std::vector<Scalars>(buffers.size(), scalars), &factors, buffers, rounding,
+          num_threads);
+}
+
+template <class R>
+void transform_call(const void* options_ptr, int index, const StreamTypes& types,
+                    std::span<const ParamBuffers> buffers, int num_threads) {
+  if constexpr (rules::transform_count<R>() == 0) {
+    (void)options_ptr, (void)types, (void)buffers, (void)num_threads;
+    throw std::invalid_argument(std::string(R::name) + " has no transform " +
+                                std::to_string(index));
+  } else {
+    const auto& options = *static_cast<const typename R::Options*>(options_ptr);
+    if (index < 0 || static_cast<std::size_t>(index) >= R::transforms.size)
+      throw std::invalid_argument(std::string(R::name) + " has no transform " +
+                                  std::to_string(index));
+    validate(options);
+    for (std::size_t i = 0; i < buffers.size(); ++i) {
+      const ParamBuffers& b = buffers[i];
+      if (b.size == 0) continue;
+      if (b.param == nullptr) throw std::invalid_argument(buffer_name(i) + ": param is null");
+      if (types.master && b.master == nullptr)
+        throw std::invalid_argument(buffer_name(i) + ": master is null");
+      for (int slot = 0; slot < rules::kMaxSlots; ++slot)
+        if (uses_slot<R>(options, slot) && b.state[slot] == nullptr)
+          throw std::invalid_argument(buffer_name(i) + ": state " + R::slots[slot].name +
+                                      " is null");
+    }
+    LayoutRun layout = layout_of<R>(options, types);
+    if (types.param == DType::float64)
+      apply_transform<R, double>(options, index, layout, types.rounding, buffers, num_threads);
+    else
+      apply_transform<R, float>(options, index, layout, types.rounding, buffers, num_threads);
+  }
 }
 
 // Every registered rule's entry points, by Rule id.
 struct RuleEntry {
   void (*call)(const void*, const StreamTypes&, std::span<const ParamBuffers>, int,
                const GradFactors&, bool);
+  void (*transform)(const void*, int, const StreamTypes&, std::span<const ParamBuffers>, int);
+  void (*advance)(void*);
   bool (*uses_slot)(const void*, int);
   const char* (*slot_name)(int);
 };
@@ -408,6 +487,11 @@ struct RuleEntry {
 template <class R>
 constexpr RuleEntry entry_of() {
   return {&call<R>,
+          &transform_call<R>,
+          [](void* o) {
+            auto& options = *static_cast<typename R::Options*>(o);
+            options = advanced<R>(options);
+          },
           [](const void* o, int slot) {
             return uses_slot<R>(*static_cast<const typename R::Options*>(o), slot);
           },
@@ -445,6 +529,12 @@ void detail::check_step(Rule rule, const void* options, const StreamTypes& types
                         std::span<const ParamBuffers> buffers, const GradFactors& factors) {
   entry(rule).call(options, types, buffers, 0, factors, false);
 }
+
+void detail::transform(Rule rule, const void* options, int index, const StreamTypes& types,
+                       std::span<const ParamBuffers> buffers, int num_threads) {
+  entry(rule).transform(options, index, types, buffers, num_threads);
+}
+void detail::advance(Rule rule, void* options) { entry(rule).advance(options); }
 
 bool supports(const StreamTypes& types) { return find_layout(types) >= 0; }
 

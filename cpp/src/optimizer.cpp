@@ -115,8 +115,7 @@ std::size_t Optimizer::add(std::span<T> param) {
   for (int k = 0; k < scalar_count(); ++k) entry.scalars[k] = static_cast<float>(scalar_initial(k));
   if (eager_state())  // torch.optim.Adagrad creates its state in the constructor
     for (int slot = 0; slot < 3; ++slot)
-      if (uses_slot(slot))
-        entry.slots[slot] = filled_buffer(storage.state, param.size(), initial_value(slot));
+      if (uses_slot(slot)) entry.slots[slot] = new_slot(storage.state, dtype, param.data(), nullptr, param.size(), slot);
   impl_->params.reserve(index + 1);
   impl_->ranges.reserve(impl_->ranges.size() + 1);
   impl_->params.push_back(std::move(entry));
@@ -228,9 +227,19 @@ double Optimizer::clip_grad_norm(std::span<const Grad> grads, double max_norm, d
   return total;
 }
 
+// A new state buffer for `slot`: the rule's initial value, or a copy of the param (through
+// its master copy when it has one: the value the rule steps).
+AlignedBuffer Optimizer::new_slot(DType state_dtype, DType dtype, const void* data,
+                                  const void* master, std::size_t size, int slot) const {
+  if (!slot_from_param(slot)) return filled_buffer(state_dtype, size, initial_value(slot));
+  if (master != nullptr) return param_copy(state_dtype, DType::float32, master, size);
+  return param_copy(state_dtype, dtype, data, size);
+}
+
 void Optimizer::step_checked(std::span<const Grad> grads) {
   auto& params = impl_->params;
   check_options();
+  if (const char* message = refused()) throw std::logic_error(message);
   check_grads(grads, "step()");
 
   for (std::size_t i = 0; i < params.size(); ++i)
@@ -266,7 +275,8 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
       if (p.slots[slot]) {
         b.state[slot] = p.slots[slot].get();
       } else if (uses_slot(slot)) {
-        fresh.push_back({i, slot, filled_buffer(p.state_dtype, p.size, initial_value(slot))});
+        fresh.push_back(
+            {i, slot, new_slot(p.state_dtype, p.dtype, p.data, p.master.get(), p.size, slot)});
         b.state[slot] = fresh.back().buffer.get();
         new_momentum = new_momentum || slot == 0;
       }
@@ -299,6 +309,7 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
   for (const Batch& batch : batches) check_run(batch.types, batch.buffers, factors);
   for (const Batch& batch : batches) run(batch.types, batch.buffers, num_threads_, factors);
   impl_->has_pending_clip = false;
+  advance_group();
 
   for (NewSlot& n : fresh) {
     if (n.slot == 3) params[n.index].master = std::move(n.buffer);
@@ -306,6 +317,53 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
   }
   for (std::size_t i = 0; i < params.size(); ++i)
     if (grads[i].present()) ++params[i].step;
+}
+
+// ---- transforms ------------------------------------------------------------------------------
+std::vector<std::string_view> Optimizer::transforms() const {
+  std::vector<std::string_view> names;
+  for (int k = 0; k < transform_count(); ++k) names.emplace_back(transform_name(k));
+  return names;
+}
+
+void Optimizer::transform(std::string_view name) {
+  int index = 0;
+  while (index < transform_count() && name != transform_name(index)) ++index;
+  if (index == transform_count())
+    throw std::invalid_argument(std::string(rule_name(rule_)) + " has no transform '" +
+                                std::string(name) + "'");
+  check_options();
+  if (!transform_pending(index)) return;
+  struct Batch {
+    StreamTypes types;
+    std::vector<ParamBuffers> buffers;
+  };
+  std::vector<Batch> batches;
+  const Rounding rounding{precision_.stochastic_rounding, precision_.seed};
+  for (std::size_t i = 0; i < impl_->params.size(); ++i) {
+    const Impl::Param& p = impl_->params[i];
+    ParamBuffers b;
+    b.param = p.data;
+    b.size = p.size;
+    b.id = i;
+    b.rounding_step = p.step + 1;
+    bool started = true;  // schedulefree transforms the params whose state exists
+    for (int slot = 0; slot < 3; ++slot) {
+      b.state[slot] = p.slots[slot].get();
+      started = started && (!uses_slot(slot) || p.slots[slot]);
+    }
+    if (!started || (p.has_master && !p.master)) continue;
+    b.master = p.master.get();
+    const StreamTypes types(p.dtype, p.dtype, p.state_dtype, p.has_master, rounding);
+    auto batch = std::find_if(batches.begin(), batches.end(), [&](const Batch& x) {
+      return x.types.param == types.param && x.types.state == types.state &&
+             x.types.master == types.master;
+    });
+    if (batch == batches.end()) batch = batches.insert(batches.end(), Batch{types, {}});
+    batch->buffers.push_back(b);
+  }
+  for (const Batch& batch : batches) run_transform(index, batch.types, batch.buffers, num_threads_);
+  set_transform_mode(index);
 }
 
 // ---- state views -----------------------------------------------------------------------------
@@ -340,7 +398,7 @@ void Optimizer::allocate_state(std::size_t index) {
   std::array<AlignedBuffer, 3> made;
   for (int slot = 0; slot < 3; ++slot)
     if (!p.slots[slot] && uses_slot(slot))
-      made[slot] = filled_buffer(p.state_dtype, p.size, initial_value(slot));
+      made[slot] = new_slot(p.state_dtype, p.dtype, p.data, p.master.get(), p.size, slot);
   AlignedBuffer master;
   if (p.has_master && !p.master) master = master_from(p.dtype, p.data, p.size);
   for (int slot = 0; slot < 3; ++slot)

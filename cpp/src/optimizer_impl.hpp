@@ -96,6 +96,35 @@ inline AlignedBuffer filled_buffer(DType dtype, std::size_t size, double value) 
 }
 
 // A float32 master copy of a 16-bit param: its values widened (exactly).
+// A state buffer of `dtype` holding the param's values (Schedule-Free's z starts as the param),
+// each converted as a store converts it (float32 to bfloat16: nearest-even).
+inline AlignedBuffer param_copy(DType dtype, DType param_dtype, const void* param,
+                                std::size_t size) {
+  AlignedBuffer buffer(size * dtype_size(dtype));
+  auto value = [&](std::size_t i) -> double {
+    switch (param_dtype) {
+      case DType::float32: return static_cast<const float*>(param)[i];
+      case DType::float64: return static_cast<const double*>(param)[i];
+      case DType::bfloat16: return to_float(static_cast<const bfloat16*>(param)[i]);
+      case DType::float16: return to_float(static_cast<const float16*>(param)[i]);
+    }
+    return 0.0;
+  };
+  for (std::size_t i = 0; i < size; ++i) {
+    switch (dtype) {
+      case DType::float32: static_cast<float*>(buffer.get())[i] = static_cast<float>(value(i)); break;
+      case DType::float64: static_cast<double*>(buffer.get())[i] = value(i); break;
+      case DType::bfloat16:
+        static_cast<bfloat16*>(buffer.get())[i] = to_bfloat16(static_cast<float>(value(i)));
+        break;
+      case DType::float16:
+        static_cast<float16*>(buffer.get())[i] = to_float16(static_cast<float>(value(i)));
+        break;
+    }
+  }
+  return buffer;
+}
+
 inline AlignedBuffer master_from(DType dtype, const void* param, std::size_t size) {
   AlignedBuffer buffer(size * sizeof(float));
   auto* out = static_cast<float*>(buffer.get());

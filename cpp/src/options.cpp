@@ -72,6 +72,8 @@ bool in_range(double v, rules::Range range) {
     case rules::Range::unit_closed: return v >= 0.0 && v <= 1.0;
     case rules::Range::unit_half_open: return v >= 0.0 && v < 1.0;
     case rules::Range::non_negative_or_none: return rules::is_none(v) || v >= 0.0;
+    case rules::Range::unit_open: return v > 0.0 && v < 1.0;
+    case rules::Range::whole: return v >= 0.0 && v == std::floor(v);
   }
   return false;
 }

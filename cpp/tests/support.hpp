@@ -172,6 +172,31 @@ inline std::vector<NamedOptions> option_grid() {
     o.eps = 1e-3, o.weight_decay = 0.1;
   });
 
+  // Schedule-Free in train mode, as train() leaves a fresh optimizer (a step in eval mode throws)
+  auto adamw_sf = [&](std::string name, auto&& set) {
+    AdamWScheduleFreeOptions o;
+    o.lr = 0.01;
+    o.train_mode = true;
+    set(o);
+    grid.push_back({"adamw_schedulefree_" + name, o});
+  };
+  adamw_sf("plain", [](AdamWScheduleFreeOptions&) {});
+  adamw_sf("warmup_r_wd", [](AdamWScheduleFreeOptions& o) {
+    o.warmup_steps = 3, o.r = 0.5, o.weight_lr_power = 1.0, o.weight_decay = 0.1, o.beta1 = 0.5,
+    o.beta2 = 0.9, o.eps = 1e-3;
+  });
+  auto sgd_sf = [&](std::string name, auto&& set) {
+    SGDScheduleFreeOptions o;
+    o.lr = 0.1;
+    o.train_mode = true;
+    set(o);
+    grid.push_back({"sgd_schedulefree_" + name, o});
+  };
+  sgd_sf("plain", [](SGDScheduleFreeOptions&) {});
+  sgd_sf("warmup_r_wd", [](SGDScheduleFreeOptions& o) {
+    o.warmup_steps = 3, o.r = 1.0, o.weight_lr_power = 0.0, o.weight_decay = 0.1, o.momentum = 0.5;
+  });
+
   return grid;
 }
 
@@ -189,12 +214,34 @@ inline std::string grid_name(const testing::TestParamInfo<NamedOptions>& info) {
   return info.param.name;
 }
 
+// The rule's transforms that set the mode its step needs (Schedule-Free's train(): its
+// optimizers start in eval mode, where a step throws).
+template <class R>
+void ready_to_step(RuleOptimizer<R>& opt) {
+  if constexpr (rules::transform_count<R>() > 0)
+    for (const auto& t : R::transforms)
+      if (t.to) opt.transform(t.name);
+}
+
 inline std::unique_ptr<Optimizer> make_optimizer(const AnyOptions& options) {
   return std::visit(
       [](const auto& o) -> std::unique_ptr<Optimizer> {
-        return std::make_unique<RuleOptimizer<typename std::decay_t<decltype(o)>::Rule>>(o);
+        using R = typename std::decay_t<decltype(o)>::Rule;
+        auto opt = std::make_unique<RuleOptimizer<R>>(o);
+        ready_to_step(*opt);
+        return opt;
       },
       options);
+}
+
+// An optimizer's options as they are now (its group state included: Schedule-Free's k, ...).
+inline AnyOptions current_options(const Optimizer& opt) {
+  AnyOptions out;
+  rules::for_each_rule([&](auto r) {
+    using R = decltype(r);
+    if (opt.rule() == rules::id<R>) out = static_cast<const RuleOptimizer<R>&>(opt).options();
+  });
+  return out;
 }
 
 inline double& lr_of(Optimizer& opt) {
@@ -560,6 +607,51 @@ void ref_step(const AdEMAMixOptions& o, RefParam<T>& p, const std::vector<T>& gr
   }
 }
 
+// Schedule-Free as schedulefree 1.4.1 steps it (foreach=False; rules/schedule_free.hpp): the
+// group's warm-up, lr_max and weights once per step, then per param the y and z updates.
+template <class O>
+void ref_advance(O& o) {
+  if constexpr (requires { o.weight_sum; }) {
+    const double lr = o.lr * (o.k < o.warmup_steps ? (o.k + 1) / o.warmup_steps : 1.0);
+    o.scheduled_lr = lr;
+    o.lr_max = std::max(lr, o.lr_max);
+    o.weight_sum += std::pow(o.k + 1, o.r) * std::pow(o.lr_max, o.weight_lr_power);
+    o.k += 1;
+  }
+}
+
+// After ref_advance: the y and z updates from g (the normalised grad, decay added).
+template <class O, class T>
+void ref_schedule_free(const O& o, double beta, RefParam<T>& p, std::size_t i, T g) {
+  const double weight = std::pow(o.k, o.r) * std::pow(o.lr_max, o.weight_lr_power);
+  const double c = o.weight_sum == 0.0 ? 0.0 : weight / o.weight_sum;
+  if (o.weight_decay != 0.0) g = std::fma(p.value[i], to<T>(o.weight_decay), g);
+  T& z = p.slots[0][i];
+  p.value[i] = std::fma(g, to<T>(o.scheduled_lr * (beta * (1.0 - c) - 1.0)),
+                        ref_lerp(p.value[i], z, to<T>(c)));
+  z = std::fma(g, to<T>(-o.scheduled_lr), z);
+}
+
+template <class T>
+void ref_step(const AdamWScheduleFreeOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  if (p.slots[0].empty()) p.slots[0] = p.value;  // z: a copy of the param
+  ref_ensure(p.slots[1], p.value.size());
+  for (std::size_t i = 0; i < p.value.size(); ++i) {
+    T& v = p.slots[1][i];
+    v = std::fma(to<T>(1.0 - o.beta2) * grad[i], grad[i], v * to<T>(o.beta2));
+    const T denom = ref_sqrt(v / to<T>(1.0 - std::pow(o.beta2, o.k))) + to<T>(o.eps);
+    ref_schedule_free(o, o.beta1, p, i, grad[i] / denom);
+  }
+  ++p.step;
+}
+
+template <class T>
+void ref_step(const SGDScheduleFreeOptions& o, RefParam<T>& p, const std::vector<T>& grad) {
+  if (p.slots[0].empty()) p.slots[0] = p.value;
+  for (std::size_t i = 0; i < p.value.size(); ++i) ref_schedule_free(o, o.momentum, p, i, grad[i]);
+  ++p.step;
+}
+
 // A reference optimizer over the same param list; std::nullopt grads skip a param.
 template <class T>
 struct RefOptimizer {
@@ -577,6 +669,7 @@ struct RefOptimizer {
     params.push_back(std::move(p));
   }
   void step(const std::vector<std::optional<std::vector<T>>>& grads) {
+    std::visit([](auto& o) { ref_advance(o); }, options);  // group state: once per step
     for (std::size_t i = 0; i < params.size(); ++i)
       if (grads[i]) std::visit([&](const auto& o) { ref_step(o, params[i], *grads[i]); }, options);
   }

@@ -158,15 +158,33 @@ std::vector<unsigned char> filled(DType dtype, std::size_t size, double value) {
   });
 }
 
+// A slot as the optimizer creates it: zero, or a copy of the param (Schedule-Free's z).
 template <class O>
-void mirror_step(const O& o, std::vector<Mirror>& ms, const Grads& g, const Precision& precision) {
+std::vector<unsigned char> new_slot(const Mirror& m, int slot) {
+  if (!O::Rule::slots[static_cast<std::size_t>(slot)].from_param) return filled(m.state, m.p.size, 0.0);
+  return with_type(m.state, [&](auto z) {
+    using S = decltype(z);
+    std::vector<unsigned char> b(m.p.size * sizeof(S));
+    auto out = typed<S>(b);
+    for (std::size_t i = 0; i < m.p.size; ++i) {
+      if constexpr (std::is_same_v<S, double>) out[i] = value_at(m.p.param, m.p.data, i);
+      else out[i] = narrow<S>(static_cast<float>(value_at(m.p.param, m.p.data, i)));
+    }
+    return b;
+  });
+}
+
+// One step of every mirror, each a driver call of its own; then the group state advances
+// (fastoptim::advance_group), once per step.
+template <class O>
+void mirror_step(O& o, std::vector<Mirror>& ms, const Grads& g, const Precision& precision) {
   for (std::size_t k = 0; k < ms.size(); ++k) {
     Mirror& m = ms[k];
     if (!g.views[k].present()) continue;
     bool fresh = false;
     for (int s = 0; s < 3; ++s) {
       if (m.allocated[s] || !uses_state_slot(o, s)) continue;
-      m.slots[s] = filled(m.state, m.p.size, 0.0);  // (Adagrad's sum exists from the start)
+      m.slots[s] = new_slot<O>(m, s);  // (Adagrad's sum exists from the start)
       m.allocated[s] = true;
       fresh = fresh || s == 0;
     }
@@ -190,6 +208,7 @@ void mirror_step(const O& o, std::vector<Mirror>& ms, const Grads& g, const Prec
                             Rounding{precision.stochastic_rounding, precision.seed});
     fastoptim::step(o, types, std::span(&b, 1), 1);
   }
+  advance_group(o);
 }
 
 // Everything the optimizer holds for param k equals the mirror.
@@ -246,10 +265,11 @@ TEST_P(MixedOptimizerGrid, EveryParamKindAndSettingIsItsLayoutsDriverStep) {
           for (std::size_t k = 0; k < params.size(); ++k)
             ASSERT_EQ(opt->state_dtype(k), mirrors[k].state);
           const int steps = steps_for(GetParam().options, 3);
+          auto group = o;  // the group state the mirrors step with
           for (int s = 0; s < steps; ++s) {
             const Grads g = grads_for(params, s, s == 1 ? 0b10010u : 0u);
             opt->step(g.views);
-            mirror_step(o, mirrors, g, precision);
+            mirror_step(group, mirrors, g, precision);
             for (std::size_t k = 0; k < params.size(); ++k)
               ASSERT_TRUE(same_as_mirror(*opt, k, mirrors[k], params[k]))
                   << "step " << s << ", param " << k << " (" << name_of(params[k].param) << ")";

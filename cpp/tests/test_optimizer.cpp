@@ -378,9 +378,10 @@ TEST(StateView, RestoringThroughViewsContinuesTheSameTrajectory) {
       const auto ga = random_vector<double>(21, 70 + s), gb = random_vector<double>(3, 80 + s);
       first->step({ga, s == 1 ? Grad{} : Grad(gb)});
     }
-    // A program's own checkpoint: copy params, step counts and buffers out, then into a new one.
+    // A program's own checkpoint: copy params, options (with the group state of Schedule-Free),
+    // step counts and buffers out, then into a new one.
     std::vector<double> a2 = a, b2 = b;
-    auto second = make_optimizer(named.options);
+    auto second = make_optimizer(current_options(*first));
     second->add_param(a2);
     second->add_param(b2);
     for (std::size_t k = 0; k < 2; ++k) {

@@ -1,7 +1,8 @@
-// What NAdam, RAdam and Adamax do besides the element math test_rules.cpp checks against the
-// reference: NAdam's mu_product (a float32 product, as torch keeps it; shown by the state view,
-// set through set_scalar_state), RAdam's branch chosen per param and per step, and Adamax's
-// NaN-propagating maximum, each the same at every SIMD level and thread count.
+// What NAdam, RAdam, Adamax and Schedule-Free do besides the element math test_rules.cpp checks
+// against the reference: NAdam's mu_product (a float32 product, as torch keeps it; shown by the
+// state view, set through set_scalar_state), RAdam's branch chosen per param and per step,
+// Adamax's NaN-propagating maximum, Schedule-Free's group state, refused step and train/eval
+// transforms, each the same at every SIMD level and thread count.
 #include <cmath>
 #include <limits>
 
@@ -340,6 +341,82 @@ void check_adamax_nan() {
 
 TEST(AdamaxNan, ExpInfIsNanIfEitherSideIsNanAtEveryLevelFloat32) { check_adamax_nan<float>(); }
 TEST(AdamaxNan, ExpInfIsNanIfEitherSideIsNanAtEveryLevelFloat64) { check_adamax_nan<double>(); }
+
+// ---- Schedule-Free: group state, the refused step, train() and eval() ---------------------
+
+// schedulefree's train() and eval(): p.lerp_(z, 1 - beta1) and p.lerp_(z, 1 - 1 / beta1).
+template <class T>
+std::vector<T> lerped(const std::vector<T>& p, const std::vector<T>& z, double weight) {
+  std::vector<T> out(p.size());
+  for (std::size_t i = 0; i < p.size(); ++i) out[i] = ref_lerp(p[i], z[i], to<T>(weight));
+  return out;
+}
+
+template <class T>
+void check_schedule_free_transforms() {
+  LevelGuard guard;
+  std::vector<T> first;
+  for (const std::string& level : available_simd_levels()) {
+    SCOPED_TRACE(level);
+    set_simd_level(level);
+    for (int threads : {1, 2}) {
+      std::vector<T> p = random_vector<T>(20011, 3);  // above the serial threshold
+      AdamWScheduleFree opt({.lr = 0.01, .weight_decay = 0.1, .warmup_steps = 2});
+      opt.set_num_threads(threads);
+      opt.add_param(p);
+      EXPECT_EQ(opt.transforms(), (std::vector<std::string_view>{"train", "eval"}));
+      const auto g = random_vector<T>(p.size(), 4);
+      try {  // schedulefree's exception, word for word, before anything changes
+        opt.step({g});
+        ADD_FAILURE() << "a step in eval mode went through";
+      } catch (const std::logic_error& e) {
+        EXPECT_STREQ(e.what(), rules::ScheduleFree::kEvalModeStep);
+      }
+      EXPECT_EQ(opt.options().k, 0.0);
+      opt.transform("train");  // no state yet: only the flag
+      EXPECT_TRUE(opt.options().train_mode);
+      for (int s = 0; s < 3; ++s) opt.step({g});
+      EXPECT_EQ(opt.options().k, 3.0);
+      EXPECT_EQ(opt.options().scheduled_lr, 0.01);
+      const ParamStateView view = opt.state(0);
+      const auto z = view.buffer<T>(0);
+      const std::vector<T> zs(z.begin(), z.end()), y = p;
+      opt.transform("eval");
+      EXPECT_FALSE(opt.options().train_mode);
+      EXPECT_TRUE(bit_equal(p, lerped(y, zs, 1.0 - 1.0 / 0.9)));
+      const std::vector<T> x = p;
+      opt.transform("eval");  // already there: nothing
+      EXPECT_TRUE(bit_equal(p, x));
+      opt.transform("train");
+      EXPECT_TRUE(bit_equal(p, lerped(x, zs, 1.0 - 0.9)));
+      EXPECT_INVALID(opt.transform("test"), "adamw_schedulefree has no transform 'test'");
+      if (first.empty()) first = p;
+      else EXPECT_TRUE(bit_equal(p, first));
+    }
+  }
+}
+
+TEST(ScheduleFree, TransformsAreTheReferencesLerpsAtEveryLevelFloat32) {
+  check_schedule_free_transforms<float>();
+}
+TEST(ScheduleFree, TransformsAreTheReferencesLerpsAtEveryLevelFloat64) {
+  check_schedule_free_transforms<double>();
+}
+
+// The group state advances once per step, also when no param has a grad (schedulefree's k).
+TEST(ScheduleFree, GroupStateAdvancesWithoutGrads) {
+  std::vector<float> p = random_vector<float>(9, 1);
+  SGDScheduleFree opt({.lr = 0.5, .warmup_steps = 4, .train_mode = true});
+  opt.add_param(p);
+  const std::vector<float> before = p;
+  opt.step({Grad{}});
+  opt.step({Grad{}});
+  EXPECT_TRUE(bit_equal(p, before));
+  EXPECT_EQ(opt.options().k, 2.0);
+  EXPECT_EQ(opt.options().scheduled_lr, 0.5 * 2 / 4);
+  EXPECT_EQ(opt.options().lr_max, 0.25);
+  EXPECT_EQ(opt.options().weight_sum, 0.125 * 0.125 + 0.25 * 0.25);
+}
 
 }  // namespace
 }  // namespace fastoptim::test

@@ -193,6 +193,10 @@ class Optimizer:
         """Update every param in place from ``grads`` (one per param, in param order; None
         skips a param). Validates everything first: on error nothing has changed. Concurrent
         calls from several threads are serialized."""
+        message = _core.step_refused(self.rule, self.param_groups[0]) \
+            if self._info["group_state"] else None
+        if message is not None:  # the reference's check and exception, word for word
+            raise Exception(message)  # noqa: TRY002
         with self._lock():
             self._step(grads)
 
@@ -246,6 +250,9 @@ class Optimizer:
                             state[slot] = _buffer_like(p, p, np.float32)
                         elif slot == "rounding_step":
                             state[slot] = np.array(0.0, dtype=np.float32)
+                        elif slot in self._info["param_copies"]:  # Schedule-Free's z
+                            _storage_name(p, name)
+                            state[slot] = _buffer_like(p, p, _numpy_dtype(state_dtype))
                         else:
                             state[slot] = self._new_buffer(
                                 p, name, self._initial_value(slot, group), state_dtype)
@@ -348,6 +355,52 @@ class Optimizer:
                 before * clip_coefficient(max_norm, norm, order, error_if_nonfinite),
                 {i: _buffer_key(g) for i, g in enumerate(grads) if g is not None})
         return float(norm)
+
+    # ---- transforms (Schedule-Free's train/eval) ----------------------------------------------
+    def _transform(self, index: int) -> None:
+        """The rule's element transform ``index`` of every param whose state exists, in every
+        group whose mode flag is not at the transform's target yet; the flags are then set.
+        One call into the core, which checks every batch before it runs any."""
+        with self._lock():
+            batches: dict[tuple, list[list[int]]] = {}
+            keep: list[np.ndarray] = []
+            param_index = 0
+            for group in self.param_groups:
+                slots = _core.state_slots(self.rule, group)
+                stochastic, seed = _precision.rounding(group)
+                for param in group["params"]:
+                    i, param_index = param_index, param_index + 1
+                    name = f"param {i}"
+                    state = self.state.get(i)
+                    if not state or any(s is not None and s not in state for s in slots):
+                        continue  # no state yet: nothing to move (schedulefree's `'z' in state`)
+                    p = _as_array(param, name)
+                    state_dtype, master = _precision.storage(_storage_name(p, name), group, name)
+                    row = [0] * 12
+                    arrays = [(0, p, p.dtype)]
+                    arrays += [(2 + k, state[s], _numpy_dtype(state_dtype))
+                               for k, s in enumerate(slots) if s is not None]
+                    if master:
+                        if "master_param" not in state:
+                            continue
+                        arrays.append((10, state["master_param"], np.dtype(np.float32)))
+                    for column, array, dtype in arrays:
+                        if not (isinstance(array, np.ndarray) and array.flags.c_contiguous
+                                and array.flags.writeable and array.dtype == dtype
+                                and array.shape == p.shape):
+                            raise ValueError(f"{name}: the transform needs the param and its "
+                                             f"state as writable C-contiguous arrays of its "
+                                             f"shape ({dtype} for column {column})")
+                        row[column] = array.ctypes.data
+                        keep.append(array)
+                    row[5], row[7] = p.size, i
+                    dtype = _storage_name(p, name)
+                    types = (dtype, dtype, state_dtype, master, stochastic, seed)
+                    batches.setdefault((id(group), types), []).append(row)
+            groups = {id(group): group for group in self.param_groups}
+            specs = [(groups[key], np.array(rows, dtype=np.int64), types)
+                     for (key, types), rows in batches.items()]
+            _core.transform_plans(self.rule, index, self.param_groups, specs, get_num_threads())
 
     @staticmethod
     def _new_buffer(p: np.ndarray, name: str, value: float, dtype: str) -> np.ndarray:
@@ -510,6 +563,18 @@ def _eager_state(self: Optimizer) -> None:
             self.state[i] = state
 
 
+def transform_method(index: int, name: str, mode: str, to: bool) -> Any:
+    """The method of a rule's transform (``opt.train()``) on either front's class."""
+
+    def method(self: Any) -> None:
+        self._transform(index)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = (f"The rule's {name} transform of every param that has state, in each "
+                      f"group whose '{mode}' is not {to} yet; sets it to {to}.")
+    return method
+
+
 def _rule_class(info: dict[str, Any]) -> type:
     """The array-front class of one rule, with torch's constructor signature (names, order,
     defaults, keyword-only arguments) from the core's description of the rule."""
@@ -536,7 +601,10 @@ def _rule_class(info: dict[str, Any]) -> type:
 
     __init__.__signature__ = signature  # type: ignore[attr-defined]
     name = info["torch_name"]
+    transforms = {transform: transform_method(index, transform, mode, to)
+                  for index, (transform, mode, to) in enumerate(info["transforms"])}
     return type(name, (Optimizer,), {
+        **transforms,
         "__init__": __init__,
         "__module__": "fastoptim",
         "__qualname__": name,

@@ -162,6 +162,57 @@ struct GroupOptions {
     });
   }
 
+  // A step in this group state raises (Schedule-Free in eval mode): the message, or nullptr.
+  const char* refused() const {
+    return visit([](const auto& o) -> const char* {
+      using R = typename std::remove_cvref_t<decltype(o)>::Rule;
+      if constexpr (requires { R::refused(o); }) return R::refused(o);
+      return nullptr;
+    });
+  }
+  // The group state after this step (fastoptim::advance_group), written into the group dict
+  // as the reference keeps it (a count as an int).
+  void advance_into(py::dict group) {
+    std::visit([&](auto& o) { fastoptim::advance_group(o); }, options);
+    write_group_state(group);
+  }
+  void write_group_state(py::dict group) const {
+    visit([&](const auto& o) {
+      using R = typename std::remove_cvref_t<decltype(o)>::Rule;
+      for (const auto& f : R::fields) {
+        if (!f.group_state) continue;
+        if (f.flag != nullptr) group[f.key] = py::bool_(o.*f.flag);
+        else if (f.integer) group[f.key] = py::int_(static_cast<long long>(o.*f.number));
+        else group[f.key] = py::float_(o.*f.number);
+      }
+    });
+  }
+  // Transform `index`: whether the group's mode flag is not at its target yet; setting it.
+  bool transform_pending(int index) const {
+    return visit([&](const auto& o) {
+      using R = typename std::remove_cvref_t<decltype(o)>::Rule;
+      if constexpr (fastoptim::rules::transform_count<R>() > 0) {
+        const auto& t = R::transforms[static_cast<std::size_t>(index)];
+        return o.*t.mode != t.to;
+      }
+      return false;
+    });
+  }
+  void finish_transform(int index, py::dict group) {
+    std::visit([&](auto& o) {
+      using R = typename std::remove_cvref_t<decltype(o)>::Rule;
+      if constexpr (fastoptim::rules::transform_count<R>() > 0) {
+        const auto& t = R::transforms[static_cast<std::size_t>(index)];
+        o.*t.mode = t.to;
+      }
+    }, options);
+    write_group_state(group);
+  }
+  void transform(int index, const StreamTypes& types, std::span<const ParamBuffers> buffers,
+                 int threads) const {
+    visit([&](const auto& o) { fastoptim::transform(o, index, types, buffers, threads); });
+  }
+
   // Everything the driver checks (pointers, step counts, per-step scalars), nothing written.
   void check(const StreamTypes& types, std::span<const ParamBuffers> buffers,
              const fastoptim::GradFactors& factors) const {
@@ -186,6 +237,7 @@ py::dict describe(R) {
       if (std::string(f.key) != key) continue;
       if (f.flag != nullptr) return py::bool_(defaults.*f.flag);
       if (f.optional && fastoptim::rules::is_none(defaults.*f.number)) return py::none();
+      if (f.integer) return py::int_(static_cast<long long>(defaults.*f.number));
       if (f.index < 0) return py::float_(defaults.*f.number);
       pair.append(py::float_(defaults.*f.number));
     }
@@ -197,9 +249,11 @@ py::dict describe(R) {
   bool keyword_only = false;
   for (const auto& a : R::args) {
     keyword_only = keyword_only || a.keyword_only;
-    py::object value = a.ignored == fastoptim::rules::Ignored::none     ? py::object(py::none())
-                       : a.ignored == fastoptim::rules::Ignored::false_ ? py::object(py::bool_(false))
-                                                                        : default_of(a.name);
+    using fastoptim::rules::Ignored;
+    py::object value = a.ignored == Ignored::none     ? py::object(py::none())
+                       : a.ignored == Ignored::false_ ? py::object(py::bool_(false))
+                       : a.ignored == Ignored::true_  ? py::object(py::bool_(true))
+                                                      : default_of(a.name);
     args.append(py::make_tuple(a.name, value, keyword_only,
                                a.ignored != fastoptim::rules::Ignored::no));
   }
@@ -211,8 +265,19 @@ py::dict describe(R) {
         if (f.number == slot.initial_from) initial = py::str(f.key);
     slots.append(py::make_tuple(slot.name, initial));
   }
+  py::list param_copies;  // slots that start as a copy of the param
+  for (const auto& slot : R::slots)
+    if (slot.from_param) param_copies.append(slot.name);
   py::list scalars;
   for (const auto& s : R::scalar_slots) scalars.append(py::make_tuple(s.name, s.initial));
+  py::list group_state;  // param-group keys the step (or a transform) writes
+  for (const auto& f : R::fields)
+    if (f.group_state) group_state.append(f.key);
+  py::list transforms;  // (name, the group's mode key, its value after the transform)
+  if constexpr (fastoptim::rules::transform_count<R>() > 0)
+    for (const auto& t : R::transforms)
+      for (const auto& f : R::fields)
+        if (f.flag == t.mode) transforms.append(py::make_tuple(t.name, f.key, t.to));
   py::dict option_defaults;  // every option key, as a param group holds it
   for (const auto& f : R::fields) option_defaults[f.key] = default_of(f.key);
   py::dict d;
@@ -224,6 +289,9 @@ py::dict describe(R) {
   d["defaults"] = option_defaults;
   d["slots"] = slots;
   d["scalar_slots"] = scalars;
+  d["param_copies"] = param_copies;
+  d["group_state"] = group_state;
+  d["transforms"] = transforms;
   d["has_step"] = R::has_step;
   d["eager_state"] = R::eager_state;
   d["complex_as_real"] = fastoptim::rules::complex_as_real<R>();
@@ -622,6 +690,9 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
     return range_names[static_cast<std::size_t>(r.param)];
   });
   check_then_run(batches, num_threads, {inv_scale, clip_coef});
+  std::size_t g = 0;
+  for (py::handle group_handle : groups)
+    options[g++]->advance_into(py::reinterpret_borrow<py::tuple>(group_handle)[0].cast<py::dict>());
 }
 
 // ---- the torch front's cached plan -----------------------------------------------------------
@@ -729,8 +800,10 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
 
 // batches: list of (group dict, table, types); written: check_plan_memory's ranges of the same
 // tables (the grads are the only pointers that change between plan rebuilds).
+// groups: every param group, for a rule with group state (rules/rule.hpp: advance), each
+// advanced once after the step ran, whether or not it had batches.
 void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer written_obj,
-                int num_threads, double inv_scale, double clip_coef) {
+                int num_threads, double inv_scale, double clip_coef, py::list groups) {
   const fastoptim::GradFactors factors{inv_scale, clip_coef};
   const std::size_t rule = rule_index(rule_name);
   const py::buffer_info written_info = written_obj.request();
@@ -799,7 +872,12 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
     }
     batches.push_back(std::move(batch));
   }
+  std::vector<std::unique_ptr<GroupOptions>> group_options;  // parsed before anything runs
+  for (py::handle group : groups)
+    group_options.push_back(std::make_unique<GroupOptions>(rule, group.cast<py::dict>()));
   check_then_run(batches, num_threads, factors);
+  std::size_t g = 0;
+  for (py::handle group : groups) group_options[g++]->advance_into(group.cast<py::dict>());
   for (const PlanTable& table : tables)
     for (std::size_t i = 0; i < table.count; ++i) {
       const std::int64_t* r = table.rows + kColumns * i;
@@ -809,6 +887,58 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
       if (r[9] & kRoundingF64) *reinterpret_cast<double*>(r[11]) += 1.0;
       else *reinterpret_cast<float*>(r[11]) += 1.0f;
     }
+}
+
+// A rule's transform `index` (Schedule-Free's train/eval) over every group whose mode flag is
+// not at the transform's target yet, then the flags set. groups: every param group; batches:
+// (group, table, types) with plan-table rows (param, state slots, element count, param index,
+// master: columns 0, 2-4, 5, 7, 10; the grad column unused) of the params whose state exists.
+// Every batch is checked before any runs.
+void transform_plans(const std::string& rule_name, int index, py::list groups,
+                     py::list batch_specs, int num_threads) {
+  const std::size_t rule = rule_index(rule_name);
+  std::vector<std::unique_ptr<GroupOptions>> options;
+  std::vector<py::handle> group_handles;
+  for (py::handle group : groups) {
+    options.push_back(std::make_unique<GroupOptions>(rule, group.cast<py::dict>()));
+    group_handles.push_back(group);
+  }
+  std::size_t count = 0;
+  with_rule(rule, [&](auto r) { count = fastoptim::rules::transform_count<decltype(r)>(); });
+  if (index < 0 || static_cast<std::size_t>(index) >= count)
+    raise_value(rule_name + " has no transform " + std::to_string(index));
+  std::vector<py::buffer_info> infos(py::len(batch_specs));
+  std::vector<Batch> batches;
+  std::size_t t = 0;
+  for (py::handle item : batch_specs) {
+    py::tuple spec = py::reinterpret_borrow<py::tuple>(item);
+    const auto at = std::find_if(group_handles.begin(), group_handles.end(),
+                                 [&](py::handle g) { return g.is(spec[0]); });
+    if (at == group_handles.end()) raise_value("internal: a batch of no listed group");
+    const GroupOptions& opts = *options[static_cast<std::size_t>(at - group_handles.begin())];
+    if (!opts.transform_pending(index)) continue;
+    const PlanTable table =
+        plan_table(spec[1].cast<py::buffer>(), spec[2].cast<py::tuple>(), infos[t++]);
+    Batch batch{&opts, table.types, std::vector<ParamBuffers>(table.count)};
+    for (std::size_t i = 0; i < table.count; ++i) {
+      const std::int64_t* r = table.rows + kColumns * i;
+      ParamBuffers& b = batch.buffers[i];
+      b.param = reinterpret_cast<void*>(r[0]);
+      for (int s = 0; s < 3; ++s) b.state[s] = reinterpret_cast<void*>(r[2 + s]);
+      b.size = static_cast<std::size_t>(r[5]);
+      b.id = static_cast<std::uint64_t>(r[7]);
+      b.master = reinterpret_cast<void*>(r[10]);
+    }
+    batches.push_back(std::move(batch));
+  }
+  {
+    py::gil_scoped_release release;
+    for (const Batch& batch : batches)
+      batch.options->transform(index, batch.types, batch.buffers, num_threads);
+  }
+  for (std::size_t g = 0; g < options.size(); ++g)
+    if (options[g]->transform_pending(index))
+      options[g]->finish_transform(index, group_handles[g].cast<py::dict>());
 }
 
 // The grads of plan tables (column 1, sizes in column 5): (total norm, any non-finite).
@@ -882,7 +1012,16 @@ PYBIND11_MODULE(_core, m) {
         py::arg("total_norm"));
   m.def("step_plans", &step_plans, py::arg("rule"), py::arg("batches"), py::arg("written"),
         py::arg("num_threads"), py::arg("inv_scale") = 1.0,
-        py::arg("clip_coef") = 1.0);
+        py::arg("clip_coef") = 1.0, py::arg("groups") = py::list());
+  m.def("transform_plans", &transform_plans, py::arg("rule"), py::arg("index"),
+        py::arg("groups"), py::arg("batches"), py::arg("num_threads"));
+  m.def(
+      "step_refused",
+      [](const std::string& rule, py::dict group) -> py::object {
+        const char* message = GroupOptions(rule_index(rule), group).refused();
+        return message ? py::object(py::str(message)) : py::object(py::none());
+      },
+      py::arg("rule"), py::arg("group"));
   m.def(
       "check_types",
       [](const std::string& where, const py::tuple& types) {

@@ -46,6 +46,7 @@ DEMO_OPTIONS: dict[str, dict[str, Any]] = {
     "adadelta": {"lr": 1.0},
     "rmsprop": {"lr": 1e-3},
     "adamw": {"lr": 3e-3, "weight_decay": 1e-2},
+    "sgd_schedulefree": {"lr": 0.5},
 }
 
 
@@ -174,7 +175,7 @@ def train_arrays(
     """``param_dtype`` (a NumPy / ml_dtypes dtype): params and grads stored in it, the model
     computed in the task's dtype from them."""
     params = [a.astype(param_dtype) if param_dtype else a.copy() for a in task.init]
-    opt = getattr(fastoptim, cls_name)(params, **options)
+    opt = _registry.ready_to_train(getattr(fastoptim, cls_name)(params, **options))
     run = Run(name)
     for batch in task.batches:
         wide = [p.astype(task.x.dtype) for p in params] if param_dtype else params
@@ -206,6 +207,8 @@ def train_torch(
         params = [p.to(param_dtype) for p in params]
     params = [p.requires_grad_() for p in params]
     opt = make_optimizer(params)
+    if hasattr(opt, "_info"):  # fastoptim.torch's (torch.optim's have no transforms)
+        _registry.ready_to_train(opt)
     run = Run(name)
     for batch in task.batches:
         index = torch.from_numpy(batch)

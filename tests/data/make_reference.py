@@ -65,7 +65,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: references.py
 import references  # noqa: E402
 
+from fastoptim import _registry  # noqa: E402
+
 OUT = Path(__file__).with_name("reference_trajectories.json")
+# the registry's rule name of each class name
+RULE_NAMES = {info["torch_name"]: name for name, info in _registry.RULES.items()}
 STEPS = 10
 SHAPES = ([5], [2, 3])
 SKIP = {(3, 1)}  # (step, param): grad None
@@ -115,6 +119,14 @@ CONFIGS: list[tuple[str, str, dict]] = [
     # both warm-ups end within the 10 steps (alpha at step 5, beta3 at step 8)
     ("AdEMAMix", "warmups_betas", dict(lr=0.01, betas=(0.5, 0.9, 0.99), alpha=2.0, t_alpha=5,
                                        t_beta3=8, eps=1e-3, weight_decay=0.1)),
+    # Schedule-Free: train() before the first step; warm-up across the lr change at step 6
+    ("AdamWScheduleFree", "plain", dict(lr=0.01)),
+    ("AdamWScheduleFree", "warmup_r_wd", dict(lr=0.02, betas=(0.8, 0.99), eps=1e-6,
+                                              weight_decay=0.05, warmup_steps=8, r=0.5,
+                                              weight_lr_power=1.0)),
+    ("SGDScheduleFree", "plain", dict(lr=0.1)),
+    ("SGDScheduleFree", "warmup_r_wd", dict(lr=0.2, momentum=0.5, weight_decay=0.05,
+                                            warmup_steps=8, r=1.0, weight_lr_power=0.0)),
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -134,6 +146,8 @@ def make_case(index: int, optimizer: str, label: str, options: dict, dtype_name:
     initial = [flat(p) for p in params]
     if hasattr(references, optimizer):  # a rule torch lacks
         opt = getattr(references, optimizer)(params, **options)
+        if hasattr(opt, "train"):  # Schedule-Free starts in eval mode, where a step raises
+            opt.train()
     else:
         opt = getattr(torch.optim, optimizer)(params, foreach=False, **options)
     base_lr = opt.param_groups[0]["lr"]
@@ -170,7 +184,7 @@ def make_case(index: int, optimizer: str, label: str, options: dict, dtype_name:
     return {
         "name": f"{optimizer.lower()}_{label}_{dtype_name}",
         "optimizer": optimizer,
-        "rule": optimizer.lower(),
+        "rule": RULE_NAMES[optimizer],
         "dtype": dtype_name,
         "options": json_options,
         "shapes": [list(s) for s in SHAPES],

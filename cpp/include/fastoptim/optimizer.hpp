@@ -43,6 +43,10 @@
 
 namespace fastoptim {
 
+namespace detail {
+class AlignedBuffer;
+}
+
 // The rule's name as its description gives it: "sgd", "adagrad", ..., "adamax".
 std::string_view rule_name(Rule rule);
 
@@ -222,6 +226,15 @@ class Optimizer {
                           error_if_nonfinite);
   }
 
+  // A named element transform of the rule (its description's `transforms`; Schedule-Free's
+  // "train" and "eval", as schedulefree's optimizer.train() and .eval()): when the options'
+  // mode flag is not the transform's target, every param that has its state is transformed
+  // in place (through its master copy if it has one) and the flag is set; else nothing
+  // happens. std::invalid_argument for a name the rule does not have (nothing changed).
+  void transform(std::string_view name);
+  // The rule's transform names, in its description's order (empty for most rules).
+  std::vector<std::string_view> transforms() const;
+
   // Threads for this optimizer's steps; 0 (the default) means fastoptim::get_num_threads().
   void set_num_threads(int num_threads);
   int num_threads() const { return num_threads_; }
@@ -296,6 +309,18 @@ class Optimizer {
   virtual void check_options() const = 0;                        // validate(options)
   virtual bool uses_slot(int slot) const = 0;                    // with the current options
   virtual double initial_value(int /*slot*/) const { return 0.0; }
+  virtual bool slot_from_param(int /*slot*/) const { return false; }  // a copy of the param
+  // Group state (fastoptim::advance_group): the step's refusal (a message, or nullptr), and
+  // the advance once the step went through.
+  virtual const char* refused() const { return nullptr; }
+  virtual void advance_group() {}
+  // The rule's transforms: count, name, whether the mode flag is not at its target yet (and
+  // setting it), the element math over a batch.
+  virtual int transform_count() const { return 0; }
+  virtual const char* transform_name(int) const { return ""; }
+  virtual bool transform_pending(int) const { return false; }
+  virtual void set_transform_mode(int) {}
+  virtual void run_transform(int, const StreamTypes&, std::span<const ParamBuffers>, int) const {}
   virtual bool eager_state() const { return false; }             // Adagrad: state at add_param
   virtual void run(const StreamTypes& types, std::span<const ParamBuffers> buffers, int threads,
                    const GradFactors& factors) const = 0;
@@ -319,6 +344,9 @@ class Optimizer {
   template <class T>
   std::size_t add(std::span<T> param);
   void step_checked(std::span<const Grad> grads);
+  // A new state buffer for `slot` of a param (its storage, data and master copy)
+  detail::AlignedBuffer new_slot(DType state_dtype, DType dtype, const void* data,
+                                 const void* master, std::size_t size, int slot) const;
   void check_grads(std::span<const Grad> grads, const char* caller) const;
 
   Rule rule_;
@@ -356,6 +384,38 @@ class RuleOptimizer final : public Optimizer {
     if (slot < 0 || static_cast<std::size_t>(slot) >= R::slots.size) return 0.0;
     const auto& s = R::slots[static_cast<std::size_t>(slot)];
     return s.initial_from == nullptr ? 0.0 : options_.*s.initial_from;
+  }
+  bool slot_from_param(int slot) const override {
+    return slot >= 0 && static_cast<std::size_t>(slot) < R::slots.size &&
+           R::slots[static_cast<std::size_t>(slot)].from_param;
+  }
+  const char* refused() const override {
+    if constexpr (requires { R::refused(options_); }) return R::refused(options_);
+    return nullptr;
+  }
+  void advance_group() override { fastoptim::advance_group(options_); }
+  int transform_count() const override { return static_cast<int>(rules::transform_count<R>()); }
+  const char* transform_name(int index) const override {
+    if constexpr (rules::transform_count<R>() > 0)
+      return R::transforms[static_cast<std::size_t>(index)].name;
+    return "";
+  }
+  bool transform_pending(int index) const override {
+    if constexpr (rules::transform_count<R>() > 0) {
+      const auto& t = R::transforms[static_cast<std::size_t>(index)];
+      return options_.*t.mode != t.to;
+    }
+    return false;
+  }
+  void set_transform_mode(int index) override {
+    if constexpr (rules::transform_count<R>() > 0) {
+      const auto& t = R::transforms[static_cast<std::size_t>(index)];
+      options_.*t.mode = t.to;
+    }
+  }
+  void run_transform(int index, const StreamTypes& types, std::span<const ParamBuffers> buffers,
+                     int threads) const override {
+    fastoptim::transform(options_, index, types, buffers, threads);
   }
   bool eager_state() const override { return R::eager_state; }
   void run(const StreamTypes& types, std::span<const ParamBuffers> buffers, int threads,

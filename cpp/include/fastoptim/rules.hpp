@@ -14,6 +14,7 @@
 #include "fastoptim/rules/radam.hpp"
 #include "fastoptim/rules/rmsprop.hpp"
 #include "fastoptim/rules/rule.hpp"
+#include "fastoptim/rules/schedule_free.hpp"
 #include "fastoptim/rules/sgd.hpp"
 
 namespace fastoptim {
@@ -31,6 +32,8 @@ enum class Rule : uint8_t {
   adamax = 8,
   lion = 9,
   ademamix = 10,
+  adamw_schedulefree = 11,
+  sgd_schedulefree = 12,
 };
 
 namespace rules {
@@ -40,7 +43,7 @@ struct RuleList {
   static constexpr size_t size = sizeof...(R);
 };
 using All = RuleList<Sgd, Adagrad, Adadelta, Rmsprop, Adam, AdamW, Nadam, Radam, Adamax, Lion,
-                      AdEMAMix>;
+                      AdEMAMix, AdamWScheduleFree, SGDScheduleFree>;
 
 // Calls f(R{}) for each rule description R of the list.
 template <class F, class... R>

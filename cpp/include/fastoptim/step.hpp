@@ -148,6 +148,9 @@ void step(Rule rule, const void* options, const StreamTypes& types,
           std::span<const ParamBuffers> buffers, int num_threads, const GradFactors& grad_factors);
 void check_step(Rule rule, const void* options, const StreamTypes& types,
                 std::span<const ParamBuffers> buffers, const GradFactors& grad_factors);
+void transform(Rule rule, const void* options, int index, const StreamTypes& types,
+               std::span<const ParamBuffers> buffers, int num_threads);
+void advance(Rule rule, void* options);
 }  // namespace detail
 
 template <class Options>
@@ -180,6 +183,29 @@ template <class Options>
 void check_step(const Options& options, const StreamTypes& types,
                 std::span<const ParamBuffers> buffers, const GradFactors& grad_factors = {}) {
   detail::check_step(rules::id<typename Options::Rule>, &options, types, buffers, grad_factors);
+}
+
+// Group state (rules/rule.hpp: a rule's `state_*` fields and `advance`, Schedule-Free's k,
+// weight_sum, lr_max, scheduled_lr): step() and check_step() take the options with the group
+// state as it was before the step, and compute the step's scalars from a copy advanced by one
+// step; advance_group() advances the caller's copy, once per group and step (whether or not
+// any of its params had a grad), after the step went through. No-op for a rule without group
+// state.
+template <class Options>
+void advance_group(Options& options) {
+  detail::advance(rules::id<typename Options::Rule>, &options);
+}
+
+// A rule's element transform `index` (its description's `transforms`: Schedule-Free's 0 =
+// train, 1 = eval) over every buffer: the param (and its master copy) and the state slots the
+// options use; grads, step counts and scalar state are not read. Validates first, as step()
+// does. Setting the group's mode flag is the caller's (the transform's `mode` and `to`), as is
+// skipping a transform whose flag is already at its target.
+template <class Options>
+void transform(const Options& options, int index, const StreamTypes& types,
+               std::span<const ParamBuffers> buffers, int num_threads = 0) {
+  detail::transform(rules::id<typename Options::Rule>, &options, index, types, buffers,
+                    num_threads);
 }
 
 // SIMD level in use ("scalar", "sse2", "avx2", "avx512", "neon"), the levels this CPU and build

@@ -430,13 +430,34 @@ void norm_lanes(const void* grad, size_t n, double* lanes) {
   for (size_t r = 0; r < kRegs; ++r) D::store(lanes + r * D::kLanes, acc[r]);
 }
 
+// A rule's element transform as run<> takes a rule: its scalars and its element math.
+template <class R>
+struct TransformOf {
+  template <class C>
+  using Scalars = typename R::template TransformScalars<C>;
+  template <class V, class Io, class C>
+  static FASTOPTIM_INLINE void update(const Scalars<C>& s, const Io& io) {
+    R::template transform<V>(s, io);
+  }
+};
+
+template <class R>
+constexpr void add_transforms(Kernel (&into)[2]) {
+  if constexpr (rules::transform_count<R>() > 0) {
+    into[0] = &run<TransformOf<R>, float>;
+    into[1] = &run<TransformOf<R>, double>;
+  }
+}
+
 // The table: every rule of the registry, per compute type.
 template <class... R>
 constexpr KernelTable make_table(rules::RuleList<R...>) {
   KernelTable table{};
   table.level = FASTOPTIM_ISA_NAME;
   size_t i = 0;
-  ((table.kernels[i][0] = &run<R, float>, table.kernels[i][1] = &run<R, double>, ++i), ...);
+  ((table.kernels[i][0] = &run<R, float>, table.kernels[i][1] = &run<R, double>,
+    add_transforms<R>(table.transforms[i]), ++i),
+   ...);
   table.norms[0][0] = &norm_lanes<false, float>;
   table.norms[0][1] = &norm_lanes<false, double>;
   table.norms[1][0] = &norm_lanes<true, float>;

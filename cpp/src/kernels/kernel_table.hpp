@@ -49,9 +49,12 @@ using NormKernel = void (*)(const void* grad, size_t n, double* lanes);
 
 inline constexpr size_t kRuleCount = rules::All::size;
 
+// A rule's element transform (rules/rule.hpp: Schedule-Free's train/eval) takes the kernel's
+// arguments, `scalars` pointing to its TransformScalars<C> and the grad unused.
 struct KernelTable {
   const char* level;
-  Kernel kernels[kRuleCount][2];  // [rule][0 = float32, 1 = float64]
+  Kernel kernels[kRuleCount][2];     // [rule][0 = float32, 1 = float64]
+  Kernel transforms[kRuleCount][2];  // null for a rule without transforms
   NormKernel norms[2][2];         // [0 = sum |g|, 1 = sum g * g][0 = float32, 1 = float64]
 };
 

@@ -142,10 +142,10 @@ def build_contender(
         import fastoptim
 
         cls = getattr(fastoptim, RULES[rule][0])
-        probe = cls([np.zeros(1, buffers.dtype)], **options)
+        probe = _registry.ready_to_train(cls([np.zeros(1, buffers.dtype)], **options))
         probe.step([np.zeros(1, buffers.dtype)])
         started = _started_entries(probe.state[0], slots)
-        opt = cls(buffers.param_arrays, **options)
+        opt = _registry.ready_to_train(cls(buffers.param_arrays, **options))
         for i in range(len(buffers.param_arrays)):
             st = _copied(started)
             for k, slot in enumerate(slots):
@@ -160,9 +160,13 @@ def build_contender(
     zero = torch.zeros(1, dtype=buffers.params[0].dtype, requires_grad=True)
     zero.grad = torch.zeros_like(zero)
     probe = cls([zero], **flags, **options)
+    if kind == "fastoptim.torch":
+        _registry.ready_to_train(probe)
     probe.step()
     started = _started_entries(probe.state[zero], slots)
     opt = cls(buffers.params, **flags, **options)
+    if kind == "fastoptim.torch":
+        _registry.ready_to_train(opt)
     for i, p in enumerate(buffers.params):
         st = _copied(started)
         for k, slot in enumerate(slots):

@@ -65,7 +65,7 @@ def rule_options(rule: str, variants: Sequence[str]) -> tuple[str, dict[str, Any
 
 class StatePlan(NamedTuple):
     slots: list[str]  # the tensor state slots these options use, in the core's order
-    init: list[float]  # the value each slot's shared buffer is filled with
+    init: list[float | None]  # the value each slot's buffer is filled with; None: the param's
     group: dict[str, Any]  # the full param group (defaults filled in)
 
 
@@ -73,14 +73,16 @@ def state_plan(rule: str, options: dict[str, Any]) -> StatePlan:
     """The state a rule needs with these options. Slot names are the core's; each slot starts
     from what fastoptim's own optimizer holds after one step on a zero param with a zero grad
     (Adagrad: its initial_accumulator_value; Adamax: eps; zero elsewhere), so that no rule's
-    initial state is written down here. ValueError/TypeError for options the rule rejects."""
+    initial state is written down here; a slot that starts as a copy of the param (Schedule-Free's
+    z) is None. ValueError/TypeError for options the rule rejects."""
     import fastoptim
 
-    probe = getattr(fastoptim, RULES[rule][0])([np.zeros(1)], **options)
+    probe = _registry.ready_to_train(getattr(fastoptim, RULES[rule][0])([np.zeros(1)], **options))
     probe.step([np.zeros(1)])
     group = probe.param_groups[0]
     slots = [s for s in _core.state_slots(probe.rule, group) if s is not None]
-    init = [float(np.asarray(probe.state[0][s]).reshape(-1)[0]) for s in slots]
+    init = [None if s in probe._info["param_copies"] else
+            float(np.asarray(probe.state[0][s]).reshape(-1)[0]) for s in slots]
     return StatePlan(slots, init, group)
 
 
@@ -203,8 +205,9 @@ class Buffers:
         self.states: list[list[Any]] = []  # slot k -> one buffer per param (tensors or arrays)
         self.state_arrays: list[list[np.ndarray]] = []
 
-    def state_buffers(self, count: int, fill: Sequence[float]) -> None:
-        """Make sure ``count`` state buffers per param exist, filled with ``fill[k]``."""
+    def state_buffers(self, count: int, fill: Sequence[float | None]) -> None:
+        """Make sure ``count`` state buffers per param exist, filled with ``fill[k]`` (None: a
+        copy of the param)."""
         while len(self.states) < count:
             if self.torch is not None:
                 bufs = [self.torch.empty_like(p, requires_grad=False) for p in self.params]
@@ -215,8 +218,11 @@ class Buffers:
             self.states.append(bufs)
             self.state_arrays.append(arrays)
         for k in range(count):
-            for a in self.state_arrays[k]:
-                a.fill(fill[k])
+            for a, p in zip(self.state_arrays[k], self.param_arrays):
+                if fill[k] is None:
+                    a[...] = p
+                else:
+                    a.fill(fill[k])
 
     def stream_dtypes(self, state_count: int) -> list[str]:
         """Storage type of each stream a step moves: param, grad, then ``state_count`` slots."""

@@ -47,7 +47,7 @@ except ImportError:  # torch built without distributed
     _DTensor = ()
 
 from .. import _checkpoint, _core, _precision
-from .._arrays import RULES, clip_arguments, clip_coefficient, initial_value
+from .._arrays import RULES, clip_arguments, clip_coefficient, initial_value, transform_method
 from .._checkpoint import scalar_value, step_count
 from .._runtime import get_num_threads
 
@@ -644,8 +644,10 @@ class _FusedStep:
             for k, slot in enumerate(slots):
                 if slot is None:
                     continue
+                fill = pm if slot in self._info["param_copies"] else \
+                    self._initial_value(slot, group)
                 buf, made = self._state_buffer(state, added, slot, p, layout, buffer_dtype,
-                                               self._initial_value(slot, group), where)
+                                               fill, where)
                 new_buffer |= made
                 row[2 + k] = plan.watch(_memory(buf), f"{where}: state '{slot}'")
             if master:
@@ -818,6 +820,11 @@ class _FusedStep:
             closure (Callable, optional): A closure that reevaluates the model
                 and returns the loss.
         """
+        if self._info["group_state"]:
+            # the reference's check, before the closure runs: its exception, word for word
+            message = _core.step_refused(self._rule, self.param_groups[0])
+            if message is not None:
+                raise Exception(message)  # noqa: TRY002 - schedulefree's type
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -976,9 +983,11 @@ class _FusedStep:
         for _, _, plan in ready:
             for staged, param in plan.staged_params:
                 staged.copy_(param)
-        if specs:
+        # a rule with group state advances every group once per step, stepped params or not
+        groups = self.param_groups if self._info["group_state"] else []
+        if specs or groups:
             _core.step_plans(self._rule, specs, written, get_num_threads(),
-                             inv_scale=inv_scale, clip_coef=clip_coef)
+                             inv_scale=inv_scale, clip_coef=clip_coef, groups=groups)
         self.__dict__["_fastoptim_written"] = written
         for index, _, plan in ready:
             for staged, param in plan.staged_params:
@@ -1006,6 +1015,86 @@ class _FusedStep:
         for _, _, plan in ready:
             plan.changes = _changes[0]
             plan.forget_grads()
+
+    # ---- transforms (Schedule-Free's train/eval) ----------------------------------------------
+    @torch.no_grad()
+    def _transform(self, index: int) -> None:
+        """The rule's element transform ``index`` (its description's ``transforms``) of every
+        param whose state exists, in every group whose mode flag is not at the transform's
+        target yet; the flags are then set. One call into the core, which checks every batch
+        before it runs any."""
+        with self._lock():
+            batches: dict[tuple, list[list[int]]] = {}
+            keep: list[torch.Tensor] = []
+            staged: list[tuple[torch.Tensor, torch.Tensor]] = []  # (copy, param)
+            direct: list[torch.Tensor] = []
+            first = 0
+            for group in self.param_groups:
+                slots = _core.state_slots(self._rule, group)
+                settings = _settings(group)
+                stochastic, seed = _precision.rounding(settings)
+                for offset, p in enumerate(group["params"]):
+                    where = f"param {first + offset}"
+                    state = self.state.get(p)
+                    if not state or any(s is not None and s not in state for s in slots):
+                        continue  # no state yet: nothing to move (schedulefree's `'z' in state`)
+                    storage = _param_storage(p, settings, where)
+                    if storage is None:
+                        raise TypeError(f"{where}: params of {p.dtype} cannot be transformed")
+                    dtype, state_dtype, master = storage
+                    pm = _memory(p)
+                    _check_memory(pm, where)
+                    _check_state_memory(state, where)
+                    buffers = [state[s] if s is not None else None for s in slots]
+                    if master:
+                        buffers.append(state.get("master_param"))
+                        if buffers[-1] is None:
+                            continue
+                    want = [_torch_dtype(p, state_dtype)] * len(slots) + [torch.float32]
+                    row = [0] * 12
+                    # param, master and state in one memory order: the param's own when every
+                    # buffer shares its dense layout, else contiguous copies
+                    together = _dense(pm) and all(
+                        b is None or (_memory(b).stride() == pm.stride() and
+                                      _memory(b).shape == pm.shape)
+                        for b in buffers)
+                    if together:
+                        row[0] = _data_ptr(pm)
+                        direct.append(p)
+                    else:
+                        copy_ = pm.detach().contiguous()
+                        staged.append((copy_, pm))
+                        row[0] = _data_ptr(copy_)
+                    for k, b in enumerate(buffers):
+                        if b is None:
+                            continue
+                        bm = _memory(b)
+                        if bm.dtype != want[k] or bm.shape != pm.shape:
+                            raise TypeError(f"{where}: state buffer {k} is {bm.dtype} "
+                                            f"{tuple(bm.shape)}; the transform needs "
+                                            f"{want[k]} {tuple(pm.shape)}")
+                        if not together:
+                            copy_ = bm.contiguous()
+                            if k == len(slots):  # the master copy is written
+                                staged.append((copy_, bm))
+                            bm = copy_
+                        keep.append(bm)
+                        row[10 if k == len(slots) else 2 + k] = _data_ptr(bm)
+                    row[5] = pm.numel() * (2 if pm.is_complex() else 1)
+                    row[7] = first + offset
+                    types = (dtype, dtype, state_dtype, master, stochastic, seed)
+                    _check_types(types, where)
+                    batches.setdefault((id(group), types), []).append(row)
+                first += len(group["params"])
+            groups = {id(group): group for group in self.param_groups}
+            specs = [(groups[key], np.array(rows, dtype=np.int64), types)
+                     for (key, types), rows in batches.items()]
+            _core.transform_plans(self._rule, index, self.param_groups, specs,
+                                  get_num_threads())
+            for copy_, target in staged:
+                target.copy_(copy_)
+            if direct:
+                torch.autograd.graph.increment_version(direct)
 
     # ---- clipping ----------------------------------------------------------------------------
     # clip_grad_norm_ does not rewrite the grads: it leaves a pending record (the unscale and
@@ -1380,12 +1469,13 @@ def _reference_base(info: dict[str, Any]) -> type:
         *(inspect.Parameter(arg, kinds[keyword_only],
                             default=tuple(default) if isinstance(default, list) else default)
           for arg, default, keyword_only, _ in info["args"])])
-    options = [arg for arg, _, _, ignored in info["args"] if not ignored]
-
     def __init__(self: Any, params: Any, *args: Any, **kwargs: Any) -> None:
         bound = signature.bind(params, *args, **kwargs)
         bound.apply_defaults()
-        defaults = {key: bound.arguments[key] for key in options}
+        # every argument is a group key, as the reference keeps them (its foreach too), and so
+        # is the rule's group state (Schedule-Free's k, train_mode, ...)
+        defaults = {key: info["defaults"][key] for key in info["group_state"]}
+        defaults.update((arg, bound.arguments[arg]) for arg, _, _, _ in info["args"])
         _core.state_slots(info["name"], dict(defaults))  # ValueError: the reference's wording
         torch.optim.Optimizer.__init__(self, params, defaults)
 
@@ -1421,9 +1511,12 @@ def _fused_class(info: dict[str, Any]) -> type:
         *signature.parameters.values(),
         *(inspect.Parameter(key, kind, default=value)
           for key, value in _precision.OPTIONS.items())])
-    return type(name, (_FusedStep, base),
-                {"__module__": __name__, "__qualname__": name, "_rule": info["name"],
-                 "_info": info, "__signature__": signature})
+    namespace = {"__module__": __name__, "__qualname__": name, "_rule": info["name"],
+                 "_info": info, "__signature__": signature}
+    for index, (transform, mode, to) in enumerate(info["transforms"]):
+        namespace[transform] = transform_method(index, transform, mode, to)
+    return type(name, (_FusedStep, base), namespace)
+
 
 
 CLASSES = {info["torch_name"]: _fused_class(info) for info in RULES.values()}

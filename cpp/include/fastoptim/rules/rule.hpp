@@ -7,10 +7,13 @@
 //                     keep (tests/references.py)
 //   Options           its hyperparameters (the reference's names and defaults), `using Rule = <rule>`
 //   fields            every option as torch's param groups key it, in the checkpoint's order
-//                     (optional_number: None or a number, kNone in Options)
+//                     (optional_number: None or a number, kNone in Options);
+//                     group state (Schedule-Free's step count k, weight_sum, train_mode) is a
+//                     field too, marked `state_*`: kept per group, written by the step, not
+//                     a constructor argument
 //   checks            the range checks, in the order (and wording) torch.optim checks them
 //   slots             per-element state buffers: torch's state key, when the options use it,
-//                     its initial value
+//                     its initial value (an option's, zero, or a copy of the param)
 //   scalar_slots      per-param scalar state (NAdam's mu_product): name, initial value
 //   args              torch's constructor signature after `params` (the Python fronts' names,
 //                     order and keyword-only marker; options not in `fields` are accepted and
@@ -27,6 +30,16 @@
 //                     ctx.pow, ctx.sqrt, ctx.log, ctx.exp: the C library's, as Python's math)
 //   update<V>(s, io)  the element math, once, against a compute vector V: io loads and stores
 //                     each stream in its own storage type
+// and optionally (Schedule-Free's):
+//   advance(o, ctx)   the group's once-per-step update of its group state, in double, before
+//                     the per-step scalars are computed from it (run once per group and step,
+//                     whether or not its params have grads)
+//   refused(o)        the message of the exception a step raises in this group state (a
+//                     Schedule-Free step in eval mode), or nullptr
+//   transforms        named element transforms of the param and its state run outside the step
+//                     (train, eval): each runs when the group's mode flag is not its target
+//                     yet and sets it; TransformScalars<C>, transform_scalars<C>(index, o,
+//                     ctx) and transform<V>(s, io) are their scalars and element math, once
 // Everything else (kernel tables, validation, the binding's option parsing, the slot names
 // Python uses, the checkpoint's field list, the C++ optimizer class) is derived from it.
 //
@@ -57,7 +70,9 @@ struct Field {
   int index;          // -1: the value itself
   double O::*number;  // exactly one of number and flag
   bool O::*flag;
-  bool optional = false;  // a number or None (kNone)
+  bool group_state = false;  // written by the step or a transform; no constructor argument
+  bool integer = false;      // a count: a param group holds it as an int
+  bool optional = false;     // a number or None (kNone)
 };
 template <class O>
 constexpr Field<O> number(const char* key, double O::*member, int index = -1) {
@@ -65,18 +80,36 @@ constexpr Field<O> number(const char* key, double O::*member, int index = -1) {
 }
 template <class O>
 constexpr Field<O> optional_number(const char* key, double O::*member) {
-  return {key, -1, member, nullptr, true};
+  return {key, -1, member, nullptr, false, false, true};
 }
 template <class O>
 constexpr Field<O> flag(const char* key, bool O::*member) {
   return {key, -1, nullptr, member};
+}
+template <class O>
+constexpr Field<O> count(const char* key, double O::*member) {  // a whole number, an int
+  return {key, -1, member, nullptr, false, true};
+}
+template <class O>
+constexpr Field<O> state_number(const char* key, double O::*member) {
+  return {key, -1, member, nullptr, true, false};
+}
+template <class O>
+constexpr Field<O> state_count(const char* key, double O::*member) {
+  return {key, -1, member, nullptr, true, true};
+}
+template <class O>
+constexpr Field<O> state_flag(const char* key, bool O::*member) {
+  return {key, -1, nullptr, member, true, false};
 }
 
 // A range check with torch's wording: "<what>: <value>".
 enum class Range : uint8_t {
   non_negative,   // 0 <= x
   unit_closed,    // 0 <= x <= 1
-  unit_half_open,  // 0 <= x < 1
+  unit_half_open,       // 0 <= x < 1
+  unit_open,            // 0 < x < 1
+  whole,                // 0 <= x, a whole number (a count)
   non_negative_or_none  // 0 <= x, or None (an optional_number field)
 };
 template <class O>
@@ -91,12 +124,22 @@ constexpr Check<O> check(double O::*member, Range range, const char* what) {
 }
 
 // A per-element state buffer: torch's state key, the options that use it (null: always), and
-// the option holding its initial value (null: zero).
+// the option holding its initial value (null: zero), or a copy of the param (Schedule-Free's z).
 template <class O>
 struct Slot {
   const char* name;
   bool (*used)(const O&) = nullptr;
   double O::*initial_from = nullptr;
+  bool from_param = false;
+};
+
+// A named element transform (Schedule-Free's train, eval): runs over every param that has its
+// state when the group's `mode` flag is not `to`, then sets it to `to`.
+template <class O>
+struct Transform {
+  const char* name;
+  bool O::*mode;
+  bool to;
 };
 
 // A per-param scalar state, kept in the step counter's type (torch: a 0-d float32 tensor).
@@ -108,7 +151,7 @@ struct ScalarSlot {
 // One argument of torch's constructor after `params`. An option field is named by its key
 // (its default is the Options default); the others are accepted and ignored, with the
 // default `ignored` (None or False) as torch has it.
-enum class Ignored : uint8_t { no, none, false_ };
+enum class Ignored : uint8_t { no, none, false_, true_ };
 struct Arg {
   const char* name;
   bool keyword_only = false;
@@ -120,6 +163,9 @@ constexpr Arg ignored_none(const char* name, bool keyword_only) {
 }
 constexpr Arg ignored_false(const char* name, bool keyword_only) {
   return {name, keyword_only, Ignored::false_};
+}
+constexpr Arg ignored_true(const char* name, bool keyword_only) {
+  return {name, keyword_only, Ignored::true_};
 }
 
 // What the per-step scalars are computed from, besides the options.
@@ -149,6 +195,12 @@ FASTOPTIM_INLINE V lerp(V start, V end, const Lerp<C>& l) {
   const V diff = end - start;
   if (l.from_start) return fma(V::set1(l.weight), diff, start);
   return fma(V::set1(l.weight_minus_one), diff, end);
+}
+
+template <class R>
+constexpr size_t transform_count() {
+  if constexpr (requires { R::transforms; }) return R::transforms.size;
+  return 0;
 }
 
 template <class R>
