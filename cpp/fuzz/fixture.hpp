@@ -119,11 +119,17 @@ inline std::unique_ptr<Optimizer> make_optimizer(Rule rule, bool rich) {
           rich ? AdamaxOptions{.lr = 0.01, .beta1 = 0.5, .weight_decay = 0.1, .maximize = true}
                : AdamaxOptions{});
   }
-  // A rule added to the registry without a case above: its defaults, both variants.
+  // A rule added to the registry without a case above: its defaults, both variants, in its
+  // training mode (the transforms that set it: Schedule-Free starts in eval mode, where a
+  // step is refused).
   std::unique_ptr<Optimizer> fallback;
   rules::for_each_rule([&](auto r) {
     using R = decltype(r);
-    if (rule == rules::id<R>) fallback = std::make_unique<RuleOptimizer<R>>();
+    if (rule != rules::id<R>) return;
+    fallback = std::make_unique<RuleOptimizer<R>>();
+    if constexpr (requires { R::transforms; })
+      for (const auto& t : R::transforms)
+        if (t.to) fallback->transform(t.name);
   });
   return fallback;
 }
