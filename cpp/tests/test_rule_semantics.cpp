@@ -370,7 +370,7 @@ void check_schedule_free_transforms() {
         opt.step({g});
         ADD_FAILURE() << "a step in eval mode went through";
       } catch (const std::logic_error& e) {
-        EXPECT_STREQ(e.what(), rules::ScheduleFree::kEvalModeStep);
+        EXPECT_STREQ(e.what(), rules::kScheduleFreeEvalModeStep);
       }
       EXPECT_EQ(opt.options().k, 0.0);
       opt.transform("train");  // no state yet: only the flag

@@ -19,17 +19,23 @@
 
 namespace fastoptim::rules {
 
-// What both rules share: the group state, its once-per-step advance, the step refused in eval
-// mode, and train()/eval(). `beta1` is AdamW's betas[0] and SGD's momentum.
+// schedulefree's Exception for a step in eval mode, word for word
+inline constexpr char kScheduleFreeEvalModeStep[] =
+    "Optimizer was not in train mode when step is called. Please insert .train() and "
+    ".eval() calls on the optimizer. See documentation for details.";
+inline constexpr char kBeta1Key[] = "beta1";
+inline constexpr char kMomentumKey[] = "momentum";
+
+// What both rules share, their base as AdamFamily is Adam's: the group state's once-per-step
+// advance, the step refused in eval mode, and train()/eval(). `kBeta` is AdamW's betas[0] and
+// SGD's momentum; the Options stay aggregates of their own, outside the rule.
+template <class O, double O::*kBeta, const char* kBetaKey>
 struct ScheduleFree {
-  // schedulefree's Exception, word for word
-  static constexpr const char* kEvalModeStep =
-      "Optimizer was not in train mode when step is called. Please insert .train() and "
-      ".eval() calls on the optimizer. See documentation for details.";
+  using Options = O;
 
   // schedulefree's group update, in Python floats: the warm-up, the largest lr so far, the
   // weight of this step in the average (ckp1 = weight / weight_sum).
-  template <class O, class Ctx>
+  template <class Ctx>
   static void advance(O& o, const Ctx& ctx) {
     const double sched = o.k < o.warmup_steps ? (o.k + 1.0) / o.warmup_steps : 1.0;
     const double lr = o.lr * sched;
@@ -39,28 +45,24 @@ struct ScheduleFree {
     o.k = o.k + 1.0;
   }
   // (k + 1) ** r * lr_max ** weight_lr_power, k + 1 the step's count
-  template <class O, class Ctx>
+  template <class Ctx>
   static double weight(double count, const O& o, const Ctx& ctx) {
     return ctx.pow(count, o.r) * ctx.pow(o.lr_max, o.weight_lr_power);
   }
   // After advance(): this step's weight in the average; 0 where schedulefree's division by a
   // zero weight_sum raises ZeroDivisionError and it takes 0.
-  template <class O, class Ctx>
+  template <class Ctx>
   static double ckp1(const O& o, Ctx& ctx) {
     const double w = weight(o.k, o, ctx);
     return o.weight_sum == 0.0 ? 0.0 : w / o.weight_sum;
   }
 
-  template <class O>
   static constexpr const char* refused(const O& o) {
-    return o.train_mode ? nullptr : kEvalModeStep;
+    return o.train_mode ? nullptr : kScheduleFreeEvalModeStep;
   }
 
-  template <class O>
-  static constexpr auto transforms() {
-    return list<Transform<O>>(Transform<O>{"train", &O::train_mode, true},
-                              Transform<O>{"eval", &O::train_mode, false});
-  }
+  static constexpr auto transforms = list<Transform<O>>(
+      Transform<O>{"train", &O::train_mode, true}, Transform<O>{"eval", &O::train_mode, false});
   template <class C>
   struct TransformScalars {
     Lerp<C> to_z;
@@ -68,10 +70,10 @@ struct ScheduleFree {
   // train(): p.lerp_(z, 1 - beta1), the param from x to y; eval(): p.lerp_(z, 1 - 1 / beta1),
   // from y back to x
   template <class C, class Ctx>
-  static TransformScalars<C> transform_scalars(int index, const char* key, double beta1,
-                                               Ctx& ctx) {
-    const double w = index == 0 ? 1.0 - beta1 : 1.0 - 1.0 / beta1;
-    return {make_lerp<C>(ctx.template narrow<C>(w, {{key, beta1}},
+  static TransformScalars<C> transform_scalars(int index, const O& o, Ctx& ctx) {
+    const double beta = o.*kBeta;
+    const double w = index == 0 ? 1.0 - beta : 1.0 - 1.0 / beta;
+    return {make_lerp<C>(ctx.template narrow<C>(w, {{kBetaKey, beta}},
                                                 index == 0 ? "1 - beta" : "1 - 1 / beta"))};
   }
   template <class V, class Io, class C>
@@ -80,24 +82,27 @@ struct ScheduleFree {
   }
 };
 
-struct AdamWScheduleFree {
-  struct Options {
-    using Rule = AdamWScheduleFree;
-    double lr = 0.0025;
-    double beta1 = 0.9;
-    double beta2 = 0.999;
-    double eps = 1e-8;
-    double weight_decay = 0.0;
-    double warmup_steps = 0.0;
-    double r = 0.0;
-    double weight_lr_power = 2.0;
-    // group state
-    double k = 0.0;
-    bool train_mode = false;
-    double weight_sum = 0.0;
-    double lr_max = -1.0;
-    double scheduled_lr = 0.0;
-  };
+struct AdamWScheduleFree;
+struct AdamWScheduleFreeOptions {
+  using Rule = AdamWScheduleFree;
+  double lr = 0.0025;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+  double warmup_steps = 0.0;
+  double r = 0.0;
+  double weight_lr_power = 2.0;
+  // group state
+  double k = 0.0;
+  bool train_mode = false;
+  double weight_sum = 0.0;
+  double lr_max = -1.0;
+  double scheduled_lr = 0.0;
+};
+
+struct AdamWScheduleFree
+    : ScheduleFree<AdamWScheduleFreeOptions, &AdamWScheduleFreeOptions::beta1, kBeta1Key> {
   using O = Options;
   static constexpr const char* name = "adamw_schedulefree";
   static constexpr const char* torch_name = "AdamWScheduleFree";
@@ -131,23 +136,6 @@ struct AdamWScheduleFree {
   // elementwise on the real view
   static constexpr bool complex_as_real = false;
   static constexpr bool eager_state = false;
-
-  template <class Ctx>
-  static void advance(O& o, const Ctx& ctx) {
-    ScheduleFree::advance(o, ctx);
-  }
-  static constexpr const char* refused(const O& o) { return ScheduleFree::refused(o); }
-  static constexpr auto transforms = ScheduleFree::transforms<O>();
-  template <class C>
-  using TransformScalars = ScheduleFree::TransformScalars<C>;
-  template <class C, class Ctx>
-  static TransformScalars<C> transform_scalars(int index, const O& o, Ctx& ctx) {
-    return ScheduleFree::transform_scalars<C>(index, "beta1", o.beta1, ctx);
-  }
-  template <class V, class Io, class C>
-  static FASTOPTIM_INLINE void transform(const TransformScalars<C>& s, const Io& io) {
-    ScheduleFree::transform<V>(s, io);
-  }
 
   template <class C>
   struct Scalars {
@@ -191,22 +179,25 @@ struct AdamWScheduleFree {
   }
 };
 
-struct SGDScheduleFree {
-  struct Options {
-    using Rule = SGDScheduleFree;
-    double lr = 1.0;
-    double momentum = 0.9;
-    double weight_decay = 0.0;
-    double warmup_steps = 0.0;
-    double r = 0.0;
-    double weight_lr_power = 2.0;
-    // group state
-    double k = 0.0;
-    bool train_mode = false;
-    double weight_sum = 0.0;
-    double lr_max = -1.0;
-    double scheduled_lr = 0.0;
-  };
+struct SGDScheduleFree;
+struct SGDScheduleFreeOptions {
+  using Rule = SGDScheduleFree;
+  double lr = 1.0;
+  double momentum = 0.9;
+  double weight_decay = 0.0;
+  double warmup_steps = 0.0;
+  double r = 0.0;
+  double weight_lr_power = 2.0;
+  // group state
+  double k = 0.0;
+  bool train_mode = false;
+  double weight_sum = 0.0;
+  double lr_max = -1.0;
+  double scheduled_lr = 0.0;
+};
+
+struct SGDScheduleFree
+    : ScheduleFree<SGDScheduleFreeOptions, &SGDScheduleFreeOptions::momentum, kMomentumKey> {
   using O = Options;
   static constexpr const char* name = "sgd_schedulefree";
   static constexpr const char* torch_name = "SGDScheduleFree";
@@ -233,23 +224,6 @@ struct SGDScheduleFree {
                 Arg{"weight_lr_power"}, ignored_true("foreach", false));
   static constexpr bool has_step = false;  // the step count is the group's k
   static constexpr bool eager_state = false;
-
-  template <class Ctx>
-  static void advance(O& o, const Ctx& ctx) {
-    ScheduleFree::advance(o, ctx);
-  }
-  static constexpr const char* refused(const O& o) { return ScheduleFree::refused(o); }
-  static constexpr auto transforms = ScheduleFree::transforms<O>();
-  template <class C>
-  using TransformScalars = ScheduleFree::TransformScalars<C>;
-  template <class C, class Ctx>
-  static TransformScalars<C> transform_scalars(int index, const O& o, Ctx& ctx) {
-    return ScheduleFree::transform_scalars<C>(index, "momentum", o.momentum, ctx);
-  }
-  template <class V, class Io, class C>
-  static FASTOPTIM_INLINE void transform(const TransformScalars<C>& s, const Io& io) {
-    ScheduleFree::transform<V>(s, io);
-  }
 
   template <class C>
   struct Scalars {
