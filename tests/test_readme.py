@@ -124,7 +124,15 @@ def test_cpp_blocks_are_whole_programs() -> None:
     assert "README C++ blocks" in (ROOT / ".ci/cpp.sh").read_text()
 
 
-@pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
+def _block_param(block: Block):
+    # A distributed block starts a gloo group (8-10 s with torch): the default run leaves it to
+    # -m exhaustive (CI), next to tests/test_distributed.py, which checks the same setups'
+    # results against torch.optim by default.
+    distributed = "init_process_group" in block.code
+    return pytest.param(block, id=block.id, marks=pytest.mark.exhaustive if distributed else ())
+
+
+@pytest.mark.parametrize("block", [_block_param(b) for b in RUNNABLE])
 def test_python_block_runs_as_written(block: Block, tmp_path: Path) -> None:
     """In a fresh interpreter, in an empty directory. The distributed blocks say to start them
     with torchrun: they get torchrun's environment for one process (a gloo group of one)."""
