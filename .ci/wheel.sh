@@ -4,11 +4,13 @@
 #      only on the per-level kernel sources;
 #   2. `auditwheel show` must report a manylinux policy and `auditwheel repair` must succeed;
 #      the repaired extension may hold AVX code only in the AVX2/AVX-512 kernel namespaces;
-#   3. install the repaired wheel into a fresh venv (torch==2.13.0 first, then the wheel with
-#      its [test] extra) and run, from outside the source tree, the tests of what the repair
-#      changes: the vendored libgomp beside torch's (threads, fork, torchrun), the SIMD levels,
-#      the roofline module, the package's import paths (.ci/run has run the whole suite against
-#      this same wheel before its repair);
+#   3. install the repaired wheel into a fresh venv that sees the interpreter's packages
+#      (torch==2.13.0 and the test requirements, installed there already or else first, as the
+#      README's command does; a second copy of torch took 85 s of CI) and run, from outside the
+#      source tree, the tests of what the repair changes: the vendored libgomp beside torch's
+#      (threads, fork, torchrun), the roofline module's threads, the package's import paths
+#      (.ci/run has run the whole suite against this same wheel before its repair; the
+#      level-by-level arithmetic grids, which the repair cannot change, are left out);
 #   4. run the same wheel's exactness check (tests/qemu_check.py) under qemu-x86_64 with a CPU
 #      model without AVX (Westmere: sse2) and one with AVX2 but no AVX-512 (Haswell: avx2),
 #      and the benchmark's roofline loop, whose level (the product's) must match the model.
@@ -141,10 +143,11 @@ sys.exit(1 if stray or not wide_functions else 0)
 EOF
 
 # ---- 3. fresh venv, test suite against the installed wheel --------------------------------------
-say "fresh venv: torch==2.13.0, then the wheel with its [test] extra"
-"$PYTHON" -m venv "$WORK/venv"
+say "fresh venv over the interpreter's packages: torch==2.13.0, then the wheel with its [test] extra"
+"$PYTHON" -m venv --system-site-packages "$WORK/venv"
 VPY="$WORK/venv/bin/python"
 pip_q "$VPY" install torch==2.13.0
+pip_q "$VPY" install --force-reinstall --no-deps "$REPAIRED"
 pip_q "$VPY" install "${REPAIRED}[test]"
 mkdir -p "$WORK/run"
 cd "$WORK/run"  # outside the source tree: `import fastoptim` can only find the wheel
@@ -160,7 +163,8 @@ say "the tests of what the repair changes, against the installed wheel"
 "$VPY" -m pytest -q -p no:cacheprovider -n auto \
   "$ROOT/tests/test_openmp_coexistence.py" "$ROOT/tests/test_distributed.py" \
   "$ROOT/tests/test_simd_threads.py" "$ROOT/tests/test_info.py" "$ROOT/tests/test_roofline.py" \
-  "$ROOT/tests/test_namespace.py"
+  "$ROOT/tests/test_namespace.py" \
+  -k "not test_levels_bit_identical and not test_every_stream_gets_x_plus_grad"
 
 # ---- 4. qemu-x86_64 at lower CPU models ---------------------------------------------------------
 if [[ "$(uname -m)" != x86_64 ]]; then
