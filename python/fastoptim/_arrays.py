@@ -533,7 +533,7 @@ def _check_precision(group: dict[str, Any]) -> None:
     """The group's mixed-precision settings, checked; state_dtype kept as its name."""
     _precision.check_group(group)
     if group["state_dtype"] is not None:
-        group["state_dtype"] = _precision.dtype_name(group["state_dtype"])
+        group["state_dtype"] = _precision.state_name(group["state_dtype"])
 
 
 def _eager_state(self: Optimizer) -> None:

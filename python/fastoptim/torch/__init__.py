@@ -20,10 +20,12 @@ import sys as _sys
 import torch.optim as _torch_optim
 
 from ._optimizers import CLASSES as _CLASSES
+from ._optimizers import EIGHT_BIT as _EIGHT_BIT
 
 # torch.optim's public names: its own objects, except the fused classes.
 globals().update({name: getattr(_torch_optim, name) for name in _torch_optim.__all__})
 globals().update(_CLASSES)
+globals().update(_EIGHT_BIT)  # AdamW8bit, Adam8bit: AdamW and Adam with int8 state
 RMSProp = _CLASSES["RMSprop"]
 
 # `import fastoptim.torch.lr_scheduler` and `from fastoptim.torch.swa_utils import AveragedModel`
@@ -35,7 +37,7 @@ optimizer = _sys.modules["torch.optim.optimizer"]  # `from torch.optim.optimizer
 # The classes fastoptim fuses; every other name is torch's own.
 FUSED = tuple(_CLASSES)
 
-__all__ = sorted({*_torch_optim.__all__, *_CLASSES, "RMSProp", "FUSED"})
+__all__ = sorted({*_torch_optim.__all__, *_CLASSES, *_EIGHT_BIT, "RMSProp", "FUSED"})
 
 
 def __dir__() -> list[str]:
