@@ -32,6 +32,7 @@ import inspect
 import sys
 import threading
 from collections import defaultdict
+from collections.abc import Mapping
 from itertools import chain
 from operator import attrgetter, is_
 from typing import Any
@@ -1428,6 +1429,7 @@ class _FusedStep:
         checkpoint's master_weights, state_dtype and stochastic_rounding are this optimizer's
         (its seed is loaded; a checkpoint without these keys, torch.optim's, loads with this
         optimizer's settings). Anything else raises before anything changes."""
+        state_dict = self._from_torchao(state_dict)
         loaded = _checkpoint.parse(state_dict, self._info,
                                    [len(g["params"]) for g in self.param_groups])
         params = [p for group in self.param_groups for p in group["params"]]
@@ -1498,6 +1500,12 @@ class _FusedStep:
                             f"keeps the param's state in {storage[1] if storage else None} "
                             f"(state_dtype={settings['state_dtype']}, min_8bit_size="
                             f"{settings['min_8bit_size']}, {param.numel()} elements)")
+                    if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                            value.shape == param.shape and not param.is_complex():
+                        # float state (torchao keeps a tensor whose size is not a multiple
+                        # of its block in float32): quantized by the next step
+                        keep_dtype.append((key, param, name))
+                        continue
                     if not _is_codes(value) or value.shape != param.shape:
                         raise ValueError(
                             f"{where}: loaded state '{name}' must be uint8 codes shaped like the "
@@ -1575,6 +1583,49 @@ class _FusedStep:
             for group, settings in zip(self.param_groups, loaded_settings):
                 group.update(settings)  # the seed loaded, the others this optimizer's
             self._invalidate_plans()
+
+    def _from_torchao(self, state_dict: Any) -> Any:
+        """A torchao AdamW8bit/Adam8bit checkpoint in this front's layout: each 8-bit state
+        tensor (torchao's OptimState8bit: codes, scale, qmap, signed) as codes and
+        '<slot>_scales', its map checked against this rule's for the slot; torchao's tensor lr
+        as a number; the keys torchao's groups lack (maximize, ...) this optimizer's.
+        Anything else is returned as it is."""
+        states = state_dict.get("state") if isinstance(state_dict, Mapping) else None
+        if not isinstance(states, Mapping) or not any(
+                hasattr(v, "qmap") and hasattr(v, "codes")
+                for s in states.values() if isinstance(s, Mapping) for v in s.values()):
+            return state_dict
+        out = dict(state_dict)
+        out["state"] = {}
+        for key, state in states.items():
+            entry = dict(state)
+            for name, value in state.items():
+                if not (hasattr(value, "qmap") and hasattr(value, "codes")):
+                    continue
+                signed = name not in self._info["non_negative"]
+                if bool(value.signed) != signed or not torch.equal(
+                        value.qmap.view(torch.int32), torch.tensor(
+                            _core.dynamic_map(signed), dtype=torch.float32).view(torch.int32)):
+                    raise ValueError(f"loaded state '{name}' of param {key}: its 8-bit map is "
+                                     f"not the {'signed' if signed else 'unsigned'} dynamic map "
+                                     "this rule keeps the slot in")
+                entry[name] = value.codes
+                entry[f"{name}_scales"] = value.scale
+            out["state"][key] = entry
+        groups = []
+        for saved, mine in zip(state_dict.get("param_groups", []), self.param_groups):
+            group = {k: v for k, v in mine.items() if k != "params"}
+            group.update(saved)
+            if torch.is_tensor(group.get("lr")):
+                group["lr"] = float(group["lr"])
+            blocks = [v.codes.numel() // v.scale.numel() for s in states.values()
+                      for v in s.values() if hasattr(v, "qmap") and v.scale.numel()]
+            group.setdefault("state_dtype", "int8")
+            if blocks and "block_size" not in saved:
+                group["block_size"] = blocks[0]
+            groups.append(group)
+        out["param_groups"] = groups
+        return out
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
