@@ -10,36 +10,43 @@
 // map[c + step] over the sorted 256-entry map, then up one code exactly when
 // y - map[c] >= (map[c + 1] - map[c]) * 0.5 (a tie goes up).
 
-// map[index] for each lane (index: whole numbers 0..255 in float32 lanes)
+// map[index] for each lane (index: 0..255 in 32-bit lanes): the level's gather instruction
+// where it has one (avx2, avx512: `gather` in its vector header), else lane by lane
 template <class V>
-FASTOPTIM_INLINE V lookup(const float* map, V index) {
-  float at[V::kLanes], out[V::kLanes];
-  V::store(at, index);
-  for (size_t k = 0; k < V::kLanes; ++k) out[k] = map[static_cast<uint32_t>(at[k])];
-  return V::load(static_cast<const float*>(out));
+FASTOPTIM_INLINE V lookup(const float* map, typename V::Bits index) {
+  if constexpr (requires { gather(map, index); }) {
+    return gather(map, index);
+  } else {
+    float at[V::kLanes], out[V::kLanes];
+    V::store(at, from_bits(index));
+    for (size_t k = 0; k < V::kLanes; ++k) out[k] = map[reinterpret_bits<uint32_t>(at[k])];
+    return V::load(static_cast<const float*>(out));
+  }
 }
 
-// The code of y (= x / scale) as a float32 whole number. A NaN y (a block holding a NaN or an
-// inf) compares false everywhere, as in torchao: code 0. It is searched as -inf, which every
-// comparison also puts below the map.
+// The code of y (= x / scale) in 32-bit lanes. A NaN y (a block holding a NaN or an inf)
+// compares false everywhere, as in torchao: code 0. It is searched as -inf, which every
+// comparison also puts below the map. Integer lanes throughout: the masks of float compares
+// (less_mask) pick each step's increment.
 template <class V>
-FASTOPTIM_INLINE V nearest_code(V y, const float* map) {
-  const V zero = V::set1(0.0f);
-  y = select(unordered(y, y), from_bits(V::Bits::set1(0xff800000u)), y);
-  V code = select(lt(y, V::set1(map[128])), zero, V::set1(128.0f));
-  for (float step = 64.0f; step >= 1.0f; step *= 0.5f)
-    code = code + select(lt(y, lookup(map, code + V::set1(step))), zero, V::set1(step));
-  const V up = select(lt(code, V::set1(255.0f)), code + V::set1(1.0f), code);
-  const V low = lookup(map, code);
-  const V residual = y - low;
-  return select(lt(residual, (lookup(map, up) - low) * V::set1(0.5f)), code, up);
+FASTOPTIM_INLINE typename V::Bits nearest_code(V y, const float* map) {
+  using U = typename V::Bits;
+  y = from_bits((nan_mask(y) & U::set1(0xff800000u)) | andnot(nan_mask(y), as_bits(y)));
+  U code = andnot(less_mask(y, V::set1(map[128])), U::set1(128u));
+  for (uint32_t step = 64; step >= 1; step /= 2)
+    code = code + andnot(less_mask(y, lookup<V>(map, code + U::set1(step))), U::set1(step));
+  const U up = code + andnot(equal_mask(code, U::set1(255u)), U::set1(1u));
+  const V low = lookup<V>(map, code);
+  const U keep = less_mask(y - low, (lookup<V>(map, up) - low) * V::set1(0.5f));
+  return (keep & code) | andnot(keep, up);
 }
 
 template <class V>
-FASTOPTIM_INLINE void store_codes(uint8_t* to, V code) {
+FASTOPTIM_INLINE void store_codes(uint8_t* to, typename V::Bits code) {
   float lanes[V::kLanes];
-  V::store(lanes, code);
-  for (size_t k = 0; k < V::kLanes; ++k) to[k] = static_cast<uint8_t>(lanes[k]);
+  V::store(lanes, from_bits(code));
+  for (size_t k = 0; k < V::kLanes; ++k)
+    to[k] = static_cast<uint8_t>(reinterpret_bits<uint32_t>(lanes[k]));
 }
 
 // values [0, count) into codes and one scale per block of `block` elements (the last block may
@@ -66,8 +73,8 @@ void quantize_blocks(const float* values, size_t count, size_t block, const floa
     uint8_t* out = codes + first;
     i = 0;
     for (; i + V::kLanes <= n; i += V::kLanes)
-      store_codes(out + i, nearest_code(V::load(x + i) / V::set1(scale), map));
-    for (; i < n; ++i) store_codes(out + i, nearest_code(S{x[i]} / S{scale}, map));
+      store_codes<V>(out + i, nearest_code(V::load(x + i) / V::set1(scale), map));
+    for (; i < n; ++i) store_codes<S>(out + i, nearest_code(S{x[i]} / S{scale}, map));
   }
 }
 

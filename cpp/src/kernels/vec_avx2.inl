@@ -143,6 +143,11 @@ FASTOPTIM_INLINE U32 nan_mask(F32 a) {
   return {_mm256_castps_si256(_mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q))};
 }
 
+// blockwise.inl's map lookups: 8 floats of a table by 32-bit index
+FASTOPTIM_INLINE F32 gather(const float* table, U32 index) {
+  return {_mm256_i32gather_ps(table, index.v, 4)};
+}
+
 // ---- bfloat16 as even and odd elements (the bench's roofline, cpp/roofline/roofline.inl) -------
 // 2 * kLanes bfloat16 values as two vectors: the even-indexed elements and the odd-indexed ones.
 // Neither direction moves data across lanes (F32::load/store widen and narrow with shuffles),
