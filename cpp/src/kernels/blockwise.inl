@@ -24,21 +24,64 @@ FASTOPTIM_INLINE V lookup(const float* map, typename V::Bits index) {
   }
 }
 
-// The code of y (= x / scale) in 32-bit lanes. A NaN y (a block holding a NaN or an inf)
-// compares false everywhere, as in torchao: code 0. It is searched as -inf, which every
-// comparison also puts below the map. Integer lanes throughout: the masks of float compares
-// (less_mask) pick each step's increment.
+// The thresholds of the search's first four steps (64, 32, 16, 8 added to a code that is a
+// multiple of twice the step), 16 entries at most each: at those steps the map is read from a
+// 16-entry table, in registers where the level has a permute (`permute16`), and only the last
+// three steps and the rounding read the whole map.
+struct SearchTables {
+  alignas(64) float level[4][16];
+};
+FASTOPTIM_INLINE void make_search_tables(const float* map, SearchTables& t) {
+  for (uint32_t l = 0; l < 4; ++l) {
+    const uint32_t step = 64u >> l;
+    for (uint32_t k = 0; k < 16; ++k)
+      t.level[l][k] = k < 128 / step ? map[k * 2 * step + step] : 0.0f;
+  }
+}
+
+// table[index] for index 0..15
 template <class V>
-FASTOPTIM_INLINE typename V::Bits nearest_code(V y, const float* map) {
+FASTOPTIM_INLINE V lookup16(const float* table, typename V::Bits index) {
+  if constexpr (requires { permute16(table, index); }) return permute16(table, index);
+  else return lookup<V>(table, index);
+}
+
+// The codes of kN vectors y (= x / scale) in 32-bit lanes. A NaN y (a block holding a NaN or an
+// inf) compares false everywhere, as in torchao: code 0. It is searched as -inf, which every
+// comparison also puts below the map. Integer lanes throughout: the masks of float compares
+// (less_mask) pick each step's increment. Each step of the search waits for the previous one's
+// lookup; kN independent vectors go through each step together, so that their lookups overlap.
+template <size_t kN, class V>
+FASTOPTIM_INLINE void nearest_codes(V (&y)[kN], const float* map, const SearchTables& t,
+                                    typename V::Bits (&code)[kN]) {
   using U = typename V::Bits;
-  y = from_bits((nan_mask(y) & U::set1(0xff800000u)) | andnot(nan_mask(y), as_bits(y)));
-  U code = andnot(less_mask(y, V::set1(map[128])), U::set1(128u));
-  for (uint32_t step = 64; step >= 1; step /= 2)
-    code = code + andnot(less_mask(y, lookup<V>(map, code + U::set1(step))), U::set1(step));
-  const U up = code + andnot(equal_mask(code, U::set1(255u)), U::set1(1u));
-  const V low = lookup<V>(map, code);
-  const U keep = less_mask(y - low, (lookup<V>(map, up) - low) * V::set1(0.5f));
-  return (keep & code) | andnot(keep, up);
+  for (size_t j = 0; j < kN; ++j) {
+    y[j] = from_bits((nan_mask(y[j]) & U::set1(0xff800000u)) | andnot(nan_mask(y[j]), as_bits(y[j])));
+    code[j] = andnot(less_mask(y[j], V::set1(map[128])), U::set1(128u));
+  }
+  // map[code + step] = level[code / (2 * step)]
+  for (size_t j = 0; j < kN; ++j)
+    code[j] = code[j] + andnot(less_mask(y[j], lookup16<V>(t.level[0], shift_right<7>(code[j]))),
+                               U::set1(64u));
+  for (size_t j = 0; j < kN; ++j)
+    code[j] = code[j] + andnot(less_mask(y[j], lookup16<V>(t.level[1], shift_right<6>(code[j]))),
+                               U::set1(32u));
+  for (size_t j = 0; j < kN; ++j)
+    code[j] = code[j] + andnot(less_mask(y[j], lookup16<V>(t.level[2], shift_right<5>(code[j]))),
+                               U::set1(16u));
+  for (size_t j = 0; j < kN; ++j)
+    code[j] = code[j] + andnot(less_mask(y[j], lookup16<V>(t.level[3], shift_right<4>(code[j]))),
+                               U::set1(8u));
+  for (uint32_t step = 4; step >= 1; step /= 2)
+    for (size_t j = 0; j < kN; ++j)
+      code[j] = code[j] + andnot(less_mask(y[j], lookup<V>(map, code[j] + U::set1(step))),
+                                 U::set1(step));
+  for (size_t j = 0; j < kN; ++j) {
+    const U up = code[j] + andnot(equal_mask(code[j], U::set1(255u)), U::set1(1u));
+    const V low = lookup<V>(map, code[j]);
+    const U keep = less_mask(y[j] - low, (lookup<V>(map, up) - low) * V::set1(0.5f));
+    code[j] = (keep & code[j]) | andnot(keep, up);
+  }
 }
 
 template <class V>
@@ -55,6 +98,8 @@ void quantize_blocks(const float* values, size_t count, size_t block, const floa
                      uint8_t* codes, float* scales) {
   using V = typename VecOf<float>::type;
   using S = Scalar<float>;
+  SearchTables tables;
+  make_search_tables(map, tables);
   for (size_t first = 0, b = 0; first < count; first += block, ++b) {
     const size_t n = count - first < block ? count - first : block;
     const float* x = values + first;
@@ -72,9 +117,26 @@ void quantize_blocks(const float* values, size_t count, size_t block, const floa
     scales[b] = scale;
     uint8_t* out = codes + first;
     i = 0;
-    for (; i + V::kLanes <= n; i += V::kLanes)
-      store_codes<V>(out + i, nearest_code(V::load(x + i) / V::set1(scale), map));
-    for (; i < n; ++i) store_codes<S>(out + i, nearest_code(S{x[i]} / S{scale}, map));
+    constexpr size_t kN = 4;
+    typename V::Bits code[kN];
+    for (; i + kN * V::kLanes <= n; i += kN * V::kLanes) {
+      V y[kN];
+      for (size_t j = 0; j < kN; ++j) y[j] = V::load(x + i + j * V::kLanes) / V::set1(scale);
+      nearest_codes(y, map, tables, code);
+      for (size_t j = 0; j < kN; ++j) store_codes<V>(out + i + j * V::kLanes, code[j]);
+    }
+    for (; i + V::kLanes <= n; i += V::kLanes) {
+      V y[1] = {V::load(x + i) / V::set1(scale)};
+      typename V::Bits single[1];
+      nearest_codes(y, map, tables, single);
+      store_codes<V>(out + i, single[0]);
+    }
+    for (; i < n; ++i) {
+      S y[1] = {S{x[i]} / S{scale}};
+      ScalarU32 one[1];
+      nearest_codes(y, map, tables, one);
+      store_codes<S>(out + i, one[0]);
+    }
   }
 }
 
