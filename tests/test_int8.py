@@ -436,7 +436,7 @@ def test_clipping_and_grad_scaler_are_the_step_on_prepared_grads() -> None:
     opt_a = fo.AdamW8bit([a], lr=1e-2)
     opt_b = fo.AdamW8bit([b], lr=1e-2)
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
-    for step in range(3):
+    for _ in range(3):
         g = torch.randn(9000) * 3
         a.grad = None
         scaler.scale((a * g).sum()).backward()  # a.grad = g * 1024

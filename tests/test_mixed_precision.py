@@ -173,7 +173,7 @@ def _int8_layout_is_the_float32_step_quantized(rule: str, param, grad, settings:
     ref = p.astype(np.float32)
     ref_opt = getattr(fastoptim, rule)([ref], lr=_lr(rule))
     unsigned = set(REGISTRY[rule]["non_negative"])
-    for step in range(2):
+    for _ in range(2):
         opt.step([g])
         ref_opt.step([g.astype(np.float32)])
         if settings.get("master_weights"):
