@@ -8,9 +8,10 @@ of ``fastoptim._core.rules()``) are fastoptim's fused subclasses of their torch.
 
 The fused classes step float32, float64, bfloat16 and float16 params (16-bit params as torch's
 ``fused=True`` does: state in the param's dtype, float32 math, one rounding per store) and take
-four keyword-only arguments after torch's: ``master_weights``, ``state_dtype``,
-``stochastic_rounding`` and ``seed`` (param-group keys, saved in state_dict; see
-``fastoptim._precision``).
+six keyword-only arguments after torch's: ``master_weights``, ``state_dtype`` (int8: blockwise
+8-bit moments), ``stochastic_rounding``, ``seed``, ``block_size`` and ``min_8bit_size``
+(param-group keys, saved in state_dict; see ``fastoptim._precision``). ``AdamW8bit`` and
+``Adam8bit`` are AdamW and Adam with int8 state (torchao's and bitsandbytes' names).
 """
 
 from __future__ import annotations

@@ -1647,11 +1647,17 @@ _OPTION_DOCS = """
             load_state_dict of the model) is kept: an element whose bits differ from its
             master rounded to nearest-even steps from the param's value, widened exactly
             (default: False)
-        state_dtype (torch.dtype or str, optional): torch.float32 or torch.bfloat16 moments
+        state_dtype (torch.dtype or str, optional): torch.float32 or torch.bfloat16 moments,
+            or torch.int8: blockwise 8-bit moments (uint8 codes '<slot>' and float32 block
+            scales '<slot>_scales'; opt.dequantize_state(p, key) reads one as float32)
             (default: None, the param's dtype; float32 beside a master copy)
         stochastic_rounding (bool, optional): bfloat16/float16 stores round stochastically,
             reproducibly for a seed (default: False)
         seed (int, optional): stochastic rounding's seed, 0..2**64 - 1 (default: 0)
+        block_size (int, optional): int8 state's elements per scale, a power of two from 32
+            to 65536 (default: 256)
+        min_8bit_size (int, optional): params of fewer elements keep float32 state under
+            state_dtype=int8 (default: 4096)
 """
 
 
