@@ -257,3 +257,108 @@ class SGDScheduleFree(_ScheduleFree):
 
     def _normalized(self, group: dict[str, Any], p: torch.Tensor, k: int) -> torch.Tensor:
         return p.grad.clone()
+
+
+# ---- blockwise dynamic 8-bit state (state_dtype="int8") ------------------------------------------
+# Written from torchao 0.18's optim/quant_utils.py (the algorithm of bitsandbytes' dynamic map and
+# of Dettmers et al. 2022, "8-bit Optimizers via Block-wise Quantization"), as torch ops in
+# float32, with a partial last block quantized like the others (torchao quantizes only tensors
+# whose size is a multiple of the block). tests/test_int8.py checks them against torchao.
+
+def dynamic_map(signed: bool) -> torch.Tensor:
+    """The 256 values of the dynamic 8-bit map, ascending, computed as torchao computes them
+    (bitsandbytes' create_dynamic_map with 7 exponent bits, float32 linspace and means)."""
+    data: list[float] = []
+    exponent_bits, total_bits = 7, 8
+    non_sign_bits = total_bits - 1
+    extra = 2 ** (non_sign_bits - exponent_bits) - 1
+    for i in range(exponent_bits):
+        items = 2 ** (i + non_sign_bits - exponent_bits) + 1 if signed else \
+            2 ** (i + non_sign_bits - exponent_bits + 1) + 1
+        bounds = torch.linspace(0.1, 1, int(items))
+        means = (bounds[:-1] + bounds[1:]) / 2.0
+        data += ((10 ** (-(exponent_bits - 1) + i)) * means).tolist()
+        if signed:
+            data += (-(10 ** (-(exponent_bits - 1) + i)) * means).tolist()
+    if extra > 0:
+        bounds = torch.linspace(0.1, 1, extra + 1)
+        means = (bounds[:-1] + bounds[1:]) / 2.0
+        data += ((10 ** (-(exponent_bits - 1) + i)) * means).tolist()
+        if signed:
+            data += (-(10 ** (-(exponent_bits - 1) + i)) * means).tolist()
+    data += [0.0, 1.0]
+    assert len(data) == 256
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+def quantize_blockwise(x: torch.Tensor, block: int, signed: bool
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 codes shaped like x, float32 scales, one per block of x's memory order): scale =
+    the block's max |x| clipped below at 1e-12; code = torchao's branchless binary search over
+    the map with `>=`, then up one code where x / scale - map[c] >= (map[c + 1] - map[c]) * 0.5
+    (a tie goes up)."""
+    qmap = dynamic_map(signed)
+    flat = x.detach().reshape(-1).float()
+    n = flat.numel()
+    blocks = -(-n // block)
+    padded = torch.zeros(blocks * block, dtype=torch.float32)
+    padded[:n] = flat
+    scale = padded.view(-1, block).abs().amax(-1)
+    # a partial last block's max over its own elements (padding zeros cannot raise a max of
+    # magnitudes, but a NaN must still propagate: amax does)
+    scale = scale.clip(1e-12)
+    scaled = (padded.view(-1, block) / scale.view(-1, 1)).view(-1)[:n]
+    codes = torch.where(scaled >= qmap[128], 128, 0)
+    for step in (64, 32, 16, 8, 4, 2, 1):
+        codes += torch.where(scaled >= qmap[codes + step], step, 0)
+    up = (codes + 1).clip(max=255)
+    low, high = qmap[codes], qmap[up]
+    codes = torch.where(scaled - low >= (high - low) * 0.5, up, codes)
+    return codes.to(torch.uint8).view(x.shape), scale
+
+
+def dequantize_blockwise(codes: torch.Tensor, scales: torch.Tensor, block: int,
+                         signed: bool) -> torch.Tensor:
+    """float32 values of codes: map[code] * the scale of its block."""
+    qmap = dynamic_map(signed)
+    flat = qmap[codes.reshape(-1).long()]
+    index = torch.arange(flat.numel()) // block
+    return (flat * scales[index]).view(codes.shape)
+
+
+class Quantized8bit:
+    """A rule's fp32 reference with its moments kept as blockwise 8-bit state: before each step
+    every slot's float32 buffer is set to its dequantized codes, the reference steps in float32,
+    and each slot is requantized (dequantize, fp32 update, requantize: torchao's AdamW8bit). The
+    slots of ``non_negative`` use the unsigned map; params of fewer than ``min_8bit_size``
+    elements keep float32 state."""
+
+    def __init__(self, reference: torch.optim.Optimizer, slots: list[str],
+                 non_negative: list[str], block_size: int = 256,
+                 min_8bit_size: int = 4096) -> None:
+        self.reference, self.slots, self.non_negative = reference, slots, set(non_negative)
+        self.block, self.least = block_size, min_8bit_size
+        self.codes: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for g in self.reference.param_groups for p in g["params"]]
+
+    def step(self) -> None:
+        for i, p in enumerate(self._params()):
+            state = self.reference.state.get(p)
+            for slot in self.slots:
+                if state and slot in state and (i, slot) in self.codes:
+                    codes, scales = self.codes[(i, slot)]
+                    state[slot].copy_(dequantize_blockwise(codes, scales, self.block,
+                                                           slot not in self.non_negative))
+        self.reference.step()
+        for i, p in enumerate(self._params()):
+            state = self.reference.state.get(p)
+            if not state or p.numel() < self.least:
+                continue
+            for slot in self.slots:
+                if slot in state and torch.is_tensor(state[slot]) and state[slot].shape == p.shape:
+                    signed = slot not in self.non_negative
+                    codes, scales = quantize_blockwise(state[slot], self.block, signed)
+                    self.codes[(i, slot)] = (codes, scales)
+                    state[slot].copy_(dequantize_blockwise(codes, scales, self.block, signed))

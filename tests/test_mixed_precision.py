@@ -108,7 +108,7 @@ def _same_bits_or_both_nan(a: np.ndarray, b: np.ndarray, what: str) -> None:
 # nearest-even and a master copy the exact float32 result. A storage type missing from DTYPES
 # fails here.
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64), "bfloat16": BF16,
-          "float16": F16}
+          "float16": F16, "int8": np.dtype(np.uint8)}  # int8: the codes of 8-bit state
 LAYOUTS = _core.layouts()
 
 
@@ -131,6 +131,11 @@ def test_every_layout_is_the_compute_step_stored_once(rule: str, layout: dict) -
     settings = {"master_weights": True} if layout["master"] else {}
     if state != param or layout["master"]:  # beside a master, state defaults to float32
         settings["state_dtype"] = layout["state"]
+    if layout["state"] == "int8":  # stored as blockwise codes (tests/test_int8.py)
+        if REGISTRY[rule]["param_copies"]:
+            pytest.skip("int8 state is for moments (the refusal: tests/test_int8.py)")
+        _int8_layout_is_the_float32_step_quantized(rule, param, grad, settings)
+        return
     rng = np.random.default_rng(3)
     p = rng.standard_normal(N).astype(np.float32).astype(param)
     g = (rng.standard_normal(N) * 0.5).astype(np.float32).astype(grad)
@@ -152,6 +157,40 @@ def test_every_layout_is_the_compute_step_stored_once(rule: str, layout: dict) -
             np.testing.assert_array_equal(_bits(stored), _bits(value.astype(state)), err_msg=key)
             ref_opt.state[0][key][...] = stored.astype(compute)  # the next step reads this
         ref[...] = (opt.state[0]["master_param"] if layout["master"] else p).astype(compute)
+
+
+def _int8_layout_is_the_float32_step_quantized(rule: str, param, grad, settings: dict) -> None:
+    """int8 state: each step is the float32 step from the dequantized state, each slot then
+    quantized in blocks (references.quantize_blockwise), the param stored once."""
+    import torch
+    from references import quantize_blockwise
+
+    settings = {**settings, "min_8bit_size": 0, "block_size": 64}
+    rng = np.random.default_rng(3)
+    p = rng.standard_normal(N).astype(np.float32).astype(param)
+    g = (rng.standard_normal(N) * 0.5).astype(np.float32).astype(grad)
+    opt = getattr(fastoptim, rule)([p], lr=_lr(rule), **settings)
+    ref = p.astype(np.float32)
+    ref_opt = getattr(fastoptim, rule)([ref], lr=_lr(rule))
+    unsigned = set(REGISTRY[rule]["non_negative"])
+    for _ in range(2):
+        opt.step([g])
+        ref_opt.step([g.astype(np.float32)])
+        if settings.get("master_weights"):
+            np.testing.assert_array_equal(opt.state[0]["master_param"], ref)
+        np.testing.assert_array_equal(_bits(p), _bits(ref.astype(param)))
+        for key, value in ref_opt.state.get(0, {}).items():
+            if key == "step" or not np.ndim(value):
+                continue
+            codes, scales = quantize_blockwise(torch.from_numpy(value.copy()), 64,
+                                               key not in unsigned)
+            assert opt.state[0][key].dtype == np.uint8, key
+            np.testing.assert_array_equal(opt.state[0][key], codes.numpy(), err_msg=key)
+            np.testing.assert_array_equal(opt.state[0][f"{key}_scales"], scales.numpy(),
+                                          err_msg=key)
+            ref_opt.state[0][key][...] = opt.dequantize_state(0, key)
+        ref[...] = (opt.state[0]["master_param"] if settings.get("master_weights")
+                    else p).astype(np.float32)
 
 
 # ---- writes to a param beside its master copy -------------------------------------------------

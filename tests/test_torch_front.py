@@ -23,7 +23,8 @@ from _support import (RICH, RULES, STATE_KEYS, checkpoint_class, has_torch_refer
                       reference_class, reference_flags, reference_type)
 
 # fastoptim's mixed-precision settings: param-group keys torch's groups do not have
-PRECISION_KEYS = {"master_weights", "state_dtype", "stochastic_rounding", "seed"}
+PRECISION_KEYS = {"master_weights", "state_dtype", "stochastic_rounding", "seed", "block_size",
+                  "min_8bit_size"}
 
 
 def _torch_groups(groups: list[dict]) -> list[dict]:
@@ -103,7 +104,8 @@ def test_signature_equals_torch(rule: str) -> None:
     assert [(p.name, p.kind, p.default) for p in extra] == [
         (name, inspect.Parameter.KEYWORD_ONLY, default)
         for name, default in (("master_weights", False), ("state_dtype", None),
-                              ("stochastic_rounding", False), ("seed", 0))]
+                              ("stochastic_rounding", False), ("seed", 0), ("block_size", 256),
+                              ("min_8bit_size", 4096))]
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -112,7 +114,8 @@ def test_array_front_signature_matches_torch(rule: str) -> None:
     mixed-precision settings, keyword-only."""
     ours = inspect.signature(getattr(fastoptim, rule)).parameters
     theirs = inspect.signature(reference_type(rule)).parameters
-    assert list(ours) == [*theirs, "master_weights", "state_dtype", "stochastic_rounding", "seed"]
+    assert list(ours) == [*theirs, "master_weights", "state_dtype", "stochastic_rounding", "seed",
+                          "block_size", "min_8bit_size"]
     assert all(ours[k].kind == inspect.Parameter.KEYWORD_ONLY for k in PRECISION_KEYS)
     for name in theirs:
         assert ours[name].kind == theirs[name].kind, name

@@ -21,7 +21,8 @@ namespace fastoptim::fuzz {
 // Control byte: bits 0-2 and 4 the rule id (bit 4 its fourth bit; mod the number of rules), bit
 // 3 the option variant (plain / every slot and option), bits 5-6 the mixed-precision variant
 // (0: the default settings with float32 and float64 params, as before mixed precision; 1-3:
-// 16-bit params, master copies, bfloat16 state, stochastic rounding: see kVariants), bit 7
+// 16-bit params, master copies, int8 and bfloat16 state, stochastic rounding: see kVariants;
+// variant 2 held bfloat16 state without master copies before int8 state), bit 7
 // "recompute the trailing checksum of the input before loading". (fastoptim 0.1 had six rules
 // and bits 0-2 only, format 2 bits 0-4: their seeds keep their meaning.)
 inline constexpr unsigned kRuleCount = rules::All::size;
@@ -59,10 +60,11 @@ inline const Variant& variant(int v) {
        {{float32, float32, 5}, {bfloat16, bfloat16, 17}, {float16, float16, 0},
         {float16, float16, 9}, {bfloat16, bfloat16, 1}, {float64, float64, 3},
         {float32, bfloat16, 4}}},
-      // bfloat16 state everywhere, nearest-even
-      {{.state_dtype = bfloat16},
+      // int8 state (blocks of 32; params of fewer than 9 elements keep float32 state), a
+      // partial last block (70 elements), nearest-even (bfloat16 state: variant 3)
+      {{.state_dtype = int8, .block_size = 32, .min_8bit_size = 9},
        {{float32, float32, 5}, {bfloat16, bfloat16, 17}, {bfloat16, bfloat16, 0},
-        {float32, float16, 9}, {bfloat16, bfloat16, 1}}},
+        {float32, float16, 9}, {bfloat16, bfloat16, 1}, {float32, float32, 70}}},
       // master copies with bfloat16 state, stochastic rounding
       {{.master_weights = true, .state_dtype = bfloat16, .stochastic_rounding = true,
         .seed = ~0ull},
@@ -186,13 +188,26 @@ std::span<const T> as(const std::vector<unsigned char>& bytes) {
   return {reinterpret_cast<const T*>(bytes.data()), bytes.size() / sizeof(T)};
 }
 
+// A variant's settings for a rule: int8 state is for moments, so a rule with a slot that copies
+// the param (Schedule-Free's z, whose step refuses int8 state) keeps bfloat16 state instead.
+inline Precision precision_for(Rule rule, Precision precision) {
+  rules::for_each_rule([&](auto r) {
+    using R = decltype(r);
+    if (rule != rules::id<R> || precision.state_dtype != DType::int8) return;
+    for (const auto& slot : R::slots)
+      if (slot.from_param) precision.state_dtype = DType::bfloat16;
+  });
+  return precision;
+}
+
 struct Fixture {
   const Variant& kinds;
   std::vector<std::vector<unsigned char>> data;
   std::unique_ptr<Optimizer> opt;
 
   Fixture(Rule rule, bool rich, int variant_id = 0)
-      : kinds(variant(variant_id)), opt(make_optimizer(rule, rich, kinds.precision)) {
+      : kinds(variant(variant_id)),
+        opt(make_optimizer(rule, rich, precision_for(rule, kinds.precision))) {
     for (std::size_t k = 0; k < kinds.params.size(); ++k)
       data.push_back(values_of(kinds.params[k].param, kinds.params[k].size, 1 + k));
     for (std::size_t k = 0; k < kinds.params.size(); ++k) {

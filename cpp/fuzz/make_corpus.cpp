@@ -109,7 +109,9 @@ int main(int argc, char** argv) {
         // param 0's step count near the limit, resealed by the harness
         std::string step_edit = bytes;
         const std::size_t options = static_cast<unsigned char>(bytes[16]);
-        const std::size_t step_at = 20 + 8 * options + 16 + 8 + 16;
+        // (version 4, int8 state: block_size and min_8bit_size after the seed)
+        const std::size_t quantization = static_cast<unsigned char>(bytes[8]) >= 4 ? 16 : 0;
+        const std::size_t step_at = 20 + 8 * options + 16 + quantization + 8 + 16;
         const std::uint64_t big = (std::uint64_t{1} << 53) - 2;
         for (int i = 0; i < 8; ++i) step_edit[step_at + i] = static_cast<char>((big >> (8 * i)) & 0xFF);
         write(name + "_step_limit", static_cast<std::uint8_t>(control | 0x80), step_edit);

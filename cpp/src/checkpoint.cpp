@@ -16,13 +16,19 @@ namespace fastoptim {
 // ---- save / load -----------------------------------------------------------------------------
 namespace {
 
-// Storage type bytes of the format: DType values (0 float32, 1 float64, 2 bfloat16, 3 float16).
+// Storage type bytes of the format: DType values (0 float32, 1 float64, 2 bfloat16, 3 float16,
+// 4 int8: codes and block scales).
 unsigned char storage_byte(DType dtype) { return static_cast<unsigned char>(dtype); }
 constexpr unsigned char kDefaultStateByte = 255;  // Precision::state_dtype unset
 constexpr unsigned char kMasterBit = 1u << 3;     // the stream mask's bit for the master copy
 
-void write_values(Writer& w, DType dtype, const void* data, std::size_t count) {
+void write_values(Writer& w, DType dtype, const void* data, std::size_t count,
+                  std::size_t block = 0) {
   switch (dtype) {
+    case DType::int8:
+      w.array(static_cast<const std::uint8_t*>(data), count);
+      w.array(scales_in(const_cast<void*>(data), count), scale_count(count, block));
+      break;
     case DType::float32: w.array(static_cast<const float*>(data), count); break;
     case DType::float64: w.array(static_cast<const double*>(data), count); break;
     case DType::bfloat16: w.array(static_cast<const bfloat16*>(data), count); break;
@@ -30,9 +36,15 @@ void write_values(Writer& w, DType dtype, const void* data, std::size_t count) {
   }
 }
 
-AlignedBuffer read_values(Reader& r, DType dtype, std::size_t count, const char* what) {
-  AlignedBuffer buffer(count * dtype_size(dtype));
+AlignedBuffer read_values(Reader& r, DType dtype, std::size_t count, const char* what,
+                          std::size_t block = 0) {
+  AlignedBuffer buffer(dtype == DType::int8 ? quantized_bytes(count, block)
+                                            : count * dtype_size(dtype));
   switch (dtype) {
+    case DType::int8:
+      r.array(static_cast<std::uint8_t*>(buffer.get()), count, what);
+      r.array(scales_in(buffer.get(), count), scale_count(count, block), what);
+      break;
     case DType::float32: r.array(static_cast<float*>(buffer.get()), count, what); break;
     case DType::float64: r.array(static_cast<double*>(buffer.get()), count, what); break;
     case DType::bfloat16: r.array(static_cast<bfloat16*>(buffer.get()), count, what); break;
@@ -45,7 +57,11 @@ std::string describe(const Precision& p) {
   return std::string("{master_weights=") + (p.master_weights ? "true" : "false") +
          ", state_dtype=" + (p.state_dtype ? dtype_name(*p.state_dtype) : "default") +
          ", stochastic_rounding=" + (p.stochastic_rounding ? "true" : "false") +
-         ", seed=" + std::to_string(p.seed) + "}";
+         ", seed=" + std::to_string(p.seed) +
+         (p.state_dtype == DType::int8 ? ", block_size=" + std::to_string(p.block_size) +
+                                             ", min_8bit_size=" + std::to_string(p.min_8bit_size)
+                                       : std::string()) +
+         "}";
 }
 
 }  // namespace
@@ -53,7 +69,10 @@ std::string describe(const Precision& p) {
 void Optimizer::save(std::ostream& out) const {
   Writer w(out);
   w.bytes(kMagic, sizeof(kMagic));
-  w.scalar<std::uint32_t>(kStateFormatVersion);
+  // version 4 only where it is needed (int8 state): other checkpoints stay version 3, which
+  // fastoptim builds before int8 state read
+  const bool int8 = precision_.state_dtype == DType::int8;
+  w.scalar<std::uint32_t>(int8 ? kStateFormatVersion : 3);
   const unsigned char rule_bytes[4] = {static_cast<unsigned char>(rule_), 0, 0, 0};
   w.bytes(rule_bytes, sizeof(rule_bytes));
   const std::vector<double> options = options_vector();
@@ -65,6 +84,10 @@ void Optimizer::save(std::ostream& out) const {
       static_cast<unsigned char>(precision_.stochastic_rounding ? 1 : 0), 0, 0, 0, 0, 0};
   w.bytes(precision, sizeof(precision));
   w.scalar<std::uint64_t>(precision_.seed);
+  if (int8) {
+    w.scalar<std::uint64_t>(precision_.block_size);
+    w.scalar<std::uint64_t>(precision_.min_8bit_size);
+  }
   w.scalar<std::uint64_t>(impl_->params.size());
   for (const Impl::Param& p : impl_->params) {
     // the state slots in the param's state type, the scalar state in float32, the master copy
@@ -84,7 +107,8 @@ void Optimizer::save(std::ostream& out) const {
     w.scalar<std::uint64_t>(p.size);
     w.scalar<std::int64_t>(p.step);
     for (int slot = 0; slot < 3; ++slot)
-      if (p.slots[slot]) write_values(w, p.state_dtype, p.slots[slot].get(), p.size);
+      if (p.slots[slot])
+        write_values(w, p.state_dtype, p.slots[slot].get(), p.size, precision_.block_size);
     if (p.master) write_values(w, DType::float32, p.master.get(), p.size);
     for (int k = 0; k < scalar_count(); ++k)
       w.scalar(std::bit_cast<std::uint64_t>(static_cast<double>(p.scalars[k])));
@@ -137,9 +161,10 @@ void Optimizer::load(std::istream& in) {
       corrupt("mixed-precision flags must be 0 or 1, got " + std::to_string(bytes[0]) + " and " +
               std::to_string(bytes[2]));
     if (bytes[1] != kDefaultStateByte && bytes[1] != storage_byte(DType::float32) &&
-        bytes[1] != storage_byte(DType::bfloat16))
+        bytes[1] != storage_byte(DType::bfloat16) &&
+        !(version >= 4 && bytes[1] == storage_byte(DType::int8)))
       corrupt("state_dtype setting " + std::to_string(bytes[1]) +
-              " is not valid (255 default, 0 float32, 2 bfloat16)");
+              " is not valid (255 default, 0 float32, 2 bfloat16, 4 int8)");
     for (int k = 3; k < 8; ++k)
       if (bytes[k] != 0) corrupt("reserved mixed-precision bytes are not zero");
     saved_precision.master_weights = bytes[0] == 1;
@@ -147,9 +172,17 @@ void Optimizer::load(std::istream& in) {
     saved_precision.stochastic_rounding = bytes[2] == 1;
     saved_precision.seed = r.scalar<std::uint64_t>("the seed");
   }
+  if (version >= 4) {
+    saved_precision.block_size = r.scalar<std::uint64_t>("the block size");
+    saved_precision.min_8bit_size = r.scalar<std::uint64_t>("min_8bit_size");
+  }
+  // the quantization settings matter only to int8 state (versions 1 to 3 have none)
+  const bool int8 = precision_.state_dtype == DType::int8;
   if (saved_precision.master_weights != precision_.master_weights ||
       saved_precision.state_dtype != precision_.state_dtype ||
-      saved_precision.stochastic_rounding != precision_.stochastic_rounding)
+      saved_precision.stochastic_rounding != precision_.stochastic_rounding ||
+      (int8 && (saved_precision.block_size != precision_.block_size ||
+                saved_precision.min_8bit_size != precision_.min_8bit_size)))
     corrupt("saved with mixed-precision settings " + describe(saved_precision) +
             ", this optimizer has " + describe(precision_));
 
@@ -217,7 +250,8 @@ void Optimizer::load(std::istream& in) {
     check_stored_step_count(i, loaded[i].step, "fastoptim state: ");
     for (int slot = 0; slot < 3; ++slot)
       if ((head[1] >> slot) & 1u)
-        loaded[i].slots[slot] = read_values(r, p.state_dtype, p.size, "a state buffer");
+        loaded[i].slots[slot] =
+            read_values(r, p.state_dtype, p.size, "a state buffer", precision_.block_size);
     if (master_stored) loaded[i].master = read_values(r, DType::float32, p.size, "a master copy");
     loaded[i].scalars = p.scalars;
     for (int k = 0; k < scalar_count(); ++k) {

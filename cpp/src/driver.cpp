@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -23,6 +24,7 @@
 
 #include "fastoptim/step.hpp"
 #include "kernels/dispatch.hpp"
+#include "kernels/dynamic_map.hpp"
 #include "py_float.hpp"
 
 namespace fastoptim {
@@ -59,6 +61,7 @@ const char* storage_name(DType t) {
     case DType::float64: return "float64";
     case DType::bfloat16: return "bfloat16";
     case DType::float16: return "float16";
+    case DType::int8: return "int8";
   }
   return "an unknown type";
 }
@@ -182,10 +185,14 @@ void validate_buffers(const typename R::Options& o, const StreamTypes& types,
       throw std::invalid_argument(buffer_name(i) + ": master is null");
     if (types.rounding.stochastic && b.rounding_step < 0)
       throw std::invalid_argument(buffer_name(i) + ": rounding_step must be >= 0");
-    for (int slot = 0; slot < rules::kMaxSlots; ++slot)
+    for (int slot = 0; slot < rules::kMaxSlots; ++slot) {
       if (uses_slot<R>(o, slot) && b.state[slot] == nullptr)
         throw std::invalid_argument(buffer_name(i) + ": state " + R::slots[slot].name +
                                     " is null");
+      if (types.state == DType::int8 && uses_slot<R>(o, slot) && b.scales[slot] == nullptr)
+        throw std::invalid_argument(buffer_name(i) + ": scales of state " +
+                                    R::slots[slot].name + " are null");
+    }
   }
 }
 
@@ -205,18 +212,38 @@ struct LayoutRun {
   bool master;
   bool slot_used[rules::kMaxSlots];
   std::size_t param_size, grad_size, state_size;
+  // int8 state: elements per block, and each slot's map (signed, or unsigned for a slot its
+  // rule declares non-negative)
+  std::size_t block = 0;
+  const float* map[rules::kMaxSlots] = {};
 };
 
 constexpr std::size_t storage_size(int id) {
-  return id == kernels::kF64 ? 8 : id == kernels::kF32 ? 4 : 2;
+  return id == kernels::kF64 ? 8 : id == kernels::kF32 ? 4 : id == kernels::kI8 ? 1 : 2;
 }
+
+// torchao 0.18's maps (kernels/dynamic_map.hpp) as float32
+struct DynamicMaps {
+  float map[2][256];
+};
+constexpr DynamicMaps make_maps() {
+  DynamicMaps m{};
+  for (int k = 0; k < 2; ++k)
+    for (int c = 0; c < 256; ++c) m.map[k][c] = std::bit_cast<float>(kernels::kDynamicMapBits[k][c]);
+  return m;
+}
+constexpr DynamicMaps kMaps = make_maps();
+
+// Elements per tile of a call with int8 state: the dequantized state of every slot of a tile
+// (3 slots x 8 KB) stays in L1 between the kernel and the requantization.
+constexpr std::size_t kTileElements = 2048;
 
 // Elements [first, first + count) of one buffer. A range never crosses a multiple of 2^32
 // elements (run_range splits there), so the stochastic-rounding keys fold in the index's high
 // half once.
-void run_piece(const LayoutRun& l, const void* scalars, const void* factors,
-               const ParamBuffers& b, std::size_t first, std::size_t count,
-               const Rounding& rounding) {
+void run_piece_streams(const LayoutRun& l, const void* scalars, const void* factors,
+                       const ParamBuffers& b, std::size_t first, std::size_t count,
+                       const Rounding& rounding, void* const* tile_state) {
   auto at = [first](const void* p, std::size_t size) -> char* {
     return p ? const_cast<char*>(static_cast<const char*>(p)) + first * size : nullptr;
   };
@@ -231,7 +258,10 @@ void run_piece(const LayoutRun& l, const void* scalars, const void* factors,
                      static_cast<std::uint32_t>(first),
                      {}};
   for (int k = 0; k < rules::kMaxSlots; ++k)
-    s.state[k] = l.slot_used[k] ? at(b.state[k], l.state_size) : nullptr;
+    s.state[k] = !l.slot_used[k]      ? nullptr
+                 : tile_state != nullptr ? tile_state[k]
+                                         : at(b.state[k], l.state_size);
+  if (tile_state != nullptr) s.state_type = static_cast<std::int8_t>(kernels::kF32);
   if (rounding.stochastic) {
     const auto step = static_cast<std::uint64_t>(b.rounding_step > 0 ? b.rounding_step : b.step);
     const std::uint64_t base = mix64(mix64(mix64(rounding.seed) ^ step) ^ b.id);
@@ -240,6 +270,37 @@ void run_piece(const LayoutRun& l, const void* scalars, const void* factors,
           mix64(base ^ (pair | (std::uint64_t{first} >> 32 << 8))) >> 32);
   }
   l.kernel(scalars, factors, s, count);
+}
+
+// int8 state: tile by tile (whole blocks: the piece starts on a block boundary of its buffer,
+// run_all), each used slot dequantized into a float32 tile, the rule's kernel run on it as
+// float32 state, and the tile requantized. A block is always quantized whole, by one thread,
+// from the same values: the codes do not depend on the thread count.
+void run_piece(const LayoutRun& l, const void* scalars, const void* factors,
+               const ParamBuffers& b, std::size_t first, std::size_t count,
+               const Rounding& rounding) {
+  if (l.block == 0) {
+    run_piece_streams(l, scalars, factors, b, first, count, rounding, nullptr);
+    return;
+  }
+  const kernels::KernelTable& table = kernels::active_table();
+  const std::size_t tile = std::max(l.block, kTileElements / l.block * l.block);
+  std::vector<float> scratch(tile * rules::kMaxSlots);
+  void* tile_state[rules::kMaxSlots] = {};
+  for (int k = 0; k < rules::kMaxSlots; ++k) tile_state[k] = scratch.data() + k * tile;
+  for (std::size_t at = first; at < first + count; at += tile) {
+    const std::size_t n = std::min(tile, first + count - at);
+    for (int k = 0; k < rules::kMaxSlots; ++k)
+      if (l.slot_used[k])
+        table.dequantize(static_cast<const std::uint8_t*>(b.state[k]) + at,
+                         b.scales[k] + at / l.block, n, l.block, l.map[k],
+                         static_cast<float*>(tile_state[k]));
+    run_piece_streams(l, scalars, factors, b, at, n, rounding, tile_state);
+    for (int k = 0; k < rules::kMaxSlots; ++k)
+      if (l.slot_used[k])
+        table.quantize(static_cast<const float*>(tile_state[k]), n, l.block, l.map[k],
+                       static_cast<std::uint8_t*>(b.state[k]) + at, b.scales[k] + at / l.block);
+  }
 }
 
 int resolve_threads(int requested, std::size_t total) {
@@ -344,7 +405,15 @@ void run_all(const LayoutRun& layout, const std::vector<Scalars>& scalars, const
       const auto t = static_cast<std::size_t>(omp_get_thread_num());
       const auto n = static_cast<std::size_t>(omp_get_num_threads());
       auto boundary = [&](std::size_t k) {
-        return k == n ? total : (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
+        if (k == n) return total;
+        const std::size_t at = (total / n * k + total % n * k / n) / kChunkAlign * kChunkAlign;
+        if (layout.block == 0) return at;
+        // int8 state: down to a block boundary of the buffer it falls in, so that no block is
+        // split between threads
+        const auto b = static_cast<std::size_t>(
+            std::upper_bound(starts.begin(), starts.end(), at) - starts.begin() - 1);
+        if (b >= buffers.size()) return at;
+        return starts[b] + (at - starts[b]) / layout.block * layout.block;
       };
       run_range(layout, scalars, factors, buffers, starts, rounding, boundary(t),
                 boundary(t + 1));
@@ -404,6 +473,17 @@ LayoutRun layout_of(const typename R::Options& options, const StreamTypes& types
   layout.param_size = storage_size(layout.param);
   layout.grad_size = storage_size(layout.grad);
   layout.state_size = storage_size(layout.state);
+  if (types.state == DType::int8) {
+    check_block_size(types.block_size);
+    for (std::size_t k = 0; k < R::slots.size; ++k)
+      if (R::slots[k].from_param)
+        throw std::invalid_argument(std::string(R::name) + ": int8 state is for moments; state " +
+                                    R::slots[k].name +
+                                    " is a copy of the param (use float32 or bfloat16 state)");
+    layout.block = types.block_size;
+    for (std::size_t k = 0; k < R::slots.size; ++k)
+      layout.map[k] = kMaps.map[R::slots[k].non_negative ? 1 : 0];
+  }
   return layout;
 }
 
@@ -537,6 +617,34 @@ void detail::transform(Rule rule, const void* options, int index, const StreamTy
 void detail::advance(Rule rule, void* options) { entry(rule).advance(options); }
 
 bool supports(const StreamTypes& types) { return find_layout(types) >= 0; }
+
+void check_block_size(std::size_t block_size) {
+  if (block_size < 32 || block_size > 65536 || (block_size & (block_size - 1)) != 0)
+    throw std::invalid_argument("block_size must be a power of two from 32 to 65536, got " +
+                                std::to_string(block_size));
+}
+
+const float* dynamic_map(bool signed_map) { return kMaps.map[signed_map ? 0 : 1]; }
+
+void quantize(const float* values, std::size_t count, std::size_t block_size, bool signed_map,
+              std::uint8_t* codes, float* scales) {
+  check_block_size(block_size);
+  if (count == 0) return;
+  if (values == nullptr || codes == nullptr || scales == nullptr)
+    throw std::invalid_argument("quantize: null buffer");
+  kernels::active_table().quantize(values, count, block_size, dynamic_map(signed_map), codes,
+                                   scales);
+}
+
+void dequantize(const std::uint8_t* codes, const float* scales, std::size_t count,
+                std::size_t block_size, bool signed_map, float* values) {
+  check_block_size(block_size);
+  if (count == 0) return;
+  if (values == nullptr || codes == nullptr || scales == nullptr)
+    throw std::invalid_argument("dequantize: null buffer");
+  kernels::active_table().dequantize(codes, scales, count, block_size, dynamic_map(signed_map),
+                                     values);
+}
 
 std::vector<StreamTypes> layouts() {
   std::vector<StreamTypes> out;

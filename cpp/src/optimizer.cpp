@@ -48,10 +48,11 @@ namespace {
 
 void check_precision(const Precision& precision) {
   if (precision.state_dtype && *precision.state_dtype != DType::float32 &&
-      *precision.state_dtype != DType::bfloat16)
-    throw std::invalid_argument(std::string("Precision::state_dtype must be float32 or bfloat16 "
-                                            "(or unset: the param's type), got ") +
+      *precision.state_dtype != DType::bfloat16 && *precision.state_dtype != DType::int8)
+    throw std::invalid_argument(std::string("Precision::state_dtype must be float32, bfloat16 "
+                                            "or int8 (or unset: the param's type), got ") +
                                 dtype_name(*precision.state_dtype));
+  check_block_size(precision.block_size);
 }
 
 struct Storage {
@@ -62,10 +63,14 @@ struct Storage {
 // The state storage type and master copy of a param of `dtype` under `precision`, as the
 // Python fronts resolve a group's settings; std::invalid_argument naming the param if this
 // build has no kernel for it.
-Storage storage_for(std::size_t index, DType dtype, const Precision& precision) {
+Storage storage_for(std::size_t index, DType dtype, const Precision& precision,
+                    std::size_t size) {
   const bool master = precision.master_weights && is_half(dtype);
-  const DType state = precision.state_dtype ? *precision.state_dtype
-                                            : (master ? DType::float32 : dtype);
+  DType state = precision.state_dtype ? *precision.state_dtype
+                                      : (master ? DType::float32 : dtype);
+  // int8 state: small params keep float32 state (not float64 params: refused below)
+  if (state == DType::int8 && dtype != DType::float64 && size < precision.min_8bit_size)
+    state = DType::float32;
   if (!supports(StreamTypes(dtype, dtype, state, master))) {
     std::string hint;
     if (dtype == DType::float64)
@@ -109,7 +114,7 @@ std::size_t Optimizer::add(std::span<T> param) {
   const auto end = begin + param.size_bytes();
   if (const Impl::Range* other = impl_->overlapping(begin, end))
     throw std::invalid_argument(param_name(index) + " overlaps " + param_name(other->index));
-  const Storage storage = storage_for(index, dtype, precision_);
+  const Storage storage = storage_for(index, dtype, precision_, param.size());
 
   Impl::Param entry{dtype, param.data(), param.size(), storage.state, storage.master, 0, {}, {}, {}};
   for (int k = 0; k < scalar_count(); ++k) entry.scalars[k] = static_cast<float>(scalar_initial(k));
@@ -231,6 +236,14 @@ double Optimizer::clip_grad_norm(std::span<const Grad> grads, double max_norm, d
 // its master copy when it has one: the value the rule steps).
 AlignedBuffer Optimizer::new_slot(DType state_dtype, DType dtype, const void* data,
                                   const void* master, std::size_t size, int slot) const {
+  if (state_dtype == DType::int8) {  // the float32 values, quantized
+    const AlignedBuffer values = new_slot(DType::float32, dtype, data, master, size, slot);
+    AlignedBuffer buffer(quantized_bytes(size, precision_.block_size));
+    quantize(static_cast<const float*>(values.get()), size, precision_.block_size,
+             !slot_non_negative(slot), static_cast<std::uint8_t*>(buffer.get()),
+             scales_in(buffer.get(), size));
+    return buffer;
+  }
   if (!slot_from_param(slot)) return filled_buffer(state_dtype, size, initial_value(slot));
   if (master != nullptr) return param_copy(state_dtype, DType::float32, master, size);
   return param_copy(state_dtype, dtype, data, size);
@@ -292,7 +305,11 @@ void Optimizer::step_checked(std::span<const Grad> grads) {
     b.rounding_step = p.step + 1;
     b.scalar_state = const_cast<float*>(p.scalars.data());  // written by the driver on success
     b.scalar_dtype = DType::float32;
-    const StreamTypes types(p.dtype, grads[i].dtype(), p.state_dtype, p.has_master, rounding);
+    if (p.state_dtype == DType::int8)
+      for (int slot = 0; slot < 3; ++slot)
+        if (b.state[slot] != nullptr) b.scales[slot] = scales_in(b.state[slot], p.size);
+    StreamTypes types(p.dtype, grads[i].dtype(), p.state_dtype, p.has_master, rounding);
+    types.block_size = precision_.block_size;
     auto same = [&](const Batch& batch) {
       return batch.types.param == types.param && batch.types.grad == types.grad &&
              batch.types.state == types.state && batch.types.master == types.master;
@@ -354,7 +371,11 @@ void Optimizer::transform(std::string_view name) {
     }
     if (!started || (p.has_master && !p.master)) continue;
     b.master = p.master.get();
-    const StreamTypes types(p.dtype, p.dtype, p.state_dtype, p.has_master, rounding);
+    if (p.state_dtype == DType::int8)
+      for (int slot = 0; slot < 3; ++slot)
+        if (b.state[slot] != nullptr) b.scales[slot] = scales_in(b.state[slot], p.size);
+    StreamTypes types(p.dtype, p.dtype, p.state_dtype, p.has_master, rounding);
+    types.block_size = precision_.block_size;
     auto batch = std::find_if(batches.begin(), batches.end(), [&](const Batch& x) {
       return x.types.param == types.param && x.types.state == types.state &&
              x.types.master == types.master;
@@ -378,12 +399,41 @@ ParamStateView Optimizer::state(std::size_t index) {
   for (int slot = 0; slot < 3; ++slot) {
     view.names[slot] = slot_name(slot);
     view.buffers[slot] = p.slots[slot].get();
+    view.non_negative[slot] = slot_non_negative(slot);
+    if (p.state_dtype == DType::int8 && p.slots[slot])
+      view.scales[slot] = scales_in(p.slots[slot].get(), p.size);
   }
+  if (p.state_dtype == DType::int8) view.block_size = precision_.block_size;
   for (int k = 0; k < scalar_count(); ++k) {
     view.scalar_names[k] = scalar_name(k);
     view.scalars[k] = p.scalars[k];
   }
   return view;
+}
+
+std::vector<float> ParamStateView::values(int slot) const {
+  if (slot < 0 || slot > 2) detail::throw_view_slot(slot);
+  const void* data = buffers[static_cast<std::size_t>(slot)];
+  if (data == nullptr) return {};
+  std::vector<float> out(size);
+  switch (state_dtype) {
+    case DType::int8:
+      dequantize(static_cast<const std::uint8_t*>(data), scales[static_cast<std::size_t>(slot)],
+                 size, block_size, !non_negative[slot], out.data());
+      break;
+    case DType::float32: std::copy_n(static_cast<const float*>(data), size, out.begin()); break;
+    case DType::float64:
+      for (std::size_t i = 0; i < size; ++i)
+        out[i] = static_cast<float>(static_cast<const double*>(data)[i]);
+      break;
+    case DType::bfloat16:
+      for (std::size_t i = 0; i < size; ++i) out[i] = to_float(static_cast<const bfloat16*>(data)[i]);
+      break;
+    case DType::float16:
+      for (std::size_t i = 0; i < size; ++i) out[i] = to_float(static_cast<const float16*>(data)[i]);
+      break;
+  }
+  return out;
 }
 
 std::vector<ParamStateView> Optimizer::state() {

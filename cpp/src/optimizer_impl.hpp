@@ -27,6 +27,7 @@ inline const char* dtype_name(DType dtype) {
     case DType::float64: return "float64";
     case DType::bfloat16: return "bfloat16";
     case DType::float16: return "float16";
+    case DType::int8: return "int8";
   }
   return "an unknown type";
 }
@@ -36,8 +37,22 @@ inline std::size_t dtype_size(DType dtype) {
     case DType::float64: return 8;
     case DType::bfloat16:
     case DType::float16: return 2;
+    case DType::int8: return 1;
   }
   return 0;
+}
+
+// int8 state: a slot's buffer holds its codes (the element count, rounded up to 64 bytes) and
+// then its float32 scales, one per block.
+inline std::size_t code_bytes(std::size_t size) { return (size + 63) / 64 * 64; }
+inline std::size_t scale_count(std::size_t size, std::size_t block) {
+  return (size + block - 1) / block;
+}
+inline std::size_t quantized_bytes(std::size_t size, std::size_t block) {
+  return code_bytes(size) + scale_count(size, block) * sizeof(float);
+}
+inline float* scales_in(void* buffer, std::size_t size) {
+  return reinterpret_cast<float*>(static_cast<unsigned char*>(buffer) + code_bytes(size));
 }
 inline bool is_half(DType dtype) { return dtype == DType::bfloat16 || dtype == DType::float16; }
 inline std::string param_name(std::size_t index) { return "param " + std::to_string(index); }
@@ -91,6 +106,7 @@ inline AlignedBuffer filled_buffer(DType dtype, std::size_t size, double value) 
     case DType::float16:
       std::fill_n(static_cast<float16*>(buffer.get()), size, to_float16(static_cast<float>(value)));
       break;
+    case DType::int8: break;  // quantized by the caller (Optimizer::new_slot)
   }
   return buffer;
 }
@@ -107,6 +123,7 @@ inline AlignedBuffer param_copy(DType dtype, DType param_dtype, const void* para
       case DType::float64: return static_cast<const double*>(param)[i];
       case DType::bfloat16: return to_float(static_cast<const bfloat16*>(param)[i]);
       case DType::float16: return to_float(static_cast<const float16*>(param)[i]);
+      case DType::int8: break;
     }
     return 0.0;
   };
@@ -120,6 +137,7 @@ inline AlignedBuffer param_copy(DType dtype, DType param_dtype, const void* para
       case DType::float16:
         static_cast<float16*>(buffer.get())[i] = to_float16(static_cast<float>(value(i)));
         break;
+      case DType::int8: break;  // quantized by the caller (Optimizer::new_slot)
     }
   }
   return buffer;

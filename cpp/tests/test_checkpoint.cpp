@@ -315,8 +315,8 @@ TEST(CheckpointFormat, MismatchesAreNamed) {
     return load_error(target, copy);
   };
   EXPECT_NE(edited([](std::string& s) { s[0] = 'X'; }).find("bad magic"), std::string::npos);
-  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 4); })
-                .find("format version 4 is not supported"),
+  EXPECT_NE(edited([](std::string& s) { write_le<std::uint32_t>(s, 8, 5); })
+                .find("format version 5 is not supported"),
             std::string::npos);
   constexpr auto kUnknown = rules::All::size;  // the first id no rule has
   EXPECT_NE(edited([](std::string& s) { s[12] = static_cast<char>(kUnknown); })

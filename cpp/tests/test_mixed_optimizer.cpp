@@ -386,8 +386,8 @@ TEST(MixedOptimizer, EveryKindInOneOptimizerEqualsEachAlone) {
 // ---- settings and validation --------------------------------------------------------------------
 TEST(MixedOptimizer, SettingsAreCheckedAndParamsRefusedByName) {
   EXPECT_INVALID(Adam({}, {.state_dtype = DType::float16}),
-                 "Precision::state_dtype must be float32 or bfloat16 (or unset: the param's "
-                 "type), got float16");
+                 "Precision::state_dtype must be float32, bfloat16 or int8 (or unset: the "
+                 "param's type), got float16");
   EXPECT_INVALID(Adam({}, {.state_dtype = DType::float64}), "got float64");
   Adam opt({}, {.state_dtype = DType::bfloat16});
   std::vector<double> d(3);

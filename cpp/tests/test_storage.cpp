@@ -240,5 +240,188 @@ TEST_P(Storage16, HalfStepIsTheFloat32StepRoundedOnce) {
 
 INSTANTIATE_TEST_SUITE_P(Grid, Storage16, testing::ValuesIn(option_grid()), grid_name);
 
+// ---- int8 state: blockwise dynamic 8-bit codes ---------------------------------------------------
+// The reference, written apart from blockwise.inl: per block the largest magnitude (NaN if any
+// element is NaN) clipped below at 1e-12, then torchao's decisions one element at a time: the
+// binary search with `>=` and the rounding of the residual against half the gap (a tie up).
+void ref_quantize(const std::vector<float>& x, std::size_t block, bool signed_map,
+                  std::vector<std::uint8_t>& codes, std::vector<float>& scales) {
+  const float* map = dynamic_map(signed_map);
+  codes.assign(x.size(), 0);
+  scales.assign((x.size() + block - 1) / block, 0.0f);
+  for (std::size_t b = 0; b * block < x.size(); ++b) {
+    const std::size_t first = b * block, last = std::min(x.size(), first + block);
+    float largest = 0.0f;
+    bool nan = false;
+    for (std::size_t i = first; i < last; ++i) {
+      nan = nan || std::isnan(x[i]);
+      largest = std::max(largest, std::fabs(x[i]));
+    }
+    const float scale = nan ? std::numeric_limits<float>::quiet_NaN()
+                            : (largest < 1e-12f ? 1e-12f : largest);
+    scales[b] = scale;
+    for (std::size_t i = first; i < last; ++i) {
+      const float y = x[i] / scale;
+      int code = y >= map[128] ? 128 : 0;
+      for (int step = 64; step >= 1; step /= 2)
+        if (y >= map[code + step]) code += step;
+      const int up = std::min(code + 1, 255);
+      if (y - map[code] >= (map[up] - map[code]) * 0.5f) code = up;
+      codes[i] = static_cast<std::uint8_t>(code);
+    }
+  }
+}
+
+std::vector<float> int8_probe(bool signed_map, std::size_t block) {
+  std::vector<float> x;
+  std::uint64_t state = 7;
+  auto uniform = [&] {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<float>(static_cast<std::int64_t>(state >> 11) - (1ll << 52)) * 0x1p-52f;
+  };
+  for (std::size_t i = 0; i < 3 * block + 13; ++i)
+    x.push_back(uniform() * std::ldexp(1.0f, static_cast<int>(i % 40) - 30));
+  const float* map = dynamic_map(signed_map);
+  x.push_back(1.0f);  // a block whose elements are the map's midpoints (ties) and neighbours
+  for (int c = 0; c < 255 && x.size() % block != 0; ++c) {
+    const float mid = map[c] + (map[c + 1] - map[c]) * 0.5f;
+    x.push_back(c % 2 ? mid : std::nextafter(mid, 0.0f));
+  }
+  while (x.size() % block != 0) x.push_back(0.0f);
+  x.push_back(std::numeric_limits<float>::quiet_NaN());  // a NaN block
+  x.push_back(std::numeric_limits<float>::infinity());
+  for (std::size_t i = 2; i < block; ++i) x.push_back(0.5f);
+  for (std::size_t i = 0; i < block; ++i) x.push_back(i % 3 ? 0.0f : 1e-13f);  // below 1e-12
+  x.push_back(-3.0f);  // a partial last block
+  if (!signed_map)
+    for (float& v : x) v = std::fabs(v);
+  return x;
+}
+
+TEST(Storage, Int8QuantizationIsTheReferenceAtEveryLevel) {
+  for (bool signed_map : {true, false})
+    for (std::size_t block : {32, 256, 2048}) {
+      const std::vector<float> x = int8_probe(signed_map, block);
+      std::vector<std::uint8_t> want_codes;
+      std::vector<float> want_scales;
+      ref_quantize(x, block, signed_map, want_codes, want_scales);
+      for (const std::string& level : available_simd_levels()) {
+        set_simd_level(level);
+        std::vector<std::uint8_t> codes(x.size());
+        std::vector<float> scales(want_scales.size()), values(x.size());
+        quantize(x.data(), x.size(), block, signed_map, codes.data(), scales.data());
+        for (std::size_t i = 0; i < x.size(); ++i)
+          ASSERT_EQ(codes[i], want_codes[i]) << level << " element " << i << " " << x[i];
+        for (std::size_t b = 0; b < scales.size(); ++b)
+          ASSERT_TRUE(bits_of(scales[b]) == bits_of(want_scales[b]) ||
+                      (std::isnan(scales[b]) && std::isnan(want_scales[b])))
+              << level << " block " << b;
+        dequantize(codes.data(), scales.data(), x.size(), block, signed_map, values.data());
+        for (std::size_t i = 0; i < x.size(); ++i) {
+          const float want = dynamic_map(signed_map)[codes[i]] * scales[i / block];
+          ASSERT_TRUE(bits_of(values[i]) == bits_of(want) ||
+                      (std::isnan(values[i]) && std::isnan(want)))
+              << level << " element " << i;
+        }
+      }
+    }
+  set_simd_level(available_simd_levels().back());
+  EXPECT_THROW(check_block_size(48), std::invalid_argument);
+  EXPECT_THROW(check_block_size(16), std::invalid_argument);
+  EXPECT_NO_THROW(check_block_size(65536));
+}
+
+// An int8 step is the float32 step from the dequantized state, each slot then quantized; the
+// same bits at every level and thread count (blocks never split between threads).
+template <class R>
+void check_int8_step(const typename R::Options& options, std::size_t size) {
+  std::vector<float> start(size), grad(size);
+  std::uint64_t state = 11;
+  for (std::size_t i = 0; i < size; ++i) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    start[i] = static_cast<float>(static_cast<std::int64_t>(state >> 11) - (1ll << 52)) * 0x1p-52f;
+    grad[i] = start[i] * 0.5f - 0.1f;
+  }
+  const Precision int8{.state_dtype = DType::int8, .block_size = 128, .min_8bit_size = 0};
+  std::vector<std::vector<float>> results;
+  for (const std::string& level : available_simd_levels())
+    for (int threads : {1, 2, 3}) {
+      set_simd_level(level);
+      std::vector<float> p = start, ref = start;
+      RuleOptimizer<R> opt(options, int8);
+      RuleOptimizer<R> ref_opt(options);
+      opt.set_num_threads(threads);
+      opt.add_param(std::span<float>(p));
+      ref_opt.add_param(std::span<float>(ref));
+      for (int step = 0; step < 3; ++step) {
+        ref_opt.allocate_state(0);
+        const ParamStateView view = opt.state(0), ref_view = ref_opt.state(0);
+        for (int slot = 0; slot < 3; ++slot)
+          if (view.buffers[slot] != nullptr) {
+            const std::vector<float> values = view.values(slot);
+            std::copy(values.begin(), values.end(), ref_view.buffer<float>(slot).begin());
+          }
+        if (step > 0) ref_opt.set_step_count(0, opt.step_count(0));
+        opt.step({std::span<const float>(grad)});
+        ref_opt.step({std::span<const float>(grad)});
+        ASSERT_EQ(0, std::memcmp(p.data(), ref.data(), size * 4)) << level << " step " << step;
+        const ParamStateView after = opt.state(0), ref_after = ref_opt.state(0);
+        for (int slot = 0; slot < 3; ++slot) {
+          if (after.buffers[slot] == nullptr) continue;
+          std::vector<std::uint8_t> codes(size);
+          std::vector<float> scales((size + 127) / 128);
+          quantize(ref_after.buffer<float>(slot).data(), size, 128, !after.non_negative[slot],
+                   codes.data(), scales.data());
+          ASSERT_EQ(0, std::memcmp(codes.data(), after.buffers[slot], size)) << level << slot;
+          ASSERT_EQ(0, std::memcmp(scales.data(), after.scales[slot], scales.size() * 4));
+        }
+      }
+      results.push_back(p);
+    }
+  set_simd_level(available_simd_levels().back());
+  for (const auto& r : results) ASSERT_EQ(0, std::memcmp(r.data(), results[0].data(), size * 4));
+}
+
+TEST(Storage, Int8StepIsTheFloat32StepQuantized) {
+  check_int8_step<rules::AdamW>({.lr = 1e-2, .amsgrad = true}, 40003);
+  check_int8_step<rules::Rmsprop>({.lr = 1e-2, .momentum = 0.5, .centered = true}, 20001);
+  check_int8_step<rules::Lion>({.lr = 1e-3}, 17000);
+}
+
+TEST(Storage, Int8CheckpointsRoundTripAndRefuseOtherSettings) {
+  std::vector<float> p(5000, 0.5f), q, grad(5000, 0.25f);
+  fastoptim::AdamW opt({.lr = 1e-2}, {.state_dtype = DType::int8});
+  opt.add_param(std::span<float>(p));
+  opt.step({std::span<const float>(grad)});
+  std::stringstream saved;
+  opt.save(saved);
+  const std::string bytes = saved.str();
+  q = p;
+  fastoptim::AdamW other({.lr = 1e-2}, {.state_dtype = DType::int8});
+  other.add_param(std::span<float>(q));
+  std::istringstream in(bytes);
+  other.load(in);
+  opt.step({std::span<const float>(grad)});
+  other.step({std::span<const float>(grad)});
+  EXPECT_EQ(0, std::memcmp(p.data(), q.data(), p.size() * 4));
+  EXPECT_EQ(opt.state(0).values(1), other.state(0).values(1));
+  fastoptim::AdamW wrong({.lr = 1e-2}, {.state_dtype = DType::int8, .block_size = 512});
+  std::vector<float> r = p;
+  wrong.add_param(std::span<float>(r));
+  std::istringstream again(bytes);
+  try {
+    wrong.load(again);
+    FAIL() << "loaded a checkpoint of another block size";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("block_size=256"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(wrong.state(0).buffers[0], nullptr);  // nothing changed
+  fastoptim::AdamW small({.lr = 1e-2}, {.state_dtype = DType::int8});
+  std::vector<float> tiny(100, 1.0f), tiny_grad(100, 1.0f);
+  small.add_param(std::span<float>(tiny));
+  small.step({std::span<const float>(tiny_grad)});
+  EXPECT_EQ(small.state_dtype(0), DType::float32);  // below min_8bit_size
+}
+
 }  // namespace
 }  // namespace fastoptim::test

@@ -228,7 +228,9 @@ class Optimizer:
                 name = f"param {i}"
                 p = _as_array(param, name)
                 g = _as_array(grads[i], f"{name} grad")
-                state_dtype, master = _precision.storage(_storage_name(p, name), group, name)
+                state_dtype, master = _precision.storage(_storage_name(p, name), group, name,
+                                                         p.size)
+                int8 = state_dtype == "int8"
                 state = self.state.get(i)
                 fresh = not state  # torch initialises a param's state when it is empty
                 scalar_names = [name for name, _ in self._info["scalar_slots"]]
@@ -250,6 +252,11 @@ class Optimizer:
                             state[slot] = _buffer_like(p, p, np.float32)
                         elif slot == "rounding_step":
                             state[slot] = np.array(0.0, dtype=np.float32)
+                        elif int8:
+                            value = p if slot in self._info["param_copies"] else \
+                                self._initial_value(slot, group)
+                            state[slot], state[f"{slot}_scales"] = self._quantized(
+                                p, value, group, slot)
                         elif slot in self._info["param_copies"]:  # Schedule-Free's z
                             _storage_name(p, name)
                             state[slot] = _buffer_like(p, p, _numpy_dtype(state_dtype))
@@ -259,6 +266,8 @@ class Optimizer:
                 for slot in wanted:
                     want = "float32" if slot in ("master_param", "rounding_step") else state_dtype
                     have = _precision.dtype_name(getattr(state[slot], "dtype", None))
+                    if getattr(state[slot], "dtype", None) == np.uint8:
+                        have = "int8"  # the codes of int8 state
                     if have != want:
                         raise TypeError(f"{name}: state '{slot}' is {have or type(state[slot])}, "
                                         f"the group's settings keep it in {want}")
@@ -267,7 +276,9 @@ class Optimizer:
                 names.append(name)
                 params.append(p)
                 grad_arrays.append(g)
-                states.append([None if s is None else state[s] for s in slots])
+                states.append([None if s is None else
+                               (state[s], state.get(f"{s}_scales")) if int8 else state[s]
+                               for s in slots])
                 scalars.append(state[scalar_names[0]] if scalar_names else None)
                 # the master as last stepped: where the param was written since, the kernel
                 # reads the param instead (fastoptim._precision)
@@ -375,8 +386,9 @@ class Optimizer:
                     if not state or any(s is not None and s not in state for s in slots):
                         continue  # no state yet: nothing to move (schedulefree's `'z' in state`)
                     p = _as_array(param, name)
-                    state_dtype, master = _precision.storage(_storage_name(p, name), group, name)
-                    row = [0] * 12
+                    state_dtype, master = _precision.storage(_storage_name(p, name), group, name,
+                                                             p.size)
+                    row = [0] * 15
                     arrays = [(0, p, p.dtype)]
                     arrays += [(2 + k, state[s], _numpy_dtype(state_dtype))
                                for k, s in enumerate(slots) if s is not None]
@@ -401,6 +413,40 @@ class Optimizer:
             specs = [(groups[key], np.array(rows, dtype=np.int64), types)
                      for (key, types), rows in batches.items()]
             _core.transform_plans(self.rule, index, self.param_groups, specs, get_num_threads())
+
+    def _quantized(self, p: np.ndarray, value: Any, group: dict[str, Any],
+                   slot: str) -> tuple[np.ndarray, np.ndarray]:
+        """New int8 state for ``p``: (codes, scales) holding ``value`` (a number or an array
+        shaped like p) quantized in blocks of the group's block_size."""
+        block = group["block_size"]
+        values = np.empty(p.shape, dtype=np.float32)
+        values[...] = value
+        codes = _buffer_like(p, 0, np.uint8)
+        scales = np.empty(-(-p.size // block), dtype=np.float32)
+        _core.quantize(values.reshape(-1), codes.reshape(-1), scales, block,
+                       slot not in self._info["non_negative"])
+        return codes, scales
+
+    def dequantize_state(self, index: int, key: str) -> np.ndarray:
+        """State ``key`` of param ``index`` as a new float32 array shaped like the param:
+        int8 state (state_dtype="int8") decoded from its codes and block scales (torchao's
+        OptimState8bit.dequantize()), any other state converted."""
+        state = self.state[index]
+        if key not in state:
+            raise KeyError(f"param {index}'s state has no '{key}'")
+        value = state[key]
+        if value.dtype != np.uint8:
+            return np.asarray(value, dtype=np.float32).copy()
+        group = self.param_groups[0]
+        seen = 0
+        for group in self.param_groups:
+            seen += len(group["params"])
+            if index < seen:
+                break
+        out = np.empty(value.shape, dtype=np.float32)
+        _core.dequantize(value.reshape(-1), state[f"{key}_scales"], out.reshape(-1),
+                         group["block_size"], key not in self._info["non_negative"])
+        return out
 
     @staticmethod
     def _new_buffer(p: np.ndarray, name: str, value: float, dtype: str) -> np.ndarray:
@@ -445,7 +491,7 @@ class Optimizer:
             where = f"param {i}"
             p = _as_array(params[i], where)
             param_type = _storage_name(p, where)
-            state_type, master = _precision.storage(param_type, group_of[i], where)
+            state_type, master = _precision.storage(param_type, group_of[i], where, p.size)
             entry: dict[str, Any] = {}
             for name, value in saved_state.items():
                 what = _checkpoint.kind(self._info, name)
@@ -456,10 +502,36 @@ class Optimizer:
                 if what == "scalar":
                     entry[name] = _checkpoint.scalar_value(value, f"{where}: state '{name}'")
                     continue
+                if what == "scales":  # int8 state's block scales
+                    block = group_of[i]["block_size"]
+                    blocks = -(-p.size // block)
+                    array = _to_numpy(value) if value is not None else None
+                    if state_type != "int8":
+                        raise ValueError(f"{where}: loaded state has '{name}', the block scales "
+                                         f"of int8 state; this optimizer keeps {state_type} "
+                                         "state for the param")
+                    if array is None or array.dtype != np.float32 or array.shape != (blocks,):
+                        raise ValueError(
+                            f"{where}: loaded state '{name}' must be {blocks} float32 scales "
+                            f"(one per block of {block} of the param's {p.size} elements), got "
+                            f"{getattr(array, 'dtype', None)} {getattr(array, 'shape', None)}")
+                    entry[name] = np.array(array, copy=True)
+                    continue
                 if what == "unknown":  # kept as it is, as torch keeps it
                     entry[name] = copy.deepcopy(value)
                     continue
                 if value is None:  # torch.optim's SGD without momentum
+                    continue
+                if state_type == "int8" and name != _checkpoint.MASTER:
+                    array = _to_numpy(value)
+                    if array.dtype != np.uint8 or array.shape != p.shape:
+                        raise ValueError(f"{where}: loaded state '{name}' must be uint8 codes "
+                                         f"shaped like the param {p.shape} (int8 state), got "
+                                         f"{array.dtype} {array.shape}")
+                    if f"{name}_scales" not in saved_state:
+                        raise ValueError(f"{where}: loaded state '{name}' is int8 codes without "
+                                         f"its scales '{name}_scales'")
+                    entry[name] = _buffer_like(p, array, np.uint8)
                     continue
                 try:
                     array = _to_numpy(value)
@@ -467,6 +539,9 @@ class Optimizer:
                     raise TypeError(f"{where}: loaded state '{name}' must be an array, got "
                                     f"{type(value).__name__} ({error})") from None
                 have = _precision.dtype_name(array.dtype)
+                if array.dtype == np.uint8:
+                    raise ValueError(f"{where}: loaded state '{name}' is int8 codes; this "
+                                     f"optimizer keeps {state_type} state for the param")
                 if have is None:
                     raise TypeError(f"{where}: loaded state '{name}' is {array.dtype}; state "
                                     "is float32, float64, bfloat16 or float16")
@@ -533,7 +608,7 @@ def _check_precision(group: dict[str, Any]) -> None:
     """The group's mixed-precision settings, checked; state_dtype kept as its name."""
     _precision.check_group(group)
     if group["state_dtype"] is not None:
-        group["state_dtype"] = _precision.dtype_name(group["state_dtype"])
+        group["state_dtype"] = _precision.state_name(group["state_dtype"])
 
 
 def _eager_state(self: Optimizer) -> None:
@@ -550,13 +625,16 @@ def _eager_state(self: Optimizer) -> None:
                 continue  # reported by step()
             try:
                 state_dtype, master = _precision.storage(_storage_name(p, f"param {i}"), group,
-                                                         f"param {i}")
-                state_type = _numpy_dtype(state_dtype)
+                                                         f"param {i}", p.size)
+                state_type = None if state_dtype == "int8" else _numpy_dtype(state_dtype)
             except TypeError:
                 continue  # reported by step()
             state = self._new_state(p, group)
             for slot in slots:
-                if slot is not None:
+                if slot is not None and state_type is None:
+                    state[slot], state[f"{slot}_scales"] = self._quantized(
+                        p, self._initial_value(slot, group), group, slot)
+                elif slot is not None:
                     state[slot] = _buffer_like(p, self._initial_value(slot, group), state_type)
             if master:
                 state["master_param"] = _buffer_like(p, p, np.float32)

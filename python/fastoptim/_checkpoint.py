@@ -38,13 +38,16 @@ class Checkpoint:
 
 def kind(info: dict[str, Any], name: Any) -> str:
     """What a state entry is to the rule: 'counter' (a step count), 'scalar' (NAdam's
-    mu_product), 'buffer' (a tensor slot or the master copy) or 'unknown'."""
+    mu_product), 'buffer' (a tensor slot or the master copy; int8 state: its codes), 'scales'
+    (int8 state's float32 block scales of a slot, '<slot>_scales') or 'unknown'."""
     if (name == "step" and info["has_step"]) or name == ROUNDING_STEP:
         return "counter"
     if any(name == scalar for scalar, _ in info["scalar_slots"]):
         return "scalar"
     if name == MASTER or any(name == slot for slot, _ in info["slots"]):
         return "buffer"
+    if isinstance(name, str) and any(name == f"{slot}_scales" for slot, _ in info["slots"]):
+        return "scales"
     return "unknown"
 
 

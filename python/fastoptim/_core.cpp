@@ -265,6 +265,9 @@ py::dict describe(R) {
         if (f.number == slot.initial_from) initial = py::str(f.key);
     slots.append(py::make_tuple(slot.name, initial));
   }
+  py::list non_negative;  // slots int8 state stores with the unsigned map
+  for (const auto& slot : R::slots)
+    if (slot.non_negative) non_negative.append(slot.name);
   py::list param_copies;  // slots that start as a copy of the param
   for (const auto& slot : R::slots)
     if (slot.from_param) param_copies.append(slot.name);
@@ -290,6 +293,7 @@ py::dict describe(R) {
   d["slots"] = slots;
   d["scalar_slots"] = scalars;
   d["param_copies"] = param_copies;
+  d["non_negative"] = non_negative;
   d["group_state"] = group_state;
   d["transforms"] = transforms;
   d["has_step"] = R::has_step;
@@ -367,6 +371,7 @@ std::optional<DType> dtype_of(const char* format, Py_ssize_t itemsize) {
   if (code == 'f' && itemsize == 4) return DType::float32;
   if (code == 'd' && itemsize == 8) return DType::float64;
   if (code == 'e' && itemsize == 2) return DType::float16;
+  if (code == 'B' && itemsize == 1) return DType::int8;  // the codes of int8 state
   return std::nullopt;
 }
 
@@ -376,6 +381,7 @@ const char* dtype_name(DType d) {
     case DType::float64: return "float64";
     case DType::bfloat16: return "bfloat16";
     case DType::float16: return "float16";
+    case DType::int8: return "int8";
   }
   return "unknown";
 }
@@ -452,7 +458,8 @@ DType acquire(BufferView& out, py::handle obj, bool writable, const std::string&
   if (!dtype)
     raise_type(what + ": unsupported dtype (buffer format '" +
                std::string(out.view.format ? out.view.format : "?") +
-               "'); expected float32, float64, float16 or bfloat16 (ml_dtypes)");
+               "'); expected float32, float64, float16 or bfloat16 (ml_dtypes), or uint8 codes "
+               "of int8 state");
   if (!PyBuffer_IsContiguous(&out.view, 'C'))
     raise_value(what + ": array is not C-contiguous; pass a contiguous array");
   return *dtype;
@@ -467,7 +474,7 @@ struct Range {
   bool written;
   std::int64_t param;  // the param's index over all groups (torch's state_dict numbering)
   int stream;  // 0 param, 1 grad, 2 + k state slot k, 5 step, 6 scalar state, 7 master,
-               // 8 rounding counter
+               // 8 rounding counter, 9 + k the scales of int8 state slot k
 };
 
 // "param 3", "param 3 grad", "param 3 state 'exp_avg'", "param 3 state 'step'".
@@ -478,6 +485,7 @@ std::string range_owner(const Range& r, const GroupOptions& opts) {
   if (r.stream == 6) return s + " state '" + opts.scalar_name(0) + "'";
   if (r.stream == 7) return s + " state 'master_param'";
   if (r.stream == 8) return s + " rounding counter";
+  if (r.stream >= 9) return s + " state '" + opts.slot_name(r.stream - 9) + "_scales'";
   if (r.stream >= 2) return s + " state '" + opts.slot_name(r.stream - 2) + "'";
   return s;
 }
@@ -509,11 +517,29 @@ struct Batch {
 
 bool same_types(const StreamTypes& a, const StreamTypes& b) {
   return a.param == b.param && a.grad == b.grad && a.state == b.state && a.master == b.master &&
-         a.rounding.stochastic == b.rounding.stochastic && a.rounding.seed == b.rounding.seed;
+         a.rounding.stochastic == b.rounding.stochastic && a.rounding.seed == b.rounding.seed &&
+         a.block_size == b.block_size;
 }
 
 std::size_t item_size(DType d) {
-  return d == DType::float64 ? 8 : d == DType::float32 ? 4 : 2;
+  return d == DType::float64 ? 8 : d == DType::float32 ? 4 : d == DType::int8 ? 1 : 2;
+}
+
+// int8 state: the scales of `count` elements in blocks of `block` (the last may be partial)
+std::size_t scale_count(std::size_t count, std::size_t block) {
+  return block == 0 ? 0 : (count + block - 1) / block;
+}
+
+// A group's block_size key (int8 state), checked.
+std::size_t block_size_of(const py::dict& group) {
+  if (!group.contains("block_size")) return 256;
+  const py::object value = group["block_size"];
+  if (py::isinstance<py::bool_>(value) || !py::isinstance<py::int_>(value))
+    raise_type("block_size must be an integer, got " + py::repr(value).cast<std::string>());
+  const long long size = value.cast<long long>();
+  if (size <= 0) fastoptim::check_block_size(0);
+  fastoptim::check_block_size(static_cast<std::size_t>(size));
+  return static_cast<std::size_t>(size);
 }
 
 // A param's stream types as a TypeError naming the param unless the build has a kernel.
@@ -527,6 +553,9 @@ void check_types(const StreamTypes& t, Name&& name) {
   if (t.master && float_param)
     raise_type(name() + ": a master copy is for bfloat16/float16 params; the param is " +
                dtype_name(t.param));
+  if (t.state == DType::int8)
+    raise_type(name() + ": int8 state is for float32, bfloat16 and float16 params (float32 "
+               "math); the param is " + dtype_name(t.param));
   raise_type(name() + ": fastoptim has no kernel for params of " + dtype_name(t.param) +
              ", grads of " + dtype_name(t.grad) + " and state of " + dtype_name(t.state) +
              (t.master ? " with a float32 master copy" : "") +
@@ -603,6 +632,7 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
     const py::tuple rounding_spec = group[9];
     const fastoptim::Rounding rounding{rounding_spec[0].cast<bool>(),
                                        rounding_spec[1].cast<std::uint64_t>()};
+    const std::size_t block_size = block_size_of(group[0].cast<py::dict>());
     const std::size_t n = py::len(params);
     if (py::len(names) != n || py::len(grads) != n || py::len(states) != n ||
         py::len(steps) != n || py::len(scalars) != n || py::len(masters) != n ||
@@ -636,7 +666,40 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
         if (!opts.uses_slot(s)) continue;
         if (slot.is_none()) raise_value(name + ": missing state buffer " + std::to_string(s));
         const std::string what = name + " state '" + opts.slot_name(s) + "'";
+        if (py::isinstance<py::tuple>(slot)) {  // int8 state: (codes, scales)
+          const py::tuple pair = slot;
+          if (pair.size() != 2) raise_value("internal: int8 state is (codes, scales)");
+          const Py_buffer* cv = hold(pair[0], true, what, state_dtype);
+          if (state_dtype != DType::int8)
+            raise_type(what + ": the codes of int8 state are uint8, got " +
+                       dtype_name(state_dtype));
+          if (!same_shape(*cv, *p))
+            raise_value(what + ": codes have shape " + shape_text(*cv) + ", param has " +
+                        shape_text(*p));
+          DType scale_dtype;
+          const std::string scales_what = name + " state '" + opts.slot_name(s) + "_scales'";
+          const Py_buffer* kv = hold(pair[1], true, scales_what, scale_dtype);
+          const std::size_t want = scale_count(b.size, block_size);
+          if (scale_dtype != DType::float32 ||
+              static_cast<std::size_t>(kv->len / kv->itemsize) != want)
+            raise_value(scales_what + ": int8 state keeps one float32 scale per block of " +
+                        std::to_string(block_size) + " elements, " + std::to_string(want) +
+                        " for " + std::to_string(b.size) + " elements; got " +
+                        std::to_string(kv->len / kv->itemsize) + " of " +
+                        dtype_name(scale_dtype));
+          if (slots_dtype && *slots_dtype != state_dtype)
+            raise_type(what + ": state has dtype int8, the param's other state " +
+                       dtype_name(*slots_dtype));
+          slots_dtype = state_dtype;
+          b.state[s] = cv->buf;
+          b.scales[s] = static_cast<float*>(kv->buf);
+          add_range(*cv, true, what);
+          add_range(*kv, true, scales_what);
+          continue;
+        }
         const Py_buffer* sv = hold(slot, true, what, state_dtype);
+        if (state_dtype == DType::int8)
+          raise_type(what + ": uint8 state is int8 codes; pass (codes, scales)");
         if (!same_shape(*sv, *p))
           raise_value(what + ": state has shape " + shape_text(*sv) + ", param has " +
                       shape_text(*p));
@@ -649,6 +712,7 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
       }
       StreamTypes types(param_dtype, grad_dtype, slots_dtype.value_or(param_dtype),
                         !masters[i].is_none(), rounding);
+      if (types.state == DType::int8) types.block_size = block_size;
       if (types.master) {
         const std::string what = name + " state 'master_param'";
         DType master_dtype;
@@ -701,13 +765,14 @@ void step_buffers(const std::string& rule_name, py::list groups, int num_threads
 //   scalar state address (0 if the rule keeps none), flags (bit 0: the step counter is float64,
 //   bit 1: the scalar state is float64, bit 2: the rounding counter is float64; else float32),
 //   master copy address (0: none), stochastic rounding's counter address (0: the step counter;
-//   SGD keeps one of its own)
-// and the table's types: (param dtype, grad dtype, state dtype, master, stochastic, seed)
+//   SGD keeps one of its own), and for int8 state the float32 scales of state0-2 (0: none)
+// and the table's types: (param dtype, grad dtype, state dtype, master, stochastic, seed,
+// block size)
 // that the front built from tensors it checked, and re-checks (address, size, strides) before
 // every step. Each row's step counter is read and checked for every row of every table, all
 // batches are validated, and only then is anything written; the counters are incremented
 // after the kernels ran (the driver writes the scalar state).
-constexpr std::size_t kColumns = 12;
+constexpr std::size_t kColumns = 15;
 constexpr std::int64_t kStepF64 = 1, kScalarF64 = 2, kRoundingF64 = 4;
 
 struct PlanTable {
@@ -717,16 +782,19 @@ struct PlanTable {
 };
 
 DType parse_dtype(const std::string& name) {
-  for (DType d : {DType::float32, DType::float64, DType::bfloat16, DType::float16})
+  for (DType d : {DType::float32, DType::float64, DType::bfloat16, DType::float16, DType::int8})
     if (name == dtype_name(d)) return d;
   raise_type("unsupported dtype " + name);
 }
 
 StreamTypes parse_types(const py::tuple& t) {
-  if (t.size() != 6) raise_value("internal: table types must have 6 entries");
-  return StreamTypes(parse_dtype(t[0].cast<std::string>()), parse_dtype(t[1].cast<std::string>()),
-                     parse_dtype(t[2].cast<std::string>()), t[3].cast<bool>(),
-                     {t[4].cast<bool>(), t[5].cast<std::uint64_t>()});
+  if (t.size() != 6 && t.size() != 7) raise_value("internal: table types must have 6 or 7 entries");
+  StreamTypes types(parse_dtype(t[0].cast<std::string>()), parse_dtype(t[1].cast<std::string>()),
+                    parse_dtype(t[2].cast<std::string>()), t[3].cast<bool>(),
+                    {t[4].cast<bool>(), t[5].cast<std::uint64_t>()});
+  if (t.size() == 7) types.block_size = t[6].cast<std::size_t>();
+  if (types.state == DType::int8) fastoptim::check_block_size(types.block_size);
+  return types;
 }
 
 PlanTable plan_table(const py::buffer& table_obj, const py::tuple& types, py::buffer_info& info) {
@@ -734,7 +802,7 @@ PlanTable plan_table(const py::buffer& table_obj, const py::tuple& types, py::bu
   if (info.ndim != 2 || info.shape[1] != static_cast<py::ssize_t>(kColumns) ||
       info.itemsize != 8 || info.format.find_first_of("qlQL") == std::string::npos ||
       info.strides[1] != 8 || info.strides[0] != static_cast<py::ssize_t>(8 * kColumns))
-    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 12)");
+    raise_value("internal: pointer table must be a C-contiguous int64 array of shape (n, 15)");
   PlanTable table{static_cast<const std::int64_t*>(info.ptr),
                   static_cast<std::size_t>(info.shape[0]), parse_types(types)};
   check_types(table.types, [] { return std::string("a plan table"); });
@@ -772,6 +840,12 @@ py::array_t<std::int64_t> check_plan_memory(const std::string& rule_name, py::di
         ranges.push_back({begin, begin + count * sizes[static_cast<std::size_t>(stream)],
                           stream != 1, r[7], stream == 5 ? 7 : stream});
       }
+      for (int k = 0; k < 3; ++k)
+        if (r[12 + k] != 0)
+          ranges.push_back({static_cast<std::uintptr_t>(r[12 + k]),
+                            static_cast<std::uintptr_t>(r[12 + k]) +
+                                4 * scale_count(count, table.types.block_size),
+                            true, r[7], 9 + k});
       if (r[11] != 0)
         ranges.push_back({static_cast<std::uintptr_t>(r[11]),
                           static_cast<std::uintptr_t>(r[11]) + (r[9] & kRoundingF64 ? 8u : 4u),
@@ -849,6 +923,7 @@ void step_plans(const std::string& rule_name, py::list batch_specs, py::buffer w
       b.param = reinterpret_cast<void*>(r[0]);
       b.grad = reinterpret_cast<const void*>(r[1]);
       for (int s = 0; s < 3; ++s) b.state[s] = reinterpret_cast<void*>(r[2 + s]);
+      for (int s = 0; s < 3; ++s) b.scales[s] = reinterpret_cast<float*>(r[12 + s]);
       b.size = static_cast<std::size_t>(r[5]);
       b.scalar_state = reinterpret_cast<void*>(r[8]);
       b.scalar_dtype = r[9] & kScalarF64 ? DType::float64 : DType::float32;
@@ -925,6 +1000,7 @@ void transform_plans(const std::string& rule_name, int index, py::list groups,
       ParamBuffers& b = batch.buffers[i];
       b.param = reinterpret_cast<void*>(r[0]);
       for (int s = 0; s < 3; ++s) b.state[s] = reinterpret_cast<void*>(r[2 + s]);
+      for (int s = 0; s < 3; ++s) b.scales[s] = reinterpret_cast<float*>(r[12 + s]);
       b.size = static_cast<std::size_t>(r[5]);
       b.id = static_cast<std::uint64_t>(r[7]);
       b.master = reinterpret_cast<void*>(r[10]);
@@ -989,6 +1065,53 @@ py::list state_slots(const std::string& rule_name, py::dict group) {
   return slots;
 }
 
+// Blockwise 8-bit (de)quantization of int8 state (fastoptim::quantize/dequantize): values
+// (float32, read), codes (uint8, written), scales (float32, written), one per block; and back.
+// The sizes are checked before anything is written.
+void check_quantized(const Py_buffer& codes, const Py_buffer& scales, std::size_t count,
+                     std::size_t block_size, DType codes_dtype, DType scales_dtype) {
+  const std::size_t want = scale_count(count, block_size);
+  if (codes_dtype != DType::int8 || static_cast<std::size_t>(codes.len) != count)
+    raise_value("codes: expected " + std::to_string(count) + " uint8 codes, got " +
+                std::to_string(codes.len / codes.itemsize) + " of " + dtype_name(codes_dtype));
+  if (scales_dtype != DType::float32 ||
+      static_cast<std::size_t>(scales.len / scales.itemsize) != want)
+    raise_value("scales: expected " + std::to_string(want) + " float32 scales (blocks of " +
+                std::to_string(block_size) + "), got " +
+                std::to_string(scales.len / scales.itemsize) + " of " + dtype_name(scales_dtype));
+}
+
+void quantize_buffers(py::handle values, py::handle codes, py::handle scales,
+                      std::size_t block_size, bool signed_map) {
+  fastoptim::check_block_size(block_size);
+  BufferView v, c, k;
+  const DType vd = acquire(v, values, false, "values");
+  if (vd != DType::float32) raise_value("values: expected float32, got " + std::string(dtype_name(vd)));
+  const DType cd = acquire(c, codes, true, "codes");
+  const DType kd = acquire(k, scales, true, "scales");
+  const auto count = static_cast<std::size_t>(v.view.len / 4);
+  check_quantized(c.view, k.view, count, block_size, cd, kd);
+  py::gil_scoped_release release;
+  fastoptim::quantize(static_cast<const float*>(v.view.buf), count, block_size, signed_map,
+                      static_cast<std::uint8_t*>(c.view.buf), static_cast<float*>(k.view.buf));
+}
+
+void dequantize_buffers(py::handle codes, py::handle scales, py::handle values,
+                        std::size_t block_size, bool signed_map) {
+  fastoptim::check_block_size(block_size);
+  BufferView v, c, k;
+  const DType cd = acquire(c, codes, false, "codes");
+  const DType kd = acquire(k, scales, false, "scales");
+  const DType vd = acquire(v, values, true, "values");
+  if (vd != DType::float32) raise_value("values: expected float32, got " + std::string(dtype_name(vd)));
+  const auto count = static_cast<std::size_t>(v.view.len / 4);
+  check_quantized(c.view, k.view, count, block_size, cd, kd);
+  py::gil_scoped_release release;
+  fastoptim::dequantize(static_cast<const std::uint8_t*>(c.view.buf),
+                        static_cast<const float*>(k.view.buf), count, block_size, signed_map,
+                        static_cast<float*>(v.view.buf));
+}
+
 }  // namespace
 
 bool register_plan_guard(PyObject* module);  // _plan_guard.cpp (false: a Python error)
@@ -1049,5 +1172,20 @@ PYBIND11_MODULE(_core, m) {
   m.def("openmp_enabled", &fastoptim::openmp_enabled);
   m.def("openmp_runtime", &fastoptim::openmp_runtime);
   m.attr("serial_threshold") = fastoptim::kSerialThreshold;
+  m.def("quantize", &quantize_buffers, py::arg("values"), py::arg("codes"), py::arg("scales"),
+        py::arg("block_size"), py::arg("signed"));
+  m.def("dequantize", &dequantize_buffers, py::arg("codes"), py::arg("scales"),
+        py::arg("values"), py::arg("block_size"), py::arg("signed"));
+  m.def("dynamic_map", [](bool signed_map) {
+    py::list out;
+    const float* map = fastoptim::dynamic_map(signed_map);
+    for (int c = 0; c < 256; ++c) out.append(map[c]);
+    return out;
+  }, py::arg("signed"));
+  m.def("check_block_size", [](py::object value) {
+    py::dict group;
+    group["block_size"] = value;
+    return block_size_of(group);
+  }, py::arg("block_size"));
   if (!register_plan_guard(m.ptr())) throw py::error_already_set();
 }

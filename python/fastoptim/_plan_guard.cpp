@@ -248,7 +248,7 @@ PyObject* value_error(const char* what) {
   return nullptr;
 }
 
-// A plan's pointer table, an (n, 12) int64 array the guard writes new grad addresses into
+// A plan's pointer table, an (n, 15) int64 array the guard writes new grad addresses into
 // (column 1); held through the buffer protocol for the guard's life.
 struct Table {
   Py_buffer view{};
@@ -330,9 +330,9 @@ class PlanGuard {
       const char* format = table.view.format ? table.view.format : "B";
       const char code = format[0] == '<' || format[0] == '=' || format[0] == '@' ? format[1]
                                                                                : format[0];
-      if (table.view.ndim != 2 || table.view.shape[1] != 12 || table.view.itemsize != 8 ||
+      if (table.view.ndim != 2 || table.view.shape[1] != 15 || table.view.itemsize != 8 ||
           (code != 'q' && code != 'l'))
-        return value_error("internal: pointer table must be an int64 array of shape (n, 12)");
+        return value_error("internal: pointer table must be an int64 array of shape (n, 15)");
       PyObject* positions = PyList_GET_ITEM(rows, t);
       if (!PyList_Check(positions)) return value_error("internal: rows must be lists");
       for (Py_ssize_t row = 0; row < PyList_GET_SIZE(positions); ++row) {

@@ -118,11 +118,19 @@ class Grad {
 //     seed, the same bits at every SIMD level and thread count. The generator's param id is
 //     the param's index, its step the param's update count including this one (for SGD too,
 //     which keeps no step in torch: step_count() counts its updates here).
+//   state_dtype = DType::int8: blockwise dynamic 8-bit state (torchao 0.18's AdamW8bit; see
+//     fastoptim::quantize): each slot as one uint8 code per element and one float32 scale per
+//     block of block_size elements (ParamStateView::scales; the last block may be partial),
+//     the signed map, or the unsigned one for slots the rule declares non-negative. For
+//     float32, bfloat16 and float16 params; a param of fewer than min_8bit_size elements keeps
+//     float32 state (bitsandbytes' convention). block_size: a power of two from 32 to 65536.
 struct Precision {
   bool master_weights = false;
   std::optional<DType> state_dtype{};
   bool stochastic_rounding = false;
   std::uint64_t seed = 0;
+  std::size_t block_size = 256;
+  std::size_t min_8bit_size = 4096;
   bool operator==(const Precision&) const = default;
 };
 
@@ -148,10 +156,20 @@ struct ParamStateView {
   std::array<std::string_view, 2> scalar_names{};  // "" where the rule has no such scalar
   std::array<double, 2> scalars{};
 
-  // The buffer of `slot` as T (float, double, bfloat16 or float16); empty if not allocated.
-  // std::invalid_argument if T is not state_dtype or slot is not 0..2.
+  // int8 state: each slot's float32 scales, ceil(size / block_size) of them (nullptr where the
+  // slot is not allocated or the state is not int8); its codes are buffer<std::uint8_t>().
+  std::array<float*, 3> scales{};
+  std::size_t block_size = 0;
+  bool non_negative[3] = {};  // int8 state: the slot uses the unsigned map
+
+  // The buffer of `slot` as T (float, double, bfloat16, float16; std::uint8_t: the codes of
+  // int8 state); empty if not allocated. std::invalid_argument if T is not state_dtype or slot
+  // is not 0..2.
   template <class T>
   std::span<T> buffer(int slot) const;
+  // The values of `slot` as float32, whatever its storage type (int8 state: the codes decoded,
+  // map[code] * the block's scale); empty if not allocated.
+  std::vector<float> values(int slot) const;
   // The float32 master copy; empty if there is none (yet).
   std::span<float> master_copy() const {
     return master == nullptr ? std::span<float>() : std::span<float>(static_cast<float*>(master), size);
@@ -250,10 +268,10 @@ class Optimizer {
   // std::ios_base::failure (if the caller enabled stream exceptions). A saved step count must
   // be in 0..kMaxStepCount - 1 (so that the next step is valid), as for set_step_count().
   //
-  // Format version 3, all integers and floats little-endian, floats IEEE-754; storage types
-  // are DType values (0 float32, 1 float64, 2 bfloat16, 3 float16):
+  // Format version 4, all integers and floats little-endian, floats IEEE-754; storage types
+  // are DType values (0 float32, 1 float64, 2 bfloat16, 3 float16, 4 int8):
   //   char[8]  magic "FOPTSTAT"
-  //   u32      format version (3)
+  //   u32      format version (4)
   //   u8       rule (enum Rule)
   //   u8[3]    zero
   //   u32      K, number of option values, then K x f64 options in the order of the rule's
@@ -263,6 +281,7 @@ class Optimizer {
   //   u8       Precision::stochastic_rounding (0/1)
   //   u8[5]    zero
   //   u64      Precision::seed
+  //   u64      Precision::block_size, then u64 Precision::min_8bit_size (version 4 only)
   //   u64      N, number of params, then per param:
   //     u8       param storage type
   //     u8       stream mask (bit k < 3 set: state slot k is stored; bit 3: the master copy)
@@ -273,19 +292,22 @@ class Optimizer {
   //     u64      element count
   //     i64      step count
   //     for each stored slot k, ascending: element count values of its storage type (16-bit
-  //     types as their bits, u16), then the master copy if stored
+  //     types as their bits, u16; int8: element count u8 codes, then ceil(element count /
+  //     block_size) f32 scales), then the master copy if stored
   //     S x f64  the rule's scalar state values (S: the rule's scalar slots, NAdam 1)
   //   u64      FNV-1a 64 hash of every byte before it
   // load() needs the same storage settings (master_weights, state_dtype, stochastic_rounding)
   // and, per param, the same storage types as this optimizer (a param with a master copy may
   // have none stored: not created yet); it restores the options and the seed.
+  // save() writes version 4 only for int8 state (Precision::state_dtype = DType::int8), else
+  // version 3: version 4 without block_size and min_8bit_size (and without int8 state).
   // Version 2 is version 3 without the Precision block (the default settings), per-param byte
   // 6 zero and float32/float64 params only; version 1 (fastoptim 0.1, rules sgd..adamw only,
   // none with scalar state) is version 2 with the per-slot and scalar storage bytes zero and
-  // every slot in the param's type. load() reads all three.
+  // every slot in the param's type. load() reads all four.
   void save(std::ostream& out) const;
   void load(std::istream& in);
-  static constexpr std::uint32_t kStateFormatVersion = 3;
+  static constexpr std::uint32_t kStateFormatVersion = 4;
 
   // The struct-of-spans alternative: views of each param's state, and what a program that
   // restores its own checkpoint needs besides writing into them.
@@ -310,6 +332,7 @@ class Optimizer {
   virtual bool uses_slot(int slot) const = 0;                    // with the current options
   virtual double initial_value(int /*slot*/) const { return 0.0; }
   virtual bool slot_from_param(int /*slot*/) const { return false; }  // a copy of the param
+  virtual bool slot_non_negative(int /*slot*/) const { return false; }  // int8: unsigned map
   // Group state (fastoptim::advance_group): the step's refusal (a message, or nullptr), and
   // the advance once the step went through.
   virtual const char* refused() const { return nullptr; }
@@ -388,6 +411,10 @@ class RuleOptimizer final : public Optimizer {
   bool slot_from_param(int slot) const override {
     return slot >= 0 && static_cast<std::size_t>(slot) < R::slots.size &&
            R::slots[static_cast<std::size_t>(slot)].from_param;
+  }
+  bool slot_non_negative(int slot) const override {
+    return slot >= 0 && static_cast<std::size_t>(slot) < R::slots.size &&
+           R::slots[static_cast<std::size_t>(slot)].non_negative;
   }
   const char* refused() const override {
     if constexpr (requires { R::refused(options_); }) return R::refused(options_);
@@ -469,12 +496,15 @@ namespace detail {
 template <class T>
 std::span<T> ParamStateView::buffer(int slot) const {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> ||
-                    std::is_same_v<T, bfloat16> || std::is_same_v<T, float16>,
-                "ParamStateView::buffer<T>: T must be float, double, bfloat16 or float16");
+                    std::is_same_v<T, bfloat16> || std::is_same_v<T, float16> ||
+                    std::is_same_v<T, std::uint8_t>,
+                "ParamStateView::buffer<T>: T must be float, double, bfloat16, float16 or "
+                "std::uint8_t");
   constexpr DType want = std::is_same_v<T, float>      ? DType::float32
                          : std::is_same_v<T, double>   ? DType::float64
                          : std::is_same_v<T, bfloat16> ? DType::bfloat16
-                                                       : DType::float16;
+                         : std::is_same_v<T, float16>  ? DType::float16
+                                                       : DType::int8;
   if (slot < 0 || slot > 2) detail::throw_view_slot(slot);
   if (state_dtype != want) detail::throw_view_dtype(want, state_dtype);
   if (buffers[static_cast<std::size_t>(slot)] == nullptr) return {};

@@ -13,8 +13,13 @@
 namespace fastoptim {
 
 // Storage types of the streams a kernel reads and writes (bfloat16 and float16: 2-byte
-// fastoptim::bfloat16 / fastoptim::float16 elements, fastoptim/types.hpp).
-enum class DType : std::uint8_t { float32, float64, bfloat16, float16 };
+// fastoptim::bfloat16 / fastoptim::float16 elements, fastoptim/types.hpp). int8: state only,
+// blockwise dynamic 8-bit quantization (Dettmers et al. 2022; torchao 0.18's AdamW8bit): each
+// state slot is one uint8 code per element (ParamBuffers::state) and one float32 scale per block
+// of StreamTypes::block_size elements (ParamBuffers::scales; the last block may be partial),
+// code c of a block with scale s standing for dynamic_map(signed)[c] * s, the map signed or
+// unsigned as the rule's slot declares (Slot::non_negative). See quantize()/dequantize().
+enum class DType : std::uint8_t { float32, float64, bfloat16, float16, int8 };
 
 // The DType of a storage type: float, double, fastoptim::bfloat16, fastoptim::float16.
 template <class T>
@@ -54,10 +59,16 @@ struct Rounding {
 //   f16    f16          f32 or bf16      f32
 //   f32    f32/bf16/f16 f32 or bf16      -        (16-bit grads read as they are)
 //   f64    f32/bf16/f16 f64              -        (narrower grads widened as they are read)
+//   f32    f32/bf16/f16 int8             -        (8-bit blockwise state)
+//   bf16   bf16         int8             - or f32
+//   f16    f16          int8             - or f32
 struct StreamTypes {
   DType param, grad, state;
   bool master = false;
   Rounding rounding{};
+  // int8 state: elements per quantization block, a power of two from 32 to 65536 (torchao's
+  // and bitsandbytes' default 256). Unused for other state types.
+  std::size_t block_size = 256;
   StreamTypes(DType all) : param(all), grad(all), state(all) {}  // NOLINT: a DType is all three
   StreamTypes(DType p, DType g, DType s, bool with_master = false, Rounding r = {})
       : param(p), grad(g), state(s), master(with_master), rounding(r) {}
@@ -101,6 +112,8 @@ struct ParamBuffers {
   void* master = nullptr;
   std::uint64_t id = 0;
   std::int64_t rounding_step = 0;
+  // int8 state: the float32 scales of state slot k, ceil(size / block_size) of them
+  float* scales[3] = {nullptr, nullptr, nullptr};
 };
 
 // The largest step count: per-step scalars take the step as a double (beta ** step, as torch),
@@ -207,6 +220,24 @@ void transform(const Options& options, int index, const StreamTypes& types,
   detail::transform(rules::id<typename Options::Rule>, &options, index, types, buffers,
                     num_threads);
 }
+
+// Blockwise dynamic 8-bit quantization, as int8 state stores it (torchao 0.18's
+// quantize_8bit_with_qmap and scale_tensor): per block of `block_size` elements (the last one
+// may be partial), scale = max(|x|) clipped below at 1e-12 (NaN if any element is NaN), and each
+// element's code is the nearest entry of the map to x / scale (float32 division), found by
+// binary search with `>=` and then rounded up exactly when x / scale - map[c] >=
+// (map[c + 1] - map[c]) * 0.5 in float32: a tie goes to the higher code. NaN (and the elements
+// of a block with a NaN or inf) get code 0. Bit-identical at every SIMD level.
+// `signed_map`: the signed map (moments that may be negative) or the unsigned one.
+void quantize(const float* values, std::size_t count, std::size_t block_size, bool signed_map,
+              std::uint8_t* codes, float* scales);
+// The float32 value of each code: map[code] * scale of its block.
+void dequantize(const std::uint8_t* codes, const float* scales, std::size_t count,
+                std::size_t block_size, bool signed_map, float* values);
+// The 256 float32 values of the signed or unsigned dynamic map, ascending.
+const float* dynamic_map(bool signed_map);
+// std::invalid_argument unless block_size is a power of two from 32 to 65536.
+void check_block_size(std::size_t block_size);
 
 // SIMD level in use ("scalar", "sse2", "avx2", "avx512", "neon"), the levels this CPU and build
 // can run (lowest first), and a way to force one (tests, benchmarks). FASTOPTIM_SIMD=<level>

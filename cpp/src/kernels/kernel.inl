@@ -449,6 +449,8 @@ constexpr void add_transforms(Kernel (&into)[2]) {
   }
 }
 
+#include "kernels/blockwise.inl"
+
 // The table: every rule of the registry, per compute type.
 template <class... R>
 constexpr KernelTable make_table(rules::RuleList<R...>) {
@@ -462,6 +464,8 @@ constexpr KernelTable make_table(rules::RuleList<R...>) {
   table.norms[0][1] = &norm_lanes<false, double>;
   table.norms[1][0] = &norm_lanes<true, float>;
   table.norms[1][1] = &norm_lanes<true, double>;
+  table.quantize = &quantize_blocks;
+  table.dequantize = &dequantize_blocks;
   return table;
 }
 

@@ -49,6 +49,13 @@ using NormKernel = void (*)(const void* grad, size_t n, double* lanes);
 
 inline constexpr size_t kRuleCount = rules::All::size;
 
+// Blockwise 8-bit state (blockwise.inl): float32 values [0, count) to codes and one scale per
+// block of `block` elements, and back, with a 256-entry map; one pair per ISA, for every rule.
+using QuantizeBlocks = void (*)(const float* values, size_t count, size_t block, const float* map,
+                                uint8_t* codes, float* scales);
+using DequantizeBlocks = void (*)(const uint8_t* codes, const float* scales, size_t count,
+                                  size_t block, const float* map, float* values);
+
 // A rule's element transform (rules/rule.hpp: Schedule-Free's train/eval) takes the kernel's
 // arguments, `scalars` pointing to its TransformScalars<C> and the grad unused.
 struct KernelTable {
@@ -56,6 +63,8 @@ struct KernelTable {
   Kernel kernels[kRuleCount][2];     // [rule][0 = float32, 1 = float64]
   Kernel transforms[kRuleCount][2];  // null for a rule without transforms
   NormKernel norms[2][2];         // [0 = sum |g|, 1 = sum g * g][0 = float32, 1 = float64]
+  QuantizeBlocks quantize;
+  DequantizeBlocks dequantize;
 };
 
 }  // namespace fastoptim::kernels

@@ -13,8 +13,11 @@
 
 namespace fastoptim::kernels {
 
-// Storage type ids as the driver names them (fastoptim::DType's values; -1: none).
-inline constexpr int kStorageCount = 4;
+// Storage type ids as the driver names them (fastoptim::DType's values; -1: none). int8 is
+// blockwise-quantized state: never a kernel's stream (the driver runs the kernel on a float32
+// tile of it, blockwise.inl), so no load or store has an arm for it.
+inline constexpr int kStorageCount = 5;
+inline constexpr int kI8 = 4;
 template <class T>
 inline constexpr int kStorageId = -1;
 template <>
@@ -49,7 +52,12 @@ inline constexpr Layout kLayouts[] = {
     {kF32, kF32, kBF16, -1}, {kF32, kBF16, kF32, -1}, {kF32, kF16, kF32, -1},
     {kF32, kBF16, kBF16, -1}, {kF32, kF16, kBF16, -1},
     // float64 params: float32 and 16-bit grads
-    {kF64, kF32, kF64, -1}, {kF64, kBF16, kF64, -1}, {kF64, kF16, kF64, -1}};
+    {kF64, kF32, kF64, -1}, {kF64, kBF16, kF64, -1}, {kF64, kF16, kF64, -1},
+    // 8-bit blockwise state (float32 math): float32 params with any grad, 16-bit params with or
+    // without a float32 master
+    {kF32, kF32, kI8, -1}, {kF32, kBF16, kI8, -1}, {kF32, kF16, kI8, -1},
+    {kBF16, kBF16, kI8, -1}, {kF16, kF16, kI8, -1},
+    {kBF16, kBF16, kI8, kF32}, {kF16, kF16, kI8, kF32}};
 inline constexpr size_t kLayoutCount = sizeof(kLayouts) / sizeof(kLayouts[0]);
 
 // The index in kLayouts of the layout with these storage types (master -1 for none), or -1.

@@ -32,6 +32,7 @@ import inspect
 import sys
 import threading
 from collections import defaultdict
+from collections.abc import Mapping
 from itertools import chain
 from operator import attrgetter, is_
 from typing import Any
@@ -57,7 +58,7 @@ _HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 # elements of the real dtype, same memory
 _PARAM_DTYPES = {**_DTYPES, **_HALF, torch.complex64: "float32", torch.complex128: "float64"}
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64,
-                 "bfloat16": torch.bfloat16, "float16": torch.float16}
+                 "bfloat16": torch.bfloat16, "float16": torch.float16, "int8": torch.uint8}
 _ITEM_SIZES = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 _dtype = attrgetter("dtype")
 _OPTIONS_ITEMS = tuple(_precision.OPTIONS.items())
@@ -259,7 +260,7 @@ def _load_plan_guard() -> bool:
         if not _core.load_torch_shim(library if sys.platform != "win32" else name, many):
             return False
         t, g = torch.zeros(2, 3), torch.zeros(2, 3)
-        table = np.zeros((1, 12), dtype=np.int64)
+        table = np.zeros((1, 15), dtype=np.int64)
         guard = _core.PlanGuard([t], [t], [g], [table], [[0]], False)
         g2 = torch.ones(2, 3)
         t.grad = None
@@ -292,7 +293,7 @@ def _settings(group: dict[str, Any]) -> dict[str, Any]:
     settings = {key: group.get(key, default) for key, default in _precision.OPTIONS.items()}
     _precision.check_group(settings)
     if settings["state_dtype"] is not None:
-        settings["state_dtype"] = _precision.dtype_name(settings["state_dtype"])
+        settings["state_dtype"] = _precision.state_name(settings["state_dtype"])
     return settings
 
 
@@ -305,7 +306,7 @@ def _param_storage(p: torch.Tensor, settings: dict[str, Any],
     name = _PARAM_DTYPES.get(p.dtype)
     if name is None:
         return None
-    state, master = _precision.storage(name, settings, where)
+    state, master = _precision.storage(name, settings, where, _memory(p).numel())
     if p.is_complex() and state != name:
         raise TypeError(f"{where}: complex params keep state of their own dtype ({p.dtype}); "
                         f"state_dtype={state} does not apply to them")
@@ -379,6 +380,16 @@ def _check_sparse(p: torch.Tensor, g: torch.Tensor, where: str) -> None:
                 bad = int(low[d]) if low[d] < 0 else int(high[d])
                 raise IndexError(f"{where}: its sparse grad has index {bad} in dim {d}, outside "
                                  f"the param's {p.shape[d]} rows (0..{p.shape[d] - 1})")
+
+
+def _is_codes(value: Any) -> bool:
+    """Whether a state entry is the uint8 codes of int8 state."""
+    return isinstance(value, torch.Tensor) and value.dtype == torch.uint8
+
+
+def _flat(t: torch.Tensor) -> np.ndarray:
+    """A dense tensor's memory, in memory order, as a 1-D NumPy array (no copy)."""
+    return t.detach().as_strided((t.numel(),), (1,)).numpy()
 
 
 def _check_memory(t: torch.Tensor, what: str) -> None:
@@ -579,8 +590,12 @@ class _FusedStep:
             if _ITEM_SIZES[grad_dtype] > _ITEM_SIZES[dtype]:
                 raise TypeError(f"{where}: its grad ({g.dtype}) is wider than the param "
                                 f"({p.dtype}); grads may be no wider than their params")
-            types = (dtype, grad_dtype, state_dtype, master, stochastic, seed)
+            types = (dtype, grad_dtype, state_dtype, master, stochastic, seed,
+                     settings["block_size"])
             _check_types(types, where)
+            if state_dtype == "int8" and isinstance(p, _DTensor):
+                raise TypeError(f"{where}: int8 state is for plain CPU tensors; DTensor params "
+                                "keep float32 or bfloat16 state")
             plan.narrow |= grad_dtype in _precision.HALF
             if g.shape != p.shape:
                 raise RuntimeError(f"{where}: grad shape {tuple(g.shape)} does not match param "
@@ -627,7 +642,7 @@ class _FusedStep:
                     value = scalar_value(scalar, f"{where}: state '{name}'")
                     scalar = added[name] = torch.tensor(float(value), dtype=_get_scalar_dtype())
             new_buffer = False
-            row = [0] * 12
+            row = [0] * 15
             # Every buffer of a row is read in the same memory order: the param's own layout
             # when it is dense (contiguous, channels_last, permuted: stepped in place), else the
             # contiguous copy it is staged through.
@@ -646,6 +661,22 @@ class _FusedStep:
                     continue
                 fill = pm if slot in self._info["param_copies"] else \
                     self._initial_value(slot, group)
+                if state_dtype == "int8":
+                    codes, scales, made = self._quantized_buffer(state, added, slot, p, layout,
+                                                                 fill, settings, where)
+                    new_buffer |= made
+                    row[2 + k] = plan.watch(codes, f"{where}: state '{slot}'")
+                    row[12 + k] = plan.watch(scales, f"{where}: state '{slot}_scales'")
+                    continue
+                if _is_codes(state.get(slot)):
+                    # int8 state (codes and scales) under settings that keep floats (or a
+                    # param below min_8bit_size): decoded into a new buffer
+                    decoded = self._decoded(state, slot, group, where)
+                    buf = added[slot] = torch.empty_strided(p.shape, layout,
+                                                            dtype=buffer_dtype).copy_(decoded)
+                    plan.dropped.append((p, f"{slot}_scales"))
+                    row[2 + k] = plan.watch(_memory(buf), f"{where}: state '{slot}'")
+                    continue
                 buf, made = self._state_buffer(state, added, slot, p, layout, buffer_dtype,
                                                fill, where)
                 new_buffer |= made
@@ -756,6 +787,83 @@ class _FusedStep:
             buf = added[key] = torch.empty_strided(p.shape, layout, dtype=dtype).copy_(buf)
         return buf, False
 
+    def _quantized_buffer(self, state: dict[str, Any], added: dict[str, Any], slot: str,
+                          p: torch.Tensor, layout: tuple[int, ...], fill: float | torch.Tensor,
+                          settings: dict[str, Any], where: str
+                          ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """int8 state slot ``slot`` of ``p``: its uint8 codes (in the param's memory layout)
+        and float32 scales (one per block of the memory order), checked; made from ``fill``
+        (quantized) and put in ``added`` if there are none, or quantized from a float state
+        buffer found there (state kept in float32 before). Returns (codes, scales, new)."""
+        block = settings["block_size"]
+        signed = slot not in self._info["non_negative"]
+        count = p.numel()
+        blocks = -(-count // block)
+        codes, scales = state.get(slot), state.get(f"{slot}_scales")
+        if codes is None or (isinstance(codes, torch.Tensor) and codes.is_floating_point()):
+            values = torch.empty_strided(p.shape, layout, dtype=torch.float32)
+            if codes is not None:
+                if codes.shape != p.shape:
+                    raise RuntimeError(f"{where}: state '{slot}' has shape "
+                                       f"{tuple(codes.shape)}, the param has shape "
+                                       f"{tuple(p.shape)}")
+                values.copy_(codes)
+            elif isinstance(fill, torch.Tensor):
+                values.copy_(fill)
+            else:
+                values.fill_(fill)
+            codes = torch.empty_strided(p.shape, layout, dtype=torch.uint8)
+            scales = torch.empty(blocks, dtype=torch.float32)
+            _core.quantize(_flat(values), _flat(codes), scales.numpy(), block, signed)
+            added[slot], added[f"{slot}_scales"] = codes, scales
+            return codes, scales, state.get(slot) is None
+        if not isinstance(codes, torch.Tensor) or codes.dtype != torch.uint8:
+            raise TypeError(f"{where}: state '{slot}' must be a uint8 tensor of codes (int8 "
+                            f"state), got {getattr(codes, 'dtype', type(codes).__name__)}")
+        if codes.shape != p.shape or codes.stride() != layout or codes.device.type != "cpu":
+            raise ValueError(f"{where}: state '{slot}' holds codes of shape "
+                             f"{tuple(codes.shape)} and strides {codes.stride()}; int8 state "
+                             f"is codes in the param's shape {tuple(p.shape)} and memory "
+                             f"layout {layout} (the blocks run in memory order)")
+        if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or \
+                scales.shape != (blocks,) or scales.device.type != "cpu" or \
+                not scales.is_contiguous():
+            got = "missing" if scales is None else (
+                f"{getattr(scales, 'dtype', type(scales).__name__)} "
+                f"{tuple(getattr(scales, 'shape', ()))}")
+            raise ValueError(f"{where}: state '{slot}_scales' must be {blocks} float32 scales "
+                             f"(one per block of {block} of the param's {count} elements), "
+                             f"got {got}")
+        return codes, scales, False
+
+    def _decoded(self, state: dict[str, Any], slot: str, group: dict[str, Any],
+                 where: str) -> torch.Tensor:
+        """The float32 values of int8 state slot ``slot`` (codes and scales)."""
+        codes, scales = state[slot], state.get(f"{slot}_scales")
+        block = _settings(group)["block_size"]
+        if not isinstance(scales, torch.Tensor) or scales.dtype != torch.float32 or \
+                scales.numel() != -(-codes.numel() // block) or not scales.is_contiguous():
+            raise ValueError(f"{where}: state '{slot}' is int8 codes without "
+                             f"{-(-codes.numel() // block)} float32 scales '{slot}_scales' "
+                             f"(block_size={block})")
+        values = torch.empty_like(codes, dtype=torch.float32)
+        _core.dequantize(_flat(codes.contiguous() if not _dense(codes) else codes),
+                         scales.numpy(), _flat(values), block,
+                         slot not in self._info["non_negative"])
+        return values
+
+    def dequantize_state(self, p: torch.Tensor, key: str) -> torch.Tensor:
+        """State ``key`` of param ``p`` as a new float32 tensor shaped like ``p``: int8 state
+        (``state_dtype="int8"``) decoded from its codes and block scales (torchao's
+        ``OptimState8bit.dequantize()``), any other state buffer converted."""
+        state = self.state[p]
+        if key not in state:
+            raise KeyError(f"the param's state has no '{key}'")
+        if _is_codes(state[key]):
+            group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+            return self._decoded(state, key, group, f"state '{key}'")
+        return state[key].to(torch.float32, copy=True)
+
     def _sparse_rows(self, group: dict[str, Any], p: torch.Tensor, g: torch.Tensor,
                      param_index: int) -> dict[str, Any] | None:
         """A sparse grad (nn.Embedding(sparse=True)) as a table of the rows it touches, stepped
@@ -779,7 +887,7 @@ class _FusedStep:
         width = p[0].numel() if p.dim() > 1 else 1
         row_bytes = width * p.element_size()
         added: dict[str, Any] = {}
-        table = np.zeros((len(rows), 12), dtype=np.int64)
+        table = np.zeros((len(rows), 15), dtype=np.int64)
         table[:, 0] = _data_ptr(p) + rows * row_bytes
         table[:, 1] = _data_ptr(values) + np.arange(len(rows), dtype=np.int64) * row_bytes
         table[:, 5] = width
@@ -1051,7 +1159,7 @@ class _FusedStep:
                         if buffers[-1] is None:
                             continue
                     want = [_torch_dtype(p, state_dtype)] * len(slots) + [torch.float32]
-                    row = [0] * 12
+                    row = [0] * 15
                     # param, master and state in one memory order: the param's own when every
                     # buffer shares its dense layout, else contiguous copies
                     together = _dense(pm) and all(
@@ -1244,10 +1352,11 @@ class _FusedStep:
     # ---- construction and param groups -------------------------------------------------------
     def __init__(self, params: Any, *args: Any, master_weights: bool = False,
                  state_dtype: Any = None, stochastic_rounding: bool = False, seed: int = 0,
-                 **kwargs: Any) -> None:
+                 block_size: int = 256, min_8bit_size: int = 4096, **kwargs: Any) -> None:
         # checked before torch's constructor runs: a bad setting changes nothing
         options = _settings({"master_weights": master_weights, "state_dtype": state_dtype,
-                             "stochastic_rounding": stochastic_rounding, "seed": seed})
+                             "stochastic_rounding": stochastic_rounding, "seed": seed,
+                             "block_size": block_size, "min_8bit_size": min_8bit_size})
         self.__dict__["_fastoptim_options"] = options  # the defaults add_param_group gives
         try:
             super().__init__(params, *args, **kwargs)
@@ -1269,7 +1378,8 @@ class _FusedStep:
                 storage = _param_storage(p, settings, where)
                 if not state or storage is None:
                     continue
-                dtype = _torch_dtype(p, storage[1])
+                # int8 state: float32 until the first step quantizes it
+                dtype = torch.float32 if storage[1] == "int8" else _torch_dtype(p, storage[1])
                 for key, value in list(state.items()):
                     if key in slot_names and isinstance(value, torch.Tensor) and \
                             value.dtype != dtype:
@@ -1319,6 +1429,7 @@ class _FusedStep:
         checkpoint's master_weights, state_dtype and stochastic_rounding are this optimizer's
         (its seed is loaded; a checkpoint without these keys, torch.optim's, loads with this
         optimizer's settings). Anything else raises before anything changes."""
+        state_dict = self._from_torchao(state_dict)
         loaded = _checkpoint.parse(state_dict, self._info,
                                    [len(g["params"]) for g in self.param_groups])
         params = [p for group in self.param_groups for p in group["params"]]
@@ -1360,6 +1471,51 @@ class _FusedStep:
                             scalar_value(value, f"{where}: state '{name}'"))))
                     elif not plain:  # a 16-bit param's: not cast to the param's dtype
                         keep_dtype.append((key, param, name))
+                    continue
+                int8 = storage is not None and storage[1] == "int8"
+                if what == "scales":
+                    block = settings["block_size"]
+                    blocks = -(-_memory(param).numel() // block)
+                    if not int8:
+                        raise ValueError(
+                            f"{where}: loaded state has '{name}', the block scales of int8 "
+                            f"state; this optimizer keeps the param's state in "
+                            f"{storage[1] if storage else param.dtype} (state_dtype="
+                            f"{settings['state_dtype']}, min_8bit_size="
+                            f"{settings['min_8bit_size']}, {param.numel()} elements)")
+                    if not isinstance(value, torch.Tensor) or value.dtype != torch.float32 or \
+                            tuple(value.shape) != (blocks,):
+                        raise ValueError(
+                            f"{where}: loaded state '{name}' must be {blocks} float32 scales (one "
+                            f"per block of {block} of the param's {param.numel()} elements), got "
+                            f"{getattr(value, 'dtype', type(value).__name__)} "
+                            f"{tuple(getattr(value, 'shape', ()))}")
+                    keep_dtype.append((key, param, name))
+                    continue
+                if what == "buffer" and name != "master_param" and (
+                        int8 or _is_codes(value)) and value is not None:
+                    if not int8:
+                        raise ValueError(
+                            f"{where}: loaded state '{name}' is int8 codes; this optimizer "
+                            f"keeps the param's state in {storage[1] if storage else None} "
+                            f"(state_dtype={settings['state_dtype']}, min_8bit_size="
+                            f"{settings['min_8bit_size']}, {param.numel()} elements)")
+                    if isinstance(value, torch.Tensor) and value.is_floating_point() and \
+                            value.shape == param.shape and not param.is_complex():
+                        # float state (torchao keeps a tensor whose size is not a multiple
+                        # of its block in float32): quantized by the next step
+                        keep_dtype.append((key, param, name))
+                        continue
+                    if not _is_codes(value) or value.shape != param.shape:
+                        raise ValueError(
+                            f"{where}: loaded state '{name}' must be uint8 codes shaped like the "
+                            f"param {tuple(param.shape)} (int8 state), got "
+                            f"{getattr(value, 'dtype', type(value).__name__)} "
+                            f"{tuple(getattr(value, 'shape', ()))}")
+                    if f"{name}_scales" not in saved_state:
+                        raise ValueError(f"{where}: loaded state '{name}' is int8 codes without "
+                                         f"its scales '{name}_scales'")
+                    keep_dtype.append((key, param, name))
                     continue
                 if what == "unknown":
                     if not isinstance(value, torch.Tensor):
@@ -1428,6 +1584,49 @@ class _FusedStep:
                 group.update(settings)  # the seed loaded, the others this optimizer's
             self._invalidate_plans()
 
+    def _from_torchao(self, state_dict: Any) -> Any:
+        """A torchao AdamW8bit/Adam8bit checkpoint in this front's layout: each 8-bit state
+        tensor (torchao's OptimState8bit: codes, scale, qmap, signed) as codes and
+        '<slot>_scales', its map checked against this rule's for the slot; torchao's tensor lr
+        as a number; the keys torchao's groups lack (maximize, ...) this optimizer's.
+        Anything else is returned as it is."""
+        states = state_dict.get("state") if isinstance(state_dict, Mapping) else None
+        if not isinstance(states, Mapping) or not any(
+                hasattr(v, "qmap") and hasattr(v, "codes")
+                for s in states.values() if isinstance(s, Mapping) for v in s.values()):
+            return state_dict
+        out = dict(state_dict)
+        out["state"] = {}
+        for key, state in states.items():
+            entry = dict(state)
+            for name, value in state.items():
+                if not (hasattr(value, "qmap") and hasattr(value, "codes")):
+                    continue
+                signed = name not in self._info["non_negative"]
+                if bool(value.signed) != signed or not torch.equal(
+                        value.qmap.view(torch.int32), torch.tensor(
+                            _core.dynamic_map(signed), dtype=torch.float32).view(torch.int32)):
+                    raise ValueError(f"loaded state '{name}' of param {key}: its 8-bit map is "
+                                     f"not the {'signed' if signed else 'unsigned'} dynamic map "
+                                     "this rule keeps the slot in")
+                entry[name] = value.codes
+                entry[f"{name}_scales"] = value.scale
+            out["state"][key] = entry
+        groups = []
+        for saved, mine in zip(state_dict.get("param_groups", []), self.param_groups):
+            group = {k: v for k, v in mine.items() if k != "params"}
+            group.update(saved)
+            if torch.is_tensor(group.get("lr")):
+                group["lr"] = float(group["lr"])
+            blocks = [v.codes.numel() // v.scale.numel() for s in states.values()
+                      for v in s.values() if hasattr(v, "qmap") and v.scale.numel()]
+            group.setdefault("state_dtype", "int8")
+            if blocks and "block_size" not in saved:
+                group["block_size"] = blocks[0]
+            groups.append(group)
+        out["param_groups"] = groups
+        return out
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.state = _State(self.state)
@@ -1448,11 +1647,17 @@ _OPTION_DOCS = """
             load_state_dict of the model) is kept: an element whose bits differ from its
             master rounded to nearest-even steps from the param's value, widened exactly
             (default: False)
-        state_dtype (torch.dtype or str, optional): torch.float32 or torch.bfloat16 moments
+        state_dtype (torch.dtype or str, optional): torch.float32 or torch.bfloat16 moments,
+            or torch.int8: blockwise 8-bit moments (uint8 codes '<slot>' and float32 block
+            scales '<slot>_scales'; opt.dequantize_state(p, key) reads one as float32)
             (default: None, the param's dtype; float32 beside a master copy)
         stochastic_rounding (bool, optional): bfloat16/float16 stores round stochastically,
             reproducibly for a seed (default: False)
         seed (int, optional): stochastic rounding's seed, 0..2**64 - 1 (default: 0)
+        block_size (int, optional): int8 state's elements per scale, a power of two from 32
+            to 65536 (default: 256)
+        min_8bit_size (int, optional): params of fewer elements keep float32 state under
+            state_dtype=int8 (default: 4096)
 """
 
 
@@ -1520,3 +1725,28 @@ def _fused_class(info: dict[str, Any]) -> type:
 
 
 CLASSES = {info["torch_name"]: _fused_class(info) for info in RULES.values()}
+
+
+def _eight_bit_class(name: str, base: type) -> type:
+    """torchao's and bitsandbytes' name for ``base`` with int8 state (``state_dtype="int8"``):
+    their constructor (``block_size``, and torchao's ``bf16_stochastic_round`` for fastoptim's
+    ``stochastic_rounding``), every fastoptim keyword after it."""
+
+    def __init__(self: Any, params: Any, *args: Any, block_size: int = 256,
+                 bf16_stochastic_round: bool = False, state_dtype: Any = "int8",
+                 stochastic_rounding: bool | None = None, **kwargs: Any) -> None:
+        rounding = bf16_stochastic_round if stochastic_rounding is None else stochastic_rounding
+        base.__init__(self, params, *args, state_dtype=state_dtype, block_size=block_size,
+                      stochastic_rounding=rounding, **kwargs)
+
+    doc = (f"fastoptim.torch.{base.__name__} with blockwise 8-bit state (state_dtype='int8'): "
+           f"the name torchao ({name}) and bitsandbytes use. Tensors of fewer than "
+           "min_8bit_size (4096) elements keep float32 state; opt.dequantize_state(p, key) "
+           "reads a moment as float32.")
+    return type(name, (base,), {"__init__": __init__, "__doc__": doc, "__module__": __name__,
+                                "__qualname__": name})
+
+
+EIGHT_BIT = {"Adam8bit": _eight_bit_class("Adam8bit", CLASSES["Adam"]),
+             "AdamW8bit": _eight_bit_class("AdamW8bit", CLASSES["AdamW"])}
+globals().update(EIGHT_BIT)

@@ -27,7 +27,8 @@ struct Adadelta {
       check(&O::eps, Range::non_negative, "Invalid epsilon value"),
       check(&O::weight_decay, Range::non_negative, "Invalid weight_decay value"));
   static constexpr const char* invalid(const O&) { return nullptr; }
-  static constexpr auto slots = list<Slot<O>>(Slot<O>{"square_avg"}, Slot<O>{"acc_delta"});
+  static constexpr auto slots = list<Slot<O>>(Slot<O>{.name = "square_avg", .non_negative = true},
+                                              Slot<O>{.name = "acc_delta", .non_negative = true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
   static constexpr auto args = list<Arg>(
       Arg{"lr"}, Arg{"rho"}, Arg{"eps"}, Arg{"weight_decay"}, ignored_none("foreach", false),

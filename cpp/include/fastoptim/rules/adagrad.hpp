@@ -34,7 +34,9 @@ struct Adagrad {
   static constexpr const char* invalid(const O&) { return nullptr; }
   // torch fills `sum` with the constructor's initial_accumulator_value (not a later group's).
   static constexpr auto slots =
-      list<Slot<O>>(Slot<O>{"sum", nullptr, &O::initial_accumulator_value});
+      list<Slot<O>>(Slot<O>{.name = "sum",
+                            .initial_from = &O::initial_accumulator_value,
+                            .non_negative = true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
   static constexpr auto args = list<Arg>(
       Arg{"lr"}, Arg{"lr_decay"}, Arg{"weight_decay"}, Arg{"initial_accumulator_value"},

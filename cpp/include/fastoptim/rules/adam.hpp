@@ -37,8 +37,10 @@ struct AdamFamily {
       check(&O::weight_decay, Range::non_negative, "Invalid weight_decay value"));
   static constexpr const char* invalid(const O&) { return nullptr; }
   static constexpr auto slots = list<Slot<O>>(
-      Slot<O>{"exp_avg"}, Slot<O>{"exp_avg_sq"},
-      Slot<O>{"max_exp_avg_sq", [](const O& o) { return o.amsgrad; }});
+      Slot<O>{"exp_avg"}, Slot<O>{.name = "exp_avg_sq", .non_negative = true},
+      Slot<O>{.name = "max_exp_avg_sq",
+              .used = [](const O& o) { return o.amsgrad; },
+              .non_negative = true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
   static constexpr bool has_step = true;
   static constexpr bool eager_state = false;

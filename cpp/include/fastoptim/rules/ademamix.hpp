@@ -62,7 +62,7 @@ struct AdEMAMix {
       return "Invalid betas for t_beta3: the beta3 warm-up needs beta1 > 0 and beta3 > 0";
     return nullptr;
   }
-  static constexpr auto slots = list<Slot<O>>(Slot<O>{"m1"}, Slot<O>{"m2"}, Slot<O>{"nu"});
+  static constexpr auto slots = list<Slot<O>>(Slot<O>{"m1"}, Slot<O>{"m2"}, Slot<O>{.name = "nu", .non_negative = true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
   static constexpr auto args =
       list<Arg>(Arg{"lr"}, Arg{"betas"}, Arg{"alpha"}, Arg{"t_alpha"}, Arg{"t_beta3"}, Arg{"eps"},

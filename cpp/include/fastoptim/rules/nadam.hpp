@@ -37,7 +37,8 @@ struct Nadam {
       check(&O::weight_decay, Range::non_negative, "Invalid weight_decay value"),
       check(&O::momentum_decay, Range::non_negative, "Invalid momentum_decay value"));
   static constexpr const char* invalid(const O&) { return nullptr; }
-  static constexpr auto slots = list<Slot<O>>(Slot<O>{"exp_avg"}, Slot<O>{"exp_avg_sq"});
+  static constexpr auto slots = list<Slot<O>>(
+      Slot<O>{"exp_avg"}, Slot<O>{.name = "exp_avg_sq", .non_negative = true});
   static constexpr auto scalar_slots = list<ScalarSlot>(ScalarSlot{"mu_product", 1.0});
   static constexpr auto args = list<Arg>(
       Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"momentum_decay"},

@@ -33,7 +33,8 @@ struct Radam {
       check(&O::beta2, Range::unit_half_open, "Invalid beta parameter at index 1"),
       check(&O::weight_decay, Range::non_negative, "Invalid weight_decay value"));
   static constexpr const char* invalid(const O&) { return nullptr; }
-  static constexpr auto slots = list<Slot<O>>(Slot<O>{"exp_avg"}, Slot<O>{"exp_avg_sq"});
+  static constexpr auto slots = list<Slot<O>>(
+      Slot<O>{"exp_avg"}, Slot<O>{.name = "exp_avg_sq", .non_negative = true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
   static constexpr auto args = list<Arg>(
       Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"decoupled_weight_decay"},

@@ -32,7 +32,7 @@ struct Rmsprop {
       check(&O::alpha, Range::non_negative, "Invalid alpha value"));
   static constexpr const char* invalid(const O&) { return nullptr; }
   static constexpr auto slots = list<Slot<O>>(
-      Slot<O>{"square_avg"},
+      Slot<O>{.name = "square_avg", .non_negative = true},
       Slot<O>{"momentum_buffer", [](const O& o) { return o.momentum > 0.0; }},
       Slot<O>{"grad_avg", [](const O& o) { return o.centered; }});
   static constexpr List<ScalarSlot, 0> scalar_slots{};

@@ -131,6 +131,9 @@ struct Slot {
   bool (*used)(const O&) = nullptr;
   double O::*initial_from = nullptr;
   bool from_param = false;
+  // never negative (a sum or average of squares, a max of magnitudes): int8 state stores it with
+  // the unsigned dynamic map, which spends all 256 codes on [0, 1]; the others use the signed map
+  bool non_negative = false;
 };
 
 // A named element transform (Schedule-Free's train, eval): runs over every param that has its

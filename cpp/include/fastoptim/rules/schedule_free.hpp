@@ -126,7 +126,8 @@ struct AdamWScheduleFree
       check(&O::k, Range::whole, "Invalid step count k"));
   static constexpr const char* invalid(const O&) { return nullptr; }
   static constexpr auto slots =
-      list<Slot<O>>(Slot<O>{"z", nullptr, nullptr, true}, Slot<O>{"exp_avg_sq"});
+      list<Slot<O>>(Slot<O>{"z", nullptr, nullptr, true},
+                    Slot<O>{.name = "exp_avg_sq", .non_negative = true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
   static constexpr auto args = list<Arg>(
       Arg{"lr"}, Arg{"betas"}, Arg{"eps"}, Arg{"weight_decay"}, Arg{"warmup_steps"}, Arg{"r"},
