@@ -396,7 +396,10 @@ def _mixed_layouts() -> list[tuple[str, Any, Any, Options]]:
                ("fp16 master", np.float16, np.float16, {"master_weights": True}),
                ("fp16 stochastic", np.float16, np.float16, {"stochastic_rounding": True}),
                ("fp32 fp16-grads", np.float32, np.float16, {}),
-               ("fp64 fp32-grads", np.float64, np.float32, {})]
+               ("fp64 fp32-grads", np.float64, np.float32, {}),
+               # blocks of 32 with partial last blocks (sizes 1023, 20000), 1 and 7 in float32
+               ("fp32 int8-state", np.float32, np.float32,
+                {"state_dtype": "int8", "block_size": 32, "min_8bit_size": 9})]
     try:
         import ml_dtypes
     except ImportError:
@@ -415,9 +418,12 @@ def check_mixed_precision(levels: list[str]) -> int:
     scalar one (the conversions and stochastic rounding of the emulated CPU's level), and
     the default 16-bit step equal to the float32 step on the widened values, rounded once."""
     checks = 0
-    for seed, (name, cls, _, variants) in enumerate(registered_rules().values()):
+    for seed, (rule, (name, cls, _, variants)) in enumerate(registered_rules().items()):
         options = variants[-1]
         for label, param, grad, settings in _mixed_layouts():
+            if settings.get("state_dtype") == "int8" and \
+                    fastoptim._registry.RULES[rule]["param_copies"]:
+                continue  # a slot that copies the param (Schedule-Free's z) is not a moment
             params0, grads = make_data(200 + seed, 2)
             first: tuple[str, list[np.ndarray]] | None = None
             # the reference level and the emulated CPU's widest (qemu time is limited)

@@ -234,6 +234,66 @@ constexpr DynamicMaps make_maps() {
 }
 constexpr DynamicMaps kMaps = make_maps();
 
+// torchao's code of y for a map: a binary search with y >= map[c + step], then up one code
+// exactly when y - map[c] >= (map[c + 1] - map[c]) * 0.5 in float32 (a tie goes up); NaN: 0.
+std::uint32_t torchao_code(const float* map, float y) {
+  if (std::isnan(y)) return 0;
+  std::uint32_t c = y >= map[128] ? 128u : 0u;
+  for (std::uint32_t step = 64; step >= 1; step /= 2)
+    if (y >= map[c + step]) c += step;
+  const std::uint32_t up = c == 255 ? 255 : c + 1;
+  return y - map[c] < (map[up] - map[c]) * 0.5f ? c : up;
+}
+
+// The bucket table blockwise.inl reads the codes from (its layout is described there): built
+// from torchao_code, checking what makes one read per value exact: below 2^-24 the code is the
+// code of 0, and no bucket holds two points where the code changes. The code of a float32 y is
+// monotone in y (the search's comparisons are, and the rounding is within one interval), so a
+// bisection finds the one point in a bucket.
+struct CodeBuckets {
+  std::vector<std::uint32_t> table[2];  // per map: [sign][bucket]
+};
+const CodeBuckets& code_bucket_tables() {
+  static const CodeBuckets tables = [] {
+    constexpr std::uint32_t kBuckets = kernels::kCodeBucketsPerSign;
+    CodeBuckets t;
+    for (int m = 0; m < 2; ++m) {
+      const float* map = kMaps.map[m];
+      t.table[m].resize(2 * kBuckets);
+      for (std::uint32_t sign = 0; sign < 2; ++sign) {
+        auto code_at = [&](std::uint32_t magnitude_bits) {
+          const float a = std::bit_cast<float>(magnitude_bits);
+          return torchao_code(map, sign ? -a : a);
+        };
+        for (std::uint32_t b = 0; b < kBuckets; ++b) {
+          const std::uint32_t first = 0x33800000u + (b << 16);
+          const std::uint32_t c0 = code_at(first), c1 = code_at(first + 0xffffu);
+          if (b == 0 && code_at(0) != c0)
+            throw std::logic_error("int8 map: the code below 2^-24 is not the code of 0");
+          const std::uint32_t moves = sign ? c0 - c1 : c1 - c0;
+          if (moves > 1) throw std::logic_error("int8 map: two decision points in one bucket");
+          std::uint32_t at = 0x10000u;  // the first low 16 bits where the code has moved
+          if (moves == 1) {
+            std::uint32_t lo = 0, hi = 0xffffu;  // code_at(first + lo) == c0 != code_at(first + hi)
+            while (hi - lo > 1) {
+              const std::uint32_t mid = lo + (hi - lo) / 2;
+              (code_at(first + mid) == c0 ? lo : hi) = mid;
+            }
+            at = hi;
+          }
+          const std::uint32_t base = sign ? (c0 - 1) & 0xffu : c0;
+          t.table[m][sign * kBuckets + b] = base << 24 | at;
+        }
+      }
+    }
+    return t;
+  }();
+  return tables;
+}
+const std::uint32_t* code_buckets(const float* map) {
+  return code_bucket_tables().table[map == kMaps.map[0] ? 0 : 1].data();
+}
+
 // Elements per tile of a call with int8 state: the dequantized state of every slot of a tile
 // (3 slots x 8 KB) stays in L1 between the kernel and the requantization.
 constexpr std::size_t kTileElements = 2048;
@@ -298,7 +358,7 @@ void run_piece(const LayoutRun& l, const void* scalars, const void* factors,
     run_piece_streams(l, scalars, factors, b, at, n, rounding, tile_state);
     for (int k = 0; k < rules::kMaxSlots; ++k)
       if (l.slot_used[k])
-        table.quantize(static_cast<const float*>(tile_state[k]), n, l.block, l.map[k],
+        table.quantize(static_cast<const float*>(tile_state[k]), n, l.block, code_buckets(l.map[k]),
                        static_cast<std::uint8_t*>(b.state[k]) + at, b.scales[k] + at / l.block);
   }
 }
@@ -632,8 +692,8 @@ void quantize(const float* values, std::size_t count, std::size_t block_size, bo
   if (count == 0) return;
   if (values == nullptr || codes == nullptr || scales == nullptr)
     throw std::invalid_argument("quantize: null buffer");
-  kernels::active_table().quantize(values, count, block_size, dynamic_map(signed_map), codes,
-                                   scales);
+  kernels::active_table().quantize(values, count, block_size,
+                                   code_buckets(dynamic_map(signed_map)), codes, scales);
 }
 
 void dequantize(const std::uint8_t* codes, const float* scales, std::size_t count,

@@ -2,6 +2,7 @@
 // SIMD level converting with the same bits (NaN, inf, subnormals and ties included), and a
 // 16-bit step equal, bit for bit, to the float32 step on the widened values rounded once (torch's
 // fused=True semantics for reduced precision).
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -296,6 +297,46 @@ std::vector<float> int8_probe(bool signed_map, std::size_t block) {
   if (!signed_map)
     for (float& v : x) v = std::fabs(v);
   return x;
+}
+
+// The codes are read from a table of buckets of |y|'s float32 bits (2^16 values each, above
+// 2^-24; blockwise.inl): every value within 3 of a bucket's edges, every 4099th float32 value in
+// [-1, 1], and the values around every decision point of the map (its midpoints), at every
+// level, against the search. Blocks of 65536 whose first element is 1 (scale 1: y = x).
+TEST(Storage, Int8CodesAtEveryBucketEdgeAreTheSearchs) {
+  for (bool signed_map : {true, false}) {
+    std::vector<float> x;
+    auto add = [&](std::uint32_t magnitude_bits) {
+      const float a = std::bit_cast<float>(magnitude_bits);
+      if (!(a <= 1.0f)) return;
+      x.push_back(a);
+      x.push_back(-a);
+    };
+    for (std::uint32_t edge = 0x33800000u; edge <= 0x3f810000u; edge += 0x10000u)
+      for (std::uint32_t d = 0; d < 7; ++d) add(edge + d - 3);
+    for (std::uint32_t bits = 0; bits <= 0x3f800000u; bits += 4099) add(bits);
+    const float* map = dynamic_map(signed_map);
+    for (int c = 0; c < 255; ++c) {
+      const float mid = map[c] + (map[c + 1] - map[c]) * 0.5f;
+      for (float v = std::nextafter(std::nextafter(mid, -2.0f), -2.0f), k = 0; k < 5;
+           ++k, v = std::nextafter(v, 2.0f))
+        x.push_back(v);
+    }
+    const std::size_t block = 65536;
+    for (std::size_t at = 0; at < x.size(); at += block) x.insert(x.begin() + at, 1.0f);
+    std::vector<std::uint8_t> want_codes;
+    std::vector<float> want_scales;
+    ref_quantize(x, block, signed_map, want_codes, want_scales);
+    for (const std::string& level : available_simd_levels()) {
+      set_simd_level(level);
+      std::vector<std::uint8_t> codes(x.size());
+      std::vector<float> scales(want_scales.size());
+      quantize(x.data(), x.size(), block, signed_map, codes.data(), scales.data());
+      for (std::size_t i = 0; i < x.size(); ++i)
+        ASSERT_EQ(codes[i], want_codes[i]) << level << " element " << i << " " << x[i];
+    }
+  }
+  set_simd_level(available_simd_levels().back());
 }
 
 TEST(Storage, Int8QuantizationIsTheReferenceAtEveryLevel) {

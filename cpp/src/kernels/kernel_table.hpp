@@ -51,8 +51,10 @@ inline constexpr size_t kRuleCount = rules::All::size;
 
 // Blockwise 8-bit state (blockwise.inl): float32 values [0, count) to codes and one scale per
 // block of `block` elements, and back, with a 256-entry map; one pair per ISA, for every rule.
-using QuantizeBlocks = void (*)(const float* values, size_t count, size_t block, const float* map,
-                                uint8_t* codes, float* scales);
+// The codes come from the map's bucket table (kCodeBuckets entries, driver.cpp: code_buckets).
+inline constexpr uint32_t kCodeBucketsPerSign = ((0x3f800000u - 0x33800000u) >> 16) + 1;
+using QuantizeBlocks = void (*)(const float* values, size_t count, size_t block,
+                                const uint32_t* buckets, uint8_t* codes, float* scales);
 using DequantizeBlocks = void (*)(const uint8_t* codes, const float* scales, size_t count,
                                   size_t block, const float* map, float* values);
 

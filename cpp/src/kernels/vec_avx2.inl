@@ -143,12 +143,6 @@ FASTOPTIM_INLINE U32 nan_mask(F32 a) {
   return {_mm256_castps_si256(_mm256_cmp_ps(a.v, a.v, _CMP_UNORD_Q))};
 }
 
-// blockwise.inl's first search steps: table[index & 15] from two registers
-FASTOPTIM_INLINE F32 permute16(const float* table, U32 index) {
-  const __m256 low = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table), index.v);
-  const __m256 high = _mm256_permutevar8x32_ps(_mm256_loadu_ps(table + 8), index.v);
-  return {_mm256_blendv_ps(low, high, _mm256_castsi256_ps(_mm256_slli_epi32(index.v, 28)))};
-}
 // blockwise.inl's map lookups: 8 floats of a table by 32-bit index
 FASTOPTIM_INLINE F32 gather(const float* table, U32 index) {
   return {_mm256_i32gather_ps(table, index.v, 4)};

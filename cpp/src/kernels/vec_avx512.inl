@@ -147,10 +147,6 @@ FASTOPTIM_INLINE U32 nan_mask(F32 a) {
   return {_mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(a.v, a.v, _CMP_UNORD_Q), _mm512_set1_epi32(-1))};
 }
 
-// blockwise.inl's first search steps: table[index & 15] from one register
-FASTOPTIM_INLINE F32 permute16(const float* table, U32 index) {
-  return {_mm512_permutexvar_ps(index.v, _mm512_loadu_ps(table))};
-}
 // blockwise.inl's map lookups: 16 floats of a table by 32-bit index
 FASTOPTIM_INLINE F32 gather(const float* table, U32 index) {
   return {_mm512_i32gather_ps(index.v, table, 4)};
