@@ -22,6 +22,7 @@ inline const char* name_of(DType t) {
     case DType::float64: return "float64";
     case DType::bfloat16: return "bfloat16";
     case DType::float16: return "float16";
+    case DType::int8: return "int8";
   }
   return "?";
 }

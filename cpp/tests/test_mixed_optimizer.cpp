@@ -36,6 +36,7 @@ decltype(auto) with_type(DType t, F&& f) {
     case DType::float64: return f(double{});
     case DType::bfloat16: return f(bfloat16{});
     case DType::float16: break;
+    case DType::int8: throw std::invalid_argument("int8 is a state type, never a param's");
   }
   return f(float16{});
 }

@@ -273,6 +273,27 @@ void ref_quantize(const std::vector<float>& x, std::size_t block, bool signed_ma
   }
 }
 
+// quantize at every level gives the reference's codes and scales (a NaN scale: any NaN)
+void expect_reference_codes_at_every_level(const std::vector<float>& x, std::size_t block,
+                                           bool signed_map) {
+  std::vector<std::uint8_t> want_codes;
+  std::vector<float> want_scales;
+  ref_quantize(x, block, signed_map, want_codes, want_scales);
+  for (const std::string& level : available_simd_levels()) {
+    set_simd_level(level);
+    std::vector<std::uint8_t> codes(x.size());
+    std::vector<float> scales(want_scales.size());
+    quantize(x.data(), x.size(), block, signed_map, codes.data(), scales.data());
+    for (std::size_t i = 0; i < x.size(); ++i)
+      ASSERT_EQ(codes[i], want_codes[i]) << level << " element " << i << " " << x[i];
+    for (std::size_t b = 0; b < scales.size(); ++b)
+      ASSERT_TRUE(bits_of(scales[b]) == bits_of(want_scales[b]) ||
+                  (std::isnan(scales[b]) && std::isnan(want_scales[b])))
+          << level << " block " << b;
+  }
+  set_simd_level(available_simd_levels().back());
+}
+
 std::vector<float> int8_probe(bool signed_map, std::size_t block) {
   std::vector<float> x;
   std::uint64_t state = 7;
@@ -324,39 +345,20 @@ TEST(Storage, Int8CodesAtEveryBucketEdgeAreTheSearchs) {
     }
     const std::size_t block = 65536;
     for (std::size_t at = 0; at < x.size(); at += block) x.insert(x.begin() + at, 1.0f);
-    std::vector<std::uint8_t> want_codes;
-    std::vector<float> want_scales;
-    ref_quantize(x, block, signed_map, want_codes, want_scales);
-    for (const std::string& level : available_simd_levels()) {
-      set_simd_level(level);
-      std::vector<std::uint8_t> codes(x.size());
-      std::vector<float> scales(want_scales.size());
-      quantize(x.data(), x.size(), block, signed_map, codes.data(), scales.data());
-      for (std::size_t i = 0; i < x.size(); ++i)
-        ASSERT_EQ(codes[i], want_codes[i]) << level << " element " << i << " " << x[i];
-    }
+    expect_reference_codes_at_every_level(x, block, signed_map);
   }
-  set_simd_level(available_simd_levels().back());
 }
 
 TEST(Storage, Int8QuantizationIsTheReferenceAtEveryLevel) {
   for (bool signed_map : {true, false})
     for (std::size_t block : {32, 256, 2048}) {
       const std::vector<float> x = int8_probe(signed_map, block);
-      std::vector<std::uint8_t> want_codes;
-      std::vector<float> want_scales;
-      ref_quantize(x, block, signed_map, want_codes, want_scales);
+      expect_reference_codes_at_every_level(x, block, signed_map);
+      std::vector<std::uint8_t> codes;
+      std::vector<float> scales, values(x.size());
+      ref_quantize(x, block, signed_map, codes, scales);
       for (const std::string& level : available_simd_levels()) {
         set_simd_level(level);
-        std::vector<std::uint8_t> codes(x.size());
-        std::vector<float> scales(want_scales.size()), values(x.size());
-        quantize(x.data(), x.size(), block, signed_map, codes.data(), scales.data());
-        for (std::size_t i = 0; i < x.size(); ++i)
-          ASSERT_EQ(codes[i], want_codes[i]) << level << " element " << i << " " << x[i];
-        for (std::size_t b = 0; b < scales.size(); ++b)
-          ASSERT_TRUE(bits_of(scales[b]) == bits_of(want_scales[b]) ||
-                      (std::isnan(scales[b]) && std::isnan(want_scales[b])))
-              << level << " block " << b;
         dequantize(codes.data(), scales.data(), x.size(), block, signed_map, values.data());
         for (std::size_t i = 0; i < x.size(); ++i) {
           const float want = dynamic_map(signed_map)[codes[i]] * scales[i / block];

@@ -57,6 +57,22 @@ struct ScheduleFree {
     return o.weight_sum == 0.0 ? 0.0 : w / o.weight_sum;
   }
 
+  // A rule's fields, then what both rules end with: the group state (checkpoint order)
+  template <class... F>
+  static constexpr auto fields_then_group_state(F... options) {
+    return list<Field<O>>(options..., state_count("k", &O::k),
+                          state_flag("train_mode", &O::train_mode),
+                          state_number("weight_sum", &O::weight_sum),
+                          state_number("lr_max", &O::lr_max),
+                          state_number("scheduled_lr", &O::scheduled_lr));
+  }
+  // A rule's checks, then the warm-up's and the group state's
+  template <class... C>
+  static constexpr auto checks_then_schedule(C... checks) {
+    return list<Check<O>>(checks..., check(&O::warmup_steps, Range::whole, "Invalid warmup_steps value"),
+                          check(&O::k, Range::whole, "Invalid step count k"));
+  }
+
   static constexpr const char* refused(const O& o) {
     return o.train_mode ? nullptr : kScheduleFreeEvalModeStep;
   }
@@ -107,23 +123,19 @@ struct AdamWScheduleFree
   static constexpr const char* name = "adamw_schedulefree";
   static constexpr const char* torch_name = "AdamWScheduleFree";
   static constexpr const char* reference = "schedulefree.AdamWScheduleFree";
-  static constexpr auto fields = list<Field<O>>(
+  static constexpr auto fields = fields_then_group_state(
       number("lr", &O::lr), number("betas", &O::beta1, 0), number("betas", &O::beta2, 1),
       number("eps", &O::eps), number("weight_decay", &O::weight_decay),
       count("warmup_steps", &O::warmup_steps), number("r", &O::r),
-      number("weight_lr_power", &O::weight_lr_power), state_count("k", &O::k),
-      state_flag("train_mode", &O::train_mode), state_number("weight_sum", &O::weight_sum),
-      state_number("lr_max", &O::lr_max), state_number("scheduled_lr", &O::scheduled_lr));
+      number("weight_lr_power", &O::weight_lr_power));
   // schedulefree checks nothing; these are torch's AdamW checks (beta1 > 0: eval() divides by
   // it) and the group state's
-  static constexpr auto checks = list<Check<O>>(
+  static constexpr auto checks = checks_then_schedule(
       check(&O::lr, Range::non_negative, "Invalid learning rate"),
       check(&O::eps, Range::non_negative, "Invalid epsilon value"),
       check(&O::beta1, Range::unit_open, "Invalid beta parameter at index 0"),
       check(&O::beta2, Range::unit_half_open, "Invalid beta parameter at index 1"),
-      check(&O::weight_decay, Range::non_negative, "Invalid weight_decay value"),
-      check(&O::warmup_steps, Range::whole, "Invalid warmup_steps value"),
-      check(&O::k, Range::whole, "Invalid step count k"));
+      check(&O::weight_decay, Range::non_negative, "Invalid weight_decay value"));
   static constexpr const char* invalid(const O&) { return nullptr; }
   static constexpr auto slots =
       list<Slot<O>>(Slot<O>{"z", nullptr, nullptr, true},
@@ -203,20 +215,15 @@ struct SGDScheduleFree
   static constexpr const char* name = "sgd_schedulefree";
   static constexpr const char* torch_name = "SGDScheduleFree";
   static constexpr const char* reference = "schedulefree.SGDScheduleFree";
-  static constexpr auto fields = list<Field<O>>(
+  static constexpr auto fields = fields_then_group_state(
       number("lr", &O::lr), number("momentum", &O::momentum),
       number("weight_decay", &O::weight_decay), count("warmup_steps", &O::warmup_steps),
-      number("r", &O::r), number("weight_lr_power", &O::weight_lr_power),
-      state_count("k", &O::k), state_flag("train_mode", &O::train_mode),
-      state_number("weight_sum", &O::weight_sum), state_number("lr_max", &O::lr_max),
-      state_number("scheduled_lr", &O::scheduled_lr));
+      number("r", &O::r), number("weight_lr_power", &O::weight_lr_power));
   // schedulefree's checks and words, then the group state's
-  static constexpr auto checks = list<Check<O>>(
+  static constexpr auto checks = checks_then_schedule(
       check(&O::lr, Range::non_negative, "Invalid learning rate"),
       check(&O::weight_decay, Range::non_negative, "Invalid weight_decay value"),
-      check(&O::momentum, Range::unit_open, "Momentum must be between 0 and 1 exclusive"),
-      check(&O::warmup_steps, Range::whole, "Invalid warmup_steps value"),
-      check(&O::k, Range::whole, "Invalid step count k"));
+      check(&O::momentum, Range::unit_open, "Momentum must be between 0 and 1 exclusive"));
   static constexpr const char* invalid(const O&) { return nullptr; }
   static constexpr auto slots = list<Slot<O>>(Slot<O>{"z", nullptr, nullptr, true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
