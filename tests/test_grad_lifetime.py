@@ -96,3 +96,43 @@ def test_grad_is_read_as_python_reads_it():
         del Param.grad
     opt.step()
     assert torch.equal(p.detach(), torch.full((3,), -0.5))
+
+
+def test_new_grads_of_any_tensor_type_are_checked():
+    """New grads of torch.Tensor's own type are read through the at::Tensor their Python
+    objects hold (where the running torch has that layout), others through a handle each:
+    either way a new grad of another size, dtype or layout rebuilds the plan (or is refused
+    as torch refuses it), and one that fits is stepped as a plain new grad is."""
+
+    class Grad(torch.Tensor):
+        pass
+
+    torch.manual_seed(2)
+    ps = [torch.nn.Parameter(torch.randn(6)) for _ in range(3)]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ps]
+    ours, theirs = fo.Adam(ps, lr=0.1), fo.Adam(ref, lr=0.1)  # theirs: plain new grads
+    makes = [
+        lambda g: g.clone(),
+        lambda g: g.clone().as_subclass(Grad),
+        lambda g: torch.stack([g, g], 1)[:, 0],  # strided: another layout, rebuilt
+        lambda g: g.clone(),
+    ]
+    for step in range(12):
+        grads = [torch.randn(6) for _ in ps]
+        for i, (p, q, g) in enumerate(zip(ps, ref, grads)):
+            p.grad = makes[(step + i) % len(makes)](g)
+            q.grad = g.clone()
+        ours.step()
+        theirs.step()
+        for p, q in zip(ps, ref):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=0)
+    for grad_type in (torch.Tensor, Grad):
+        ours.step()
+        ps[0].grad = torch.randn(6).as_subclass(grad_type)
+        ps[0].grad.resize_(7)  # another size: torch's error, nothing changed
+        before = [p.detach().clone() for p in ps]
+        with pytest.raises((RuntimeError, ValueError)):
+            ours.step()
+        for p, b in zip(ps, before):
+            assert torch.equal(p.detach(), b)
+        ps[0].grad = torch.randn(6)

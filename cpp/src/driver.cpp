@@ -163,6 +163,8 @@ template <class R>
 void validate_buffers(const typename R::Options& o, const StreamTypes& types,
                       std::span<const ParamBuffers> buffers) {
   check_step_counts(buffers);
+  bool used[rules::kMaxSlots];  // (once: each is a call through the rule's description)
+  for (int slot = 0; slot < rules::kMaxSlots; ++slot) used[slot] = uses_slot<R>(o, slot);
   for (std::size_t i = 0; i < buffers.size(); ++i) {
     const ParamBuffers& b = buffers[i];
     if constexpr (R::scalar_slots.size > 0) {
@@ -186,10 +188,10 @@ void validate_buffers(const typename R::Options& o, const StreamTypes& types,
     if (types.rounding.stochastic && b.rounding_step < 0)
       throw std::invalid_argument(buffer_name(i) + ": rounding_step must be >= 0");
     for (int slot = 0; slot < rules::kMaxSlots; ++slot) {
-      if (uses_slot<R>(o, slot) && b.state[slot] == nullptr)
+      if (used[slot] && b.state[slot] == nullptr)
         throw std::invalid_argument(buffer_name(i) + ": state " + R::slots[slot].name +
                                     " is null");
-      if (types.state == DType::int8 && uses_slot<R>(o, slot) && b.scales[slot] == nullptr)
+      if (types.state == DType::int8 && used[slot] && b.scales[slot] == nullptr)
         throw std::invalid_argument(buffer_name(i) + ": scales of state " +
                                     R::slots[slot].name + " are null");
     }

@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <vector>
 
 #include "fastoptim/options.hpp"
@@ -36,9 +37,24 @@ namespace {
   throw py::type_error(std::string("param group option '") + key + "' must be " + want +
                        ", got " + py::repr(value).cast<std::string>());
 }
+// The key as an interned str, made once per key (the keys are the descriptions' static
+// strings): a step reads every option of every group, and a new str per read is most of it.
+PyObject* key_object(const char* key) {
+  static std::unordered_map<const char*, PyObject*> keys;
+  PyObject*& k = keys[key];
+  if (k == nullptr) {
+    k = PyUnicode_InternFromString(key);
+    if (k == nullptr) throw py::error_already_set();
+  }
+  return k;
+}
 py::object option(const py::dict& group, const char* key) {
-  if (!group.contains(key)) throw py::key_error(std::string("param group has no '") + key + "'");
-  return group[key];
+  PyObject* value = PyDict_GetItemWithError(group.ptr(), key_object(key));
+  if (value == nullptr) {
+    if (PyErr_Occurred()) throw py::error_already_set();
+    throw py::key_error(std::string("param group has no '") + key + "'");
+  }
+  return py::reinterpret_borrow<py::object>(value);
 }
 double to_number(const char* key, py::handle value) {
   if (PyUnicode_Check(value.ptr()) || PyBytes_Check(value.ptr()) || value.is_none())
@@ -566,10 +582,11 @@ void check_types(const StreamTypes& t, Name&& name) {
 }
 
 // Validates every batch of the call, then runs them all: a bad step count or option in the
-// last group leaves the first one untouched.
+// last group leaves the first one untouched. (One batch: its run validates all before writing.)
 void check_then_run(const std::vector<Batch>& batches, int num_threads,
                     const fastoptim::GradFactors& factors) {
-  for (const Batch& batch : batches) batch.options->check(batch.types, batch.buffers, factors);
+  if (batches.size() > 1)
+    for (const Batch& batch : batches) batch.options->check(batch.types, batch.buffers, factors);
   py::gil_scoped_release release;
   for (const Batch& batch : batches)
     batch.options->run(batch.types, batch.buffers, num_threads, factors);

@@ -90,6 +90,7 @@ PyObject* load_torch_shim(PyObject*, PyObject* args) {
 
 PyObject* torch_shim_loaded(PyObject*, PyObject*) { return PyBool_FromLong(g_loaded); }
 
+
 // Handles for a list of tensors, appended to `out` (owned by the caller from here on); false
 // with a Python error set if torch refuses one (not a plain tensor).
 bool new_handles(PyObject* tensors, std::vector<Handle>& out) {
@@ -112,9 +113,47 @@ bool new_handles(PyObject* tensors, std::vector<Handle>& out) {
   return ok;
 }
 
+// A tensor of this exact type (torch.Tensor) is read through the at::Tensor its Python object
+// holds, right after the object header (torch/csrc/autograd/python_variable.h: THPVariable is
+// PyObject_HEAD then at::Tensor cdata; the layout every C++ extension compiles against), instead
+// of a new handle per tensor and step (a Python call, a heap at::Tensor and a capsule each: a
+// third of the check for new grads). Used only after enable_direct_tensors found that layout
+// in the running torch; such a handle lives as long as the object, which the guard holds.
+PyTypeObject* g_direct_type = nullptr;
+
+Handle direct_handle(PyObject* tensor) {
+  return reinterpret_cast<char*>(tensor) + sizeof(PyObject);
+}
+
+// enable_direct_tensors(tensors): for probes of one type (torch.Tensor), whether each object's
+// at::Tensor after its header is the tensor a handle from torch sees (same TensorImpl, same
+// address); if so, that type is read directly from then on.
+PyObject* enable_direct_tensors(PyObject*, PyObject* tensors) {
+  if (!g_loaded || !PyList_Check(tensors) || PyList_GET_SIZE(tensors) == 0) Py_RETURN_FALSE;
+  std::vector<Handle> handles;
+  const bool made = new_handles(tensors, handles);
+  PyTypeObject* type = Py_TYPE(PyList_GET_ITEM(tensors, 0));
+  bool same = made && handles.size() == static_cast<std::size_t>(PyList_GET_SIZE(tensors));
+  for (std::size_t i = 0; same && i < handles.size(); ++i) {
+    PyObject* t = PyList_GET_ITEM(tensors, static_cast<Py_ssize_t>(i));
+    const Handle direct = direct_handle(t);
+    void *a = nullptr, *b = nullptr;
+    std::int64_t da = -1, db = -2;
+    same = Py_TYPE(t) == type &&
+           *static_cast<void* const*>(direct) == *static_cast<void* const*>(handles[i]) &&
+           !g_shim.data_ptr(direct, &a) && !g_shim.data_ptr(handles[i], &b) && a == b &&
+           !g_shim.dim(direct, &da) && !g_shim.dim(handles[i], &db) && da == db;
+  }
+  for (Handle h : handles) g_shim.release(h);
+  if (!made) PyErr_Clear();
+  g_direct_type = same ? type : nullptr;
+  return PyBool_FromLong(same);
+}
+
 // What a tensor was when the plan was built: address, dtype, sizes and strides.
 struct Record {
   Handle handle = nullptr;
+  bool owned = true;  // a handle of its own (released with the record), not a direct one
   void* ptr = nullptr;
   std::int32_t dtype = 0;
   std::vector<std::int64_t> shape;  // sizes, then strides
@@ -267,7 +306,8 @@ class PlanGuard {
   PlanGuard& operator=(const PlanGuard&) = delete;
   ~PlanGuard() {
     for (const Record& r : watched_) g_shim.release(r.handle);
-    forget_grads();
+    for (const Record& r : grad_records_)
+      if (r.handle != nullptr && r.owned) g_shim.release(r.handle);
     for (Table& t : tables_)
       if (t.held) PyBuffer_Release(&t.view);
     for (PyObject* g : grads_) Py_XDECREF(g);
@@ -282,7 +322,7 @@ class PlanGuard {
   void forget_grads() {
     if (fixed_grads_) return;
     for (Record& r : grad_records_) {
-      if (r.handle != nullptr) g_shim.release(r.handle);
+      if (r.handle != nullptr && r.owned) g_shim.release(r.handle);
       r.handle = nullptr;
     }
     for (PyObject*& g : grads_)
@@ -385,8 +425,16 @@ class PlanGuard {
       if ((g == Py_None) != (before == Py_None)) return 0;
       if (g != before) changed_.push_back(static_cast<std::size_t>(i));
     }
-    if (!changed_.empty() && !take_grads()) return 0;
-    return all_unchanged(grad_records_) ? 1 : 0;
+    if (changed_.empty()) return all_unchanged(grad_records_) ? 1 : 0;
+    if (!take_grads()) return 0;
+    // the grads just taken were checked there; the others are checked as the watched ones
+    std::size_t next = 0;
+    for (std::size_t live = 0; live < grad_records_.size(); ++live) {
+      while (next < changed_.size() && live_index_[changed_[next]] < live) ++next;
+      if (next < changed_.size() && live_index_[changed_[next]] == live) continue;
+      if (!unchanged(grad_records_[live].handle, grad_records_[live])) return 0;
+    }
+    return 1;
   }
 
   PyObject* live_grads() const {
@@ -405,6 +453,40 @@ class PlanGuard {
   // the tables. One call makes every new handle.
   bool take_grads() {
     if (fixed_grads_) return false;
+    bool direct = g_direct_type != nullptr;
+    for (std::size_t k = 0; direct && k < changed_.size(); ++k)
+      direct = Py_TYPE(now_[changed_[k]]) == g_direct_type;
+    handles_.clear();
+    if (direct)
+      for (std::size_t i : changed_) handles_.push_back(direct_handle(now_[i]));
+    else if (!new_owned_handles()) return false;
+    addresses_.resize(handles_.size());
+    bool ok = true;
+    for (std::size_t k = 0; ok && k < handles_.size(); ++k)
+      ok = same_layout(handles_[k], grad_records_[live_index_[changed_[k]]], addresses_[k]);
+    if (!ok) {
+      if (!direct)
+        for (Handle h : handles_) g_shim.release(h);
+      return false;
+    }
+    for (std::size_t k = 0; k < changed_.size(); ++k) {
+      const std::size_t i = changed_[k], live = live_index_[i];
+      Record& record = grad_records_[live];  // dtype, sizes and strides as they were
+      if (record.handle != nullptr && record.owned) g_shim.release(record.handle);
+      record.handle = handles_[k];
+      record.owned = !direct;  // a direct one lives as long as grads_[i], held from here on
+      record.ptr = addresses_[k];
+      Py_INCREF(now_[i]);
+      Py_XSETREF(grads_[i], now_[i]);
+      const auto address = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(record.ptr));
+      for (const auto& [t, row] : grad_rows_[live]) tables_[t].grad_address(row) = address;
+    }
+    return true;
+  }
+
+  // Handles of the new grads (now_[changed_]) from torch, into handles_; false if torch
+  // refuses one (not a plain tensor: the front rebuilds, and reports it).
+  bool new_owned_handles() {
     PyObject* tensors = PyList_New(static_cast<Py_ssize_t>(changed_.size()));
     if (tensors == nullptr) {
       PyErr_Clear();
@@ -418,27 +500,10 @@ class PlanGuard {
     handles_.clear();
     const bool made = new_handles(tensors, handles_);
     Py_DECREF(tensors);
-    if (!made) PyErr_Clear();  // not plain tensors: the front rebuilds (and reports them)
-    addresses_.resize(handles_.size());
-    bool ok = made;
-    for (std::size_t k = 0; ok && k < handles_.size(); ++k)
-      ok = same_layout(handles_[k], grad_records_[live_index_[changed_[k]]], addresses_[k]);
-    if (!ok) {
-      for (Handle h : handles_) g_shim.release(h);
-      return false;
-    }
-    for (std::size_t k = 0; k < changed_.size(); ++k) {
-      const std::size_t i = changed_[k], live = live_index_[i];
-      Record& record = grad_records_[live];  // dtype, sizes and strides as they were
-      if (record.handle != nullptr) g_shim.release(record.handle);
-      record.handle = handles_[k];
-      record.ptr = addresses_[k];
-      Py_INCREF(now_[i]);
-      Py_XSETREF(grads_[i], now_[i]);
-      const auto address = static_cast<std::int64_t>(reinterpret_cast<std::intptr_t>(record.ptr));
-      for (const auto& [t, row] : grad_rows_[live]) tables_[t].grad_address(row) = address;
-    }
-    return true;
+    if (made) return true;
+    PyErr_Clear();
+    for (Handle h : handles_) g_shim.release(h);
+    return false;
   }
 
   PyObject* params_ = nullptr;
@@ -537,6 +602,8 @@ PyMethodDef module_functions[] = {
     {"load_torch_shim", load_torch_shim, METH_VARARGS,
      "load_torch_shim(library, new_handles): look up torch's C shim"},
     {"torch_shim_loaded", torch_shim_loaded, METH_NOARGS, "whether the shim is loaded"},
+    {"enable_direct_tensors", enable_direct_tensors, METH_O,
+     "enable_direct_tensors(tensors): read tensors of their type through their own at::Tensor"},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace
