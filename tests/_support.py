@@ -45,7 +45,7 @@ STATE_KEYS = {
     "RAdam": {"step", "exp_avg", "exp_avg_sq"},
     "Adamax": {"step", "exp_avg", "exp_inf"},
     "Lion": {"exp_avg"},
-    "AdEMAMix": {"step", "m1", "m2", "nu"},
+    "AdEMAMix": {"step", "__bnb_optimizer_quant_state__"},  # bitsandbytes' state_dict
     "AdamWScheduleFree": {"z", "exp_avg_sq"},
     "SGDScheduleFree": {"z"},
 }
@@ -453,7 +453,41 @@ def normalized_state(opt: Any, case: Case) -> dict[int, dict[str, np.ndarray]]:
     """state_dict()["state"] re-keyed by problem index, values as NumPy arrays."""
     order = param_order(case)
     state = opt.state_dict()["state"]
-    return {order[k]: {name: to_numpy(v) for name, v in s.items()} for k, s in state.items()}
+    return {order[k]: flat_entries(s) for k, s in state.items()}
+
+
+def slot_entries(state: dict[str, Any], rule: str) -> dict[str, Any]:
+    """One param's saved state in the rule's slot names: a reference layout's entries (the
+    registry's "checkpoint": each the next slots in order, stacked when several, maybe nested)
+    taken apart; a state in slot names as it is."""
+    layout = REGISTRY[rule]["checkpoint"]
+    if layout is None:
+        return dict(state)
+    entries, nest, _ = layout
+    holder = state.get(nest, {}) if nest is not None else state
+    if not any(name in holder for name, _ in entries):
+        return dict(state)
+    out = {k: v for k, v in state.items() if k != nest and k not in dict(entries)}
+    slots = [name for name, _ in REGISTRY[rule]["slots"]]
+    for name, count in entries:
+        taken, slots = slots[:count], slots[count:]
+        if count == 1:
+            out[taken[0]] = holder[name]
+        else:
+            out.update({slot: holder[name][i] for i, slot in enumerate(taken)})
+    return out
+
+
+def flat_entries(state: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One param's saved state as NumPy arrays, entries nested by a reference's layout
+    (AdEMAMix's bitsandbytes buffers) taken up to the top level."""
+    out: dict[str, np.ndarray] = {}
+    for name, value in state.items():
+        if isinstance(value, dict):
+            out.update(flat_entries(value))
+        else:
+            out[name] = to_numpy(value)
+    return out
 
 
 @functools.lru_cache(maxsize=512)

@@ -68,25 +68,35 @@ class AdEMAMix(torch.optim.Optimizer):
                                                   + t / t_beta3 * ln beta1)), beta3)
     computed per param from the group's values (bitsandbytes' _ReferenceAdEMAMix overwrites them
     param by param, compounding the warm-ups over a group's params; its AdEMAMix does not).
-    State: 'step' (a 0-d tensor, as torch keeps it), 'm1', 'm2', 'nu' (bitsandbytes stacks m1 and
-    m2 in 'state1' of shape (2, *p.shape), 'state2' is nu, 'step' an int). Complex params step
-    as their real view (bitsandbytes takes none)."""
+    State: 'step' (a 0-d tensor, as torch keeps it), 'm1', 'm2', 'nu'; its state_dict is
+    bitsandbytes' (m1 and m2 stacked in 'state1' of shape (2, *p.shape), 'state2' is nu, both
+    nested, 'step' an int). Complex params step as their real view (bitsandbytes takes none)."""
 
-    # bitsandbytes' checkpoints do not load into fastoptim (nor fastoptim's into it): it stacks
-    # m1 and m2 in one buffer, wraps the buffers in a key of its own, and counts steps in an int
+    # bitsandbytes computes float64 params in float32: the checkpoint tests continue with this
+    # class (which keeps bitsandbytes' checkpoint layout, below) rather than with it
     official_state_dict = False
     # bitsandbytes computes in float32 whatever the param's dtype (float64: Algorithm 1)
     official_dtypes = (torch.float32,)
+    # bitsandbytes' state_dict layout, which fastoptim's writes too: m1 and m2 stacked as
+    # 'state1' and nu as 'state2', both under this key, and an int 'step'
+    NEST = "__bnb_optimizer_quant_state__"
 
-    @staticmethod
-    def from_official_state(entry: dict[str, Any]) -> dict[str, Any]:
-        """One param's state as bitsandbytes' AdEMAMix.state_dict() holds it, in this class's
-        keys: 'state1' (m1 and m2 stacked) and 'state2' (nu) under its FSDP wrapper key, and an
-        int 'step'."""
-        entry = dict(entry)
-        entry.update(entry.pop("__bnb_optimizer_quant_state__", {}))
-        return {"step": torch.tensor(float(entry["step"]), dtype=_get_scalar_dtype()),
-                "m1": entry["state1"][0], "m2": entry["state1"][1], "nu": entry["state2"]}
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["state"] = {key: {"step": int(s["step"]), self.NEST: {
+            "state1": torch.stack([s["m1"], s["m2"]]), "state2": s["nu"]}} if s else s
+            for key, s in sd["state"].items()}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = {}
+        for key, s in state_dict["state"].items():
+            buffers = s.get(self.NEST) if s else None
+            states[key] = s if buffers is None else {
+                "step": torch.tensor(float(s["step"]), dtype=_get_scalar_dtype()),
+                "m1": buffers["state1"][0].clone(), "m2": buffers["state1"][1].clone(),
+                "nu": buffers["state2"]}
+        super().load_state_dict({**state_dict, "state": states})
 
     # no annotations: the signature is compared with the fused classes', parameter by parameter
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999, 0.9999), alpha=5.0,  # noqa: ANN001

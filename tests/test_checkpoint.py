@@ -12,7 +12,7 @@ from typing import Any, Callable
 import fastoptim
 import numpy as np
 import pytest
-from _support import RICH, RULES, needs_torch, reference_class
+from _support import REGISTRY, RICH, RULES, needs_torch, reference_class
 
 try:
     import torch
@@ -92,7 +92,6 @@ def _corrupt(kind: str, rule: str, sd: dict) -> tuple[dict, type]:
     for g in sd["param_groups"]:  # a partial load would show in param_groups
         g["lr"] = 123.0
     has_step = "step" in sd["state"][0]
-    numpy_value = np.zeros(SHAPES[0])
     if kind == "state-entry-none":
         sd["state"][0] = None
         return sd, TypeError
@@ -142,17 +141,19 @@ def _corrupt(kind: str, rule: str, sd: dict) -> tuple[dict, type]:
             pytest.skip("the rule keeps no step")
         sd["state"][2]["step"] = float(MAX)
         return sd, ValueError
-    slot = next(k for k in sd["state"][0] if k not in ("step", "mu_product"))
+    # a buffer where the front saves it (the reference's layout nests AdEMAMix's)
+    holder = next((v for v in sd["state"][0].values() if isinstance(v, dict)), sd["state"][0])
+    slot = next(k for k in holder if k not in ("step", "mu_product"))
     if kind == "numpy-buffer":  # on the torch front a buffer is a tensor
-        sd["state"][0][slot] = numpy_value
+        holder[slot] = np.zeros(holder[slot].shape)
         return sd, TypeError
     if kind == "buffer-string":
-        sd["state"][0][slot] = "abc"
+        holder[slot] = "abc"
         return sd, TypeError
     if kind == "buffer-int-dtype":
-        value = sd["state"][0][slot]
-        sd["state"][0][slot] = (value.to(torch.int64) if hasattr(value, "detach")
-                                else value.astype(np.int64))
+        value = holder[slot]
+        holder[slot] = (value.to(torch.int64) if hasattr(value, "detach")
+                        else value.astype(np.int64))
         return sd, TypeError
     if kind == "mu-string":
         if rule != "NAdam":
@@ -331,3 +332,57 @@ def test_torch_loads_a_large_step_as_float32_fastoptim_keeps_it() -> None:
     fo.load_state_dict(sd)
     assert fo.state[q]["step"].dtype == torch.float64
     assert float(fo.state[q]["step"]) == MAX - 1
+
+
+# ---- the reference's own checkpoint layout (the registry's "checkpoint": AdEMAMix's
+# bitsandbytes layout, m1 and m2 stacked in 'state1' and nested) ----------------------------
+
+LAYOUT_RULES = [rule for rule in RULES if REGISTRY[rule]["checkpoint"] is not None]
+LAYOUT_DEFECTS = ["stack-size", "stack-not-array", "missing-entry", "extra-8bit-entry",
+                  "both-layouts", "nest-not-dict"]
+
+
+def _layout_defect(kind: str, rule: str, sd: dict) -> dict:
+    entries, nest, _ = REGISTRY[rule]["checkpoint"]
+    sd = copy.deepcopy(sd)
+    for g in sd["param_groups"]:
+        g["lr"] = 123.0
+    state = sd["state"][0]
+    holder = state[nest] if nest else state
+    stacked = next(name for name, count in entries if count > 1)
+    if kind == "stack-size":
+        holder[stacked] = holder[stacked][:1]
+    elif kind == "stack-not-array":
+        holder[stacked] = [1.0, 2.0]
+    elif kind == "missing-entry":
+        del holder[entries[-1][0]]
+    elif kind == "extra-8bit-entry":
+        holder["qmap1"] = holder[entries[-1][0]]
+    elif kind == "both-layouts":
+        state[REGISTRY[rule]["slots"][0][0]] = holder[entries[-1][0]]
+    elif kind == "nest-not-dict":
+        state[nest] = [holder]
+    return sd
+
+
+@pytest.mark.parametrize("kind", LAYOUT_DEFECTS)
+@pytest.mark.parametrize("front", ["torch", "array"])
+@pytest.mark.parametrize("rule", LAYOUT_RULES)
+def test_reference_layout_defects_change_nothing(rule: str, front: str, kind: str) -> None:
+    """Both fronts save the reference's layout and load it back; a malformed one is a
+    TypeError/ValueError naming the param, raised before anything changes."""
+    if front == "torch" and torch is None:
+        pytest.skip("needs torch")
+    if kind == "nest-not-dict" and REGISTRY[rule]["checkpoint"][1] is None:
+        pytest.skip("the layout nests nothing")
+    ps, opt = _torch_opt(rule) if front == "torch" else _array_opt(rule)
+    saved = opt.state_dict()
+    entries, nest, int_step = REGISTRY[rule]["checkpoint"]
+    holder = saved["state"][0][nest] if nest else saved["state"][0]
+    assert sorted(holder) == sorted(name for name, _ in entries)
+    assert type(saved["state"][0]["step"]) is (int if int_step else type(saved["state"][0]["step"]))
+    opt.load_state_dict(saved)  # its own layout loads
+    before = _snapshot(front, ps, opt)
+    with pytest.raises((TypeError, ValueError), match="param 0"):
+        opt.load_state_dict(_layout_defect(kind, rule, saved))
+    _assert_same(_snapshot(front, ps, opt), before)

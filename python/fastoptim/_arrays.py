@@ -464,12 +464,15 @@ class Optimizer:
             index += len(group["params"])
             groups.append(packed)
         state = {i: {k: np.array(v, copy=True) for k, v in s.items()} for i, s in self.state.items()}
-        return {"state": state, "param_groups": groups}
+        # the reference's layout where the rule's description has one, as the torch front's
+        return _checkpoint.to_reference({"state": state, "param_groups": groups}, self._info)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a state_dict of this front or of torch.optim (tensors are copied to arrays).
+        """Load a state_dict of this front, of torch.optim or of the rule's reference (its
+        layout where it has its own, e.g. bitsandbytes' AdEMAMix; tensors are copied to arrays).
         The whole checkpoint is checked (fastoptim._checkpoint, then the arrays) before
         anything changes."""
+        state_dict = _checkpoint.from_reference(state_dict, self._info)
         loaded = _checkpoint.parse(state_dict, self._info,
                                    [len(g["params"]) for g in self.param_groups])
         new_groups, group_of = [], []

@@ -119,6 +119,106 @@ def parse(state_dict: Any, info: dict[str, Any], group_sizes: Sequence[int]) -> 
     return out
 
 
+def _stack(values: list[Any]) -> Any:
+    if hasattr(values[0], "detach"):  # torch tensors
+        import torch
+
+        return torch.stack(values)
+    return np.stack(values)
+
+
+def to_reference(state_dict: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    """A state dict with each started param state in the layout of the rule's reference where
+    the description has one (``info["checkpoint"]``: its entries, each the next slots in order,
+    stacked when several; the key they are nested under; whether the step is an int), so that
+    the reference loads it. States of another layout (int8 codes) are left as they are."""
+    layout = info["checkpoint"]
+    if layout is None:
+        return state_dict
+    entries, nest, int_step = layout
+    slots = [name for name, _ in info["slots"]]
+    states = {}
+    for key, state in state_dict["state"].items():
+        if not all(name in state for name in slots) or any(
+                f"{name}_scales" in state for name in slots):
+            states[key] = state
+            continue
+        out = {name: value for name, value in state.items() if name not in slots}
+        buffers, at = {}, 0
+        for name, count in entries:
+            values = [state[slot] for slot in slots[at:at + count]]
+            buffers[name] = _stack(values) if count > 1 else values[0]
+            at += count
+        if nest is None:
+            out.update(buffers)
+        else:
+            out[nest] = buffers
+        if int_step and "step" in out:
+            out["step"] = int(_number(out["step"]))
+        states[key] = out
+    return {**state_dict, "state": states}
+
+
+def from_reference(state_dict: Any, info: dict[str, Any]) -> Any:
+    """A state dict whose param states may be in the reference's layout (:func:`to_reference`)
+    in the rule's own (one entry per slot); anything else is returned as it is, for
+    :func:`parse` to check. ValueError/TypeError naming the param for a malformed one."""
+    layout = info["checkpoint"]
+    states = state_dict.get("state") if isinstance(state_dict, Mapping) else None
+    if layout is None or not isinstance(states, Mapping):
+        return state_dict
+    entries, nest, _ = layout
+    names = [name for name, _ in entries]
+    slots = [name for name, _ in info["slots"]]
+    converted = {}
+    for key, state in states.items():
+        if not isinstance(state, Mapping):
+            converted[key] = state
+            continue
+        where = f"param {key}: loaded state"
+        source = state.get(nest, state) if nest is not None else state
+        if not isinstance(source, Mapping):
+            raise TypeError(f"{where} '{nest}' must be a dict, got {type(source).__name__}")
+        if source is state and not any(name in state for name in names):
+            converted[key] = state  # the rule's own layout
+            continue
+        both = [name for name in slots if name in state]
+        if both:
+            raise ValueError(f"{where} has both the reference's entries ({', '.join(names)}) and "
+                             f"this optimizer's ({', '.join(both)})")
+        other = [str(name) for name in source if name not in names] if source is not state \
+            else []
+        if other:
+            raise ValueError(f"{where} '{nest}' holds {', '.join(other)} beside "
+                             f"{', '.join(names)}: another state layout of the reference "
+                             "(its 8-bit state?), which this optimizer does not load")
+        out = {name: value for name, value in state.items()
+               if name != nest and name not in names}
+        at = 0
+        for name, count in entries:
+            taken = slots[at:at + count]
+            at += count
+            if name not in source:
+                raise ValueError(f"{where} has {', '.join(n for n in names if n in source)} "
+                                 f"but no '{name}' ({', '.join(taken)})")
+            value = source[name]
+            if count == 1:
+                out[taken[0]] = value
+                continue
+            if not hasattr(value, "shape"):
+                raise TypeError(f"{where} '{name}' must be a tensor holding {', '.join(taken)} "
+                                f"stacked, got {type(value).__name__}")
+            shape = tuple(value.shape)
+            if not shape or shape[0] != count:
+                raise ValueError(f"{where} '{name}' must hold {', '.join(taken)} stacked along "
+                                 f"its first dimension (shape ({count}, *param shape)), got "
+                                 f"{type(value).__name__} of shape {shape}")
+            for index, slot in enumerate(taken):
+                out[slot] = value[index]
+        converted[key] = out
+    return {**state_dict, "state": converted}
+
+
 def _number(value: Any) -> float:
     """One real number: a Python or NumPy number, or a one-element array or tensor of a real
     dtype. Strings are refused (float("3") would read one); TypeError otherwise."""

@@ -297,6 +297,14 @@ py::dict describe(R) {
     for (const auto& t : R::transforms)
       for (const auto& f : R::fields)
         if (f.flag == t.mode) transforms.append(py::make_tuple(t.name, f.key, t.to));
+  py::object checkpoint = py::none();  // the reference's layout: (entries, nest, int step)
+  if constexpr (requires { R::checkpoint; }) {
+    py::list entries;
+    for (const auto& e : R::checkpoint.entries) entries.append(py::make_tuple(e.name, e.slots));
+    checkpoint = py::make_tuple(entries, R::checkpoint.nest ? py::object(py::str(R::checkpoint.nest))
+                                                            : py::object(py::none()),
+                                R::checkpoint.int_step);
+  }
   py::dict option_defaults;  // every option key, as a param group holds it
   for (const auto& f : R::fields) option_defaults[f.key] = default_of(f.key);
   py::dict d;
@@ -315,6 +323,7 @@ py::dict describe(R) {
   d["has_step"] = R::has_step;
   d["eager_state"] = R::eager_state;
   d["complex_as_real"] = fastoptim::rules::complex_as_real<R>();
+  d["checkpoint"] = checkpoint;
   return d;
 }
 

@@ -1421,9 +1421,12 @@ class _FusedStep:
     def state_dict(self) -> dict[str, Any]:
         """torch's state_dict, with copies of the state tensors: a checkpoint taken now does
         not change with later steps, and loading it into another optimizer shares nothing.
-        State tensors keep their dtypes (bfloat16 moments, float32 master copies)."""
+        State tensors keep their dtypes (bfloat16 moments, float32 master copies). A rule whose
+        reference keeps another layout saves that one (AdEMAMix: bitsandbytes' ``state1``,
+        m1 and m2 stacked, and ``state2`` under its quant-state key, an int ``step``), so the
+        reference loads it; load_state_dict takes either."""
         with self._lock():
-            return copy.deepcopy(super().state_dict())
+            return _checkpoint.to_reference(copy.deepcopy(super().state_dict()), self._info)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, after checking that every state tensor has its param's
@@ -1433,7 +1436,7 @@ class _FusedStep:
         checkpoint's master_weights, state_dtype and stochastic_rounding are this optimizer's
         (its seed is loaded; a checkpoint without these keys, torch.optim's, loads with this
         optimizer's settings). Anything else raises before anything changes."""
-        state_dict = self._from_torchao(state_dict)
+        state_dict = _checkpoint.from_reference(self._from_torchao(state_dict), self._info)
         loaded = _checkpoint.parse(state_dict, self._info,
                                    [len(g["params"]) for g in self.param_groups])
         params = [p for group in self.param_groups for p in group["params"]]

@@ -64,6 +64,10 @@ struct AdEMAMix {
   }
   static constexpr auto slots = list<Slot<O>>(Slot<O>{"m1"}, Slot<O>{"m2"}, Slot<O>{.name = "nu", .non_negative = true});
   static constexpr List<ScalarSlot, 0> scalar_slots{};
+  // bitsandbytes' state_dict: {'step': int, '__bnb_optimizer_quant_state__': {'state1': m1 and
+  // m2 stacked, 'state2': nu}}
+  static constexpr CheckpointLayout<2> checkpoint{
+      {{"state1", 2}, {"state2", 1}}, "__bnb_optimizer_quant_state__", true};
   static constexpr auto args =
       list<Arg>(Arg{"lr"}, Arg{"betas"}, Arg{"alpha"}, Arg{"t_alpha"}, Arg{"t_beta3"}, Arg{"eps"},
                 Arg{"weight_decay"});

@@ -151,6 +151,22 @@ struct ScalarSlot {
   double initial;
 };
 
+// The reference's checkpoint layout, for a reference that does not keep one entry per slot
+// (bitsandbytes stacks AdEMAMix's m1 and m2 as `state1`, nests its buffers under a key of its
+// own and counts steps in an int): each entry holds the next `slots` slots, in slot order,
+// stacked along a new leading dimension when there are several. The torch front's state_dict
+// writes it, and both fronts load it as well as their own.
+struct CheckpointEntry {
+  const char* name;
+  int slots;
+};
+template <size_t N>
+struct CheckpointLayout {
+  CheckpointEntry entries[N];
+  const char* nest = nullptr;  // the entries nested under this key of the param's state
+  bool int_step = false;       // the step count a Python int
+};
+
 // One argument of torch's constructor after `params`. An option field is named by its key
 // (its default is the Options default); the others are accepted and ignored, with the
 // default `ignored` (None or False) as torch has it.
