@@ -45,12 +45,28 @@ FASTOPTIM_INLINE typename V::Bits nearest_codes(V y, const uint32_t* buckets) {
   return andnot(nan, code & U::set1(0xffu));
 }
 
+// Codes (0..255 in 32-bit lanes) stored as bytes, and bytes loaded as codes: the level's
+// narrowing store and widening load where its vector header has them, else lane by lane.
 template <class V>
 FASTOPTIM_INLINE void store_codes(uint8_t* to, typename V::Bits code) {
-  float lanes[V::kLanes];
-  V::store(lanes, from_bits(code));
-  for (size_t k = 0; k < V::kLanes; ++k)
-    to[k] = static_cast<uint8_t>(reinterpret_bits<uint32_t>(lanes[k]));
+  if constexpr (requires { narrow_to_bytes(to, code); }) {
+    narrow_to_bytes(to, code);
+  } else {
+    float lanes[V::kLanes];
+    V::store(lanes, from_bits(code));
+    for (size_t k = 0; k < V::kLanes; ++k)
+      to[k] = static_cast<uint8_t>(reinterpret_bits<uint32_t>(lanes[k]));
+  }
+}
+template <class V>
+FASTOPTIM_INLINE typename V::Bits load_codes(const uint8_t* from) {
+  if constexpr (requires { V::Bits::load_bytes(from); }) {
+    return V::Bits::load_bytes(from);
+  } else {
+    float lanes[V::kLanes];
+    for (size_t k = 0; k < V::kLanes; ++k) lanes[k] = reinterpret_bits<float>(uint32_t{from[k]});
+    return as_bits(V::load(static_cast<const float*>(lanes)));
+  }
 }
 
 // values [0, count) into codes and one scale per block of `block` elements (the last block may
@@ -82,12 +98,33 @@ void quantize_blocks(const float* values, size_t count, size_t block, const uint
   }
 }
 
-// codes [0, count) as float32: map[code] * the scale of its block
+template <class V>
+constexpr bool gather_supported() {
+  return requires(typename V::Bits index, const float* table) { gather(table, index); };
+}
+
+// the whole vectors of n codes of one block; returns how many were done
+template <class V>
+size_t dequantize_vectors(const uint8_t* codes, float scale, size_t n, const float* map,
+                          float* values) {
+  const V s = V::set1(scale);
+  size_t i = 0;
+  for (; i + V::kLanes <= n; i += V::kLanes)
+    V::store(values + i, lookup<V>(map, load_codes<V>(codes + i)) * s);
+  return i;
+}
+
+// codes [0, count) as float32: map[code] * the scale of its block (a vector of codes looked up
+// at once where the level has a gather)
 void dequantize_blocks(const uint8_t* codes, const float* scales, size_t count, size_t block,
                        const float* map, float* values) {
+  using V = typename VecOf<float>::type;
   for (size_t first = 0, b = 0; first < count; first += block, ++b) {
     const size_t n = count - first < block ? count - first : block;
     const float scale = scales[b];
-    for (size_t i = 0; i < n; ++i) values[first + i] = map[codes[first + i]] * scale;
+    size_t i = gather_supported<V>() ? dequantize_vectors<V>(codes + first, scale, n, map,
+                                                              values + first)
+                                     : 0;
+    for (; i < n; ++i) values[first + i] = map[codes[first + i]] * scale;
   }
 }

@@ -4,6 +4,10 @@
 struct U32 {
   __m256i v;
   static FASTOPTIM_INLINE U32 set1(uint32_t x) { return {_mm256_set1_epi32(static_cast<int>(x))}; }
+  // int8 state's codes: 8 bytes, each widened to a 32-bit lane
+  static FASTOPTIM_INLINE U32 load_bytes(const uint8_t* p) {
+    return {_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p)))};
+  }
   static FASTOPTIM_INLINE U32 iota(uint32_t first) {
     return {_mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(first)),
                              _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7))};
@@ -146,6 +150,12 @@ FASTOPTIM_INLINE U32 nan_mask(F32 a) {
 // blockwise.inl's map lookups: 8 floats of a table by 32-bit index
 FASTOPTIM_INLINE F32 gather(const float* table, U32 index) {
   return {_mm256_i32gather_ps(table, index.v, 4)};
+}
+// int8 state's codes: 8 bytes each 32-bit lane (0..255) stored as a byte (U32::load_bytes widens)
+FASTOPTIM_INLINE void narrow_to_bytes(uint8_t* p, U32 a) {
+  const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(a.v),
+                                         _mm256_extracti128_si256(a.v, 1));
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(words, words));
 }
 
 // ---- bfloat16 as even and odd elements (the bench's roofline, cpp/roofline/roofline.inl) -------

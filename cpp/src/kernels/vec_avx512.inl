@@ -4,6 +4,10 @@
 struct U32 {
   __m512i v;
   static FASTOPTIM_INLINE U32 set1(uint32_t x) { return {_mm512_set1_epi32(static_cast<int>(x))}; }
+  // int8 state's codes: 16 bytes, each widened to a 32-bit lane
+  static FASTOPTIM_INLINE U32 load_bytes(const uint8_t* p) {
+    return {_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
   static FASTOPTIM_INLINE U32 iota(uint32_t first) {
     return {_mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(first)),
                              _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15))};
@@ -150,6 +154,10 @@ FASTOPTIM_INLINE U32 nan_mask(F32 a) {
 // blockwise.inl's map lookups: 16 floats of a table by 32-bit index
 FASTOPTIM_INLINE F32 gather(const float* table, U32 index) {
   return {_mm512_i32gather_ps(index.v, table, 4)};
+}
+// int8 state's codes: 16 bytes the low byte of each 32-bit lane stored (U32::load_bytes widens)
+FASTOPTIM_INLINE void narrow_to_bytes(uint8_t* p, U32 a) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(a.v));
 }
 
 // ---- bfloat16 as even and odd elements (the bench's roofline, cpp/roofline/roofline.inl) -------
