@@ -131,8 +131,8 @@ def _bf16_rows(text: str) -> dict[str, list[float]]:
 @pytest.mark.skipif(torch is None, reason="torch not installed")
 def test_demo_bf16_comparison(tmp_path: Path) -> None:
     """AdamW in float32 and on bfloat16 params (nearest-even, stochastic rounding, master
-    weights) side by side; nearest-even is torch's fused bfloat16 AdamW, and the master-weight
-    and stochastic runs stay near float32."""
+    weights) and with int8 moments, side by side; nearest-even is torch's fused bfloat16 AdamW,
+    and the master-weight, stochastic and int8 runs stay near float32."""
     proc = _run(["--steps", "60", "--rules", "sgd", "--no-progress"], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -144,12 +144,14 @@ def test_demo_bf16_comparison(tmp_path: Path) -> None:
         assert len(values) == marks + 1, name
         assert values[marks - 1] < values[0], name  # it learns
     fp32 = rows["fp32"]
-    for name in ("bf16 stochastic rounding", "bf16 + master weights"):
-        np.testing.assert_allclose(rows[name], fp32, atol=0.02)
+    for name in ("bf16 stochastic rounding", "bf16 + master weights", "fp32 + int8 moments",
+                 "bf16 + master + int8 moments"):
+        np.testing.assert_allclose(rows[name], fp32, atol=0.02, err_msg=name)
+    assert rows["fp32 + int8 moments"] != fp32  # the moments were quantized
     np.testing.assert_allclose(rows["bf16 nearest-even"], rows[demo.TORCH_BF16], atol=1e-3)
     diff = re.search(r"bf16 nearest-even vs torch fused bf16: ([0-9.e+-]+)", out)
     assert diff and float(diff.group(1)) < 1e-3
-    assert "trained 8 runs" in out  # SGD under three, five bfloat16 runs
+    assert f"trained {3 + len(BF16_NAMES) + 1} runs" in out  # SGD under three, the bf16 runs
 
 
 def test_demo_bf16_comparison_can_be_skipped(tmp_path: Path) -> None:

@@ -15,7 +15,9 @@ median time of one ``step()`` call per optimizer.
 Then one bfloat16 comparison: the same model trained with AdamW on float32 params, on bfloat16
 params and grads rounded to nearest-even, with stochastic rounding, and with float32 master
 weights (the forward and backward computed in float32 from the bfloat16 params, as autocast
-does), plus torch's fused AdamW on the same bfloat16 params: the loss curves side by side.
+does), with 8-bit moments (``state_dtype="int8"``) on float32 params and on bfloat16 params with
+a master copy, plus torch's fused AdamW on the same bfloat16 params: the loss curves side by
+side.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ BF16_RUNS: tuple[tuple[str, str, dict[str, Any]], ...] = (
     ("bf16 nearest-even", "bfloat16", {}),
     ("bf16 stochastic rounding", "bfloat16", {"stochastic_rounding": True}),
     ("bf16 + master weights", "bfloat16", {"master_weights": True}),
+    # 8-bit moments (blockwise, torchao's maps) for every tensor: the model's are all below the
+    # default min_8bit_size, which would keep them in float32
+    ("fp32 + int8 moments", "float32", {"state_dtype": "int8", "min_8bit_size": 0}),
+    ("bf16 + master + int8 moments", "bfloat16",
+     {"master_weights": True, "state_dtype": "int8", "min_8bit_size": 0}),
 )
 TORCH_BF16 = "torch fused bf16"
 NO_TORCH_LINE = (
