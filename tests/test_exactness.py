@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from _support import (
+    RICH as SHARED_RICH,
     REGISTRY,
     reference_class,
     FRONTS,
@@ -105,24 +106,10 @@ def test_none_grad_does_not_create_state_or_advance_step(rule: str) -> None:
         assert float(want["state"][0]["step"]) == 6.0
 
 
-# Sizes that end on every SIMD tail and split over threads (100003 > the serial threshold).
-RICH = {
-    "SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
-    "Adagrad": dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
-    "Adadelta": dict(lr=0.5, rho=0.8, weight_decay=0.01, maximize=True),
-    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
-    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.01, amsgrad=True, maximize=True),
-    "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01, maximize=True),
-    # beta2=0.9: unrectified steps 1-5, rectified from step 6 (the 8- and 12-step runs too)
-    "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
-    "Adamax": dict(lr=0.01, weight_decay=0.01, maximize=True),
-    "Lion": dict(lr=0.01, betas=(0.8, 0.95), weight_decay=0.1),
-    "AdEMAMix": dict(lr=0.01, betas=(0.8, 0.99, 0.999), alpha=4.0, t_alpha=60, t_beta3=80,
-                     weight_decay=0.05),
-    "AdamWScheduleFree": dict(lr=0.01, weight_decay=0.01, warmup_steps=4, r=0.5),
-    "SGDScheduleFree": dict(lr=0.1, momentum=0.8, weight_decay=0.01, warmup_steps=4, r=0.5),
-}
+# Sizes that end on every SIMD tail and split over threads (100003 > the serial threshold), with
+# the shared rich options and, where the rule has it, maximize (the grids cover it off).
+RICH = {rule: {**SHARED_RICH[rule], **({"maximize": True} if "maximize" in REGISTRY[rule]["defaults"]
+                                        else {})} for rule in REGISTRY}
 
 
 @pytest.mark.grid

@@ -12,8 +12,9 @@ import pickle
 import fastoptim
 import numpy as np
 import pytest
-from _support import (HAVE_TORCH, REGISTRY, RULES, SCALAR_STATE_KEYS, has_torch_reference,
-                      needs_torch, reference_type, short_steps, slot_entries)
+from _support import (HAVE_TORCH, REGISTRY, RICH, RULES, SCALAR_STATE_KEYS,
+                      has_torch_reference, needs_torch, reference_type, short_steps,
+                      slot_entries)
 
 if HAVE_TORCH:
     import fastoptim.torch as fo_torch
@@ -202,21 +203,6 @@ def test_constructor_errors_match_torch() -> None:
 
 # ---- array front: bad grads and params ------------------------------------------------------
 
-RICH = {
-    "SGD": dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01),
-    "Adagrad": dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1),
-    "Adadelta": dict(lr=0.5, rho=0.8, weight_decay=0.01),
-    "RMSprop": dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.01),
-    "Adam": dict(lr=0.01, amsgrad=True, weight_decay=0.01),
-    "AdamW": dict(lr=0.01, amsgrad=True),
-    "NAdam": dict(lr=0.01, weight_decay=0.01, momentum_decay=0.01),
-    "RAdam": dict(lr=0.01, betas=(0.9, 0.9), weight_decay=0.01, decoupled_weight_decay=True),
-    "Adamax": dict(lr=0.01, weight_decay=0.01),
-    "Lion": dict(lr=0.01, weight_decay=0.01),
-    "AdEMAMix": dict(lr=0.01, t_alpha=10, t_beta3=20),
-    "AdamWScheduleFree": dict(lr=0.01, weight_decay=0.01, warmup_steps=3),
-    "SGDScheduleFree": dict(lr=0.1, weight_decay=0.01, warmup_steps=3),
-}
 
 SHAPES = [(3, 4), (7,), (5,), (2, 2)]  # params 0, 1 in group 0; params 2, 3 in group 1
 
