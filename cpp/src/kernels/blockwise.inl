@@ -103,14 +103,21 @@ constexpr bool gather_supported() {
   return requires(typename V::Bits index, const float* table) { gather(table, index); };
 }
 
-// the whole vectors of n codes of one block; returns how many were done
+// the whole vectors of n codes of one block; returns how many were done: the map in registers
+// where the level looks up 256 entries there (F32::lookup_map256), else gathered
 template <class V>
 size_t dequantize_vectors(const uint8_t* codes, float scale, size_t n, const float* map,
                           float* values) {
   const V s = V::set1(scale);
   size_t i = 0;
-  for (; i + V::kLanes <= n; i += V::kLanes)
-    V::store(values + i, lookup<V>(map, load_codes<V>(codes + i)) * s);
+  if constexpr (requires { V::load_map256(map); }) {
+    const auto table = V::load_map256(map);
+    for (; i + V::kLanes <= n; i += V::kLanes)
+      V::store(values + i, V::lookup_map256(table, load_codes<V>(codes + i)) * s);
+  } else {
+    for (; i + V::kLanes <= n; i += V::kLanes)
+      V::store(values + i, lookup<V>(map, load_codes<V>(codes + i)) * s);
+  }
   return i;
 }
 
