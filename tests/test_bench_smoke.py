@@ -573,3 +573,29 @@ def test_variants_pass_only_options_the_rule_has() -> None:
     assert bench.rule_options("adamw", ["weight_decay"]) == ("AdamW", {})  # its default already
     assert bench.rule_options("sgd", ["no-momentum"]) == (
         "SGD(no-momentum)", {"lr": 1e-3, "momentum": 0.0})
+
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
+
+
+@pytest.mark.skipif(torch is None, reason="torch not installed")
+def test_int8_scripts_print_their_rows() -> None:
+    """bench/int8_step.py and bench/int8_contenders.py (the README's int8 rows) run on a tiny
+    tensor and print one row per thread count and contender (a contender not installed says
+    so instead)."""
+    step = subprocess.run([sys.executable, str(BENCH_DIR / "int8_step.py"), "--elements", "8192",
+                           "--threads", "1,2", "--steps", "2"],
+                          capture_output=True, text=True, timeout=240)
+    assert step.returncode == 0, step.stderr[-2000:]
+    rows = [line.split() for line in step.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"] and all(row[-1].endswith("x") for row in rows)
+    kinds = ["fastoptim.int8", "fastoptim.fp32", "bitsandbytes"]
+    out = subprocess.run([sys.executable, str(BENCH_DIR / "int8_contenders.py"), "--workloads",
+                          "8192", "--threads", "1", "--steps", "2", "--warmup", "1",
+                          "--contenders", ",".join(kinds)],
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    for kind in kinds:
+        line = next(line for line in out.stdout.splitlines()
+                    if line.startswith("1x") and f" {kind} " in line)
+        assert "not installed" in line or line.split()[-1].endswith("x"), line
