@@ -206,6 +206,41 @@ def _fsdp2_worker(rank: int) -> dict[str, Any]:
     return out
 
 
+def _layout_worker(rank: int) -> dict[str, Any]:
+    """FSDP2 with every rule whose reference keeps its own checkpoint layout (the registry's
+    "checkpoint": AdEMAMix's bitsandbytes layout): the sharded state through
+    torch.distributed.checkpoint's state_dict API into a new optimizer, which continues on the
+    uninterrupted trajectory."""
+    import fastoptim.torch
+    from fastoptim import _core
+    from torch.distributed.checkpoint.state_dict import (
+        get_optimizer_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    out: dict[str, Any] = {}
+    for info in _core.rules():
+        if info["checkpoint"] is None:
+            continue
+        cls = getattr(fastoptim.torch, info["torch_name"])
+        a, b = _fsdp2_model(), _fsdp2_model()
+        opt_a, opt_b = cls(a.parameters(), lr=LR), cls(b.parameters(), lr=LR)
+        _train(a, opt_a, rank, 0, STEPS)
+        _train(b, opt_b, rank, 0, STEPS)
+        sharded = get_optimizer_state_dict(a, opt_a)
+        resumed = _fsdp2_model()
+        with torch.no_grad():
+            for p, q in zip(resumed.parameters(), a.parameters()):
+                p.copy_(q)
+        opt_r = cls(resumed.parameters(), lr=LR)
+        set_optimizer_state_dict(resumed, opt_r, sharded)
+        _train(resumed, opt_r, rank, STEPS, STEPS)
+        _train(b, opt_b, rank, STEPS, STEPS)
+        out[info["torch_name"]] = (sorted(next(iter(sharded["state"].values()))),
+                                   _full(resumed), _full(b))
+    return out
+
+
 def _dtensor_worker(rank: int) -> dict[str, Any]:
     """Plain distribute_tensor parameters (Shard(0) and Replicate), no FSDP."""
     import fastoptim.torch
@@ -244,7 +279,7 @@ def _worker_main(scenario: str, rank: int, port: int, out_path: str) -> None:
     )
     try:
         out = {"ddp": _ddp_worker, "zero": _zero_worker, "fsdp2": _fsdp2_worker,
-               "dtensor": _dtensor_worker}[scenario](rank)
+               "dtensor": _dtensor_worker, "layout": _layout_worker}[scenario](rank)
         out["num_threads"] = __import__("fastoptim").get_num_threads()
         dist.barrier()
     finally:
@@ -360,6 +395,23 @@ def test_fsdp2_adamw_matches_torch_and_state_loads_into_torch(tmp_path: Path) ->
         assert r["clip_norms"] == pytest.approx(r["clip_norms_ref"], rel=1e-5)
     assert results[0]["clip_norms"] == results[1]["clip_norms"]
     assert_close(results[0]["clipped"], results[0]["clipped_ref"], "FSDP2 clip + AdamW")
+
+
+def test_fsdp2_state_in_a_reference_layout_resumes(tmp_path: Path) -> None:
+    """AdEMAMix's bitsandbytes layout (m1 and m2 stacked, nested) through
+    torch.distributed.checkpoint's sharded state_dict API and back, on the same trajectory."""
+    results = run_workers("layout", tmp_path)
+    from fastoptim import _core
+
+    names = [info["torch_name"] for info in _core.rules() if info["checkpoint"] is not None]
+    for r in results:
+        assert sorted(k for k in r if k != "num_threads") == sorted(names)
+        for name in names:
+            keys, resumed, uninterrupted = r[name]
+            nest = next(i["checkpoint"][1] for i in _core.rules() if i["torch_name"] == name)
+            assert nest in keys, (name, keys)
+            for x, y in zip(resumed, uninterrupted):
+                assert torch.equal(x, y), name
 
 
 def test_distribute_tensor_params_match_torch(tmp_path: Path) -> None:

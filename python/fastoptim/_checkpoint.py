@@ -214,7 +214,10 @@ def from_reference(state_dict: Any, info: dict[str, Any]) -> Any:
                                  f"its first dimension (shape ({count}, *param shape)), got "
                                  f"{type(value).__name__} of shape {shape}")
             for index, slot in enumerate(taken):
-                out[slot] = value[index]
+                # a copy, not a view: a view of a DTensor that torch.distributed.checkpoint
+                # loaded does not survive the loader's deepcopy, and no slot shares memory
+                part = value[index]
+                out[slot] = part.clone() if hasattr(part, "clone") else part.copy()
         converted[key] = out
     return {**state_dict, "state": converted}
 
