@@ -457,25 +457,12 @@ def normalized_state(opt: Any, case: Case) -> dict[int, dict[str, np.ndarray]]:
 
 
 def slot_entries(state: dict[str, Any], rule: str) -> dict[str, Any]:
-    """One param's saved state in the rule's slot names: a reference layout's entries (the
-    registry's "checkpoint": each the next slots in order, stacked when several, maybe nested)
-    taken apart; a state in slot names as it is."""
-    layout = REGISTRY[rule]["checkpoint"]
-    if layout is None:
-        return dict(state)
-    entries, nest, _ = layout
-    holder = state.get(nest, {}) if nest is not None else state
-    if not any(name in holder for name, _ in entries):
-        return dict(state)
-    out = {k: v for k, v in state.items() if k != nest and k not in dict(entries)}
-    slots = [name for name, _ in REGISTRY[rule]["slots"]]
-    for name, count in entries:
-        taken, slots = slots[:count], slots[count:]
-        if count == 1:
-            out[taken[0]] = holder[name]
-        else:
-            out.update({slot: holder[name][i] for i, slot in enumerate(taken)})
-    return out
+    """One param's saved state in the rule's slot names (a reference layout's entries, the
+    registry's "checkpoint", taken apart as load_state_dict takes them; tests/test_references.py
+    checks that layout against the reference's own)."""
+    from fastoptim import _checkpoint
+
+    return _checkpoint.from_reference({"state": {0: state}}, REGISTRY[rule])["state"][0]
 
 
 def flat_entries(state: dict[str, Any]) -> dict[str, np.ndarray]:

@@ -160,8 +160,8 @@ def to_reference(state_dict: dict[str, Any], info: dict[str, Any]) -> dict[str, 
 
 
 def from_reference(state_dict: Any, info: dict[str, Any]) -> Any:
-    """A state dict whose param states may be in the reference's layout (:func:`to_reference`)
-    in the rule's own (one entry per slot); anything else is returned as it is, for
+    """A state dict whose param states may be in the reference's layout (:func:`to_reference`),
+    as the rule's own (one entry per slot); anything else is returned as it is, for
     :func:`parse` to check. ValueError/TypeError naming the param for a malformed one."""
     layout = info["checkpoint"]
     states = state_dict.get("state") if isinstance(state_dict, Mapping) else None

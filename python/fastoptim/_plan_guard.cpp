@@ -90,7 +90,6 @@ PyObject* load_torch_shim(PyObject*, PyObject* args) {
 
 PyObject* torch_shim_loaded(PyObject*, PyObject*) { return PyBool_FromLong(g_loaded); }
 
-
 // Handles for a list of tensors, appended to `out` (owned by the caller from here on); false
 // with a Python error set if torch refuses one (not a plain tensor).
 bool new_handles(PyObject* tensors, std::vector<Handle>& out) {

@@ -98,13 +98,9 @@ void quantize_blocks(const float* values, size_t count, size_t block, const uint
   }
 }
 
-template <class V>
-constexpr bool gather_supported() {
-  return requires(typename V::Bits index, const float* table) { gather(table, index); };
-}
-
 // the whole vectors of n codes of one block; returns how many were done: the map in registers
-// where the level looks up 256 entries there (F32::lookup_map256), else gathered
+// where the level looks up 256 entries there (F32::lookup_map256), else gathered where it has a
+// gather, else none (a lane-by-lane vector is no faster than the scalar loop)
 template <class V>
 size_t dequantize_vectors(const uint8_t* codes, float scale, size_t n, const float* map,
                           float* values) {
@@ -114,24 +110,21 @@ size_t dequantize_vectors(const uint8_t* codes, float scale, size_t n, const flo
     const auto table = V::load_map256(map);
     for (; i + V::kLanes <= n; i += V::kLanes)
       V::store(values + i, V::lookup_map256(table, load_codes<V>(codes + i)) * s);
-  } else {
+  } else if constexpr (requires(typename V::Bits index) { gather(map, index); }) {
     for (; i + V::kLanes <= n; i += V::kLanes)
-      V::store(values + i, lookup<V>(map, load_codes<V>(codes + i)) * s);
+      V::store(values + i, gather(map, load_codes<V>(codes + i)) * s);
   }
   return i;
 }
 
-// codes [0, count) as float32: map[code] * the scale of its block (a vector of codes looked up
-// at once where the level has a gather)
+// codes [0, count) as float32: map[code] * the scale of its block
 void dequantize_blocks(const uint8_t* codes, const float* scales, size_t count, size_t block,
                        const float* map, float* values) {
   using V = typename VecOf<float>::type;
   for (size_t first = 0, b = 0; first < count; first += block, ++b) {
     const size_t n = count - first < block ? count - first : block;
     const float scale = scales[b];
-    size_t i = gather_supported<V>() ? dequantize_vectors<V>(codes + first, scale, n, map,
-                                                              values + first)
-                                     : 0;
+    size_t i = dequantize_vectors<V>(codes + first, scale, n, map, values + first);
     for (; i < n; ++i) values[first + i] = map[codes[first + i]] * scale;
   }
 }

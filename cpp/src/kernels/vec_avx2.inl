@@ -151,7 +151,7 @@ FASTOPTIM_INLINE U32 nan_mask(F32 a) {
 FASTOPTIM_INLINE F32 gather(const float* table, U32 index) {
   return {_mm256_i32gather_ps(table, index.v, 4)};
 }
-// int8 state's codes: 8 bytes each 32-bit lane (0..255) stored as a byte (U32::load_bytes widens)
+// int8 state's codes: each of the 8 lanes (0..255) stored as a byte (U32::load_bytes widens)
 FASTOPTIM_INLINE void narrow_to_bytes(uint8_t* p, U32 a) {
   const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(a.v),
                                          _mm256_extracti128_si256(a.v, 1));

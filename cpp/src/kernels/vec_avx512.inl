@@ -178,7 +178,7 @@ FASTOPTIM_INLINE U32 nan_mask(F32 a) {
 FASTOPTIM_INLINE F32 gather(const float* table, U32 index) {
   return {_mm512_i32gather_ps(index.v, table, 4)};
 }
-// int8 state's codes: 16 bytes the low byte of each 32-bit lane stored (U32::load_bytes widens)
+// int8 state's codes: the low byte of each of the 16 lanes stored (U32::load_bytes widens)
 FASTOPTIM_INLINE void narrow_to_bytes(uint8_t* p, U32 a) {
   _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm512_cvtepi32_epi8(a.v));
 }

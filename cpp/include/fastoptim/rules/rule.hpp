@@ -154,8 +154,8 @@ struct ScalarSlot {
 // The reference's checkpoint layout, for a reference that does not keep one entry per slot
 // (bitsandbytes stacks AdEMAMix's m1 and m2 as `state1`, nests its buffers under a key of its
 // own and counts steps in an int): each entry holds the next `slots` slots, in slot order,
-// stacked along a new leading dimension when there are several. The torch front's state_dict
-// writes it, and both fronts load it as well as their own.
+// stacked along a new leading dimension when there are several. Both fronts' state_dict write
+// it, and their load_state_dict read it as well as their own.
 struct CheckpointEntry {
   const char* name;
   int slots;
