@@ -33,26 +33,28 @@ needs_torch = pytest.mark.skipif(not HAVE_TORCH, reason="needs torch")
 REGISTRY = {info["torch_name"]: info for info in _core.rules()}
 RULES = tuple(REGISTRY)
 
-# State keys torch.optim uses per rule (the union over options).
-STATE_KEYS = {
-    "SGD": {"momentum_buffer"},
-    "Adagrad": {"step", "sum"},
-    "Adadelta": {"step", "square_avg", "acc_delta"},
-    "RMSprop": {"step", "square_avg", "momentum_buffer", "grad_avg"},
-    "Adam": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
-    "AdamW": {"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"},
-    "NAdam": {"step", "mu_product", "exp_avg", "exp_avg_sq"},
-    "RAdam": {"step", "exp_avg", "exp_avg_sq"},
-    "Adamax": {"step", "exp_avg", "exp_inf"},
-    "Lion": {"exp_avg"},
-    "AdEMAMix": {"step", "__bnb_optimizer_quant_state__"},  # bitsandbytes' state_dict
-    "AdamWScheduleFree": {"z", "exp_avg_sq"},
-    "SGDScheduleFree": {"z"},
-}
+
+def _state_keys(info: dict[str, Any]) -> set[str]:
+    """The keys of one param's saved state, as the rule's reference saves them (the union over
+    options): the step where the rule counts one, its scalar slots (NAdam's mu_product), and
+    its slots (Schedule-Free's param copy z among them), or, where the reference keeps another
+    layout (the registry's "checkpoint": AdEMAMix's bitsandbytes), that layout's entries or
+    the key it nests them under."""
+    keys = {"step"} if info["has_step"] else set()
+    keys |= {name for name, _ in info["scalar_slots"]}
+    if info["checkpoint"] is None:
+        return keys | {name for name, _ in info["slots"]}
+    entries, nest, _ = info["checkpoint"]
+    return keys | ({nest} if nest is not None else {name for name, _ in entries})
+
+
+# State keys the rule's reference (torch.optim where it has the rule) uses per rule.
+STATE_KEYS = {rule: _state_keys(info) for rule, info in REGISTRY.items()}
 
 # State entries that are per-param 0-d scalars in torch (float32, or float64 under a float64
-# default dtype), not buffers shaped like the param.
-SCALAR_STATE_KEYS = {"step", "mu_product"}
+# default dtype), not buffers shaped like the param: the step and the scalar slots.
+SCALAR_STATE_KEYS = {"step"} | {name for info in REGISTRY.values()
+                                 for name, _ in info["scalar_slots"]}
 
 # One option set per rule with most features on (momentum, decay, amsgrad, centered, ...), for
 # tests that exercise a front's machinery rather than the option grid.

@@ -14,11 +14,10 @@ import pytest
 torch = pytest.importorskip("torch")
 import fastoptim  # noqa: E402
 import fastoptim.torch as fo_torch  # noqa: E402
-from _support import RICH, RULES, reference_class  # noqa: E402
+from _support import REGISTRY, RICH, RULES, reference_class  # noqa: E402
 
-STATE_KEYS = {rule: [k for k in ("exp_avg", "exp_avg_sq", "momentum_buffer", "sum", "square_avg",
-                                 "acc_delta", "exp_inf", "max_exp_avg_sq", "grad_avg")]
-              for rule in RULES}
+# each rule's state tensors: its slots (moments, Schedule-Free's copy z of the param)
+STATE_KEYS = {rule: [name for name, _ in info["slots"]] for rule, info in REGISTRY.items()}
 
 
 def _snapshot(params, opt, skip: tuple = ()) -> tuple:
@@ -58,8 +57,10 @@ def _model(rule: str, dtype=torch.float32, **kw):
 
 # ---- 1. state tensors resized in place ---------------------------------------------------------
 
-def _state_tensors(opt, p) -> list[str]:
-    return [k for k, v in opt.state[p].items() if isinstance(v, torch.Tensor) and v.numel() > 1]
+def _state_tensors(opt, p, rule: str) -> list[str]:
+    keys = [k for k, v in opt.state[p].items() if isinstance(v, torch.Tensor) and v.numel() > 1]
+    assert set(keys) <= set(STATE_KEYS[rule]), f"{rule}: {keys} are not all its slots"
+    return keys
 
 
 @pytest.mark.parametrize("rule", RULES)
@@ -67,7 +68,7 @@ def _state_tensors(opt, p) -> list[str]:
 def test_state_tensor_resized_in_place_is_noticed(rule: str, how: str) -> None:
     params, opt = _model(rule)
     opt.step()
-    keys = _state_tensors(opt, params[0])
+    keys = _state_tensors(opt, params[0], rule)
     if not keys:
         pytest.skip(f"{rule} with these options keeps no state tensor")
     for key in keys:
