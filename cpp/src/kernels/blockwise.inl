@@ -83,9 +83,17 @@ void quantize_blocks(const float* values, size_t count, size_t block, const uint
     if (n >= V::kLanes) {
       V acc = V::set1(0.0f);
       for (; i + V::kLanes <= n; i += V::kLanes) acc = maximum(acc, abs(V::load(x + i)));
+      // the lanes' maximum on their bits: each lane is +0 or above, whose floats order as
+      // their bits do, or maximum's NaN, every bit set, which is larger than all of them
+      // (the bits `maximum` would give, without a NaN test per lane)
       float lanes[V::kLanes];
       V::store(lanes, acc);
-      for (size_t k = 0; k < V::kLanes; ++k) largest = maximum(largest, S{lanes[k]});
+      uint32_t top = 0;
+      for (size_t k = 0; k < V::kLanes; ++k) {
+        const uint32_t lane = reinterpret_bits<uint32_t>(lanes[k]);
+        top = lane > top ? lane : top;
+      }
+      largest = S{reinterpret_bits<float>(top)};
     }
     for (; i < n; ++i) largest = maximum(largest, abs(S{x[i]}));
     const float scale = largest.v < 1e-12f ? 1e-12f : largest.v;  // clip(1e-12); NaN stays
