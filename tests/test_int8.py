@@ -590,6 +590,10 @@ def test_torchao_checkpoint_loads_and_continues(monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.parametrize(("settings", "error", "words"), [
     ({"block_size": 100}, ValueError, "block_size must be a power of two from 32 to 65536"),
     ({"block_size": 16}, ValueError, "power of two"),
+    # the value as given, whatever its size
+    ({"block_size": -256}, ValueError, "from 32 to 65536, got -256$"),
+    ({"block_size": 2**70}, ValueError, f"from 32 to 65536, got {2**70}$"),
+    ({"block_size": 0}, ValueError, "from 32 to 65536, got 0$"),
     ({"block_size": 2.0}, TypeError, "block_size must be an integer"),
     ({"min_8bit_size": -1}, ValueError, "min_8bit_size must be >= 0"),
     ({"state_dtype": torch.int16}, ValueError, "state_dtype must be"),

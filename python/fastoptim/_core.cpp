@@ -561,9 +561,16 @@ std::size_t block_size_of(const py::dict& group) {
   const py::object value = group["block_size"];
   if (py::isinstance<py::bool_>(value) || !py::isinstance<py::int_>(value))
     raise_type("block_size must be an integer, got " + py::repr(value).cast<std::string>());
-  const long long size = value.cast<long long>();
-  if (size <= 0) fastoptim::check_block_size(0);
-  fastoptim::check_block_size(static_cast<std::size_t>(size));
+  int overflow = 0;
+  const long long size = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  try {
+    fastoptim::check_block_size(overflow != 0 || size < 0 ? 0 : static_cast<std::size_t>(size));
+  } catch (const std::invalid_argument& e) {
+    // the core's words, with the value as given (a negative or huge one is no size_t)
+    const std::string what = e.what();
+    throw py::value_error(what.substr(0, what.rfind(", got ")) + ", got " +
+                          py::repr(value).cast<std::string>());
+  }
   return static_cast<std::size_t>(size);
 }
 
