@@ -18,8 +18,8 @@ import fastoptim.torch as fo_torch
 import numpy as np
 import pytest
 import torch
-from _support import (RICH, RULES, STATE_KEYS, checkpoint_class, has_torch_reference,
-                      official_class, ready_to_step,
+from _support import (RICH, RULES, SCALAR_STATE_KEYS, STATE_KEYS, checkpoint_class,
+                      has_torch_reference, official_class, ready_to_step,
                       reference_class, reference_flags, reference_type)
 
 # fastoptim's mixed-precision settings: param-group keys torch's groups do not have
@@ -578,6 +578,186 @@ def test_torch_state_dict_into_array_front_and_back(variant) -> None:
         back.step()
     for b, p in zip(back_params, ref_params):
         torch.testing.assert_close(b.detach(), p.detach(), rtol=1e-10, atol=0)
+
+
+# ---- state_dict hooks ---------------------------------------------------------------------------
+# torch's register_state_dict_pre/post_hook and register_load_state_dict_pre/post_hook run around
+# all of the front's work, each once: a state_dict post-hook sees what state_dict returns (a
+# rule's reference layout: AdEMAMix's bitsandbytes), a load pre-hook the dict given, and what
+# it returns or leaves is what is converted, checked and loaded.
+
+def _stepped(rule: str, steps: int = 3) -> torch.optim.Optimizer:
+    """fastoptim.torch's optimizer of ``rule`` (RICH options) after ``steps`` steps."""
+    x, y = _data()
+    model = _model()
+    opt = getattr(fo_torch, rule)(model.parameters(), **RICH[rule])
+    for _ in range(steps):
+        _train_step(model, opt, x, y)
+    return opt
+
+
+def _snapshot(opt: torch.optim.Optimizer) -> tuple:
+    params = [p for g in opt.param_groups for p in g["params"]]
+    return ([{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups],
+            [{k: v.clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+              for k, v in opt.state[p].items()} for p in params])
+
+
+def _assert_same_snapshot(got: tuple, want: tuple) -> None:
+    assert got[0] == want[0], "param groups changed"
+    for i, (gs, ws) in enumerate(zip(got[1], want[1])):
+        assert gs.keys() == ws.keys(), f"param {i}: {sorted(gs)} != {sorted(ws)}"
+        _compare_entries(gs, ws, exact=True)
+
+
+def _assert_same_state_dict(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys() and got["param_groups"] == want["param_groups"]
+    assert got["state"].keys() == want["state"].keys()
+    for k, ws in want["state"].items():
+        assert got["state"][k].keys() == ws.keys(), f"param {k}"
+        _compare_entries(got["state"][k], ws, exact=True)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_state_dict_post_hook_sees_what_state_dict_returns(rule: str) -> None:
+    opt = _stepped(rule)
+    calls = []
+    opt.register_state_dict_pre_hook(lambda o: calls.append("pre"))
+    opt.register_state_dict_post_hook(
+        lambda o, sd: calls.append(("post", sd, copy.deepcopy(sd))))
+    returned = opt.state_dict()
+    assert [c if isinstance(c, str) else c[0] for c in calls] == ["pre", "post"]
+    _, seen, as_seen = calls[1]
+    assert seen is returned
+    _assert_same_state_dict(returned, as_seen)  # unchanged after the hook
+    # the reference's layout, every entry of it (the RICH options use every slot)
+    assert {name for s in returned["state"].values() for name in s} == STATE_KEYS[rule]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_state_dict_post_hook_returning_a_dict_replaces_it(rule: str) -> None:
+    opt = _stepped(rule)
+    calls = []
+
+    def wrap(o, sd):
+        calls.append("wrap")
+        return {"wrapped": sd}
+
+    opt.register_state_dict_post_hook(wrap)
+    opt.register_state_dict_post_hook(lambda o, sd: calls.append(("next", sorted(sd))))
+    returned = opt.state_dict()
+    assert calls == ["wrap", ("next", ["wrapped"])]
+    assert list(returned) == ["wrapped"]
+    _assert_same_state_dict(returned["wrapped"], opt.state_dict()["wrapped"])
+    assert {name for s in returned["wrapped"]["state"].values() for name in s} == STATE_KEYS[rule]
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_load_state_dict_pre_hook_sees_the_dict_given_and_what_it_returns_loads(rule: str) -> None:
+    source = _stepped(rule)
+    sd = source.state_dict()
+    saved = copy.deepcopy(sd)
+    opt = _stepped(rule, steps=1)
+    calls = []
+
+    def pre(o, given):
+        # torch's shallow copy of the dict given, in the layout given (the reference's)
+        assert given is not sd and given.keys() == sd.keys()
+        assert all(given[k] is sd[k] for k in sd)
+        calls.append("pre")
+        return dict(given, param_groups=[dict(g, lr=0.125) for g in given["param_groups"]])
+
+    def post(o):
+        calls.append("post")
+        assert [g["lr"] for g in o.param_groups] == [0.125]  # loaded before
+
+    opt.register_load_state_dict_pre_hook(pre)
+    opt.register_load_state_dict_post_hook(post)
+    opt.load_state_dict(sd)
+    assert calls == ["pre", "post"]
+    _assert_same_state_dict(sd, saved)  # the dict given is left as it was
+    # loaded as that dict given without hooks is
+    plain = _stepped(rule, steps=1)
+    plain.load_state_dict(dict(saved, param_groups=[dict(g, lr=0.125)
+                                                    for g in saved["param_groups"]]))
+    _assert_same_state_dict(opt.state_dict(), plain.state_dict())
+
+
+@pytest.mark.parametrize("how", ["returned", "edited-in-place"])
+@pytest.mark.parametrize("rule", RULES)
+def test_load_state_dict_pre_hook_cannot_pass_a_malformed_dict(rule: str, how: str) -> None:
+    """A pre-hook's dict is checked like any other: param 0's first state buffer of another
+    shape raises the front's error, nothing changed and no post-hook run."""
+    sd = _stepped(rule).state_dict()
+    opt = _stepped(rule, steps=1)
+    before = _snapshot(opt)
+    calls = []
+
+    def pre(o, given):
+        calls.append("pre")
+        state = {k: dict(v) for k, v in given["state"].items()}
+        # a buffer where the state saves it (the reference's layout nests AdEMAMix's)
+        holder = state[0]
+        nest = next((k for k, v in holder.items() if isinstance(v, dict)), None)
+        if nest is not None:
+            holder = state[0][nest] = dict(holder[nest])
+        name = next(k for k, v in holder.items()
+                    if isinstance(v, torch.Tensor) and k not in SCALAR_STATE_KEYS)
+        holder[name] = torch.zeros(5, dtype=holder[name].dtype)
+        if how == "returned":
+            return dict(given, state=state)
+        given["state"] = state
+        return None
+
+    opt.register_load_state_dict_pre_hook(pre)
+    opt.register_load_state_dict_post_hook(lambda o: calls.append("post"))
+    with pytest.raises((ValueError, TypeError), match=r"param 0\b"):
+        opt.load_state_dict(sd)
+    assert calls == ["pre"]
+    _assert_same_snapshot(_snapshot(opt), before)
+
+
+@pytest.mark.parametrize("rule", [rule for rule in RULES if has_torch_reference(rule)])
+def test_state_dict_hooks_run_as_torch_optims(rule: str) -> None:
+    """The same hooks on torch.optim's class and on fastoptim.torch's: the same calls in the
+    same order (prepend too), handed the same dicts, a returned dict replacing theirs."""
+    def play(cls) -> list:
+        x, y = _data()
+        model = _model()
+        opt = cls(model.parameters(), **RICH[rule], **reference_flags(rule))
+        for _ in range(2):
+            _train_step(model, opt, x, y)
+        log = []
+        opt.register_state_dict_pre_hook(lambda o: log.append("pre"))
+        opt.register_state_dict_pre_hook(lambda o: log.append("pre-first"), prepend=True)
+
+        def post_extra(o, sd):
+            log.append(("post", sorted(sd), sorted(sd["state"])))
+            return {**sd, "extra": 1}
+
+        seen = []
+        opt.register_state_dict_post_hook(post_extra)
+        opt.register_state_dict_post_hook(lambda o, sd: seen.append(sd))
+        returned = opt.state_dict()
+        log.append(("returned", sorted(returned), returned is seen[0]))
+
+        def load_pre(o, given):
+            log.append(("load-pre", given is returned, given["state"] is returned["state"],
+                        sorted(given)))
+            return {k: v for k, v in given.items() if k != "extra"} | {
+                "param_groups": [dict(g, lr=0.25) for g in given["param_groups"]]}
+
+        opt.register_load_state_dict_pre_hook(load_pre)
+        opt.register_load_state_dict_post_hook(
+            lambda o: log.append(("load-post", [g["lr"] for g in o.param_groups])))
+        opt.load_state_dict(returned)
+        log.append(("after", sorted(returned)))
+        return log
+
+    want = play(reference_type(rule))
+    assert [e if isinstance(e, str) else e[0] for e in want] == [
+        "pre-first", "pre", "post", "returned", "load-pre", "load-post", "after"]
+    assert play(getattr(fo_torch, rule)) == want
 
 
 # ---- the article's six lines ------------------------------------------------------------------

@@ -26,13 +26,14 @@ and ``seed``. float32 params may have bfloat16/float16 grads (``p.grad_dtype``),
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import inspect
 import sys
 import threading
-from collections import defaultdict
-from collections.abc import Mapping
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterator, Mapping
 from itertools import chain
 from operator import attrgetter, is_
 from typing import Any
@@ -1418,15 +1419,41 @@ class _FusedStep:
         self._invalidate_plans()
 
     # ---- state -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _torch_hooks_aside(self, *names: str) -> Iterator[None]:
+        """torch's state_dict or load_state_dict body without its hooks (the hook dicts
+        ``names`` empty meanwhile; under the lock): the front runs them itself, around its own
+        conversion and checks, so that they see what the user gets or gives."""
+        saved = {name: getattr(self, name) for name in names}
+        try:
+            for name in names:
+                setattr(self, name, OrderedDict())
+            yield
+        finally:
+            for name, hooks in saved.items():
+                setattr(self, name, hooks)
+
     def state_dict(self) -> dict[str, Any]:
         """torch's state_dict, with copies of the state tensors: a checkpoint taken now does
         not change with later steps, and loading it into another optimizer shares nothing.
         State tensors keep their dtypes (bfloat16 moments, float32 master copies). A rule whose
         reference keeps another layout saves that one (AdEMAMix: bitsandbytes' ``state1``,
         m1 and m2 stacked, and ``state2`` under its quant-state key, an int ``step``), so the
-        reference loads it; load_state_dict takes either."""
+        reference loads it; load_state_dict takes either. Hooks as torch's: the pre-hooks
+        (register_state_dict_pre_hook) first; the post-hooks on the dict returned, the one a
+        post-hook returns replacing it."""
         with self._lock():
-            return _checkpoint.to_reference(copy.deepcopy(super().state_dict()), self._info)
+            for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+                pre_hook(self)
+            with self._torch_hooks_aside("_optimizer_state_dict_pre_hooks",
+                                         "_optimizer_state_dict_post_hooks"):
+                state_dict = super().state_dict()
+            state_dict = _checkpoint.to_reference(copy.deepcopy(state_dict), self._info)
+            for post_hook in self._optimizer_state_dict_post_hooks.values():
+                result = post_hook(self, state_dict)
+                if result is not None:
+                    state_dict = result
+            return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """torch's load_state_dict, after checking that every state tensor has its param's
@@ -1435,7 +1462,24 @@ class _FusedStep:
         float32/float64 params is still cast), that a master copy is float32, and that the
         checkpoint's master_weights, state_dtype and stochastic_rounding are this optimizer's
         (its seed is loaded; a checkpoint without these keys, torch.optim's, loads with this
-        optimizer's settings). Anything else raises before anything changes."""
+        optimizer's settings). Anything else raises before anything changes. Hooks as torch's:
+        the pre-hooks (register_load_state_dict_pre_hook) first, on a shallow copy of the dict
+        given, the one a pre-hook returns replacing it: what they leave is what is checked and
+        loaded; the post-hooks once it is loaded."""
+        with self._lock():
+            if isinstance(state_dict, dict):
+                state_dict = state_dict.copy()  # torch's shallow copy, for the pre-hooks
+            for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+                result = pre_hook(self, state_dict)
+                if result is not None:
+                    state_dict = result
+            self._load_checked(state_dict)
+            for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+                post_hook(self)
+
+    def _load_checked(self, state_dict: Any) -> None:
+        """load_state_dict's body between its hooks: the conversion from another layout
+        (torchao's, the reference's), every check, then the install."""
         state_dict = _checkpoint.from_reference(self._from_torchao(state_dict), self._info)
         loaded = _checkpoint.parse(state_dict, self._info,
                                    [len(g["params"]) for g in self.param_groups])
@@ -1575,7 +1619,9 @@ class _FusedStep:
             for key, name, value in scalars:
                 copied["state"][key][name] = value
             kept = {(key, name): copied["state"][key].pop(name) for key, _, name in as_is}
-            super().load_state_dict(copied)
+            with self._torch_hooks_aside("_optimizer_load_state_dict_pre_hooks",
+                                         "_optimizer_load_state_dict_post_hooks"):
+                super().load_state_dict(copied)
             for key, param, name in as_is:
                 self.state[param][name] = kept[(key, name)]
             for key, param, name in keep_dtype:
