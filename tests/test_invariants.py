@@ -93,6 +93,8 @@ def options(draw, rule: str, lr=None) -> dict:
         betas = (betas[0], draw(st.sampled_from([0.9, 0.999, 0.6]) | _unit(0, 0.999)))
         return dict(lr=lr / 10, betas=betas, eps=eps, weight_decay=wd,
                     decoupled_weight_decay=draw(st.booleans()), maximize=maximize)
+    if rule not in ("Adam", "AdamW"):
+        raise KeyError(f"options: no strategy for {rule}")  # a new rule needs its own
     out = dict(lr=lr / 10, betas=betas, eps=eps, weight_decay=wd,
                amsgrad=draw(st.booleans()), maximize=maximize)
     if rule == "Adam":
