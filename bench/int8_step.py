@@ -3,6 +3,11 @@ The two optimizers step in turn (one step each, alternately), so that both see t
 same state; prints the median time per step, ns per element and the ratio, per thread count.
 
     python bench/int8_step.py [--rule AdamW] [--elements 4194304] [--threads 1,2] [--steps 30]
+        [--offload]
+
+--offload: the offload layout instead, bfloat16 params and grads with a float32 master copy
+(ml_dtypes' bfloat16 arrays), float32 moments against int8 ones (issue 18's offload row, without
+the split master, which is not built).
 
 float32 state moves 28 bytes per element for AdamW (param, grad, two moments: read and write),
 int8 state 16 + 8/256 (1-byte moments, a float32 scale per block): at the memory roofline int8
@@ -28,20 +33,28 @@ def main() -> None:
     ap.add_argument("--elements", type=int, default=1 << 22)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--offload", action="store_true",
+                    help="bfloat16 params and grads with a float32 master copy")
     args = ap.parse_args()
+    kind, extra = np.float32, {}
+    if args.offload:
+        import ml_dtypes
+
+        kind, extra = ml_dtypes.bfloat16, {"master_weights": True}
     rule = getattr(fastoptim, args.rule)
     n = args.elements
     rng = np.random.default_rng(0)
-    print(f"{args.rule}, one tensor of {n:,} float32 elements; {platform.processor() or platform.machine()},"
+    what = "bfloat16 elements, bfloat16 grads, float32 master" if args.offload else "float32 elements"
+    print(f"{args.rule}, one tensor of {n:,} {what}; {platform.processor() or platform.machine()},"
           f" SIMD level {fastoptim.simd_level()}, {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"{'threads':>7} {'float32 ms':>11} {'int8 ms':>9} {'f32 ns/el':>10} {'i8 ns/el':>9}"
           f" {'int8 / float32':>15}")
     for threads in (int(t) for t in args.threads.split(",")):
         fastoptim.set_num_threads(threads)
-        opts, grads = {}, [rng.standard_normal(n, dtype=np.float32) * 1e-2]
+        opts, grads = {}, [(rng.standard_normal(n, dtype=np.float32) * 1e-2).astype(kind)]
         for state in ("float32", "int8"):
-            params = [rng.random(n, dtype=np.float32)]
-            opts[state] = rule(params, lr=1e-3, state_dtype=state)
+            params = [rng.random(n, dtype=np.float32).astype(kind)]
+            opts[state] = rule(params, lr=1e-3, state_dtype=state, **extra)
             for _ in range(3):
                 opts[state].step(grads)
         times: dict[str, list[float]] = {"float32": [], "int8": []}
