@@ -249,8 +249,8 @@ def _grid(rule: str) -> list[dict[str, Any]]:
                             weight_decay=wd, warmup_steps=warmup, r=r, weight_lr_power=power))
         out += [dict(lr=0.5, momentum=0.1, weight_lr_power=1.0, r=2.0),
                 dict(lr=0.05, momentum=0.99, weight_decay=0.5)]
-    else:
-        raise KeyError(rule)
+    # else: a rule without a grid yet gets none, which test_registry_coverage names (a KeyError
+    # here would stop the collection of every test module instead)
     return out
 
 

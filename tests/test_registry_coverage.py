@@ -103,7 +103,7 @@ def test_option_grids_cover_every_rule() -> None:
         _check_rules(f"_support.{what}", getattr(_support, what))
     _check_options("_support.RICH", _support.RICH.items())
     for rule, grid in _support.GRIDS.items():
-        assert grid, rule
+        assert grid, f"{rule}: no option grid (tests/_support.py _grid)"
         _check_options("_support.GRIDS", ((rule, options) for options in grid))
 
 
