@@ -35,10 +35,12 @@ struct F32 {
     r = _mm_srai_epi32(_mm_slli_epi32(r, 16), 16);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packs_epi32(r, r));
   }
-  static FASTOPTIM_INLINE F32 load(const float16* p) {
+  // (out of line: the lane-by-lane conversion inlined into every float16 load and store of
+  // every kernel made this the slowest unit to compile; no CPU with float16 training lacks F16C)
+  [[gnu::noinline]] static F32 load(const float16* p) {
     return {_mm_setr_ps(to_float(p[0]), to_float(p[1]), to_float(p[2]), to_float(p[3]))};
   }
-  static FASTOPTIM_INLINE void store(float16* p, F32 x) {
+  [[gnu::noinline]] static void store(float16* p, F32 x) {
     float lanes[4];
     _mm_storeu_ps(lanes, x.v);
     for (int k = 0; k < 4; ++k) p[k] = to_float16(lanes[k]);
