@@ -29,6 +29,7 @@ import fastoptim
 import fastoptim.torch as fo_torch
 import torch
 from fastoptim.bench.workloads import gpt2_small_shapes, parse_count
+
 CONTENDERS = ("fastoptim.int8", "fastoptim.fp32", "torchao", "torchao.eager", "bitsandbytes")
 
 

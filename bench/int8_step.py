@@ -36,11 +36,11 @@ def main() -> None:
     ap.add_argument("--offload", action="store_true",
                     help="bfloat16 params and grads with a float32 master copy")
     args = ap.parse_args()
-    kind, extra = np.float32, {}
+    dtype, extra = np.float32, {}
     if args.offload:
         import ml_dtypes
 
-        kind, extra = ml_dtypes.bfloat16, {"master_weights": True}
+        dtype, extra = ml_dtypes.bfloat16, {"master_weights": True}
     rule = getattr(fastoptim, args.rule)
     n = args.elements
     rng = np.random.default_rng(0)
@@ -51,9 +51,9 @@ def main() -> None:
           f" {'int8 / float32':>15}")
     for threads in (int(t) for t in args.threads.split(",")):
         fastoptim.set_num_threads(threads)
-        opts, grads = {}, [(rng.standard_normal(n, dtype=np.float32) * 1e-2).astype(kind)]
+        opts, grads = {}, [(rng.standard_normal(n, dtype=np.float32) * 1e-2).astype(dtype)]
         for state in ("float32", "int8"):
-            params = [rng.random(n, dtype=np.float32).astype(kind)]
+            params = [rng.random(n, dtype=np.float32).astype(dtype)]
             opts[state] = rule(params, lr=1e-3, state_dtype=state, **extra)
             for _ in range(3):
                 opts[state].step(grads)
